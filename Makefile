@@ -1,0 +1,55 @@
+# rs_seg developer entry points. `make demo` and `make test` are all a fresh machine needs:
+# both create .venv on first use and install the locked dependency set through constraints.txt.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Offline-friendly defaults: no model hub, no update checks, no Prefect analytics.
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: demo test test-fast lint format bench lock clean-demo
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+## demo: generate a synthetic farm scene, cut it into chips with an 8:1:1 split, print a summary
+demo: $(STAMP)
+	$(PY) -m rs_seg demo --config configs/demo.yaml
+
+## test: the whole test suite, slow tests included (what CI runs)
+test: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow" -q
+
+## test-fast: the default quick run for development
+test-fast: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## bench: chip-preparation benchmark (writes benchmarks/results/)
+bench: $(STAMP)
+	$(PY) benchmarks/bench_prepare.py
+
+## lock: re-resolve the dependency set in a scratch venv and rewrite constraints.txt
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -c constraints-base.txt -e '.[dev]'
+	{ cat constraints-base.txt; echo "# --- locked set, resolved $$(date +%F) ---"; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -viE '^(torch|fastapi)=='; } > constraints.txt
+	rm -rf .lock-venv
+
+clean-demo:
+	rm -rf data/demo

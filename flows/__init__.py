@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration layers over the rs_seg stage functions."""

@@ -1,0 +1,268 @@
+"""Cutting one scene into georeferenced image/mask chip pairs, one strip of chips at a time.
+
+Only one strip of windows is in memory at once (plus GDAL's bounded block cache), so memory does not
+grow with the scene. Every chip records what the index needs: where it is, how much of it is nodata,
+how many pixels are labelled and how many are cropland.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, LabelMap
+from rs_seg.errors import RsSegError
+from rs_seg.labels import VectorLayer, VectorWindowMasks, WindowMasks, open_raster_labels
+from rs_seg.rasters import GDAL_ENV, RasterInfo, gdal_message, open_raster
+from rs_seg.windows import GridWindow, grid_rows, grid_windows, read_padded
+
+
+@dataclass(frozen=True)
+class SceneInput:
+    """One raster to cut into chips; ``mask`` is its own label raster when labels are rasters."""
+
+    name: str
+    image: Path
+    mask: Path | None = None
+
+
+class LabelSource(Protocol):
+    """Where a scene's labels come from; binds to one scene at a time."""
+
+    def bind(
+        self, scene: SceneInput, info: RasterInfo
+    ) -> contextlib.AbstractContextManager[WindowMasks]:
+        """Open the labels of ``scene`` as per-window masks."""
+
+
+@dataclass
+class VectorLabels:
+    """Polygons (any CRS) that mark cropland; everything else in the scene is background."""
+
+    layer: VectorLayer
+
+    def bind(
+        self, scene: SceneInput, info: RasterInfo
+    ) -> contextlib.AbstractContextManager[WindowMasks]:
+        """Polygons are fetched per strip; nothing stays open."""
+        return contextlib.nullcontext(VectorWindowMasks(self.layer, info))
+
+
+@dataclass
+class RasterLabels:
+    """Label rasters with a value mapping: one for all scenes, or one per scene (``scene.mask``)."""
+
+    label_map: LabelMap
+    shared_path: Path | None = None
+
+    def bind(
+        self, scene: SceneInput, info: RasterInfo
+    ) -> contextlib.AbstractContextManager[WindowMasks]:
+        """Open this scene's label raster (warped onto the scene grid when needed)."""
+        path = scene.mask or self.shared_path
+        if path is None:
+            raise RsSegError("no label raster for this scene", scene.image)
+        return open_raster_labels(path, self.label_map, info)
+
+
+@dataclass(frozen=True)
+class ChipSettings:
+    """Chip geometry and the nodata threshold above which a chip is skipped."""
+
+    size: int
+    stride: int
+    max_nodata_fraction: float
+
+
+@dataclass
+class SceneChips:
+    """Result of chipping one scene: one record per written chip, and what was skipped."""
+
+    scene: SceneInput
+    info: RasterInfo
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    grid_shape: tuple[int, int] = (0, 0)
+    valid_pixels: int = 0
+
+
+def _chip_profile(info: RasterInfo, size: int) -> dict[str, Any]:
+    floating = np.issubdtype(np.dtype(info.dtype), np.floating)
+    return {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": info.count,
+        "dtype": info.dtype,
+        "crs": info.crs,
+        "nodata": info.nodata,
+        "compress": "deflate",
+        "predictor": 3 if floating else 2,
+        "interleave": "pixel",
+    }
+
+
+def _mask_profile(info: RasterInfo, size: int) -> dict[str, Any]:
+    return {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": info.crs,
+        "nodata": MASK_IGNORE,
+        "compress": "deflate",
+    }
+
+
+def _write(
+    path: Path,
+    array: np.ndarray,
+    profile: dict[str, Any],
+    transform: Any,
+    descriptions: tuple[str | None, ...] | None = None,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile, transform=transform) as dst:
+        dst.write(array if array.ndim == 3 else array[np.newaxis])
+        if descriptions:
+            dst.descriptions = descriptions
+
+
+def chip_name(row: int, col: int) -> str:
+    """File stem of a chip from its grid position."""
+    return f"r{row:03d}_c{col:03d}"
+
+
+class SceneChipper:
+    """Writes the chips of one scene to ``out_dir/{images,masks}/<scene>/<chip>.tif``."""
+
+    def __init__(
+        self,
+        scene: SceneInput,
+        info: RasterInfo,
+        settings: ChipSettings,
+        out_dir: Path,
+        aoi: VectorLayer | None = None,
+    ) -> None:
+        self.scene = scene
+        self.info = info
+        self.settings = settings
+        self.out_dir = out_dir
+        self.aoi = aoi
+        self.image_profile = _chip_profile(info, settings.size)
+        self.mask_profile = _mask_profile(info, settings.size)
+        self.fill = info.nodata if info.nodata is not None else 0
+
+    def windows(self) -> list[GridWindow]:
+        """The chip grid of this scene."""
+        return grid_windows(
+            self.info.height, self.info.width, self.settings.size, self.settings.stride
+        )
+
+    def run(self, labels: LabelSource, on_chip: Callable[[], None] | None = None) -> SceneChips:
+        """Chip the whole scene; ``on_chip`` is called once per grid window (for progress bars)."""
+        windows = self.windows()
+        result = SceneChips(self.scene, self.info)
+        result.grid_shape = (windows[-1].row + 1, windows[-1].col + 1)
+        with (
+            rasterio.Env(**GDAL_ENV),
+            warnings.catch_warnings(),
+            open_raster(self.scene.image, "scene") as src,
+            labels.bind(self.scene, self.info) as masks,
+        ):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            aoi_masks = VectorWindowMasks(self.aoi, self.info) if self.aoi else None
+            for row in grid_rows(windows):
+                strip = Window(0, row[0].row_off, self.info.width, self.settings.size)
+                masks.load_strip(strip)
+                if aoi_masks is not None:
+                    aoi_masks.load_strip(strip)
+                for window in row:
+                    self._chip(src, window, masks, aoi_masks, result)
+                    if on_chip is not None:
+                        on_chip()
+        if result.valid_pixels == 0:
+            raise RsSegError("scene is entirely nodata", self.scene.image)
+        return result
+
+    def _read(self, src: rasterio.io.DatasetReader, window: Window) -> tuple[np.ndarray, ...]:
+        try:
+            return read_padded(src, window, fill=self.fill)
+        except RasterioIOError as exc:
+            raise RsSegError(
+                f"cannot read pixels, the file looks truncated or corrupt ({gdal_message(exc)})",
+                self.scene.image,
+            ) from None
+
+    def _chip(
+        self,
+        src: rasterio.io.DatasetReader,
+        window: GridWindow,
+        masks: WindowMasks,
+        aoi_masks: VectorWindowMasks | None,
+        result: SceneChips,
+    ) -> None:
+        image, valid, inside = self._read(src, window.window)
+        inside_count = int(inside.sum())
+        valid_count = int(valid.sum())
+        result.valid_pixels += valid_count
+        nodata_fraction = 1.0 - valid_count / inside_count
+        if nodata_fraction > self.settings.max_nodata_fraction:
+            result.skipped["mostly_nodata"] += 1
+            return
+        mask = masks.mask(window.window)
+        mask[~valid] = MASK_IGNORE
+        if aoi_masks is not None:
+            mask[aoi_masks.cover(window.window) == 0] = MASK_IGNORE
+        labelled = int((mask != MASK_IGNORE).sum())
+        if labelled == 0:
+            result.skipped["unlabelled"] += 1
+            return
+        result.records.append(self._write_pair(window, image, mask, nodata_fraction, labelled))
+
+    def _write_pair(
+        self, window: GridWindow, image: np.ndarray, mask: np.ndarray, nodata: float, labelled: int
+    ) -> dict[str, Any]:
+        stem = chip_name(window.row, window.col)
+        image_rel = Path("images") / self.scene.name / f"{stem}.tif"
+        mask_rel = Path("masks") / self.scene.name / f"{stem}.tif"
+        transform = window_transform(window.window, self.info.transform)
+        _write(
+            self.out_dir / image_rel,
+            image,
+            self.image_profile,
+            transform=transform,
+            descriptions=self.info.descriptions if any(self.info.descriptions) else None,
+        )
+        _write(self.out_dir / mask_rel, mask, self.mask_profile, transform=transform)
+        cropland = int((mask == MASK_CROPLAND).sum())
+        size = self.settings.size
+        return {
+            "chip_id": f"{self.scene.name}/{stem}",
+            "scene": self.scene.name,
+            "row": window.row,
+            "col": window.col,
+            "row_off": window.row_off,
+            "col_off": window.col_off,
+            "size": size,
+            "image": image_rel.as_posix(),
+            "mask": mask_rel.as_posix(),
+            "cropland_px": cropland,
+            "labelled_px": labelled,
+            "cropland_fraction": cropland / labelled,
+            "nodata_fraction": round(nodata, 6),
+            "footprint": shapely.box(*rasterio.windows.bounds(window.window, self.info.transform)),
+        }

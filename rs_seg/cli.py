@@ -1,0 +1,226 @@
+"""The ``rs-seg`` command line: a thin layer over the stage functions.
+
+Every command builds the same pydantic config the flows use: from a YAML section (``--config``)
+with explicit flags on top. Problems with inputs end as one ``error:`` line and exit status 2;
+an interrupt leaves no partial output (the stages write to staging folders).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from rs_seg.config import LabelMap, PrepareConfig, SynthConfig, build_config
+from rs_seg.errors import RsSegError
+
+app = typer.Typer(
+    name="rs-seg",
+    help="Cropland maps from satellite and aerial scenes: synthetic data, chips, splits.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("rs_seg")
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config; flags override its values.")
+]
+OverwriteOption = Annotated[
+    bool | None, typer.Option("--overwrite", help="Replace an existing output.", show_default=False)
+]
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain, readable logs on stderr; third-party chatter stays quiet."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def reports_errors(command: F) -> F:
+    """Turn :class:`RsSegError` into one ``error:`` line and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RsSegError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: no partial output was kept", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail.")] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+@reports_errors
+def synth(
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    size: Annotated[int | None, typer.Option(help="Scene width and height in pixels.")] = None,
+    bands: Annotated[int | None, typer.Option(help="Bands (NIR from 4 on).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same scenes.")] = None,
+    scenes: Annotated[int | None, typer.Option(help="Number of scenes.")] = None,
+    pixel_size: Annotated[float | None, typer.Option(help="Pixel size in metres.")] = None,
+    overwrite: OverwriteOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write synthetic farm scenes (GeoTIFF) and their cropland polygons (GeoPackage, EPSG:4326)."""
+    from rs_seg.synthetic import generate_scenes
+
+    cfg = build_config(
+        SynthConfig,
+        "synth",
+        config,
+        {
+            "out": out,
+            "size": size,
+            "bands": bands,
+            "seed": seed,
+            "scenes": scenes,
+            "pixel_size": pixel_size,
+            "overwrite": overwrite,
+        },
+    )
+    result = generate_scenes(cfg, progress=sys.stderr.isatty())
+    typer.echo(f"{len(result.scenes)} scenes in {cfg.out / 'scenes'}")
+    typer.echo(f"cropland polygons (EPSG:4326): {result.labels}")
+
+
+def _label_map(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        return LabelMap.parse(text).model_dump()
+    except ValueError as exc:
+        raise RsSegError(f"--label-map: {exc}") from None
+
+
+@app.command()
+@reports_errors
+def prepare(
+    scenes: Annotated[
+        list[str] | None, typer.Option(help="Scene file or glob (repeatable), e.g. 'data/*.tif'.")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Vector labels (any CRS) or label raster ({stem}: per scene)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder for chips and index.")] = None,
+    chip_size: Annotated[int | None, typer.Option(help="Chip size in pixels [256].")] = None,
+    stride: Annotated[int | None, typer.Option(help="Step between chips [chip size].")] = None,
+    split: Annotated[str | None, typer.Option(help="block (spatial, default) or random.")] = None,
+    ratios: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(help="Train, validation and test shares [0.8 0.1 0.1]."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed [0].")] = None,
+    block_chips: Annotated[
+        str | None, typer.Option(help="Block side in chips, or 'auto' [auto].")
+    ] = None,
+    aoi: Annotated[Path | None, typer.Option(help="Polygons where labels are complete.")] = None,
+    label_map: Annotated[
+        str | None, typer.Option(help="Raster label values, e.g. '1=cropland,5=ignore'.")
+    ] = None,
+    label_layer: Annotated[str | None, typer.Option(help="Layer of the vector labels.")] = None,
+    label_where: Annotated[str | None, typer.Option(help="SQL filter on vector labels.")] = None,
+    max_nodata: Annotated[
+        float | None, typer.Option(help="Skip chips with more nodata than this fraction [0.5].")
+    ] = None,
+    chips_dir: Annotated[Path | None, typer.Option(help="Index an existing chip folder.")] = None,
+    image_glob: Annotated[str | None, typer.Option(help="Images below --chips-dir.")] = None,
+    mask_glob: Annotated[str | None, typer.Option(help="Masks below --chips-dir.")] = None,
+    overwrite: OverwriteOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Cut scenes into chips with 0/1/255 masks, split them 8:1:1 and write a chip index."""
+    from rs_seg.prepare import prepare as run_prepare
+
+    block = int(block_chips) if block_chips and block_chips.isdigit() else block_chips
+    cfg = build_config(
+        PrepareConfig,
+        "prepare",
+        config,
+        {
+            "scenes": scenes or None,
+            "labels": labels,
+            "out": out,
+            "chip_size": chip_size,
+            "stride": stride,
+            "split.method": split,
+            "split.ratios": ratios,
+            "split.seed": seed,
+            "split.block_chips": block,
+            "aoi": aoi,
+            "label_map": _label_map(label_map),
+            "label_layer": label_layer,
+            "label_where": label_where,
+            "max_nodata_fraction": max_nodata,
+            "chips_dir": chips_dir,
+            "image_glob": image_glob,
+            "mask_glob": mask_glob,
+            "overwrite": overwrite,
+        },
+    )
+    summary = run_prepare(cfg, progress=sys.stderr.isatty())
+    print_prepare_summary(summary)
+
+
+def print_prepare_summary(summary: Any) -> None:
+    """The split table, notes and where the index is."""
+    typer.echo(f"{summary.chips} chips from {summary.scenes} scenes -> {summary.out}")
+    typer.echo(summary.table())
+    if summary.skipped:
+        typer.echo("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())))
+    for note in summary.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"index (open in QGIS): {summary.index}")
+
+
+@app.command()
+@reports_errors
+def demo(
+    config: ConfigOption = Path("configs/demo.yaml"),
+    out: Annotated[Path, typer.Option(help="Folder the demo owns and replaces.")] = Path(
+        "data/demo"
+    ),
+) -> None:
+    """Run the pipeline on generated data: synthetic scenes -> chips -> split summary."""
+    from rs_seg.demo import run_demo
+
+    run_demo(config, out)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

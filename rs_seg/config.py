@@ -1,0 +1,257 @@
+"""One configuration schema for YAML files, the command line and Prefect flow parameters.
+
+Each stage has a pydantic model. A YAML file holds one section per stage (``synth:``, ``prepare:``;
+later ``train:``, ``infer:``); the CLI loads a section and overrides the fields given as flags; the
+Prefect flows take the same models as typed parameters, so the UI shows the same form. Relative
+paths are taken relative to the working directory, as with every other command-line tool.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rs_seg.errors import RsSegError
+
+MASK_BACKGROUND = 0
+MASK_CROPLAND = 1
+MASK_IGNORE = 255
+
+
+class StrictModel(BaseModel):
+    """Base for all configs: unknown keys are errors, so typos in YAML do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(StrictModel):
+    """Synthetic farm scenes for demos, tests and benchmarks (``rs-seg synth``)."""
+
+    out: Path = Path("data/synthetic")
+    size: Annotated[int, Field(ge=8, le=200_000)] = 2048
+    bands: Annotated[int, Field(ge=1, le=16)] = 4
+    seed: int = 0
+    scenes: Annotated[int, Field(ge=1, le=1000)] = 1
+    pixel_size: Annotated[float, Field(gt=0)] = 3.0
+    epsg: int = 32633
+    overwrite: bool = False
+
+
+_TARGET_NAMES = {"background": MASK_BACKGROUND, "cropland": MASK_CROPLAND, "ignore": MASK_IGNORE}
+
+
+class LabelMap(StrictModel):
+    """How the values of a label raster become background (0), cropland (1) and ignore (255).
+
+    Values listed nowhere are background. Text form (CLI): ``"1=cropland,5=ignore"``,
+    ``"255=1"``, ``"10|11|12=cropland,0=ignore"`` or ranges ``"20-29=cropland"``.
+    """
+
+    cropland: list[int]
+    ignore: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> LabelMap:
+        both = set(self.cropland) & set(self.ignore)
+        if both:
+            raise ValueError(f"values {sorted(both)} are both cropland and ignore")
+        if not self.cropland:
+            raise ValueError("at least one label value must map to cropland")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> LabelMap:
+        """Parse the CLI form; raises ValueError with the offending entry."""
+        targets: dict[int, list[int]] = {MASK_BACKGROUND: [], MASK_CROPLAND: [], MASK_IGNORE: []}
+        for entry in filter(None, (e.strip() for e in text.split(","))):
+            source, sep, target = entry.partition("=")
+            if not sep:
+                raise ValueError(f"label map entry {entry!r} is not of the form VALUES=TARGET")
+            code = _parse_target(target.strip(), entry)
+            targets[code].extend(_parse_values(source.strip(), entry))
+        return cls(cropland=targets[MASK_CROPLAND], ignore=targets[MASK_IGNORE])
+
+
+def _parse_target(text: str, entry: str) -> int:
+    if text.lower() in _TARGET_NAMES:
+        return _TARGET_NAMES[text.lower()]
+    if text.isdigit() and int(text) in _TARGET_NAMES.values():
+        return int(text)
+    raise ValueError(
+        f"label map entry {entry!r}: target must be background/cropland/ignore or 0/1/255"
+    )
+
+
+def _parse_values(text: str, entry: str) -> list[int]:
+    values: list[int] = []
+    for part in text.split("|"):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise ValueError(f"label map entry {entry!r}: {part!r} is not a value or a range a-b")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) else low
+        values.extend(range(low, high + 1))
+    return values
+
+
+class SplitConfig(StrictModel):
+    """Train/validation/test split of chips.
+
+    ``block`` keeps spatial blocks of ``block_chips`` x ``block_chips`` chips (or whole scenes when
+    a scene is no larger than a block) inside one split, so neighbouring and overlapping chips
+    cannot leak between training and testing. ``random`` is the classic per-chip split, kept for
+    comparison.
+    """
+
+    method: Literal["block", "random"] = "block"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    block_chips: int | Literal["auto"] = "auto"
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in ratios):
+            raise ValueError(f"split ratios must not be negative, got {list(ratios)}")
+        if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"split ratios must sum to 1, got {list(ratios)} (sum {sum(ratios):g})"
+            )
+        if ratios[0] == 0:
+            raise ValueError("the train ratio must be above 0")
+        return ratios
+
+    @field_validator("block_chips")
+    @classmethod
+    def _positive_block(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("block_chips must be at least 1 (or 'auto')")
+        return value
+
+
+class PrepareConfig(StrictModel):
+    """Chip preparation (``rs-seg prepare``): scenes + labels, or an existing chip folder."""
+
+    # Mode 1: scenes and labels.
+    scenes: list[str] = Field(default_factory=list, description="scene paths or glob patterns")
+    labels: Path | None = Field(
+        None,
+        description="vector labels (GPKG/SHP/GeoJSON/FGB, any CRS) or a label raster; a path "
+        "containing {stem} names one label raster per scene",
+    )
+    label_map: LabelMap | None = Field(None, description="raster labels: value mapping")
+    label_layer: str | None = Field(None, description="vector labels: layer name (default: first)")
+    label_where: str | None = Field(
+        None, description="vector labels: SQL filter, e.g. class='crop'"
+    )
+    aoi: Path | None = Field(None, description="where labels are complete; outside is ignore")
+    # Mode 2: an existing folder of image/mask chips.
+    chips_dir: Path | None = None
+    image_glob: str = "images/**/*.tif"
+    mask_glob: str = "masks/**/*.tif"
+    # Output and chip geometry.
+    out: Path = Path("data/chips")
+    chip_size: Annotated[int, Field(ge=8, le=8192)] = 256
+    stride: Annotated[int, Field(ge=1)] | None = None
+    max_nodata_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> PrepareConfig:
+        if self.chips_dir is None and not self.scenes:
+            raise ValueError("give scenes (with labels) or a chips_dir")
+        if self.chips_dir is not None and self.scenes:
+            raise ValueError("give either scenes or a chips_dir, not both")
+        if self.chips_dir is None and self.labels is None:
+            raise ValueError("scenes need labels (a vector file or a label raster)")
+        if self.chips_dir is not None and self.label_map is None:
+            raise ValueError("a chips_dir needs a label_map, e.g. '1=cropland,5=ignore'")
+        if self.stride is not None and self.stride > self.chip_size:
+            raise ValueError("stride larger than the chip size would leave gaps between chips")
+        return self
+
+    @property
+    def effective_stride(self) -> int:
+        """The stride in pixels; defaults to the chip size (non-overlapping chips)."""
+        return self.stride or self.chip_size
+
+
+class RsSegConfig(StrictModel):
+    """A whole YAML config file: one optional section per stage."""
+
+    synth: SynthConfig | None = None
+    prepare: PrepareConfig | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a one-line error for a missing or malformed file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise RsSegError("config file not found", path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RsSegError(f"not valid YAML{where}", path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RsSegError("a config file must be a mapping of sections", path)
+    return data
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Condense pydantic's multi-line report into one line a user can act on."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _section(raw: dict[str, Any], section: str | None, path: Path) -> dict[str, Any]:
+    """A file with stage sections yields the requested one; a flat file is the section itself."""
+    if section is None or not (raw.keys() & RsSegConfig.model_fields.keys()):
+        return dict(raw)
+    value = raw.get(section) or {}
+    if not isinstance(value, dict):
+        raise RsSegError(f"section {section!r} must be a mapping", path)
+    return dict(value)
+
+
+def build_config(
+    model: type[M],
+    section: str | None,
+    config_file: Path | None,
+    overrides: dict[str, Any],
+) -> M:
+    """Build a stage config from an optional YAML section plus explicit overrides.
+
+    ``overrides`` holds only the options the user actually gave (None means "not given"); nested
+    keys use dots, e.g. ``{"split.seed": 3}``.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        data = _section(read_yaml(config_file), section, config_file)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RsSegError(format_validation_error(exc), config_file) from None

@@ -1,0 +1,18 @@
+"""The one exception type users see: a one-line message that names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RsSegError(Exception):
+    """A problem with the user's input or environment, reported as one line without a traceback.
+
+    Bugs raise ordinary exceptions (and keep their traceback); anything the user can fix by changing
+    an input, a flag or a file raises this, so the command line can print it and exit non-zero.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        text = " ".join(str(message).split())  # guarantee a single line
+        super().__init__(f"{self.path}: {text}" if self.path is not None else text)

@@ -1,0 +1,94 @@
+"""Output safety: never overwrite without consent, never leave anything half-written.
+
+Every stage writes into a hidden staging folder (or file) next to the final path and renames it into
+place only when the work has finished. An error or an interrupt removes the staging copy, so the
+user finds either the complete new output, the untouched old one, or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from rs_seg.errors import RsSegError
+
+
+def check_output_free(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless the user asked for it."""
+    if path.exists() and not overwrite:
+        raise RsSegError("output already exists; pass --overwrite to replace it", path)
+
+
+def _staging_name(path: Path) -> Path:
+    """A hidden sibling that keeps the suffix, so GDAL still picks the driver by extension."""
+    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _check_writable_parent(path: Path) -> None:
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RsSegError(f"cannot create the output folder ({exc.strerror})", parent) from None
+    if not os.access(parent, os.W_OK):
+        raise RsSegError("output folder is not writable", parent)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Move the finished staging copy into place, replacing an old output only at the very end."""
+    if final.exists():
+        backup = _staging_name(final)
+        final.rename(backup)
+        try:
+            staging.rename(final)
+        except BaseException:
+            backup.rename(final)
+            raise
+        _remove(backup)
+    else:
+        staging.rename(final)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder that becomes ``final`` when the block completes."""
+    final = Path(final)
+    check_output_free(final, overwrite)
+    _check_writable_parent(final)
+    staging = _staging_name(final)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        _remove(staging)
+        raise
+    _publish(staging, final)
+
+
+@contextlib.contextmanager
+def staged_file(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path (same suffix, same folder) that becomes ``final`` on success."""
+    final = Path(final)
+    check_output_free(final, overwrite)
+    _check_writable_parent(final)
+    staging = _staging_name(final)
+    try:
+        yield staging
+    except BaseException:
+        _remove(staging)
+        raise
+    if not staging.exists():
+        raise RuntimeError(f"{staging}: nothing was written")
+    _publish(staging, final)

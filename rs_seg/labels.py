@@ -1,0 +1,269 @@
+"""Label sources: vector polygons or label rasters, turned into 0/1/255 masks window by window.
+
+Vector labels may come in any CRS and are reprojected per scene; invalid polygons are repaired.
+Small vector files are read once; large ones are read strip by strip through the file's spatial
+index, so memory follows the strip, not the label file or the scene. Label rasters are read through
+a nearest-neighbour warped view when they are not pixel-aligned with the scene, so aligned masks and
+mosaics covering many scenes go through one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import rasterio
+import shapely
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.features import rasterize
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from rs_seg.config import MASK_BACKGROUND, MASK_CROPLAND, MASK_IGNORE, LabelMap
+from rs_seg.errors import RsSegError
+from rs_seg.rasters import RasterInfo, open_raster
+from rs_seg.windows import read_padded
+
+log = logging.getLogger(__name__)
+
+VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite"}
+_POLYGON = shapely.GeometryType.POLYGON
+Bounds = tuple[float, float, float, float]
+
+
+class WindowMasks(Protocol):
+    """Labels bound to one scene: a 0/1/255 mask for any window of it."""
+
+    def load_strip(self, window: Window) -> None:
+        """Fetch what the windows inside ``window`` (a strip of the scene) will need."""
+
+    def mask(self, window: Window) -> np.ndarray:
+        """uint8 mask of ``window``: 0 background, 1 cropland, 255 ignore."""
+
+
+def polygon_parts(geometries: np.ndarray) -> np.ndarray:
+    """Repair invalid geometries and keep only their polygon parts (drops stray lines/points)."""
+    if len(geometries) == 0:
+        return geometries
+    repaired = shapely.make_valid(geometries)
+    parts = shapely.get_parts(shapely.get_parts(repaired))
+    parts = parts[shapely.get_type_id(parts) == _POLYGON]
+    return parts[~shapely.is_empty(parts)]
+
+
+class VectorLayer:
+    """A polygon layer read on demand, reprojected into whatever CRS a scene asks for."""
+
+    in_memory_limit_bytes = 64 * 1024 * 1024
+
+    def __init__(
+        self, path: Path, role: str = "labels", layer: str | None = None, where: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.role = role
+        self.layer = layer
+        self.where = where
+        info = self._read_info()
+        self.crs = CRS.from_user_input(info["crs"])
+        self._frame: gpd.GeoDataFrame | None = None
+        self._by_crs: dict[str, tuple[np.ndarray, shapely.STRtree]] = {}
+        if self.path.stat().st_size <= self.in_memory_limit_bytes:
+            self._frame = self._read(bbox=None)
+            if len(self._frame) == 0:
+                raise RsSegError(self._empty_message(), self.path)
+
+    def _empty_message(self) -> str:
+        suffix = f" matching {self.where!r}" if self.where else ""
+        return f"{self.role} file has no features{suffix}"
+
+    def _read_info(self) -> dict:
+        if not self.path.exists():
+            raise RsSegError(f"{self.role} file not found", self.path)
+        try:
+            info = pyogrio.read_info(self.path, layer=self.layer)
+        except Exception as exc:  # pyogrio raises several DataSourceError flavours
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RsSegError(
+                f"cannot read {self.role} as vector data ({first})", self.path
+            ) from None
+        if info.get("features", 0) == 0:
+            raise RsSegError(f"{self.role} file is empty (no features)", self.path)
+        if not info.get("crs"):
+            raise RsSegError(
+                f"{self.role} file has no CRS; set one (e.g. with ogr2ogr -a_srs)", self.path
+            )
+        geometry = (info.get("geometry_type") or "").lower()
+        if geometry and "polygon" not in geometry and geometry not in {"unknown", "geometry"}:
+            raise RsSegError(
+                f"{self.role} must be polygons, found {geometry} geometries", self.path
+            )
+        return info
+
+    def _read(self, bbox: Bounds | None) -> gpd.GeoDataFrame:
+        try:
+            frame = pyogrio.read_dataframe(
+                self.path, layer=self.layer, columns=[], where=self.where, bbox=bbox
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RsSegError(f"cannot read {self.role}: {first}", self.path) from None
+        return frame[frame.geometry.notna()]
+
+    def polygons(self, bounds: Bounds, crs: CRS) -> np.ndarray:
+        """Polygons meeting ``bounds`` (in ``crs``), repaired and reprojected to ``crs``."""
+        if self._frame is not None:
+            geometries, tree = self._projected(crs)
+            return geometries[np.sort(tree.query(shapely.box(*bounds)))]
+        own_bounds = transform_bounds(crs, self.crs, *bounds, densify_pts=21)
+        return self._repair_and_project(self._read(bbox=own_bounds), crs)
+
+    def _repair_and_project(self, frame: gpd.GeoDataFrame, crs: CRS) -> np.ndarray:
+        geometries = polygon_parts(frame.geometry.to_numpy())
+        if len(geometries) and self.crs != crs:
+            geometries = gpd.GeoSeries(geometries, crs=self.crs).to_crs(crs).to_numpy()
+        return geometries
+
+    def _projected(self, crs: CRS) -> tuple[np.ndarray, shapely.STRtree]:
+        """The whole (small) layer in ``crs`` with a spatial index, computed once per CRS."""
+        key = crs.to_wkt()
+        if key not in self._by_crs:
+            geometries = self._repair_and_project(self._frame, crs)
+            self._by_crs[key] = (geometries, shapely.STRtree(geometries))
+        return self._by_crs[key]
+
+    def count_in(self, bounds: Bounds, crs: CRS) -> int:
+        """Number of polygons touching ``bounds``; used to reject labels that miss every scene."""
+        return len(self.polygons(bounds, crs))
+
+
+class VectorWindowMasks:
+    """Rasterizes the polygons of the current strip into per-window masks."""
+
+    def __init__(self, layer: VectorLayer, scene: RasterInfo) -> None:
+        if scene.crs is None:
+            raise RsSegError(
+                f"scene has no CRS, so {layer.role} in {layer.path.name} cannot be placed on it",
+                scene.path,
+            )
+        self.layer = layer
+        self.scene = scene
+        self._polygons = np.empty(0, dtype=object)
+        self._tree = shapely.STRtree(self._polygons)
+
+    def load_strip(self, window: Window) -> None:
+        """Fetch and index the polygons overlapping ``window``."""
+        bounds = rasterio.windows.bounds(window, self.scene.transform)
+        self._polygons = self.layer.polygons(bounds, self.scene.crs)
+        self._tree = shapely.STRtree(self._polygons)
+
+    def cover(self, window: Window) -> np.ndarray:
+        """uint8 raster of ``window``: 1 inside any polygon, 0 elsewhere."""
+        shape = (int(window.height), int(window.width))
+        box = shapely.box(*rasterio.windows.bounds(window, self.scene.transform))
+        hits = self._polygons[self._tree.query(box, predicate="intersects")]
+        if len(hits) == 0:
+            return np.zeros(shape, dtype=np.uint8)
+        return rasterize(
+            ((g, 1) for g in hits),
+            out_shape=shape,
+            transform=window_transform(window, self.scene.transform),
+            fill=0,
+            dtype=np.uint8,
+        )
+
+    def mask(self, window: Window) -> np.ndarray:
+        """Cropland inside polygons, background elsewhere (the scene is taken as fully labelled)."""
+        cover = self.cover(window)
+        return np.where(cover > 0, MASK_CROPLAND, MASK_BACKGROUND).astype(np.uint8)
+
+
+def value_lookup(label_map: LabelMap, dtype: np.dtype) -> np.ndarray | None:
+    """A lookup table from label values to 0/1/255 for 8/16-bit integer rasters, else None."""
+    if np.dtype(dtype) not in (np.dtype("uint8"), np.dtype("uint16")):
+        return None
+    table = np.full(np.iinfo(dtype).max + 1, MASK_BACKGROUND, dtype=np.uint8)
+    for value in label_map.cropland:
+        if 0 <= value < len(table):
+            table[value] = MASK_CROPLAND
+    for value in label_map.ignore:
+        if 0 <= value < len(table):
+            table[value] = MASK_IGNORE
+    return table
+
+
+def apply_label_map(values: np.ndarray, label_map: LabelMap) -> np.ndarray:
+    """Map raw label values to 0 background / 1 cropland / 255 ignore."""
+    table = value_lookup(label_map, values.dtype)
+    if table is not None:
+        return table[values]
+    out = np.full(values.shape, MASK_BACKGROUND, dtype=np.uint8)
+    out[np.isin(values, label_map.cropland)] = MASK_CROPLAND
+    out[np.isin(values, label_map.ignore)] = MASK_IGNORE
+    return out
+
+
+def _aligned(label: rasterio.io.DatasetReader, scene: RasterInfo) -> bool:
+    same_grid = label.width == scene.width and label.height == scene.height
+    if label.crs is None or scene.crs is None:
+        return same_grid
+    return same_grid and label.crs == scene.crs and label.transform.almost_equals(scene.transform)
+
+
+class RasterWindowMasks:
+    """Reads a label raster window by window, warped onto the scene grid when not aligned."""
+
+    def __init__(self, dataset: rasterio.io.DatasetReaderBase, label_map: LabelMap) -> None:
+        self.dataset = dataset
+        self.label_map = label_map
+
+    def load_strip(self, window: Window) -> None:
+        """Nothing to prefetch: GDAL's block cache serves neighbouring windows."""
+
+    def mask(self, window: Window) -> np.ndarray:
+        """Mapped label values; pixels outside the label raster or at its nodata are ignore."""
+        values, valid, _ = read_padded(self.dataset, window, fill=0, indexes=[1])
+        mask = apply_label_map(values[0], self.label_map)
+        mask[~valid] = MASK_IGNORE
+        return mask
+
+
+@contextlib.contextmanager
+def open_raster_labels(
+    path: Path, label_map: LabelMap, scene: RasterInfo
+) -> Iterator[RasterWindowMasks]:
+    """Open a label raster for ``scene``; a non-aligned raster is warped (nearest) onto its grid."""
+    with open_raster(path, role="label raster") as label:
+        if _aligned(label, scene):
+            yield RasterWindowMasks(label, label_map)
+            return
+        if label.crs is None or scene.crs is None:
+            raise RsSegError(
+                f"label raster is {label.width}x{label.height} but the scene "
+                f"{scene.path.name} is {scene.width}x{scene.height}, and without a CRS "
+                "they cannot be aligned",
+                path,
+            )
+        with WarpedVRT(
+            label,
+            crs=scene.crs,
+            transform=scene.transform,
+            width=scene.width,
+            height=scene.height,
+            resampling=Resampling.nearest,
+            add_alpha=label.nodata is None,
+        ) as warped:
+            yield RasterWindowMasks(warped, label_map)
+
+
+def is_vector_path(path: Path) -> bool:
+    """Guess from the suffix whether a label path is vector data (else it is a raster)."""
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES

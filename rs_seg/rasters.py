@@ -1,0 +1,100 @@
+"""Opening input rasters with errors a user can act on, and the header facts later stages need."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+
+from rs_seg.errors import RsSegError
+
+# GDAL's block cache defaults to 5 % of RAM; streaming reads need only a strip, and a bounded cache
+# keeps peak memory independent of scene size.
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": "ALL_CPUS", "CPL_LOG_ERRORS": "OFF"}
+
+
+def gdal_message(exc: BaseException) -> str:
+    """The first line of a GDAL/rasterio error, without the file path GDAL tends to repeat."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+@contextlib.contextmanager
+def open_raster(path: Path, role: str = "raster") -> Iterator[rasterio.io.DatasetReader]:
+    """Open ``path`` for reading, turning GDAL failures into one-line :class:`RsSegError`."""
+    path = Path(path)
+    if not path.exists():
+        raise RsSegError(f"{role} not found", path)
+    if path.is_dir() and path.suffix.lower() not in {".zarr", ".gdb"}:
+        raise RsSegError(f"{role} is a folder, not a raster file", path)
+    try:
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        message = gdal_message(exc)
+        if "not recognized as" in message or "not a supported file format" in message:
+            raise RsSegError(f"not a raster GDAL can read ({role})", path) from None
+        if "Permission denied" in message:
+            raise RsSegError(f"cannot read {role}: permission denied", path) from None
+        raise RsSegError(f"cannot open {role}: {message}", path) from None
+    with src:
+        if src.count < 1 or src.width < 1 or src.height < 1:
+            raise RsSegError(f"{role} has no pixels or no bands", path)
+        yield src
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """Header facts of one raster, read once and passed around instead of open datasets."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+    @classmethod
+    def read(cls, path: Path, role: str = "scene") -> RasterInfo:
+        """Read the header of ``path`` (no pixels)."""
+        with open_raster(path, role) as src:
+            dtypes = set(src.dtypes)
+            if len(dtypes) > 1:
+                raise RsSegError(f"{role} mixes band data types {sorted(dtypes)}", path)
+            return cls(
+                path=Path(path),
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=src.dtypes[0],
+                crs=src.crs,
+                transform=src.transform,
+                nodata=src.nodata,
+                descriptions=tuple(src.descriptions),
+            )
+
+    @property
+    def is_georeferenced(self) -> bool:
+        """True when the raster has a CRS and a non-identity transform."""
+        return self.crs is not None and self.transform != Affine.identity()
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the raster's CRS."""
+        west, south, east, north = rasterio.transform.array_bounds(
+            self.height, self.width, self.transform
+        )
+        return west, south, east, north
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Pixel width and height in CRS units (positive)."""
+        return abs(self.transform.a), abs(self.transform.e)

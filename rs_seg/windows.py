@@ -1,0 +1,122 @@
+"""Window grids over rasters, and padded window reads.
+
+The grid is the contract every tiling stage relies on: windows start at multiples of the stride,
+the last row and column are shifted inward so they end exactly at the right and bottom edges (no
+strip of the scene is ever dropped), and a scene smaller than a window gets a single window that
+extends past the scene and is padded by the reader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+
+def axis_offsets(length: int, size: int, stride: int) -> list[int]:
+    """Window start offsets along one axis that together cover ``[0, length)``.
+
+    Regular steps of ``stride``; the last window is shifted inward to end at ``length``. When the
+    axis is shorter than one window the only offset is 0 (the window runs past the end).
+    """
+    if length < 1 or size < 1 or stride < 1:
+        raise ValueError(
+            f"length, size and stride must be positive, got {length}, {size}, {stride}"
+        )
+    if stride > size:
+        raise ValueError(f"stride {stride} > window size {size} would leave gaps")
+    if length <= size:
+        return [0]
+    count = math.ceil((length - size) / stride) + 1
+    return [i * stride for i in range(count - 1)] + [length - size]
+
+
+@dataclass(frozen=True)
+class GridWindow:
+    """One window of a grid: its grid position and its pixel window in the raster."""
+
+    row: int
+    col: int
+    window: Window
+
+    @property
+    def row_off(self) -> int:
+        """Top pixel row of the window in the raster."""
+        return int(self.window.row_off)
+
+    @property
+    def col_off(self) -> int:
+        """Left pixel column of the window in the raster."""
+        return int(self.window.col_off)
+
+
+def grid_windows(height: int, width: int, size: int, stride: int) -> list[GridWindow]:
+    """All windows of a ``size`` x ``size`` grid over a ``height`` x ``width`` raster, row-major."""
+    rows = axis_offsets(height, size, stride)
+    cols = axis_offsets(width, size, stride)
+    return [
+        GridWindow(r, c, Window(col_off, row_off, size, size))
+        for r, row_off in enumerate(rows)
+        for c, col_off in enumerate(cols)
+    ]
+
+
+def grid_rows(windows: list[GridWindow]) -> Iterator[list[GridWindow]]:
+    """Group row-major grid windows into rows (one strip of the raster each)."""
+    current: list[GridWindow] = []
+    for window in windows:
+        if current and window.row != current[0].row:
+            yield current
+            current = []
+        current.append(window)
+    if current:
+        yield current
+
+
+def inside_slices(window: Window, height: int, width: int) -> tuple[Window, slice, slice]:
+    """The part of ``window`` inside the raster, and where it sits within the window's array."""
+    row0 = max(0, int(window.row_off))
+    col0 = max(0, int(window.col_off))
+    row1 = min(height, int(window.row_off + window.height))
+    col1 = min(width, int(window.col_off + window.width))
+    inner = Window(col0, row0, max(0, col1 - col0), max(0, row1 - row0))
+    rows = slice(row0 - int(window.row_off), row1 - int(window.row_off))
+    cols = slice(col0 - int(window.col_off), col1 - int(window.col_off))
+    return inner, rows, cols
+
+
+def read_padded(
+    src: rasterio.io.DatasetReaderBase,
+    window: Window,
+    fill: float = 0,
+    indexes: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a window that may extend past the raster, padding outside pixels with ``fill``.
+
+    Returns ``(image, valid, inside)``: image is (bands, h, w); ``valid`` marks pixels that are
+    inside the raster and not nodata (GDAL's dataset mask, plus NaN for float rasters); ``inside``
+    marks pixels within the raster bounds. Reading only the inner part is faster than a boundless
+    read through a VRT and keeps the memory to one window.
+    """
+    bands = indexes or list(range(1, src.count + 1))
+    height, width = int(window.height), int(window.width)
+    image = np.full((len(bands), height, width), fill, dtype=src.dtypes[bands[0] - 1])
+    valid = np.zeros((height, width), dtype=bool)
+    inside = np.zeros((height, width), dtype=bool)
+    inner, rows, cols = inside_slices(window, src.height, src.width)
+    if inner.width == 0 or inner.height == 0:
+        return image, valid, inside
+    data = src.read(bands, window=inner)
+    mask = src.dataset_mask(window=inner) > 0
+    if np.issubdtype(data.dtype, np.floating):
+        finite = np.isfinite(data).all(axis=0)
+        mask &= finite
+        data = np.where(np.isfinite(data), data, fill).astype(data.dtype, copy=False)
+    image[:, rows, cols] = data
+    valid[rows, cols] = mask
+    inside[rows, cols] = True
+    return image, valid, inside
