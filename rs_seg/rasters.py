@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from rs_seg.errors import RsSegError
 
@@ -20,9 +21,11 @@ GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": "ALL_CPUS", "CPL_LOG_ERROR
 
 
 def gdal_message(exc: BaseException) -> str:
-    """The first line of a GDAL/rasterio error, without the file path GDAL tends to repeat."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
+    """The first line of the most specific GDAL/rasterio message in the exception chain."""
+    while exc.__cause__ is not None and str(exc.__cause__).strip():
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -34,7 +37,9 @@ def open_raster(path: Path, role: str = "raster") -> Iterator[rasterio.io.Datase
     if path.is_dir() and path.suffix.lower() not in {".zarr", ".gdb"}:
         raise RsSegError(f"{role} is a folder, not a raster file", path)
     try:
-        src = rasterio.open(path)
+        with warnings.catch_warnings():  # chips without a CRS are legitimate input
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
     except RasterioError as exc:
         message = gdal_message(exc)
         if "not recognized as" in message or "not a supported file format" in message:

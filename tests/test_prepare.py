@@ -1,0 +1,184 @@
+"""Chip preparation end to end on tiny scenes: what a user finds in the output folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from rs_seg.config import LabelMap, PrepareConfig
+from rs_seg.index import read_index
+from rs_seg.prepare import expand_paths, pair_chip_folder, prepare, unique_names
+from tests.conftest import PIXEL, pixel_box, read_chip, write_labels, write_scene
+
+
+def run(tmp_path, scenes, labels, **kwargs):
+    cfg = PrepareConfig(
+        scenes=[str(s) for s in scenes], labels=labels, out=tmp_path / "chips", **kwargs
+    )
+    return prepare(cfg)
+
+
+def test_chips_are_georeferenced_copies_of_scene_windows(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 300, 400, bands=4)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 100, 100)])
+    summary = run(tmp_path, [scene], labels, chip_size=128)
+    chips = read_index(summary.out)
+    assert len(chips) == 3 * 4
+    with rasterio.open(scene) as src:
+        for row in chips.itertuples():
+            window = Window(row.col_off, row.row_off, 128, 128)
+            with rasterio.open(row.image_path) as chip:
+                assert chip.crs == src.crs
+                assert chip.transform.almost_equals(window_transform(window, src.transform))
+                assert chip.count == 4 and chip.dtypes[0] == "uint16"
+                np.testing.assert_array_equal(chip.read(), src.read(window=window))
+
+
+def test_mask_values_follow_labels_nodata_and_padding(tmp_path, scene_factory) -> None:
+    scene = scene_factory("small", 100, 120, nodata_cols=10)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(20, 30, 60, 80)], to_crs="EPSG:4326")
+    summary = run(tmp_path, [scene], labels, chip_size=128)
+    chips = read_index(summary.out)
+    assert len(chips) == 1, "a scene smaller than a chip gives one padded chip"
+    mask = read_chip(chips.iloc[0].mask_path)[0]
+    assert mask.shape == (128, 128)
+    assert (mask[:, :10] == 255).all(), "nodata pixels are ignore"
+    assert (mask[100:, :] == 255).all() and (mask[:, 120:] == 255).all(), "padding is ignore"
+    assert mask[22:58, 32:78].all() and (mask[22:58, 32:78] == 1).all()
+    assert set(np.unique(mask)) == {0, 1, 255}
+    row = chips.iloc[0]
+    assert row.nodata_fraction == pytest.approx(10 / 120, abs=1e-6)
+    assert row.labelled_px == 100 * 110
+    assert row.cropland_px == pytest.approx(40 * 50, abs=60)
+
+
+def test_chips_mostly_nodata_are_skipped(tmp_path, scene_factory) -> None:
+    scene = scene_factory("edge", 64, 256, nodata_cols=90)  # chip at col 64: 26/64 nodata
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 120, 64, 200)])
+    summary = run(tmp_path, [scene], labels, chip_size=64, max_nodata_fraction=0.5)
+    chips = read_index(summary.out)
+    assert sorted(chips["col_off"]) == [64, 128, 192]
+    assert summary.skipped == {"mostly_nodata": 1}
+
+
+def test_aoi_marks_everything_outside_as_ignore(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 128, 256)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 64, 64)])
+    aoi = write_labels(tmp_path / "aoi.gpkg", [pixel_box(0, 0, 128, 100)], to_crs="EPSG:4326")
+    summary = run(tmp_path, [scene], labels, chip_size=128, aoi=aoi)
+    chips = read_index(summary.out).sort_values("col_off")
+    assert list(chips["col_off"]) == [0], "the chip entirely outside the AOI is dropped"
+    mask = read_chip(chips.iloc[0].mask_path)[0]
+    assert (mask[:, 100:] == 255).all() and (mask[:, :98] != 255).all()
+    assert summary.skipped == {"unlabelled": 1}
+
+
+def test_index_and_summary_describe_the_split(tmp_path, scene_factory) -> None:
+    scenes = [
+        scene_factory(f"s{i}", 256, 256, origin=(500_000 + i * 5000, 5_300_000)) for i in range(10)
+    ]
+    polygons = [
+        shapely.box(500_000 + i * 5000, 5_299_000 - 500, 500_000 + i * 5000 + 800, 5_299_000 + 500)
+        for i in range(10)
+    ]
+    labels = write_labels(tmp_path / "l.gpkg", polygons, to_crs="EPSG:4326")
+    summary = run(tmp_path, scenes, labels, chip_size=128)
+    index = pyogrio.read_dataframe(summary.index)
+    assert index.crs.to_epsg() == 4326
+    assert {"chip_id", "scene", "row", "col", "image", "mask", "cropland_fraction",
+            "nodata_fraction", "split", "block"} <= set(index.columns)  # fmt: skip
+    assert index.geometry.notna().all()
+    stored = json.loads((summary.out / "summary.json").read_text())
+    assert stored["splits"]["train"]["chips"] == summary.splits["train"]["chips"]
+    assert sum(v["chips"] for v in stored["splits"].values()) == 40
+    fraction = index["cropland_px"].sum() / index["labelled_px"].sum()
+    assert fraction == pytest.approx(10 * 80 * 100 / (10 * 256 * 256), abs=0.01)
+    assert (summary.out / "prepare.yaml").exists()
+
+
+def test_raster_labels_with_value_map_per_scene_template(tmp_path, scene_factory) -> None:
+    scene = scene_factory("tile_1", 64, 64)
+    values = np.zeros((64, 64), dtype=np.uint8)
+    values[:32] = 7
+    values[60:] = 99
+    with rasterio.open(scene) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": None}
+    with rasterio.open(tmp_path / "tile_1_mask.tif", "w", **profile) as dst:
+        dst.write(values[np.newaxis])
+    summary = run(
+        tmp_path, [scene], tmp_path / "{stem}_mask.tif", chip_size=64,
+        label_map=LabelMap(cropland=[7], ignore=[99]),
+    )  # fmt: skip
+    mask = read_chip(read_index(summary.out).iloc[0].mask_path)[0]
+    assert (mask[:32] == 1).all() and (mask[32:60] == 0).all() and (mask[60:] == 255).all()
+
+
+def write_voc_folder(root, n=4, size=32, crs=None):
+    for i in range(n):
+        scene_class = "farm" if i % 2 else "town"
+        write_scene(
+            root / "image" / scene_class / f"{i}.tif", size, size, crs=crs, nodata=None, seed=i
+        )
+        mask = np.full((size, size), 1 if scene_class == "farm" else 0, dtype=np.uint8)
+        mask[:4] = 5
+        path = root / "label_gray" / scene_class / f"{i}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(
+            path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8"
+        ) as dst:
+            dst.write(mask[np.newaxis])
+
+
+def test_existing_chip_folder_is_indexed_with_label_map(tmp_path) -> None:
+    root = tmp_path / "voc"
+    write_voc_folder(root, n=6)
+    pairs = pair_chip_folder(root, "image/**/*.tif", "label_gray/**/*.tif")
+    assert [p.name for p in pairs] == ["farm_1", "farm_3", "farm_5", "town_0", "town_2", "town_4"]
+    cfg = PrepareConfig(
+        chips_dir=root, image_glob="image/**/*.tif", mask_glob="label_gray/**/*.tif",
+        label_map=LabelMap.parse("1=cropland,5=ignore"), out=tmp_path / "chips", chip_size=32,
+    )  # fmt: skip
+    summary = prepare(cfg)
+    chips = read_index(summary.out)
+    assert len(chips) == 6 and chips.geometry.isna().all(), "no CRS: indexed without footprints"
+    farm = read_chip(chips.set_index("scene").loc["farm_1", "mask_path"])[0]
+    assert (farm[:4] == 255).all() and (farm[4:] == 1).all()
+    assert sum(s["chips"] for s in summary.splits.values()) == 6
+
+
+def test_unique_names_disambiguate_equal_stems(tmp_path) -> None:
+    paths = [tmp_path / "a" / "1.tif", tmp_path / "b" / "1.tif"]
+    assert unique_names(paths) == ["a_1", "b_1"]
+    assert unique_names([tmp_path / "x.tif", tmp_path / "y.tif"]) == ["x", "y"]
+
+
+def test_expand_paths_globs_and_plain_paths(tmp_path, scene_factory) -> None:
+    a = scene_factory("a", 8, 8)
+    b = scene_factory("b", 8, 8)
+    assert expand_paths([str(tmp_path / "scenes" / "*.tif"), str(a)]) == [a, b]
+
+
+def test_overwrite_replaces_output_completely(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 64, 64)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10)])
+    run(tmp_path, [scene], labels, chip_size=32)
+    (tmp_path / "chips" / "stale.txt").write_text("old")
+    run(tmp_path, [scene], labels, chip_size=64, overwrite=True)
+    assert not (tmp_path / "chips" / "stale.txt").exists()
+    assert len(read_index(tmp_path / "chips")) == 1
+    assert not list(tmp_path.glob(".chips*")), "no staging folder left behind"
+
+
+def test_pixel_size_is_preserved(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 64, 64)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10)])
+    summary = run(tmp_path, [scene], labels, chip_size=32)
+    with rasterio.open(read_index(summary.out).iloc[0].mask_path) as chip:
+        assert chip.res == (PIXEL, PIXEL) and chip.nodata == 255
