@@ -30,7 +30,7 @@ from rasterio.windows import transform as window_transform
 
 from rs_seg.config import MASK_BACKGROUND, MASK_CROPLAND, MASK_IGNORE, LabelMap
 from rs_seg.errors import RsSegError
-from rs_seg.rasters import RasterInfo, open_raster
+from rs_seg.rasters import RasterInfo, gdal_message, open_raster
 from rs_seg.windows import read_padded
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ def polygon_parts(geometries: np.ndarray) -> np.ndarray:
 class VectorLayer:
     """A polygon layer read on demand, reprojected into whatever CRS a scene asks for."""
 
-    in_memory_limit_bytes = 64 * 1024 * 1024
+    # Files up to this size are read once and indexed in memory (fast for many scenes); larger ones
+    # are read strip by strip through the file's spatial index, so memory stays bounded.
+    in_memory_limit_bytes = 16 * 1024 * 1024
 
     def __init__(
         self, path: Path, role: str = "labels", layer: str | None = None, where: str | None = None
@@ -91,10 +93,8 @@ class VectorLayer:
         try:
             info = pyogrio.read_info(self.path, layer=self.layer)
         except Exception as exc:  # pyogrio raises several DataSourceError flavours
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RsSegError(
-                f"cannot read {self.role} as vector data ({first})", self.path
-            ) from None
+            message = f"cannot read {self.role} as vector data ({gdal_message(exc)})"
+            raise RsSegError(message, self.path) from None
         if info.get("features", 0) == 0:
             raise RsSegError(f"{self.role} file is empty (no features)", self.path)
         if not info.get("crs"):
@@ -114,8 +114,7 @@ class VectorLayer:
                 self.path, layer=self.layer, columns=[], where=self.where, bbox=bbox
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RsSegError(f"cannot read {self.role}: {first}", self.path) from None
+            raise RsSegError(f"cannot read {self.role}: {gdal_message(exc)}", self.path) from None
         return frame[frame.geometry.notna()]
 
     def polygons(self, bounds: Bounds, crs: CRS) -> np.ndarray:
@@ -141,8 +140,18 @@ class VectorLayer:
         return self._by_crs[key]
 
     def count_in(self, bounds: Bounds, crs: CRS) -> int:
-        """Number of polygons touching ``bounds``; used to reject labels that miss every scene."""
-        return len(self.polygons(bounds, crs))
+        """Number of features whose extent meets ``bounds`` (no geometry is kept in memory)."""
+        if self._frame is not None:
+            return len(self.polygons(bounds, crs))
+        own_bounds = transform_bounds(crs, self.crs, *bounds, densify_pts=21)
+        try:
+            frame = pyogrio.read_dataframe(
+                self.path, layer=self.layer, columns=[], where=self.where, bbox=own_bounds,
+                read_geometry=False,
+            )  # fmt: skip
+        except Exception as exc:
+            raise RsSegError(f"cannot read {self.role}: {gdal_message(exc)}", self.path) from None
+        return len(frame)
 
 
 class VectorWindowMasks:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 
@@ -89,6 +90,25 @@ def inside_slices(window: Window, height: int, width: int) -> tuple[Window, slic
     return inner, rows, cols
 
 
+def valid_pixels(
+    src: rasterio.io.DatasetReaderBase, data: np.ndarray, window: Window
+) -> np.ndarray:
+    """GDAL's dataset mask (valid where any band is valid) for pixels already read into ``data``.
+
+    For the common nodata-value case the mask follows from the data itself; asking GDAL for it
+    would read every band a second time.
+    """
+    flags = src.mask_flag_enums
+    if all(MaskFlags.all_valid in band for band in flags):
+        return np.ones(data.shape[1:], dtype=bool)
+    nodata = src.nodata
+    if nodata is not None and all(band == [MaskFlags.nodata] for band in flags):
+        if np.isnan(nodata):
+            return ~np.isnan(data).all(axis=0)
+        return (data != np.asarray(nodata, dtype=data.dtype)).any(axis=0)
+    return src.dataset_mask(window=window) > 0
+
+
 def read_padded(
     src: rasterio.io.DatasetReaderBase,
     window: Window,
@@ -111,11 +131,11 @@ def read_padded(
     if inner.width == 0 or inner.height == 0:
         return image, valid, inside
     data = src.read(bands, window=inner)
-    mask = src.dataset_mask(window=inner) > 0
+    mask = valid_pixels(src, data, inner)
     if np.issubdtype(data.dtype, np.floating):
-        finite = np.isfinite(data).all(axis=0)
-        mask &= finite
-        data = np.where(np.isfinite(data), data, fill).astype(data.dtype, copy=False)
+        finite = np.isfinite(data)
+        mask &= finite.all(axis=0)
+        data = np.where(finite, data, fill).astype(data.dtype, copy=False)
     image[:, rows, cols] = data
     valid[rows, cols] = mask
     inside[rows, cols] = True

@@ -14,14 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import geopandas as gpd  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rasterio  # noqa: E402
-import shapely  # noqa: E402
-from rasterio.transform import from_origin  # noqa: E402
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.transform import from_origin
 
-import rs_seg  # noqa: E402, F401 - arms the torchvision shim before any test imports torch libs
+import rs_seg  # noqa: F401 - arms the torchvision shim before any test imports torch libs
 
 UTM = "EPSG:32633"
 ORIGIN = (500_000.0, 5_300_000.0)  # top-left corner of test scenes, UTM 33N

@@ -184,6 +184,6 @@ def test_config_typo_is_reported_with_its_key(inputs) -> None:
 
 
 def test_bad_label_map(inputs) -> None:
-    tmp_path, scene, _ = inputs
+    _tmp_path, scene, _ = inputs
     result = invoke("prepare", "--scenes", scene, "--labels", scene, "--label-map", "1:2")
     assert result.exit_code == 2 and "--label-map" in result.stderr

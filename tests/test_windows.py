@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_axis_offsets_properties(length: int, size: int, stride_fraction: float)
     offsets = axis_offsets(length, size, stride)
     assert offsets[0] == 0
     assert offsets == sorted(set(offsets)), "offsets strictly increase"
-    assert all(b - a <= stride for a, b in zip(offsets, offsets[1:], strict=False)), "no gaps"
+    assert all(b - a <= stride for a, b in itertools.pairwise(offsets)), "no gaps"
     if length > size:
         assert offsets[-1] + size == length, "the last window ends exactly at the edge"
         assert len(offsets) == math.ceil((length - size) / stride) + 1
