@@ -276,3 +276,18 @@ def open_raster_labels(
 def is_vector_path(path: Path) -> bool:
     """Guess from the suffix whether a label path is vector data (else it is a raster)."""
     return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+def polygon_cover_fraction(layer: VectorLayer, scene: RasterInfo) -> tuple[float, float]:
+    """Area of the scene footprint covered by the layer's polygons, and the footprint area.
+
+    Computed with vector geometry only (no rasterization), so it is an independent check of the
+    cropland fraction that chip preparation reports.
+    """
+    if scene.crs is None:
+        raise RsSegError("scene has no CRS", scene.path)
+    footprint = shapely.box(*scene.bounds)
+    polygons = layer.polygons(scene.bounds, scene.crs)
+    if len(polygons) == 0:
+        return 0.0, footprint.area
+    return shapely.intersection(shapely.union_all(polygons), footprint).area, footprint.area

@@ -1,0 +1,224 @@
+"""Chip-preparation benchmark: throughput and peak memory against a bare windowed read + write.
+
+For each scene size (default 4096 and 16384 px, 4 bands, uint16) it generates a synthetic scene with
+its cropland polygons, then measures in fresh child processes:
+
+* ``rs_seg``: ``rs_seg.prepare.prepare`` end to end (labels reprojected and rasterized, nodata
+  handling, chip GeoTIFFs, spatial split, index), and
+* ``bare``: the lower bound on the same machine in the same run: for exactly the chips rs_seg wrote,
+  read the window and write an image chip and a mask chip with the same GeoTIFF profiles, nothing
+  else.
+
+Throughput is chips written per second inside the child (imports excluded); peak RSS is the child's
+``ru_maxrss`` from ``wait4``. Results go to ``benchmarks/results/prepare.json`` and ``prepare.png``.
+
+    python benchmarks/bench_prepare.py [--sizes 4096 16384] [--workdir /tmp/rs_seg_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def child_synth(size: int, out: Path) -> dict:
+    from rs_seg.config import SynthConfig
+    from rs_seg.synthetic import generate_scenes
+
+    result = generate_scenes(SynthConfig(out=out, size=size, bands=4, seed=11, scenes=1))
+    return {"scene": str(result.scenes[0]), "labels": str(result.labels)}
+
+
+def child_prepare(scene: str, labels: str, out: Path) -> dict:
+    from rs_seg.config import PrepareConfig
+    from rs_seg.prepare import prepare
+
+    cfg = PrepareConfig(scenes=[scene], labels=labels, out=out, overwrite=True)
+    started = time.perf_counter()
+    summary = prepare(cfg)
+    return {"seconds": time.perf_counter() - started, "chips": summary.chips}
+
+
+def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
+    """Read each window rs_seg wrote and write image + mask chips with the same profiles."""
+    import numpy as np
+    import pyogrio
+    import rasterio
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from rs_seg.chips import _chip_profile, _mask_profile
+    from rs_seg.rasters import GDAL_ENV, RasterInfo
+
+    chips = pyogrio.read_dataframe(index_dir / "index.gpkg", read_geometry=False)
+    info = RasterInfo.read(Path(scene))
+    size = int(chips["size"].iloc[0])
+    image_profile, mask_profile = _chip_profile(info, size), _mask_profile(info, size)
+    zeros = np.zeros((1, size, size), dtype=np.uint8)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with rasterio.Env(**GDAL_ENV), rasterio.open(scene) as src:
+        for i, (row_off, col_off) in enumerate(
+            zip(chips["row_off"], chips["col_off"], strict=True)
+        ):
+            window = Window(col_off, row_off, size, size)
+            data = src.read(window=window)
+            transform = window_transform(window, src.transform)
+            with rasterio.open(out / f"{i}.tif", "w", **image_profile, transform=transform) as dst:
+                dst.write(data)
+            with rasterio.open(out / f"{i}_m.tif", "w", **mask_profile, transform=transform) as dst:
+                dst.write(zeros)
+    return {"seconds": time.perf_counter() - started, "chips": len(chips)}
+
+
+def run_child(*args: str) -> dict:
+    """Run this script in a fresh process; returns its JSON result plus wall time and peak RSS."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"child {args[0]} failed with status {status}")
+    result = json.loads(output.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - started
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return result
+
+
+def machine() -> dict:
+    import rasterio
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024**2, 1),
+        "python": platform.python_version(),
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+    }
+
+
+def bench_size(size: int, workdir: Path) -> dict:
+    data_dir = workdir / f"synth_{size}"
+    meta = data_dir / "bench_meta.json"
+    if meta.exists():
+        scene = json.loads(meta.read_text())
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        print(f"[{size}] generating a synthetic 4-band scene ...", flush=True)
+        scene = run_child("synth", str(size), str(data_dir))
+        meta.write_text(json.dumps(scene))
+    chips_dir, bare_dir = workdir / f"chips_{size}", workdir / f"bare_{size}"
+    print(f"[{size}] rs_seg prepare ...", flush=True)
+    ours = run_child("prepare", scene["scene"], scene["labels"], str(chips_dir))
+    print(f"[{size}] bare read + write of the same chips ...", flush=True)
+    shutil.rmtree(bare_dir, ignore_errors=True)
+    bare = run_child("bare", scene["scene"], str(chips_dir), str(bare_dir))
+    shutil.rmtree(bare_dir, ignore_errors=True)
+    shutil.rmtree(chips_dir, ignore_errors=True)
+    row = {
+        "size": size,
+        "scene_mb": round(Path(scene["scene"]).stat().st_size / 1e6, 1),
+        "chips": ours["chips"],
+        "rs_seg_chips_per_s": ours["chips"] / ours["seconds"],
+        "bare_chips_per_s": bare["chips"] / bare["seconds"],
+        "rs_seg_seconds": ours["seconds"],
+        "bare_seconds": bare["seconds"],
+        "rs_seg_peak_rss_mb": ours["peak_rss_mb"],
+        "bare_peak_rss_mb": bare["peak_rss_mb"],
+    }
+    row["slowdown_vs_bare"] = row["bare_chips_per_s"] / row["rs_seg_chips_per_s"]
+    print(json.dumps(row, indent=1), flush=True)
+    return row
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['size']}²" for r in rows]
+    x = range(len(rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.bar(
+        [i - 0.2 for i in x], [r["rs_seg_chips_per_s"] for r in rows], 0.4, label="rs_seg prepare"
+    )
+    ax1.bar(
+        [i + 0.2 for i in x], [r["bare_chips_per_s"] for r in rows], 0.4, label="bare read+write"
+    )
+    ax1.set(
+        xticks=list(x), xticklabels=labels, ylabel="chips / s", title="Throughput (256 px chips)"
+    )
+    ax1.legend()
+    ax2.bar(
+        [i - 0.2 for i in x], [r["rs_seg_peak_rss_mb"] for r in rows], 0.4, label="rs_seg prepare"
+    )
+    ax2.bar(
+        [i + 0.2 for i in x], [r["bare_peak_rss_mb"] for r in rows], 0.4, label="bare read+write"
+    )
+    ax2.set(xticks=list(x), xticklabels=labels, ylabel="peak RSS (MB)", title="Peak memory")
+    ax2.legend()
+    fig.suptitle("Chip preparation, 4-band uint16 synthetic scenes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [bench_size(size, args.workdir) for size in args.sizes]
+    report = {
+        "benchmark": "prepare",
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "rows": rows,
+    }
+    if len(rows) >= 2:
+        report["rss_ratio_largest_vs_smallest"] = (
+            rows[-1]["rs_seg_peak_rss_mb"] / rows[0]["rs_seg_peak_rss_mb"]
+        )
+    (args.out / "prepare.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, args.out / "prepare.png")
+    print(f"results: {args.out / 'prepare.json'}, {args.out / 'prepare.png'}")
+
+
+def child_main(argv: list[str]) -> None:
+    mode, *rest = argv
+    if mode == "synth":
+        result = child_synth(int(rest[0]), Path(rest[1]))
+    elif mode == "prepare":
+        result = child_prepare(rest[0], rest[1], Path(rest[2]))
+    else:
+        result = child_bare(rest[0], Path(rest[1]), Path(rest[2]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+    else:
+        main()
