@@ -15,8 +15,9 @@ export DO_NOT_TRACK ?= 1
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@echo "installing the locked dependency set into $(VENV) (about 2 minutes the first time) ..."
+	@$(PY) -m pip install -c constraints.txt -e '.[dev]' > $(VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 ## demo: generate a synthetic farm scene, cut it into chips with an 8:1:1 split, print a summary

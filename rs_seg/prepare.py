@@ -244,8 +244,6 @@ def finish(plan: PreparePlan, results: list[SceneChips], out_dir: Path) -> Prepa
     outcome = assign_splits(chips, _layouts(plan, results), plan.config.split)
     chips["block"] = outcome.block
     chips["split"] = outcome.split
-    for note in outcome.notes:
-        log.info(note)
     return write_outputs(plan.config, chips, results, outcome, out_dir)
 
 

@@ -1,4 +1,4 @@
-"""The torchvision shim: libraries that import torchvision work, and the shim stays out of the way."""
+"""The torchvision shim makes torchvision-based libraries importable and otherwise stays idle."""
 
 from __future__ import annotations
 
