@@ -9,8 +9,9 @@ its cropland polygons, then measures in fresh child processes:
   read the window and write an image chip and a mask chip with the same GeoTIFF profiles, nothing
   else.
 
-Throughput is chips written per second inside the child (imports excluded); peak RSS is the child's
-``ru_maxrss`` from ``wait4``. Results go to ``benchmarks/results/prepare.json`` and ``prepare.png``.
+Throughput is chips written per second inside the child (imports excluded), the median of
+``--repeats`` alternating runs; peak RSS is the largest ``ru_maxrss`` (from ``wait4``) of those
+runs. Results go to ``benchmarks/results/prepare.json`` and ``prepare.png``.
 
     python benchmarks/bench_prepare.py [--sizes 4096 16384] [--workdir /tmp/rs_seg_bench]
 """
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -32,11 +34,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def child_synth(size: int, out: Path) -> dict:
+    import pyogrio
+
     from rs_seg.config import SynthConfig
     from rs_seg.synthetic import generate_scenes
 
     result = generate_scenes(SynthConfig(out=out, size=size, bands=4, seed=11, scenes=1))
-    return {"scene": str(result.scenes[0]), "labels": str(result.labels)}
+    polygons = pyogrio.read_info(result.labels)["features"]
+    return {"scene": str(result.scenes[0]), "labels": str(result.labels), "polygons": polygons}
 
 
 def child_prepare(scene: str, labels: str, out: Path) -> dict:
@@ -116,7 +121,7 @@ def machine() -> dict:
     }
 
 
-def bench_size(size: int, workdir: Path) -> dict:
+def bench_size(size: int, workdir: Path, repeats: int) -> dict:
     data_dir = workdir / f"synth_{size}"
     meta = data_dir / "bench_meta.json"
     if meta.exists():
@@ -127,23 +132,30 @@ def bench_size(size: int, workdir: Path) -> dict:
         scene = run_child("synth", str(size), str(data_dir))
         meta.write_text(json.dumps(scene))
     chips_dir, bare_dir = workdir / f"chips_{size}", workdir / f"bare_{size}"
-    print(f"[{size}] rs_seg prepare ...", flush=True)
-    ours = run_child("prepare", scene["scene"], scene["labels"], str(chips_dir))
-    print(f"[{size}] bare read + write of the same chips ...", flush=True)
-    shutil.rmtree(bare_dir, ignore_errors=True)
-    bare = run_child("bare", scene["scene"], str(chips_dir), str(bare_dir))
-    shutil.rmtree(bare_dir, ignore_errors=True)
+    ours, bare = [], []
+    for attempt in range(1, repeats + 1):  # alternate, so drift on the machine hits both alike
+        print(
+            f"[{size}] run {attempt}/{repeats}: rs_seg prepare, then bare read + write", flush=True
+        )
+        ours.append(run_child("prepare", scene["scene"], scene["labels"], str(chips_dir)))
+        shutil.rmtree(bare_dir, ignore_errors=True)
+        bare.append(run_child("bare", scene["scene"], str(chips_dir), str(bare_dir)))
+        shutil.rmtree(bare_dir, ignore_errors=True)
     shutil.rmtree(chips_dir, ignore_errors=True)
+    ours_rate = statistics.median(r["chips"] / r["seconds"] for r in ours)
+    bare_rate = statistics.median(r["chips"] / r["seconds"] for r in bare)
     row = {
         "size": size,
         "scene_mb": round(Path(scene["scene"]).stat().st_size / 1e6, 1),
-        "chips": ours["chips"],
-        "rs_seg_chips_per_s": ours["chips"] / ours["seconds"],
-        "bare_chips_per_s": bare["chips"] / bare["seconds"],
-        "rs_seg_seconds": ours["seconds"],
-        "bare_seconds": bare["seconds"],
-        "rs_seg_peak_rss_mb": ours["peak_rss_mb"],
-        "bare_peak_rss_mb": bare["peak_rss_mb"],
+        "label_polygons": scene.get("polygons"),
+        "chips": ours[0]["chips"],
+        "repeats": repeats,
+        "rs_seg_chips_per_s": ours_rate,
+        "bare_chips_per_s": bare_rate,
+        "rs_seg_chips_per_s_runs": [r["chips"] / r["seconds"] for r in ours],
+        "bare_chips_per_s_runs": [r["chips"] / r["seconds"] for r in bare],
+        "rs_seg_peak_rss_mb": max(r["peak_rss_mb"] for r in ours),
+        "bare_peak_rss_mb": max(r["peak_rss_mb"] for r in bare),
     }
     row["slowdown_vs_bare"] = row["bare_chips_per_s"] / row["rs_seg_chips_per_s"]
     print(json.dumps(row, indent=1), flush=True)
@@ -187,10 +199,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size; medians reported")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [bench_size(size, args.workdir) for size in args.sizes]
+    rows = [bench_size(size, args.workdir, args.repeats) for size in args.sizes]
     report = {
         "benchmark": "prepare",
         "date": dt.date.today().isoformat(),

@@ -14,6 +14,7 @@ from rasterio.windows import transform as window_transform
 
 from rs_seg.config import LabelMap, PrepareConfig
 from rs_seg.index import read_index
+from rs_seg.labels import VectorLayer
 from rs_seg.prepare import expand_paths, pair_chip_folder, prepare, unique_names
 from tests.conftest import PIXEL, pixel_box, read_chip, write_labels, write_scene
 
@@ -103,6 +104,39 @@ def test_index_and_summary_describe_the_split(tmp_path, scene_factory) -> None:
     assert (summary.out / "prepare.yaml").exists()
 
 
+@pytest.mark.parametrize("suffix", [".shp", ".geojson", ".fgb"])
+def test_vector_label_formats(tmp_path, scene_factory, suffix) -> None:
+    scene = scene_factory("a", 64, 64)
+    labels = write_labels(tmp_path / f"l{suffix}", [pixel_box(0, 0, 32, 64)], to_crs="EPSG:4326")
+    chips = read_index(run(tmp_path, [scene], labels, chip_size=64).out)
+    assert chips.iloc[0].cropland_fraction == pytest.approx(0.5, abs=0.02)
+
+
+def test_streamed_labels_give_the_same_chips_as_labels_in_memory(
+    tmp_path, scene_factory, monkeypatch
+) -> None:
+    scene = scene_factory("a", 200, 300)
+    fields = [pixel_box(r, c, r + 30, c + 45) for r in range(0, 200, 40) for c in range(0, 300, 60)]
+    labels = write_labels(tmp_path / "l.gpkg", fields, to_crs="EPSG:4326")
+    in_memory = read_index(run(tmp_path, [scene], labels, chip_size=64).out)
+    monkeypatch.setattr(VectorLayer, "in_memory_limit_bytes", 0)
+    streamed = read_index(
+        prepare(
+            PrepareConfig(scenes=[str(scene)], labels=labels, out=tmp_path / "s", chip_size=64)
+        ).out
+    )
+    assert streamed["cropland_px"].tolist() == in_memory["cropland_px"].tolist()
+    for a, b in zip(in_memory["mask_path"], streamed["mask_path"], strict=True):
+        np.testing.assert_array_equal(read_chip(a), read_chip(b))
+
+
+def test_label_where_filters_polygons(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 64, 64)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 32, 64)])
+    cfg = dict(chip_size=64, label_where="class = 'cropland'")
+    assert read_index(run(tmp_path, [scene], labels, **cfg).out).iloc[0].cropland_px == 32 * 64
+
+
 def test_raster_labels_with_value_map_per_scene_template(tmp_path, scene_factory) -> None:
     scene = scene_factory("tile_1", 64, 64)
     values = np.zeros((64, 64), dtype=np.uint8)
@@ -134,6 +168,17 @@ def write_voc_folder(root, n=4, size=32, crs=None):
             path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8"
         ) as dst:
             dst.write(mask[np.newaxis])
+
+
+def test_georeferenced_chip_folder_gets_footprints(tmp_path) -> None:
+    root = tmp_path / "voc"
+    write_voc_folder(root, n=4, crs="EPSG:32633")
+    cfg = PrepareConfig(
+        chips_dir=root, image_glob="image/**/*.tif", mask_glob="label_gray/**/*.tif",
+        label_map=LabelMap.parse("1=cropland,5=ignore"), out=tmp_path / "chips", chip_size=32,
+    )  # fmt: skip
+    chips = read_index(prepare(cfg).out)
+    assert chips.geometry.notna().all() and chips.crs.to_epsg() == 4326
 
 
 def test_existing_chip_folder_is_indexed_with_label_map(tmp_path) -> None:
