@@ -62,28 +62,13 @@ def _publish(staging: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging folder that becomes ``final`` when the block completes."""
+def _staged(final: Path, overwrite: bool, folder: bool) -> Iterator[Path]:
     final = Path(final)
     check_output_free(final, overwrite)
     _check_writable_parent(final)
     staging = _staging_name(final)
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        _remove(staging)
-        raise
-    _publish(staging, final)
-
-
-@contextlib.contextmanager
-def staged_file(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path (same suffix, same folder) that becomes ``final`` on success."""
-    final = Path(final)
-    check_output_free(final, overwrite)
-    _check_writable_parent(final)
-    staging = _staging_name(final)
+    if folder:
+        staging.mkdir()
     try:
         yield staging
     except BaseException:
@@ -92,3 +77,13 @@ def staged_file(final: Path, overwrite: bool = False) -> Iterator[Path]:
     if not staging.exists():
         raise RuntimeError(f"{staging}: nothing was written")
     _publish(staging, final)
+
+
+def staged_dir(final: Path, overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """An empty staging folder that becomes ``final`` when the ``with`` block completes."""
+    return _staged(final, overwrite, folder=True)
+
+
+def staged_file(final: Path, overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """A temporary path (same folder and suffix) that becomes ``final`` on success."""
+    return _staged(final, overwrite, folder=False)
