@@ -62,13 +62,16 @@ def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
-    from rs_seg.chips import _chip_profile, _mask_profile
+    from rs_seg.chips import ChipSettings, chip_profile, mask_profile
+    from rs_seg.config import PrepareConfig
     from rs_seg.rasters import GDAL_ENV, RasterInfo
 
     chips = pyogrio.read_dataframe(index_dir / "index.gpkg", read_geometry=False)
     info = RasterInfo.read(Path(scene))
     size = int(chips["size"].iloc[0])
-    image_profile, mask_profile = _chip_profile(info, size), _mask_profile(info, size)
+    defaults = PrepareConfig.model_fields
+    settings = ChipSettings(size, size, 1.0, defaults["compression"].default)
+    image_profile, mask_profile_ = chip_profile(info, settings), mask_profile(info, settings)
     zeros = np.zeros((1, size, size), dtype=np.uint8)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -81,7 +84,9 @@ def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
             transform = window_transform(window, src.transform)
             with rasterio.open(out / f"{i}.tif", "w", **image_profile, transform=transform) as dst:
                 dst.write(data)
-            with rasterio.open(out / f"{i}_m.tif", "w", **mask_profile, transform=transform) as dst:
+            with rasterio.open(
+                out / f"{i}_m.tif", "w", **mask_profile_, transform=transform
+            ) as dst:
                 dst.write(zeros)
     return {"seconds": time.perf_counter() - started, "chips": len(chips)}
 

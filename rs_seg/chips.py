@@ -79,11 +79,22 @@ class RasterLabels:
 
 @dataclass(frozen=True)
 class ChipSettings:
-    """Chip geometry and the nodata threshold above which a chip is skipped."""
+    """Chip geometry, the nodata threshold above which a chip is skipped, and compression."""
 
     size: int
     stride: int
     max_nodata_fraction: float
+    compression: str = "zstd"
+
+
+def compression_options(compression: str, floating: bool = False) -> dict[str, Any]:
+    """GeoTIFF creation options for a compression name (predictor suits smooth imagery)."""
+    if compression == "none":
+        return {}
+    options: dict[str, Any] = {"compress": compression, "predictor": 3 if floating else 2}
+    if compression == "zstd":
+        options["zstd_level"] = 1
+    return options
 
 
 @dataclass
@@ -98,32 +109,35 @@ class SceneChips:
     valid_pixels: int = 0
 
 
-def _chip_profile(info: RasterInfo, size: int) -> dict[str, Any]:
+def chip_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
+    """GeoTIFF profile of image chips: the scene's bands, dtype, CRS and nodata."""
     floating = np.issubdtype(np.dtype(info.dtype), np.floating)
     return {
         "driver": "GTiff",
-        "width": size,
-        "height": size,
+        "width": settings.size,
+        "height": settings.size,
         "count": info.count,
         "dtype": info.dtype,
         "crs": info.crs,
         "nodata": info.nodata,
-        "compress": "deflate",
-        "predictor": 3 if floating else 2,
         "interleave": "pixel",
+        **compression_options(settings.compression, floating),
     }
 
 
-def _mask_profile(info: RasterInfo, size: int) -> dict[str, Any]:
+def mask_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
+    """GeoTIFF profile of mask chips: uint8, 255 (ignore) as nodata so QGIS shows it transparent."""
+    options = compression_options(settings.compression)
+    options.pop("predictor", None)
     return {
         "driver": "GTiff",
-        "width": size,
-        "height": size,
+        "width": settings.size,
+        "height": settings.size,
         "count": 1,
         "dtype": "uint8",
         "crs": info.crs,
         "nodata": MASK_IGNORE,
-        "compress": "deflate",
+        **options,
     }
 
 
@@ -139,6 +153,14 @@ def _write(
         dst.write(array if array.ndim == 3 else array[np.newaxis])
         if descriptions:
             dst.descriptions = descriptions
+
+
+def strip_window(row: list[GridWindow]) -> Window:
+    """The smallest window holding every window of one grid row (may extend past the scene)."""
+    first, last = row[0].window, row[-1].window
+    return Window(
+        first.col_off, first.row_off, last.col_off + last.width - first.col_off, first.height
+    )
 
 
 def chip_name(row: int, col: int) -> str:
@@ -162,8 +184,8 @@ class SceneChipper:
         self.settings = settings
         self.out_dir = out_dir
         self.aoi = aoi
-        self.image_profile = _chip_profile(info, settings.size)
-        self.mask_profile = _mask_profile(info, settings.size)
+        self.image_profile = chip_profile(info, settings)
+        self.mask_profile = mask_profile(info, settings)
         self.fill = info.nodata if info.nodata is not None else 0
 
     def windows(self) -> list[GridWindow]:
@@ -186,7 +208,7 @@ class SceneChipper:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             aoi_masks = VectorWindowMasks(self.aoi, self.info) if self.aoi else None
             for row in grid_rows(windows):
-                strip = Window(0, row[0].row_off, self.info.width, self.settings.size)
+                strip = strip_window(row)
                 masks.load_strip(strip)
                 if aoi_masks is not None:
                     aoi_masks.load_strip(strip)

@@ -153,6 +153,9 @@ def prepare(
     max_nodata: Annotated[
         float | None, typer.Option(help="Skip chips with more nodata than this fraction [0.5].")
     ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="Chip compression: zstd, deflate, lzw or none [zstd].")
+    ] = None,
     chips_dir: Annotated[Path | None, typer.Option(help="Index an existing chip folder.")] = None,
     image_glob: Annotated[str | None, typer.Option(help="Images below --chips-dir.")] = None,
     mask_glob: Annotated[str | None, typer.Option(help="Masks below --chips-dir.")] = None,
@@ -182,6 +185,7 @@ def prepare(
             "label_layer": label_layer,
             "label_where": label_where,
             "max_nodata_fraction": max_nodata,
+            "compression": compression,
             "chips_dir": chips_dir,
             "image_glob": image_glob,
             "mask_glob": mask_glob,

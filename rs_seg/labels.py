@@ -163,7 +163,12 @@ class VectorLayer:
 
 
 class VectorWindowMasks:
-    """Rasterizes the polygons of the current strip into per-window masks."""
+    """Rasterizes the polygons of one strip at once; windows inside the strip are slices of it.
+
+    One rasterization per strip (instead of one per chip) keeps the cost of labels small next to
+    reading and writing pixels, and the strip buffer (strip height x scene width, one byte per
+    pixel) bounds the memory.
+    """
 
     def __init__(self, layer: VectorLayer, scene: RasterInfo) -> None:
         if scene.crs is None:
@@ -173,34 +178,43 @@ class VectorWindowMasks:
             )
         self.layer = layer
         self.scene = scene
-        self._polygons = np.empty(0, dtype=object)
-        self._tree = shapely.STRtree(self._polygons)
+        self._strip = Window(0, 0, 0, 0)
+        self._cover = np.zeros((0, 0), dtype=np.uint8)
 
     def load_strip(self, window: Window) -> None:
-        """Fetch and index the polygons overlapping ``window``."""
-        bounds = rasterio.windows.bounds(window, self.scene.transform)
-        self._polygons = self.layer.polygons(bounds, self.scene.crs)
-        self._tree = shapely.STRtree(self._polygons)
-
-    def cover(self, window: Window) -> np.ndarray:
-        """uint8 raster of ``window``: 1 inside any polygon, 0 elsewhere."""
+        """Fetch the polygons overlapping ``window`` and burn them into the strip buffer."""
+        self._strip = window
         shape = (int(window.height), int(window.width))
-        box = shapely.box(*rasterio.windows.bounds(window, self.scene.transform))
-        hits = self._polygons[self._tree.query(box, predicate="intersects")]
-        if len(hits) == 0:
-            return np.zeros(shape, dtype=np.uint8)
-        return rasterize(
-            ((g, 1) for g in hits),
+        bounds = rasterio.windows.bounds(window, self.scene.transform)
+        polygons = self.layer.polygons(bounds, self.scene.crs)
+        if len(polygons) == 0:
+            self._cover = np.zeros(shape, dtype=np.uint8)
+            return
+        self._cover = rasterize(
+            ((g, 1) for g in polygons),
             out_shape=shape,
             transform=window_transform(window, self.scene.transform),
             fill=0,
             dtype=np.uint8,
         )
 
+    def cover(self, window: Window) -> np.ndarray:
+        """uint8 view of ``window`` (inside the loaded strip): 1 inside any polygon, else 0."""
+        row = int(window.row_off - self._strip.row_off)
+        col = int(window.col_off - self._strip.col_off)
+        height, width = int(window.height), int(window.width)
+        if (
+            row < 0
+            or col < 0
+            or row + height > self._cover.shape[0]
+            or col + width > self._cover.shape[1]
+        ):
+            raise ValueError(f"window {window} lies outside the loaded strip {self._strip}")
+        return self._cover[row : row + height, col : col + width]
+
     def mask(self, window: Window) -> np.ndarray:
         """Cropland inside polygons, background elsewhere (the scene is taken as fully labelled)."""
-        cover = self.cover(window)
-        return np.where(cover > 0, MASK_CROPLAND, MASK_BACKGROUND).astype(np.uint8)
+        return np.where(self.cover(window) > 0, MASK_CROPLAND, MASK_BACKGROUND).astype(np.uint8)
 
 
 def value_lookup(label_map: LabelMap, dtype: np.dtype) -> np.ndarray | None:

@@ -201,7 +201,9 @@ def plan_prepare(cfg: PrepareConfig) -> PreparePlan:
     if isinstance(labels, VectorLabels):
         _check_vector_overlap(labels, infos)
     aoi = VectorLayer(cfg.aoi, "AOI", None, None) if cfg.aoi is not None else None
-    settings = ChipSettings(cfg.chip_size, cfg.effective_stride, cfg.max_nodata_fraction)
+    settings = ChipSettings(
+        cfg.chip_size, cfg.effective_stride, cfg.max_nodata_fraction, cfg.compression
+    )
     return PreparePlan(cfg, scenes, infos, labels, aoi, settings)
 
 

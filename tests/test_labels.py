@@ -68,12 +68,15 @@ def test_polygon_parts_drops_non_polygons() -> None:
     assert len(parts) == 1 and parts[0].geom_type == "Polygon"
 
 
-def test_strip_loading_only_sees_polygons_of_the_strip(tmp_path) -> None:
+def test_windows_are_slices_of_the_loaded_strip(tmp_path) -> None:
     scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 100, 50))
-    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10), pixel_box(80, 0, 90, 10)])
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10), pixel_box(40, 0, 50, 10)])
     masks = VectorWindowMasks(VectorLayer(labels), scene)
-    masks.load_strip(Window(0, 0, 50, 32))
-    assert len(masks._polygons) == 1
+    masks.load_strip(Window(0, 32, 50, 32))
+    assert masks.mask(Window(0, 40, 16, 16))[:10, :10].all()
+    assert masks.mask(Window(0, 32, 16, 16))[:8].sum() == 0
+    with pytest.raises(ValueError, match="outside the loaded strip"):
+        masks.mask(Window(0, 0, 16, 16))
 
 
 @settings(max_examples=25, deadline=None)

@@ -26,10 +26,13 @@ def run(tmp_path, scenes, labels, **kwargs):
     return prepare(cfg)
 
 
-def test_chips_are_georeferenced_copies_of_scene_windows(tmp_path, scene_factory) -> None:
+@pytest.mark.parametrize("compression", ["zstd", "deflate"])
+def test_chips_are_georeferenced_copies_of_scene_windows(
+    tmp_path, scene_factory, compression
+) -> None:
     scene = scene_factory("a", 300, 400, bands=4)
     labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 100, 100)])
-    summary = run(tmp_path, [scene], labels, chip_size=128)
+    summary = run(tmp_path, [scene], labels, chip_size=128, compression=compression)
     chips = read_index(summary.out)
     assert len(chips) == 3 * 4
     with rasterio.open(scene) as src:
@@ -39,6 +42,7 @@ def test_chips_are_georeferenced_copies_of_scene_windows(tmp_path, scene_factory
                 assert chip.crs == src.crs
                 assert chip.transform.almost_equals(window_transform(window, src.transform))
                 assert chip.count == 4 and chip.dtypes[0] == "uint16"
+                assert chip.compression.name == compression
                 np.testing.assert_array_equal(chip.read(), src.read(window=window))
 
 
