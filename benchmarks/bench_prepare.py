@@ -39,9 +39,16 @@ def child_synth(size: int, out: Path) -> dict:
     from rs_seg.config import SynthConfig
     from rs_seg.synthetic import generate_scenes
 
+    started = time.perf_counter()
     result = generate_scenes(SynthConfig(out=out, size=size, bands=4, seed=11, scenes=1))
+    seconds = time.perf_counter() - started
     polygons = pyogrio.read_info(result.labels)["features"]
-    return {"scene": str(result.scenes[0]), "labels": str(result.labels), "polygons": polygons}
+    return {
+        "scene": str(result.scenes[0]),
+        "labels": str(result.labels),
+        "polygons": polygons,
+        "seconds": seconds,
+    }
 
 
 def child_prepare(scene: str, labels: str, out: Path) -> dict:

@@ -15,9 +15,12 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from rs_seg.errors import RsSegError
 
-# GDAL's block cache defaults to 5 % of RAM; streaming reads need only a strip, and a bounded cache
-# keeps peak memory independent of scene size.
-GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": "ALL_CPUS", "CPL_LOG_ERRORS": "OFF"}
+# GDAL settings for window-by-window work. The block cache defaults to 5 % of RAM; streaming needs
+# only a strip, and a bounded cache keeps peak memory independent of scene size. Multi-threaded
+# (de)compression does not pay off on chip-sized files: measured on a 16384 px scene, one thread
+# was 1.6x faster and kept peak RSS flat, where ALL_CPUS grew it by 120 MB (per-thread malloc
+# arenas fragmented by zstd buffers).
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": 1, "CPL_LOG_ERRORS": "OFF"}
 
 
 def gdal_message(exc: BaseException) -> str:
