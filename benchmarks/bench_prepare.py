@@ -168,6 +168,8 @@ def bench_size(size: int, workdir: Path, repeats: int) -> dict:
         "bare_chips_per_s_runs": [r["chips"] / r["seconds"] for r in bare],
         "rs_seg_peak_rss_mb": max(r["peak_rss_mb"] for r in ours),
         "bare_peak_rss_mb": max(r["peak_rss_mb"] for r in bare),
+        "rs_seg_peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in ours],
+        "bare_peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in bare],
     }
     row["slowdown_vs_bare"] = row["bare_chips_per_s"] / row["rs_seg_chips_per_s"]
     print(json.dumps(row, indent=1), flush=True)

@@ -25,7 +25,13 @@ from rasterio.windows import transform as window_transform
 from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, LabelMap
 from rs_seg.errors import RsSegError
 from rs_seg.labels import VectorLayer, VectorWindowMasks, WindowMasks, open_raster_labels
-from rs_seg.rasters import GDAL_ENV, RasterInfo, gdal_message, open_raster
+from rs_seg.rasters import (
+    GDAL_ENV,
+    RasterInfo,
+    gdal_message,
+    keep_large_blocks_off_the_heap,
+    open_raster,
+)
 from rs_seg.windows import GridWindow, grid_rows, grid_windows, read_padded
 
 
@@ -196,6 +202,7 @@ class SceneChipper:
 
     def run(self, labels: LabelSource, on_chip: Callable[[], None] | None = None) -> SceneChips:
         """Chip the whole scene; ``on_chip`` is called once per grid window (for progress bars)."""
+        keep_large_blocks_off_the_heap()
         windows = self.windows()
         result = SceneChips(self.scene, self.info)
         result.grid_shape = (windows[-1].row + 1, windows[-1].col + 1)
