@@ -149,6 +149,7 @@ def bench_size(size: int, workdir: Path, repeats: int) -> dict:
         print(
             f"[{size}] run {attempt}/{repeats}: rs_seg prepare, then bare read + write", flush=True
         )
+        shutil.rmtree(chips_dir, ignore_errors=True)  # deleting old chips is not preparation
         ours.append(run_child("prepare", scene["scene"], scene["labels"], str(chips_dir)))
         shutil.rmtree(bare_dir, ignore_errors=True)
         bare.append(run_child("bare", scene["scene"], str(chips_dir), str(bare_dir)))

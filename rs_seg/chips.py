@@ -255,7 +255,7 @@ class SceneChipper:
         mask = masks.mask(window.window)
         mask[~valid] = MASK_IGNORE
         if aoi_masks is not None:
-            mask[aoi_masks.cover(window.window) == 0] = MASK_IGNORE
+            mask[aoi_masks.cover(window.window) != MASK_CROPLAND] = MASK_IGNORE
         labelled = int((mask != MASK_IGNORE).sum())
         if labelled == 0:
             result.skipped["unlabelled"] += 1

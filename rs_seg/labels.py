@@ -188,18 +188,18 @@ class VectorWindowMasks:
         bounds = rasterio.windows.bounds(window, self.scene.transform)
         polygons = self.layer.polygons(bounds, self.scene.crs)
         if len(polygons) == 0:
-            self._cover = np.zeros(shape, dtype=np.uint8)
+            self._cover = np.full(shape, MASK_BACKGROUND, dtype=np.uint8)
             return
         self._cover = rasterize(
-            ((g, 1) for g in polygons),
+            ((g, MASK_CROPLAND) for g in polygons),
             out_shape=shape,
             transform=window_transform(window, self.scene.transform),
-            fill=0,
+            fill=MASK_BACKGROUND,
             dtype=np.uint8,
         )
 
     def cover(self, window: Window) -> np.ndarray:
-        """uint8 view of ``window`` (inside the loaded strip): 1 inside any polygon, else 0."""
+        """uint8 view of ``window`` (inside the loaded strip): 1 (cropland) inside any polygon."""
         row = int(window.row_off - self._strip.row_off)
         col = int(window.col_off - self._strip.col_off)
         height, width = int(window.height), int(window.width)
@@ -214,7 +214,7 @@ class VectorWindowMasks:
 
     def mask(self, window: Window) -> np.ndarray:
         """Cropland inside polygons, background elsewhere (the scene is taken as fully labelled)."""
-        return np.where(self.cover(window) > 0, MASK_CROPLAND, MASK_BACKGROUND).astype(np.uint8)
+        return self.cover(window).copy()  # the strip buffer already holds 0/1 mask values
 
 
 def value_lookup(label_map: LabelMap, dtype: np.dtype) -> np.ndarray | None:

@@ -124,19 +124,29 @@ def read_padded(
     """
     bands = indexes or list(range(1, src.count + 1))
     height, width = int(window.height), int(window.width)
+    inner, rows, cols = inside_slices(window, src.height, src.width)
+    if inner.width == width and inner.height == height:  # the usual case: no padding needed
+        data = src.read(bands, window=inner)
+        valid = valid_pixels(src, data, inner)
+        data = _finite(data, valid, fill)
+        return data, valid, np.ones((height, width), dtype=bool)
     image = np.full((len(bands), height, width), fill, dtype=src.dtypes[bands[0] - 1])
     valid = np.zeros((height, width), dtype=bool)
     inside = np.zeros((height, width), dtype=bool)
-    inner, rows, cols = inside_slices(window, src.height, src.width)
     if inner.width == 0 or inner.height == 0:
         return image, valid, inside
     data = src.read(bands, window=inner)
     mask = valid_pixels(src, data, inner)
-    if np.issubdtype(data.dtype, np.floating):
-        finite = np.isfinite(data)
-        mask &= finite.all(axis=0)
-        data = np.where(finite, data, fill).astype(data.dtype, copy=False)
-    image[:, rows, cols] = data
+    image[:, rows, cols] = _finite(data, mask, fill)
     valid[rows, cols] = mask
     inside[rows, cols] = True
     return image, valid, inside
+
+
+def _finite(data: np.ndarray, valid: np.ndarray, fill: float) -> np.ndarray:
+    """Replace NaN/inf in float data by ``fill`` and mark those pixels invalid (in place)."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return data
+    finite = np.isfinite(data)
+    valid &= finite.all(axis=0)
+    return np.where(finite, data, fill).astype(data.dtype, copy=False)
