@@ -9,8 +9,8 @@ its cropland polygons, then measures in fresh child processes:
   read the window and write an image chip and a mask chip with the same GeoTIFF profiles, nothing
   else.
 
-Throughput is chips written per second inside the child (imports excluded), the median of
-``--repeats`` alternating runs; peak RSS is the largest ``ru_maxrss`` (from ``wait4``) of those
+Throughput is chips written per second inside the child (imports excluded, dirty pages flushed
+before each run), the median of ``--repeats`` alternating runs; peak RSS is the largest ``ru_maxrss`` (from ``wait4``) of those
 runs. Results go to ``benchmarks/results/prepare.json`` and ``prepare.png``.
 
     python benchmarks/bench_prepare.py [--sizes 4096 16384] [--workdir /tmp/rs_seg_bench]
@@ -99,7 +99,12 @@ def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
 
 
 def run_child(*args: str) -> dict:
-    """Run this script in a fresh process; returns its JSON result plus wall time and peak RSS."""
+    """Run this script in a fresh process; returns its JSON result plus wall time and peak RSS.
+
+    Dirty pages of the previous run (gigabytes of chips) are flushed first, so that writeback
+    does not land on whichever run happens to come next.
+    """
+    os.sync()
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True
@@ -203,7 +208,7 @@ def plot(rows: list[dict], path: Path) -> None:
         [i + 0.2 for i in x], [r["bare_peak_rss_mb"] for r in rows], 0.4, label="bare read+write"
     )
     ax2.set(xticks=list(x), xticklabels=labels, ylabel="peak RSS (MB)", title="Peak memory")
-    ax2.legend()
+    ax2.legend(loc="lower right")
     fig.suptitle("Chip preparation, 4-band uint16 synthetic scenes")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
