@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m rs_seg demo --config configs/demo.yaml
 
-## test: the whole test suite, slow tests included (what CI runs)
+## test: lint, then the whole test suite with slow tests (what CI runs)
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/ruff format --check --quiet .
 	$(PY) -m pytest -m "slow or not slow" -q
 
 ## test-fast: the default quick run for development

@@ -10,8 +10,9 @@ its cropland polygons, then measures in fresh child processes:
   else.
 
 Throughput is chips written per second inside the child (imports excluded, dirty pages flushed
-before each run), the median of ``--repeats`` alternating runs; peak RSS is the largest ``ru_maxrss`` (from ``wait4``) of those
-runs. Results go to ``benchmarks/results/prepare.json`` and ``prepare.png``.
+before each run), the median of ``--repeats`` alternating runs; peak RSS is the largest
+``ru_maxrss`` (from ``wait4``) of those runs. Results go to ``benchmarks/results/prepare.json``
+and ``prepare.png``.
 
     python benchmarks/bench_prepare.py [--sizes 4096 16384] [--workdir /tmp/rs_seg_bench]
 """
