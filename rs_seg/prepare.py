@@ -38,6 +38,7 @@ from rs_seg.io import check_output_free, staged_dir
 from rs_seg.labels import VectorLayer, is_vector_path
 from rs_seg.rasters import RasterInfo
 from rs_seg.split import SceneLayout, assign_splits
+from rs_seg.windows import axis_offsets
 
 log = logging.getLogger(__name__)
 _WILDCARD = re.compile(r"[*?\[]")
@@ -121,7 +122,11 @@ class PreparePlan:
     @property
     def total_windows(self) -> int:
         """Grid windows over all scenes (for progress bars)."""
-        return sum(len(self.chipper(s, Path()).windows()) for s in self.scenes)
+        size, stride = self.settings.size, self.settings.stride
+        return sum(
+            len(axis_offsets(i.height, size, stride)) * len(axis_offsets(i.width, size, stride))
+            for i in self.infos.values()
+        )
 
     def chipper(self, scene: SceneInput, out_dir: Path) -> SceneChipper:
         """The chipper of one scene writing into ``out_dir``."""
@@ -139,31 +144,33 @@ def _check_bands(infos: dict[str, RasterInfo]) -> None:
             )
 
 
+STEM_PLACEHOLDER = "{stem}"
+
+
 def _scene_inputs(cfg: PrepareConfig) -> list[SceneInput]:
+    """Scenes to chip, each with its own label raster when ``labels`` names one per scene."""
     if cfg.chips_dir is not None:
         return pair_chip_folder(cfg.chips_dir, cfg.image_glob, cfg.mask_glob)
     paths = expand_paths(cfg.scenes)
-    return [SceneInput(n, p) for n, p in zip(unique_names(paths), paths, strict=True)]
+    template = str(cfg.labels) if STEM_PLACEHOLDER in str(cfg.labels) else None
+    scenes = []
+    for name, path in zip(unique_names(paths), paths, strict=True):
+        mask = Path(template.replace(STEM_PLACEHOLDER, path.stem)) if template else None
+        if mask is not None and not mask.exists():
+            raise RsSegError(f"label raster for scene {path.name} not found", mask)
+        scenes.append(SceneInput(name, path, mask))
+    return scenes
 
 
-def _label_source(cfg: PrepareConfig, scenes: list[SceneInput]) -> LabelSource:
-    if cfg.chips_dir is not None:
-        assert cfg.label_map is not None  # enforced by PrepareConfig
-        return RasterLabels(cfg.label_map)
-    assert cfg.labels is not None
-    if is_vector_path(cfg.labels):
+def _label_source(cfg: PrepareConfig) -> LabelSource:
+    if cfg.chips_dir is None and cfg.labels is not None and is_vector_path(cfg.labels):
         return VectorLabels(VectorLayer(cfg.labels, "labels", cfg.label_layer, cfg.label_where))
-    if cfg.label_map is None:
+    if cfg.label_map is None:  # chip folders always have one (PrepareConfig checks)
         raise RsSegError(
             "labels are a raster: give a --label-map such as '255=cropland'", cfg.labels
         )
-    if "{stem}" in str(cfg.labels):
-        for i, scene in enumerate(scenes):
-            mask = Path(str(cfg.labels).format(stem=scene.image.stem))
-            if not mask.exists():
-                raise RsSegError(f"label raster for scene {scene.image.name} not found", mask)
-            scenes[i] = SceneInput(scene.name, scene.image, mask)
-        return RasterLabels(cfg.label_map)
+    if cfg.chips_dir is not None or STEM_PLACEHOLDER in str(cfg.labels):
+        return RasterLabels(cfg.label_map)  # each scene carries its own mask path
     return RasterLabels(cfg.label_map, shared_path=cfg.labels)
 
 
@@ -197,7 +204,7 @@ def plan_prepare(cfg: PrepareConfig) -> PreparePlan:
     scenes = _scene_inputs(cfg)
     infos = {s.name: RasterInfo.read(s.image, "scene") for s in scenes}
     _check_bands(infos)
-    labels = _label_source(cfg, scenes)
+    labels = _label_source(cfg)
     if isinstance(labels, VectorLabels):
         _check_vector_overlap(labels, infos)
     aoi = VectorLayer(cfg.aoi, "AOI", None, None) if cfg.aoi is not None else None
