@@ -115,15 +115,12 @@ class SceneChips:
     valid_pixels: int = 0
 
 
-def block_options(size: int) -> dict[str, Any]:
-    """One tile per chip when GDAL allows it (multiples of 16): one decompression per read."""
-    if size % 16:
-        return {}
-    return {"tiled": True, "blockxsize": size, "blockysize": size}
-
-
 def chip_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
-    """GeoTIFF profile of image chips: the scene's bands, dtype, CRS and nodata."""
+    """GeoTIFF profile of image chips: the scene's bands, dtype, CRS and nodata.
+
+    GDAL's default strip layout is kept: one 256 px tile per chip measured 20-35 % slower to write
+    and only ~15 % faster to read.
+    """
     floating = np.issubdtype(np.dtype(info.dtype), np.floating)
     return {
         "driver": "GTiff",
@@ -134,7 +131,6 @@ def chip_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
         "crs": info.crs,
         "nodata": info.nodata,
         "interleave": "pixel",
-        **block_options(settings.size),
         **compression_options(settings.compression, floating),
     }
 
@@ -151,7 +147,6 @@ def mask_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
         "dtype": "uint8",
         "crs": info.crs,
         "nodata": MASK_IGNORE,
-        **block_options(settings.size),
         **options,
     }
 
