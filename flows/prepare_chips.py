@@ -39,7 +39,7 @@ def prepare_chips(config: PrepareConfig) -> dict[str, Any]:
         results = [future.result() for future in futures]
         summary = finish(plan, results, staging)
     summary = summary.moved_to(config.out)
-    print(f"{summary.chips} chips from {summary.scenes} scenes -> {summary.out}\n{summary.table()}")
+    print(summary.report())
     create_markdown_artifact(
         key="prepare-chips-summary",
         markdown=_markdown(summary),

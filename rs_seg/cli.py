@@ -193,18 +193,7 @@ def prepare(
         },
     )
     summary = run_prepare(cfg, progress=sys.stderr.isatty())
-    print_prepare_summary(summary)
-
-
-def print_prepare_summary(summary: Any) -> None:
-    """The split table, notes and where the index is."""
-    typer.echo(f"{summary.chips} chips from {summary.scenes} scenes -> {summary.out}")
-    typer.echo(summary.table())
-    if summary.skipped:
-        typer.echo("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())))
-    for note in summary.notes:
-        typer.echo(f"note: {note}")
-    typer.echo(f"index (open in QGIS): {summary.index}")
+    typer.echo(summary.report())
 
 
 @app.command()

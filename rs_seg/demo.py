@@ -46,9 +46,6 @@ def run_demo(config: Path, out: Path) -> None:
     )
     typer.echo(f"[2/2] chips: {prepare_cfg.chip_size}px, {prepare_cfg.split.method} split")
     summary = prepare(prepare_cfg, progress=progress)
-
-    from rs_seg.cli import print_prepare_summary
-
-    print_prepare_summary(summary)
+    typer.echo(summary.report())
     typer.echo(f"scenes: {out / 'synthetic' / 'scenes'}   labels: {scenes.labels}")
     typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s")

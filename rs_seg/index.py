@@ -127,6 +127,17 @@ class PrepareSummary:
             lines.append(f"{split:<9}{row['chips']:>7}{row['blocks']:>8}{fraction:>10}")
         return "\n".join(lines)
 
+    def report(self) -> str:
+        """What the CLI and the demo print: counts, the split table, notes, where the index is."""
+        lines = [f"{self.chips} chips from {self.scenes} scenes -> {self.out}", self.table()]
+        if self.skipped:
+            lines.append(
+                "skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+            )
+        lines += [f"note: {note}" for note in self.notes]
+        lines.append(f"index (open in QGIS): {self.index}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         data = dataclasses.asdict(self)
