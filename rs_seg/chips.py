@@ -93,11 +93,13 @@ class ChipSettings:
     compression: str = "zstd"
 
 
-def compression_options(compression: str, floating: bool = False) -> dict[str, Any]:
-    """GeoTIFF creation options for a compression name (predictor suits smooth imagery)."""
+def compression_options(compression: str, predictor: int | None = None) -> dict[str, Any]:
+    """GeoTIFF creation options for a compression name; a predictor suits smooth imagery."""
     if compression == "none":
         return {}
-    options: dict[str, Any] = {"compress": compression, "predictor": 3 if floating else 2}
+    options: dict[str, Any] = {"compress": compression}
+    if predictor is not None:
+        options["predictor"] = predictor
     if compression == "zstd":
         options["zstd_level"] = 1
     return options
@@ -131,14 +133,12 @@ def chip_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
         "crs": info.crs,
         "nodata": info.nodata,
         "interleave": "pixel",
-        **compression_options(settings.compression, floating),
+        **compression_options(settings.compression, predictor=3 if floating else 2),
     }
 
 
 def mask_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
     """GeoTIFF profile of mask chips: uint8, 255 (ignore) as nodata so QGIS shows it transparent."""
-    options = compression_options(settings.compression)
-    options.pop("predictor", None)
     return {
         "driver": "GTiff",
         "width": settings.size,
@@ -147,7 +147,7 @@ def mask_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
         "dtype": "uint8",
         "crs": info.crs,
         "nodata": MASK_IGNORE,
-        **options,
+        **compression_options(settings.compression),
     }
 
 

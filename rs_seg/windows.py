@@ -125,22 +125,23 @@ def read_padded(
     bands = indexes or list(range(1, src.count + 1))
     height, width = int(window.height), int(window.width)
     inner, rows, cols = inside_slices(window, src.height, src.width)
-    if inner.width == width and inner.height == height:  # the usual case: no padding needed
-        data = src.read(bands, window=inner)
-        valid = valid_pixels(src, data, inner)
-        data = _finite(data, valid, fill)
-        return data, valid, np.ones((height, width), dtype=bool)
-    image = np.full((len(bands), height, width), fill, dtype=src.dtypes[bands[0] - 1])
-    valid = np.zeros((height, width), dtype=bool)
-    inside = np.zeros((height, width), dtype=bool)
-    if inner.width == 0 or inner.height == 0:
-        return image, valid, inside
+
+    def blank() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image = np.full((len(bands), height, width), fill, dtype=src.dtypes[bands[0] - 1])
+        return image, np.zeros((height, width), dtype=bool), np.zeros((height, width), dtype=bool)
+
+    if inner.width == 0 or inner.height == 0:  # the window lies wholly outside the raster
+        return blank()
     data = src.read(bands, window=inner)
-    mask = valid_pixels(src, data, inner)
-    image[:, rows, cols] = _finite(data, mask, fill)
-    valid[rows, cols] = mask
+    valid = valid_pixels(src, data, inner)
+    data = _finite(data, valid, fill)
+    if inner.width == width and inner.height == height:  # the usual case: no padding needed
+        return data, valid, np.ones((height, width), dtype=bool)
+    image, padded_valid, inside = blank()
+    image[:, rows, cols] = data
+    padded_valid[rows, cols] = valid
     inside[rows, cols] = True
-    return image, valid, inside
+    return image, padded_valid, inside
 
 
 def _finite(data: np.ndarray, valid: np.ndarray, fill: float) -> np.ndarray:

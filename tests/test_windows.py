@@ -99,3 +99,12 @@ def test_read_padded_marks_padding_and_nodata(tmp_path) -> None:
         _, valid_left, _ = read_padded(src, Window(0, 0, 16, 16), fill=0)
         assert not valid_left[:, :5].any() and valid_left[:, 5:].all()
         assert (valid == inside).all()
+
+
+@pytest.mark.parametrize("window", [Window(5, 40, 16, 16), Window(-20, -20, 16, 16)])
+def test_read_padded_window_wholly_outside_is_all_padding(tmp_path, window) -> None:
+    path = write_scene(tmp_path / "s.tif", 20, 30, bands=2)
+    with rasterio.open(path) as src:
+        image, valid, inside = read_padded(src, window, fill=7)
+    assert image.shape == (2, 16, 16) and (image == 7).all()
+    assert not valid.any() and not inside.any()
