@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from rs_seg.config import LabelMap, PrepareConfig, SynthConfig, build_config
+from rs_seg.config import LabelMap, PrepareConfig, SynthConfig, TrainConfig, build_config
 from rs_seg.errors import RsSegError
 
 app = typer.Typer(
@@ -52,6 +52,8 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    for chatty in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -194,6 +196,98 @@ def prepare(
     )
     summary = run_prepare(cfg, progress=sys.stderr.isatty())
     typer.echo(summary.report())
+
+
+@app.command()
+@reports_errors
+def train(
+    chips: Annotated[Path | None, typer.Option(help="Chip folder from 'rs-seg prepare'.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [runs/cropland].")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    arch: Annotated[str | None, typer.Option(help="Unet, DeepLabV3Plus, FPN, ... [Unet].")] = None,
+    encoder: Annotated[str | None, typer.Option(help="smp encoder [resnet34].")] = None,
+    encoder_weights: Annotated[
+        str | None, typer.Option(help="imagenet, or a local weights file [none].")
+    ] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="1-based chip bands in model order, e.g. '3,2,1' [all].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs [50].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chips per batch and device.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [1e-3].")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices per node, or 'auto'.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto, 32-true, bf16-mixed or 16-mixed.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    overwrite: OverwriteOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train a cropland model on prepared chips; writes a model bundle and a report."""
+    from rs_seg.evaluation import evaluate_run
+    from rs_seg.training import train as run_train
+
+    cfg = build_config(
+        TrainConfig,
+        "train",
+        config,
+        {
+            "chips": chips,
+            "out": out,
+            "model.arch": arch,
+            "model.encoder": encoder,
+            "model.encoder_weights": encoder_weights,
+            "model.bands": _int_list(bands, "--bands"),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "optimizer.lr": lr,
+            "devices": int(devices) if devices and devices.isdigit() else devices,
+            "strategy": strategy,
+            "accelerator": accelerator,
+            "precision": precision,
+            "seed": seed,
+            "overwrite": overwrite,
+        },
+    )
+    outcome = run_train(cfg, resume=resume, progress=sys.stderr.isatty())
+    if outcome is None:  # an extra DDP process: rank 0 evaluates and reports
+        return
+    typer.echo(f"trained {outcome.epochs_run} epochs (best: epoch {outcome.best_epoch})")
+    typer.echo(evaluate_run(outcome.run, outcome.best_checkpoint).summary())
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise RsSegError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+model_app = typer.Typer(help="Inspect model bundles.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("info")
+@reports_errors
+def model_info(
+    bundle: Annotated[Path, typer.Argument(help="A model bundle (model-bundle.pt).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full metadata as JSON.")
+    ] = False,
+) -> None:
+    """Show what a model bundle holds: architecture, bands, normalization, metrics, provenance."""
+    import json
+
+    from rs_seg.bundle import ModelBundle
+
+    loaded = ModelBundle.load(bundle)
+    typer.echo(json.dumps(loaded.meta(), indent=2) if as_json else loaded.describe())
 
 
 @app.command()

@@ -187,11 +187,108 @@ class PrepareConfig(StrictModel):
         return self.stride or self.chip_size
 
 
+class ModelConfig(StrictModel):
+    """Which network to build: any segmentation-models-pytorch architecture and encoder."""
+
+    arch: str = Field(
+        "Unet", description="Unet, UnetPlusPlus, DeepLabV3, DeepLabV3Plus, PSPNet, FPN..."
+    )
+    encoder: str = Field("resnet34", description="smp encoder, or tu-<timm model>")
+    encoder_weights: str | None = Field(
+        None,
+        description="None (random init, works offline), 'imagenet' (downloaded or cached), or a "
+        "local .pth/.safetensors file with encoder weights",
+    )
+    output_stride: Literal[8, 16] | None = Field(
+        None, description="DeepLabV3/DeepLabV3Plus only: 8 (finer, slower) or 16 [16]"
+    )
+    bands: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="1-based chip bands fed to the model, in this order [all]"
+    )
+
+    @model_validator(mode="after")
+    def _stride_for_deeplab(self) -> ModelConfig:
+        if self.output_stride is not None and self.arch.lower() not in {
+            "deeplabv3",
+            "deeplabv3plus",
+        }:
+            raise ValueError("output_stride applies only to DeepLabV3 and DeepLabV3Plus")
+        if self.bands is not None and len(set(self.bands)) != len(self.bands):
+            raise ValueError(f"bands {self.bands} repeat a band")
+        return self
+
+
+class AugmentConfig(StrictModel):
+    """Joint image+mask augmentation of training chips; never applied to val/test chips."""
+
+    hflip: Annotated[float, Field(ge=0, le=1)] = 0.5
+    vflip: Annotated[float, Field(ge=0, le=1)] = 0.5
+    rot90: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class LossConfig(StrictModel):
+    """BCE + Dice on labelled pixels; ignore (255) pixels count for neither."""
+
+    bce_weight: Annotated[float, Field(ge=0)] = 1.0
+    dice_weight: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> LossConfig:
+        if self.bce_weight == 0 and self.dice_weight == 0:
+            raise ValueError("bce_weight and dice_weight cannot both be 0")
+        return self
+
+
+class OptimizerConfig(StrictModel):
+    """AdamW with a linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` (per step)."""
+
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.01
+    freeze_encoder_epochs: Annotated[int, Field(ge=0)] = Field(
+        0, description="epochs with the encoder frozen (useful with pretrained weights)"
+    )
+
+
+class TrainConfig(StrictModel):
+    """Model training (``rs-seg train``): chips from ``rs-seg prepare`` -> a run folder."""
+
+    chips: Path = Field(Path("data/chips"), description="folder written by rs-seg prepare")
+    out: Path = Field(Path("runs/cropland"), description="run folder (checkpoints, bundle, report)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    epochs: Annotated[int, Field(ge=1)] = 50
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
+        10, description="stop after this many epochs without a better validation IoU (0: never)"
+    )
+    seed: int = 0
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    num_nodes: Annotated[int, Field(ge=1)] = 1
+    strategy: str = Field(
+        "auto", description="Lightning strategy: auto, ddp, ddp_spawn, ... (auto picks DDP)"
+    )
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU"
+    )
+    channels_last: bool = True
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    limit_train_batches: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="at most this many training batches per epoch (quick looks)"
+    )
+    overwrite: bool = False
+
+
 class RsSegConfig(StrictModel):
     """A whole YAML config file: one optional section per stage."""
 
     synth: SynthConfig | None = None
     prepare: PrepareConfig | None = None
+    train: TrainConfig | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -266,3 +266,58 @@ def prepare(cfg: PrepareConfig, progress: bool = False) -> PrepareSummary:
         results = [chip_scene(plan, scene, staging, bar.update) for scene in plan.scenes]
         summary = finish(plan, results, staging)
     return summary.moved_to(cfg.out)
+
+
+def chips_up_to_date(cfg: PrepareConfig) -> tuple[bool, str]:
+    """Whether ``cfg.out`` already holds the chips this config would produce, and why (not).
+
+    Lets a scheduled pipeline skip re-chipping when nothing changed: the chip folder must be
+    complete, prepared with the same settings (``overwrite`` aside) from the same set of input
+    files, and every input must still have the size and modification time it had then. Content is
+    not hashed (scenes are large); a changed mtime counts as a change.
+
+    Returns:
+        ``(True, "up to date")`` or ``(False, reason)`` with a short human-readable reason.
+    """
+    import json
+
+    from rs_seg.index import INDEX_FILE, SUMMARY_FILE
+
+    def differences(old: object, new: object, prefix: str = "") -> list[str]:
+        if isinstance(old, dict) and isinstance(new, dict):
+            keys = sorted(set(old) | set(new))
+            return [d for k in keys for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [] if old == new else [prefix.rstrip(".")]
+
+    def current_inputs() -> set[str]:  # what write_outputs would list as inputs today
+        scenes = _scene_inputs(cfg)
+        paths = [s.image for s in scenes] + [s.mask for s in scenes if s.mask is not None]
+        paths += [Path(p) for p in (cfg.labels, cfg.aoi) if p is not None and Path(p).exists()]
+        return {str(Path(p)) for p in paths}
+
+    out = Path(cfg.out)
+    for name in (INDEX_FILE, SUMMARY_FILE):
+        if not (out / name).is_file():
+            return False, f"no {name} in {out}"
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return False, f"{out / SUMMARY_FILE} cannot be read"
+    old = {k: v for k, v in summary.get("config", {}).items() if k != "overwrite"}
+    changed = differences(old, json.loads(cfg.model_dump_json(exclude={"overwrite"})))
+    if changed:
+        return False, f"config changed: {', '.join(changed)}"
+    stored = {str(e["path"]): e for e in summary.get("inputs", [])}
+    try:
+        now = current_inputs()
+    except RsSegError as exc:
+        return False, f"inputs cannot be resolved now ({exc})"
+    if now - stored.keys():
+        return False, f"new input {sorted(now - stored.keys())[0]}"
+    if stored.keys() - now:
+        return False, f"input {sorted(stored.keys() - now)[0]} is no longer selected"
+    for path, entry in stored.items():
+        stat = Path(path).stat()
+        if (stat.st_size, stat.st_mtime_ns) != (entry.get("bytes"), entry.get("mtime_ns")):
+            return False, f"input {path} changed (size or modification time)"
+    return True, "up to date"

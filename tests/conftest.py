@@ -110,3 +110,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+def write_learnable_scene(
+    path: Path, size: int, boxes: Sequence[tuple[int, int, int, int]], bands: int = 3, seed: int = 0
+) -> Path:
+    """A scene where cropland (the pixel ``boxes``) is brighter in band 1: a model can learn it."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(1000, 120, size=(bands, size, size))
+    for row0, col0, row1, col1 in boxes:
+        data[0, row0:row1, col0:col1] += 900
+    profile = {
+        "driver": "GTiff", "height": size, "width": size, "count": bands, "dtype": "uint16",
+        "nodata": 0, "crs": UTM, "transform": from_origin(*ORIGIN, PIXEL, PIXEL),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.clip(data, 1, 65535).astype("uint16"))
+    return path
+
+
+LEARNABLE_BOXES = [(8, 8, 60, 90), (100, 20, 180, 70), (120, 110, 170, 185), (10, 120, 70, 180)]
+
+
+@pytest.fixture(scope="session")
+def tiny_chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared chip folder (32 px chips of a learnable 192 px scene, 1-chip blocks), shared
+    read-only by the training tests."""
+    from rs_seg.config import PrepareConfig, SplitConfig
+    from rs_seg.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    scene = write_learnable_scene(root / "scene.tif", 192, LEARNABLE_BOXES)
+    labels = write_labels(root / "labels.gpkg", [pixel_box(*b) for b in LEARNABLE_BOXES])
+    cfg = PrepareConfig(
+        scenes=[str(scene)],
+        labels=labels,
+        out=root / "chips",
+        chip_size=32,
+        split=SplitConfig(block_chips=1, seed=1),
+    )
+    return prepare(cfg).out

@@ -1,0 +1,282 @@
+"""Prefect flow ``train-cropland``: chips (when stale) -> training -> evaluation -> registry.
+
+A thin layer over the same functions the CLI uses, so a scheduled run and ``rs-seg train`` give the
+same run folder, bundle and report. Made for schedules: preparation is skipped while the chips are
+current (:func:`rs_seg.prepare.chips_up_to_date`), an existing run folder gets a timestamped
+sibling instead of an error, and the registry's ``latest`` pointer moves only for a model that is at
+least as good on the same test split (:func:`rs_seg.registry.register`). A Markdown artifact
+``train-cropland-report`` records the outcome. Runs without a Prefect server (ephemeral mode) or
+against the one ``PREFECT_API_URL`` points to.
+
+Run locally::
+
+    python flows/train_cropland.py --config configs/my-train.yaml [--models-dir models]
+
+The YAML holds ``train:`` and optionally ``prepare:`` sections (``rs_seg.config``). A file whose
+``prepare:`` names no scenes but that has a ``synth:`` section (``configs/demo.yaml``) trains on
+generated scenes, as ``rs-seg demo`` does. Multi-GPU DDP: Lightning re-runs this script for the
+extra processes; they only train, with the run folder rank 0 chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetrics are imported
+from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config, read_yaml
+from rs_seg.errors import RsSegError
+from rs_seg.evaluation import EvaluationOutcome, evaluate_run
+from rs_seg.index import SUMMARY_FILE
+from rs_seg.prepare import chips_up_to_date
+from rs_seg.prepare import prepare as prepare_chips
+from rs_seg.registry import Registration, register
+from rs_seg.training import TrainOutcome
+from rs_seg.training import train as train_model
+
+ARTIFACT_KEY = "train-cropland-report"
+# Rank 0 hands its resolved train config to the extra DDP processes Lightning starts.
+_DDP_CONFIG_ENV = "RS_SEG_FLOW_TRAIN_CONFIG"
+_METRIC_LABELS = {
+    "cropland_iou": "cropland IoU", "background_iou": "background IoU", "mean_iou": "mean IoU",
+    "f1": "F1", "precision": "precision", "recall": "recall", "accuracy": "accuracy",
+}  # fmt: skip
+
+
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O hiccups, not input errors: an RsSegError fails the same way every time."""
+    return not isinstance(state.data, RsSegError)
+
+
+def _replaceable(config: PrepareConfig) -> PrepareConfig:
+    """Stale chips written by ``rs-seg prepare`` may be replaced; any other folder needs consent."""
+    if (Path(config.out) / SUMMARY_FILE).is_file():
+        return config.model_copy(update={"overwrite": True})
+    return config
+
+
+@task(
+    name="prepare-chips",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=_worth_retrying,
+)
+def prepare_task(config: PrepareConfig) -> dict[str, Any]:
+    """(Re)write the chip folder unless it already matches the config and the inputs."""
+    logger = get_run_logger()
+    current, reason = chips_up_to_date(config)
+    if current:
+        logger.info("chips in %s are up to date; preparation skipped", config.out)
+        return {"prepared": False, "reason": reason, "out": str(config.out)}
+    logger.info("preparing chips into %s (%s)", config.out, reason)
+    summary = prepare_chips(_replaceable(config))
+    logger.info("%s", summary.report())
+    return {"prepared": True, "reason": reason, "out": str(config.out), "chips": summary.chips}
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_task(config: TrainConfig, resume: bool) -> TrainOutcome:
+    """Train into ``config.out``; the extra DDP processes rebuild this config from the env."""
+    os.environ[_DDP_CONFIG_ENV] = config.model_dump_json()
+    outcome = train_model(config, resume=resume)
+    if outcome is None:  # only the extra DDP processes get None, and they never run the flow
+        raise RuntimeError("training returned no outcome in the flow's own process")
+    get_run_logger().info(
+        "trained %d epochs (best: epoch %s) in %s",
+        outcome.epochs_run,
+        outcome.best_epoch,
+        outcome.run,
+    )
+    return outcome
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+def evaluate_task(outcome: TrainOutcome) -> EvaluationOutcome:
+    """Tune the threshold, score the test split, write bundle, metrics and report."""
+    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    get_run_logger().info("%s", evaluation.summary())
+    return evaluation
+
+
+@task(
+    name="register-model",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=_worth_retrying,
+)
+def register_task(run: Path, models_dir: Path, promote: str) -> Registration:
+    """Store the bundle in the models directory; ``latest`` moves only if the model earns it."""
+    registration = register(run, models_dir, promote)  # type: ignore[arg-type]
+    get_run_logger().info("model %s: %s", registration.model_id, registration.reason)
+    return registration
+
+
+def run_folder(config: TrainConfig, resume: bool, now: dt.datetime | None = None) -> TrainConfig:
+    """The config with a free run folder: ``<out>-<UTC time>`` when ``out`` is already taken.
+
+    Scheduled runs reuse one config, so a taken folder is the normal case, not an error. Resuming
+    continues in ``out`` itself, and ``overwrite`` replaces it, as on the command line.
+    """
+    out = Path(config.out)
+    if resume or config.overwrite or not out.exists():
+        return config
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S")
+    candidate, n = out.with_name(f"{out.name}-{stamp}"), 2
+    while candidate.exists():
+        candidate, n = out.with_name(f"{out.name}-{stamp}-{n}"), n + 1
+    return config.model_copy(update={"out": candidate})
+
+
+def _metrics_table(test: dict[str, Any]) -> list[str]:
+    rows = ["| test metric | value |", "|---|---:|"]
+    for key, label in _METRIC_LABELS.items():
+        value = test.get(key)
+        rows.append(
+            f"| {label} | {value:.4f} |" if isinstance(value, float) else f"| {label} | - |"
+        )
+    return rows
+
+
+def _markdown(evaluation: EvaluationOutcome, registration: Registration, chips: str) -> str:
+    """The artifact: what was trained, how good it is, whether it is now the latest model."""
+    metrics = evaluation.metrics
+    test = metrics["test"]
+    moved = "moved to this model" if registration.promoted else "not moved"
+    lines = [
+        f"## Cropland model `{registration.model_id}`",
+        "",
+        *_metrics_table(test),
+        "",
+        f"- test split: {test.get('chips')} chips, {test.get('pixels')} labelled pixels "
+        f"(chip index `{metrics.get('chip_index_fingerprint')}`)",
+        f"- threshold (tuned on validation): {metrics['threshold']:.3f}",
+        f"- latest: **{moved}**: {registration.reason}",
+        f"- registered bundle: `{registration.bundle}`",
+        f"- run folder: `{evaluation.run}`; report: `{evaluation.report / 'README.md'}`",
+        f"- chips: {chips}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="train-cropland", log_prints=True)
+def train_cropland(
+    train: TrainConfig,
+    prepare: PrepareConfig | None = None,
+    models_dir: Path = Path("models"),
+    promote: Literal["if_better", "always", "never"] = "if_better",
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Prepare chips if stale, train, evaluate, and register the model in ``models_dir``.
+
+    Args:
+        train: training settings; ``train.chips`` is replaced by ``prepare.out`` when ``prepare``
+            is given, and a taken ``train.out`` becomes a timestamped sibling (unless resuming).
+        prepare: chip preparation, skipped while ``prepare.out`` is up to date.
+        models_dir: the model registry (see ``rs_seg.registry``).
+        promote: when ``latest`` moves: ``if_better`` (at least as good on the same test split),
+            ``always`` or ``never``.
+        resume: continue the run in ``train.out`` from its last checkpoint.
+
+    Returns:
+        model id, whether latest moved and why, registered bundle, run folder and test metrics.
+    """
+    logger = get_run_logger()
+    chips = f"`{train.chips}` (given)"
+    if prepare is not None:
+        prepared = prepare_task(prepare)
+        chips = f"`{prepare.out}` ({'prepared' if prepared['prepared'] else 'up to date'})"
+        train = train.model_copy(update={"chips": prepare.out})
+    requested = train.out
+    train = run_folder(train, resume)
+    if train.out != requested:
+        logger.info("run folder %s exists; this run goes to %s", requested, train.out)
+    evaluation = evaluate_task(train_task(train, resume))
+    registration = register_task(evaluation.run, Path(models_dir), promote)
+    create_markdown_artifact(
+        key=ARTIFACT_KEY,
+        markdown=_markdown(evaluation, registration, chips),
+        description="Test metrics of the new cropland model and whether it became latest",
+    )
+    return {
+        "model_id": registration.model_id,
+        "promoted": registration.promoted,
+        "reason": registration.reason,
+        "bundle": str(registration.bundle),
+        "run": str(evaluation.run),
+        "threshold": evaluation.metrics["threshold"],
+        "metrics": evaluation.metrics["test"],
+    }
+
+
+def _synthetic_scenes(config: SynthConfig) -> tuple[list[str], Path]:
+    """Scenes and labels generated from a ``synth:`` section, reused while the settings match."""
+    from rs_seg.synthetic import generate_scenes
+
+    out = Path(config.out)
+    summary = out / "summary.json"  # written by generate_scenes with the config it used
+    if summary.is_file():
+        stored = json.loads(summary.read_text()).get("config", {})
+        wanted = json.loads(config.model_dump_json())
+        if {k: v for k, v in stored.items() if k != "overwrite"} == {
+            k: v for k, v in wanted.items() if k != "overwrite"
+        }:
+            return [str(p) for p in sorted((out / "scenes").glob("*.tif"))], out / "fields.gpkg"
+    result = generate_scenes(config.model_copy(update={"overwrite": summary.is_file()}))
+    return [str(p) for p in result.scenes], result.labels
+
+
+def load_configs(config_file: Path) -> tuple[TrainConfig, PrepareConfig | None]:
+    """The ``train:`` and ``prepare:`` sections of a YAML file (synthetic scenes filled in)."""
+    raw = read_yaml(config_file)
+    train = build_config(TrainConfig, "train", config_file, {})
+    section = raw.get("prepare")
+    if section is None:
+        return train, None
+    overrides: dict[str, Any] = {}
+    no_inputs = isinstance(section, dict) and not (
+        section.get("scenes") or section.get("chips_dir")
+    )
+    if no_inputs and "synth" in raw:
+        synth = build_config(SynthConfig, "synth", config_file, {})
+        overrides["scenes"], overrides["labels"] = _synthetic_scenes(synth)
+    return train, build_config(PrepareConfig, "prepare", config_file, overrides)
+
+
+def _is_ddp_child() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``--config FILE`` plus registry options; prints the flow's result as JSON."""
+    parser = argparse.ArgumentParser(description="Prepare chips, train, evaluate, register.")
+    parser.add_argument("--config", type=Path, required=True, help="YAML with train:/prepare:")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="[models]")
+    parser.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better")
+    parser.add_argument("--resume", action="store_true", help="continue train.out")
+    args = parser.parse_args(argv)
+    try:
+        if _is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
+            train_model(TrainConfig.model_validate_json(os.environ[_DDP_CONFIG_ENV]), args.resume)
+            return 0
+        train, prepare = load_configs(args.config)
+        result = train_cropland(train, prepare, args.models_dir, args.promote, args.resume)
+    except RsSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Self-describing model bundles: one file with the weights and everything inference needs.
+
+A bundle records the architecture, encoder, the chip bands it reads (1-based, in model order, with
+their names), the normalization, chip and pixel size, the tuned threshold and class names, plus
+provenance: metrics, the chip-index fingerprint that names the test split, the training config,
+package versions and the date. It is a torch zip file read with ``weights_only=True``, so opening a
+bundle from someone else cannot run code. ``format_version`` changes only when the layout does;
+older versions are upgraded on load where possible, newer ones are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rs_seg.config import ModelConfig
+from rs_seg.dataset import Normalization
+from rs_seg.errors import RsSegError
+from rs_seg.io import staged_file
+
+BUNDLE_FORMAT = "rs_seg.model-bundle"
+FORMAT_VERSION = 1
+BUNDLE_FILE = "model-bundle.pt"
+CLASSES = {0: "background", 1: "cropland"}
+_VERSIONED_PACKAGES = (
+    "rs-seg", "torch", "segmentation-models-pytorch", "timm", "lightning", "rasterio", "numpy",
+)  # fmt: skip
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a model's behaviour."""
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class ModelBundle:
+    """A trained model with what inference needs (``meta``) and its weights."""
+
+    model: dict[str, Any]
+    bands: list[int]
+    band_names: list[str]
+    normalization: Normalization
+    chip_size: int
+    threshold: float
+    pixel_size: list[float] | None = None
+    crs: str | None = None
+    dtype: str = "uint16"
+    nodata: float | None = None
+    classes: dict[int, str] = field(default_factory=lambda: dict(CLASSES))
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def in_channels(self) -> int:
+        """Bands the network reads."""
+        return len(self.bands)
+
+    @property
+    def model_id(self) -> str:
+        """A short content hash of the weights: the same weights always get the same id."""
+        return str(self.provenance.get("model_id") or weights_id(self.state_dict))
+
+    def meta(self) -> dict[str, Any]:
+        """Everything except the weights, JSON-ready."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "state_dict"}
+        data["normalization"] = self.normalization.to_dict()
+        data["classes"] = {str(k): v for k, v in self.classes.items()}
+        data["in_channels"] = self.in_channels
+        data["provenance"] = {**self.provenance, "model_id": self.model_id}
+        return data
+
+    def build(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The network with the bundle's weights, in eval mode; never downloads anything."""
+        from rs_seg.models import build_model
+
+        net = build_model(ModelConfig.model_validate(self.model), self.in_channels, False)
+        net.load_state_dict(self.state_dict)
+        return net.to(device).eval()
+
+    def save(self, path: Path, overwrite: bool = False) -> Path:
+        """Write the bundle atomically (a temporary file renamed into place)."""
+        payload = {
+            "format": BUNDLE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta": json.loads(json.dumps(self.meta())),
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+        }
+        with staged_file(Path(path), overwrite=overwrite) as temporary:
+            torch.save(payload, temporary)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ModelBundle:
+        """Read a bundle; one-line errors for other files and unsupported format versions."""
+        payload = _read_payload(Path(path))
+        meta = upgrade(payload["meta"], int(payload["format_version"]), Path(path))
+        return cls(
+            model=meta["model"],
+            bands=[int(b) for b in meta["bands"]],
+            band_names=list(meta["band_names"]),
+            normalization=Normalization(
+                tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"])
+            ),
+            chip_size=int(meta["chip_size"]),
+            threshold=float(meta["threshold"]),
+            pixel_size=meta.get("pixel_size"),
+            crs=meta.get("crs"),
+            dtype=meta.get("dtype", "uint16"),
+            nodata=meta.get("nodata"),
+            classes={int(k): v for k, v in meta.get("classes", CLASSES).items()},
+            metrics=meta.get("metrics", {}),
+            provenance=meta.get("provenance", {}),
+            state_dict=payload["state_dict"],
+        )
+
+    def describe(self) -> str:
+        """The human-readable summary ``rs-seg model info`` prints."""
+        return describe(self.meta(), self.state_dict)
+
+
+def weights_id(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensor names and bytes, shortened to 12 hex digits."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise RsSegError("model bundle not found", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or damaged files
+        raise RsSegError(
+            f"not an rs_seg model bundle (cannot be read: {type(exc).__name__})", path
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        hint = (
+            " (a Lightning checkpoint? bundles are written by rs-seg train)"
+            if (isinstance(payload, dict) and "pytorch-lightning_version" in payload)
+            else ""
+        )
+        raise RsSegError(f"not an rs_seg model bundle{hint}", path)
+    return payload
+
+
+# Functions that turn meta of version N into version N + 1, applied in order on load.
+_UPGRADES: dict[int, Any] = {}
+
+
+def upgrade(meta: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
+    """Bring an older bundle's metadata up to :data:`FORMAT_VERSION`; refuse newer ones."""
+    if version > FORMAT_VERSION:
+        raise RsSegError(
+            f"bundle format version {version} is newer than this rs_seg reads "
+            f"(up to {FORMAT_VERSION}); upgrade rs_seg",
+            path,
+        )
+    while version < FORMAT_VERSION:
+        if version not in _UPGRADES:
+            raise RsSegError(
+                f"bundle format version {version} is no longer supported (this rs_seg reads "
+                f"version {FORMAT_VERSION}); retrain or convert it with an older rs_seg",
+                path,
+            )
+        meta = _UPGRADES[version](meta)
+        version += 1
+    return meta
+
+
+def _format_metrics(metrics: dict[str, Any]) -> list[str]:
+    lines = []
+    for split in ("validation", "test"):
+        values = metrics.get(split)
+        if values:
+            shown = ", ".join(
+                f"{k} {values[k]:.4f}"
+                for k in ("cropland_iou", "background_iou", "mean_iou", "f1")
+                if isinstance(values.get(k), float)
+            )
+            lines.append(f"  {split:<11}{shown}")
+    return lines
+
+
+def describe(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
+    """A few aligned lines: what the model is, what it expects, how good it is, where from."""
+    model = meta["model"]
+    prov = meta.get("provenance", {})
+    parameters = sum(v.numel() for v in state_dict.values() if v.is_floating_point())
+    stride = f", output stride {model['output_stride']}" if model.get("output_stride") else ""
+    bands = ", ".join(f"{b}:{n}" for b, n in zip(meta["bands"], meta["band_names"], strict=True))
+    pixel = meta.get("pixel_size")
+    lines = [
+        f"model id      {prov.get('model_id', '?')}",
+        f"architecture  {model['arch']} / {model['encoder']}{stride} "
+        f"({parameters / 1e6:.1f}M parameters, encoder weights: {model.get('encoder_weights')})",
+        f"input bands   {bands}  ({meta.get('dtype')}, nodata {meta.get('nodata')})",
+        f"chip size     {meta['chip_size']} px"
+        + (f", pixel size {pixel[0]:g} x {pixel[1]:g} ({meta.get('crs')})" if pixel else ""),
+        "normalization mean "
+        + ", ".join(f"{v:.1f}" for v in meta["normalization"]["mean"])
+        + " / std "
+        + ", ".join(f"{v:.1f}" for v in meta["normalization"]["std"]),
+        f"threshold     {meta['threshold']:.4f}   classes {meta.get('classes')}",
+        "metrics",
+        *_format_metrics(meta.get("metrics", {})),
+        f"chip index    {prov.get('chip_index_fingerprint')}  ({prov.get('chips_dir')})",
+        f"trained       {prov.get('created')}, {prov.get('epochs_run')} epochs "
+        f"(best {prov.get('best_epoch')}), rs_seg {prov.get('versions', {}).get('rs-seg')}, "
+        f"torch {prov.get('versions', {}).get('torch')}",
+    ]
+    return "\n".join(lines)
+
+
+def now_iso() -> str:
+    """UTC timestamp for provenance."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

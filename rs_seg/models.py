@@ -1,0 +1,170 @@
+"""Segmentation networks from segmentation-models-pytorch, built by name.
+
+Every model has one output channel (binary cropland logits) and as many input channels as the
+chosen bands. Pretrained encoder weights are optional: the default builds a randomly initialised
+encoder, which works offline; ``imagenet`` uses smp's download/cache path and a file path loads
+weights a user already has. Anything that cannot be loaded ends in one clear error.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import rs_seg  # noqa: F401 - arms the torchvision shim before smp imports it
+from rs_seg.config import ModelConfig
+from rs_seg.errors import RsSegError
+
+DEEPLAB = {"deeplabv3", "deeplabv3plus"}
+
+
+def _smp() -> Any:
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def architecture_names() -> list[str]:
+    """Architectures smp offers, in their canonical spelling (Unet, DeepLabV3Plus, ...)."""
+    return sorted(cls.__name__ for cls in _smp().MODEL_ARCHITECTURES_MAPPING.values())
+
+
+def encoder_names() -> list[str]:
+    """Encoders smp ships; any timm model also works as ``tu-<name>``."""
+    return list(_smp().encoders.get_encoder_names())
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_names(cfg: ModelConfig) -> None:
+    """Fail early, before any data is read, on an unknown architecture or encoder."""
+    arches = architecture_names()
+    if cfg.arch.lower() not in {a.lower() for a in arches}:
+        raise RsSegError(
+            f"unknown architecture {cfg.arch!r}{_closest(cfg.arch, arches)}; "
+            f"valid: {', '.join(arches)}"
+        )
+    if cfg.encoder.startswith("tu-"):
+        import timm
+
+        if not timm.list_models(cfg.encoder[3:]):
+            raise RsSegError(f"unknown timm encoder {cfg.encoder[3:]!r} (see timm.list_models())")
+        return
+    encoders = encoder_names()
+    if cfg.encoder not in encoders:
+        raise RsSegError(
+            f"unknown encoder {cfg.encoder!r}{_closest(cfg.encoder, encoders)}; valid: "
+            f"{', '.join(encoders)}, or tu-<any timm model>"
+        )
+
+
+def _architecture_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if cfg.arch.lower() in DEEPLAB and cfg.output_stride is not None:
+        kwargs["encoder_output_stride"] = cfg.output_stride
+    return kwargs
+
+
+def build_model(cfg: ModelConfig, in_channels: int, load_weights: bool = True) -> nn.Module:
+    """The network for ``in_channels`` bands with one logit channel.
+
+    ``load_weights=False`` skips pretrained encoder weights; used when a checkpoint or bundle is
+    about to replace every weight anyway (so loading a bundle never needs the internet).
+    """
+    check_names(cfg)
+    smp = _smp()
+    from_file = _is_file(cfg.encoder_weights)
+    hub_weights = cfg.encoder_weights if load_weights and not from_file else None
+    try:
+        model = smp.create_model(
+            cfg.arch,
+            encoder_name=cfg.encoder,
+            encoder_weights=hub_weights,
+            in_channels=in_channels,
+            classes=1,
+            **_architecture_kwargs(cfg),
+        )
+    except (KeyError, ValueError) as exc:
+        raise RsSegError(f"cannot build {cfg.arch}/{cfg.encoder}: {exc}") from None
+    except Exception as exc:  # hub/network errors come in many types
+        if hub_weights is None:
+            raise
+        raise RsSegError(
+            f"cannot load {hub_weights!r} weights for encoder {cfg.encoder!r} "
+            f"({type(exc).__name__}); without internet use encoder_weights: null, or a local "
+            "weights file (encoder_weights: path/to/encoder.pth)"
+        ) from None
+    if load_weights and from_file:
+        load_encoder_file(model, Path(str(cfg.encoder_weights)))
+    return model
+
+
+def _is_file(weights: str | None) -> bool:
+    return weights is not None and (
+        Path(weights).suffix in {".pth", ".pt", ".bin", ".safetensors"} or Path(weights).exists()
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise RsSegError("encoder weights file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch/safetensors raise many types
+        raise RsSegError(f"not a readable weights file ({type(exc).__name__})", path) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise RsSegError("weights file does not hold a state dict", path)
+    return state
+
+
+def _adapt_first_conv(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """RGB weights for other band counts: cycle the channels and rescale, as smp does."""
+    channels = target.shape[1]
+    index = torch.arange(channels) % weight.shape[1]
+    return weight[:, index] * (weight.shape[1] / channels)
+
+
+def load_encoder_file(model: nn.Module, path: Path) -> None:
+    """Load encoder weights from a local file (keys with or without an ``encoder.`` prefix)."""
+    encoder = model.encoder  # type: ignore[attr-defined]
+    own = encoder.state_dict()
+    state = {k.removeprefix("encoder."): v for k, v in _read_state_dict(path).items()}
+    matched = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        target = own[key]
+        if value.ndim == 4 and target.ndim == 4 and value.shape[1] != target.shape[1]:
+            value = _adapt_first_conv(value, target)
+        if value.shape == target.shape:
+            matched[key] = value
+    if not matched:
+        raise RsSegError(
+            f"no tensor in the file fits encoder {type(encoder).__name__}; wrong encoder?", path
+        )
+    encoder.load_state_dict(matched, strict=False)
+    missing = len(own) - len(matched)
+    if missing > len(own) // 10:
+        raise RsSegError(
+            f"only {len(matched)} of {len(own)} encoder tensors found in the file; wrong encoder?",
+            path,
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (shown in logs and the bundle)."""
+    return sum(p.numel() for p in model.parameters())

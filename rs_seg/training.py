@@ -1,0 +1,483 @@
+"""Training with Lightning: the cropland module, its loss and schedule, and the run folder.
+
+A run folder holds ``train.yaml`` (the config), ``normalization.json`` (train-split statistics),
+``checkpoints/{best,last}.ckpt``, ``history.json`` (one row per epoch) and ``run.json`` (status).
+:func:`rs_seg.evaluation.evaluate_run` then adds the model bundle, metrics and report. A run
+that fails before its first checkpoint is removed; a later failure leaves a consistent folder that
+``--resume`` continues from ``last.ckpt`` at the right epoch with optimizer and schedule state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from torchmetrics.classification import BinaryStatScores
+
+from rs_seg.config import MASK_IGNORE, LossConfig, ModelConfig, OptimizerConfig, TrainConfig
+from rs_seg.dataset import (
+    ChipDataModule,
+    ChipSplits,
+    Normalization,
+    auto_workers,
+    band_statistics,
+    load_chip_splits,
+)
+from rs_seg.errors import RsSegError
+from rs_seg.evaluation import metrics_from_counts
+from rs_seg.io import check_output_free
+from rs_seg.models import build_model, check_names, count_parameters
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+CONFIG_FILE = "train.yaml"
+NORMALIZATION_FILE = "normalization.json"
+HISTORY_FILE = "history.json"
+STATUS_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+MONITOR = "val/iou"
+# Settings that define what a run learns; resuming with any of them changed is refused.
+RESUME_KEYS = ("model", "loss", "optimizer", "augment", "batch_size", "seed")
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """BCE + soft Dice over labelled pixels only: ignore (255) adds nothing to loss or gradient.
+
+    Dice is computed over the whole batch rather than per chip, so chips without cropland do not
+    produce an undefined or maximal Dice term.
+    """
+    valid = (target != MASK_IGNORE).float()
+    positive = (target == 1).float()
+    logits = logits.float()
+    labelled = valid.sum().clamp(min=1.0)
+    bce = (F.binary_cross_entropy_with_logits(logits, positive, reduction="none") * valid).sum()
+    prob = torch.sigmoid(logits) * valid
+    overlap = (prob * positive).sum()
+    dice = 1.0 - (2.0 * overlap + 1.0) / (prob.sum() + positive.sum() + 1.0)
+    return cfg.bce_weight * bce / labelled + cfg.dice_weight * dice
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, frozen: int = 0) -> float:
+    """Linear warm-up then cosine decay; 0 while a parameter group is frozen (encoder warm-up)."""
+    if step < frozen:
+        return 0.0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CroplandModule(L.LightningModule):
+    """A binary cropland segmentation network with its loss, metrics and optimizer."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        in_channels: int,
+        loss: dict[str, Any],
+        optimizer: dict[str, Any],
+        channels_last: bool = True,
+        load_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["load_weights"])
+        self.model_cfg = ModelConfig.model_validate(model)
+        self.loss_cfg = LossConfig.model_validate(loss)
+        self.optim_cfg = OptimizerConfig.model_validate(optimizer)
+        self.channels_last = channels_last
+        self.net = build_model(self.model_cfg, in_channels, load_weights=load_weights)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.val_stats = BinaryStatScores(threshold=0.5, ignore_index=MASK_IGNORE)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Cropland logits, (N, H, W)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)[:, 0]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        """One optimisation step on an augmented batch."""
+        images, target = batch
+        loss = bce_dice_loss(self(images), target, self.loss_cfg)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        """Loss and confusion counts at 0.5 (the threshold is tuned after training)."""
+        images, target = batch
+        logits = self(images)
+        loss = bce_dice_loss(logits, target, self.loss_cfg)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(images))
+        self.val_stats.update(torch.sigmoid(logits.float()), target.long())
+
+    def on_validation_epoch_end(self) -> None:
+        """Cropland and mean IoU of the epoch, synchronised across processes by torchmetrics."""
+        tp, fp, tn, fn, _ = (float(v) for v in self.val_stats.compute())
+        self.val_stats.reset()
+        scores = metrics_from_counts(tp, fp, tn, fn)
+        self.log("val/iou", _finite(scores["cropland_iou"]))
+        self.log("val/mean_iou", _finite(scores["mean_iou"]))
+
+    def on_train_epoch_start(self) -> None:
+        """Keep encoder batch-norm statistics fixed while the encoder is frozen."""
+        if self.current_epoch < self.optim_cfg.freeze_encoder_epochs:
+            self.net.encoder.eval()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW, encoder and head as separate groups so the encoder can be frozen first."""
+        cfg = self.optim_cfg
+        encoder = list(self.net.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        head = [p for p in self.net.parameters() if id(p) not in ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": encoder}, {"params": head}], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        common = {
+            "warmup": round(cfg.warmup_epochs * per_epoch),
+            "total": total,
+            "min_ratio": cfg.min_lr_ratio,
+        }
+        frozen = cfg.freeze_encoder_epochs * per_epoch
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            [
+                functools.partial(lr_factor, **common, frozen=frozen),
+                functools.partial(lr_factor, **common),
+            ],
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _finite(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
+
+
+class EpochHistory(Callback):
+    """One row per finished epoch in ``history.json``, restored with the checkpoint on resume."""
+
+    def __init__(self, path: Path, epochs: int) -> None:
+        self.path = path
+        self.epochs = epochs
+        self.rows: list[dict[str, float]] = []
+        self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Start the epoch clock."""
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Record losses, validation IoU and learning rate; log one readable line."""
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        value = lambda key: float(metrics[key]) if key in metrics else math.nan  # noqa: E731
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": value("train/loss"),
+            "val_loss": value("val/loss"),
+            "val_iou": value("val/iou"),
+            "val_mean_iou": value("val/mean_iou"),
+            "lr": float(trainer.optimizers[0].param_groups[1]["lr"]),
+            "seconds": round(time.perf_counter() - self._started, 2),
+        }
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            write_json(self.path, self.rows)
+            log.info(
+                "epoch %d/%d  train loss %.4f  val loss %.4f  val IoU %.4f  mIoU %.4f  (%.0f s)",
+                row["epoch"], self.epochs, row["train_loss"], row["val_loss"], row["val_iou"],
+                row["val_mean_iou"], row["seconds"],
+            )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint, so a resumed run keeps its earlier epochs."""
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the rows of the epochs before the checkpoint."""
+        self.rows = list(state_dict.get("rows", []))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where and how training runs, resolved from the config's ``auto`` settings."""
+
+    accelerator: str
+    precision: str
+    num_workers: int
+
+    @property
+    def on_gpu(self) -> bool:
+        """True for CUDA/MPS training."""
+        return self.accelerator != "cpu"
+
+
+def resolve_hardware(cfg: TrainConfig) -> Hardware:
+    """GPU when there is one; bf16 (or fp16) mixed precision on GPUs, fp32 on CPUs."""
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = cfg.precision
+    if precision == "auto":
+        if accelerator == "cpu":
+            precision = "32-true"
+        else:
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            precision = "bf16-mixed" if bf16 else "16-mixed"
+    workers = cfg.num_workers
+    if workers == "auto":
+        workers = auto_workers(on_gpu=accelerator != "cpu")
+    return Hardware(accelerator, precision, int(workers))
+
+
+def _is_child_process() -> bool:
+    """True in the extra processes Lightning's DDP launcher starts (they re-run the command)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def _resume_key(cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
+    dump = cfg.model_dump(mode="json")
+    return {**{k: dump[k] for k in RESUME_KEYS}, "chip_index": fingerprint}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
+def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
+    """The checkpoint to resume from; refuses a run trained with other settings or chips."""
+    last = run / CHECKPOINTS / "last.ckpt"
+    if not last.exists():
+        raise RsSegError("nothing to resume: no checkpoints/last.ckpt in the run folder", run)
+    saved = yaml.safe_load((run / CONFIG_FILE).read_text())
+    old_key = saved.get("resume_key", {})
+    changed = _differences(old_key, _resume_key(cfg, fingerprint))
+    if changed:
+        raise RsSegError(
+            "cannot resume: the run was trained with other settings ("
+            + "; ".join(changed[:4])
+            + "); start a new run with another --out",
+            run,
+        )
+    return last
+
+
+def write_status(run: Path, status: str, **extra: Any) -> None:
+    """``run.json``: what state the run folder is in (running, failed, trained, evaluated)."""
+    path = run / STATUS_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(status=status, updated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    data.update(extra)
+    write_json(path, data)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`train` leaves behind for evaluation."""
+
+    run: Path
+    best_checkpoint: Path
+    epochs_run: int
+    best_epoch: int | None
+    stopped_early: bool
+
+
+def _prepare_run(
+    cfg: TrainConfig, resume: bool, splits: ChipSplits
+) -> tuple[Normalization, Path | None]:
+    """Create (or re-open) the run folder; returns normalization and the checkpoint to resume."""
+    run = cfg.out
+    if _is_child_process():
+        return _wait_for_normalization(run), None
+    if resume:
+        checkpoint = check_resumable(run, cfg, splits.fingerprint)
+        stats = json.loads((run / NORMALIZATION_FILE).read_text())
+        return Normalization(tuple(stats["mean"]), tuple(stats["std"])), checkpoint
+    check_output_free(run, cfg.overwrite)
+    train_images, _ = splits.paths("train")
+    log.info("normalization statistics from %d train chips ...", len(train_images))
+    normalization = band_statistics(train_images, splits.bands)
+    if run.exists():
+        shutil.rmtree(run)
+    (run / CHECKPOINTS).mkdir(parents=True)
+    document = {
+        "train": cfg.model_dump(mode="json"),
+        "resume_key": _resume_key(cfg, splits.fingerprint),
+    }
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
+    write_json(run / NORMALIZATION_FILE, {**normalization.to_dict(), "bands": list(splits.bands)})
+    return normalization, None
+
+
+def _wait_for_normalization(run: Path, timeout: float = 120.0) -> Normalization:
+    path = run / NORMALIZATION_FILE
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RsSegError("DDP worker: rank 0 never wrote normalization.json", run)
+        time.sleep(0.5)
+    stats = json.loads(path.read_text())
+    return Normalization(tuple(stats["mean"]), tuple(stats["std"]))
+
+
+def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Trainer:
+    """A Lightning trainer with checkpoints, early stopping, history and the chosen devices."""
+    run = cfg.out
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=run / CHECKPOINTS,
+            filename="best",
+            monitor=MONITOR,
+            mode="max",
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
+        EpochHistory(run / HISTORY_FILE, cfg.epochs),
+    ]
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStopping(MONITOR, mode="max", patience=cfg.early_stopping_patience))
+    if progress:
+        callbacks.append(TQDMProgressBar())
+    if hardware.on_gpu:
+        torch.set_float32_matmul_precision("high")
+    return L.Trainer(
+        accelerator=hardware.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=hardware.precision,  # type: ignore[arg-type]
+        max_epochs=cfg.epochs,
+        limit_train_batches=cfg.limit_train_batches,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=True if not hardware.on_gpu else None,
+        num_sanity_val_steps=0,
+        default_root_dir=run,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> TrainOutcome | None:
+    """Train a model on a prepared chip folder; ``None`` in DDP worker processes.
+
+    Inputs are checked before anything is written. GPU out-of-memory ends in a one-line hint.
+    """
+    check_names(cfg.model)
+    splits = load_chip_splits(cfg.chips, cfg.model.bands)
+    hardware = resolve_hardware(cfg)
+    normalization, checkpoint = _prepare_run(cfg, resume, splits)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = CroplandModule(
+        model=cfg.model.model_dump(mode="json"),
+        in_channels=len(splits.bands),
+        loss=cfg.loss.model_dump(mode="json"),
+        optimizer=cfg.optimizer.model_dump(mode="json"),
+        channels_last=cfg.channels_last,
+        load_weights=checkpoint is None,
+    )
+    data = ChipDataModule(
+        splits, normalization, cfg.augment, cfg.batch_size, hardware.num_workers, cfg.seed,
+        pin_memory=hardware.on_gpu,
+    )  # fmt: skip
+    _log_start(cfg, splits, hardware, module, resume)
+    trainer = build_trainer(cfg, hardware, progress)
+    if not _is_child_process():
+        write_status(cfg.out, "running", pid=os.getpid())
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
+    except BaseException as exc:
+        _record_failure(cfg, exc)
+        if _is_oom(exc):
+            raise _out_of_memory(cfg) from None
+        raise
+    if not trainer.is_global_zero or _is_child_process():
+        return None
+    return _finish(cfg, trainer)
+
+
+def _log_start(
+    cfg: TrainConfig, splits: ChipSplits, hw: Hardware, module: CroplandModule, resume: bool
+) -> None:
+    counts = splits.counts()
+    log.info(
+        "%s %s/%s (%.1fM parameters), bands %s, chips train %d / val %d / test %d, "
+        "%s %s, batch %d, %d loader workers",
+        "resuming" if resume else "training", cfg.model.arch, cfg.model.encoder,
+        count_parameters(module) / 1e6, list(splits.bands), counts["train"], counts["val"],
+        counts["test"], hw.accelerator, hw.precision, cfg.batch_size, hw.num_workers,
+    )  # fmt: skip
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _out_of_memory(cfg: TrainConfig) -> RsSegError:
+    smaller = max(1, cfg.batch_size // 2)
+    return RsSegError(
+        f"out of memory at batch_size {cfg.batch_size}; try --batch-size {smaller} "
+        "(or precision bf16-mixed, or a smaller encoder)",
+        cfg.out,
+    )
+
+
+def _record_failure(cfg: TrainConfig, exc: BaseException) -> None:
+    """A run without any checkpoint is removed; otherwise it is marked resumable."""
+    if _is_child_process() or not cfg.out.exists():
+        return
+    if not (cfg.out / CHECKPOINTS / "last.ckpt").exists():
+        shutil.rmtree(cfg.out, ignore_errors=True)
+        return
+    # Lightning turns Ctrl-C into SystemExit after a graceful shutdown.
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+    write_status(cfg.out, status, error=f"{type(exc).__name__}: {exc}"[:500], resumable=True)
+
+
+def _finish(cfg: TrainConfig, trainer: L.Trainer) -> TrainOutcome:
+    checkpoint = trainer.checkpoint_callback
+    best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
+    if best is None or not best.exists():
+        best = cfg.out / CHECKPOINTS / "last.ckpt"
+    history = json.loads((cfg.out / HISTORY_FILE).read_text())
+    best_epoch = max(history, key=lambda r: r["val_iou"])["epoch"] if history else None
+    stopped = trainer.current_epoch < cfg.epochs and bool(trainer.should_stop)
+    write_status(cfg.out, "trained", epochs_run=len(history), best_epoch=best_epoch)
+    return TrainOutcome(cfg.out, best, len(history), best_epoch, stopped)

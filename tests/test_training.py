@@ -1,0 +1,233 @@
+"""Training on CPU with a tiny model and 32 px chips: fit, resume, repeatability, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyogrio
+import pytest
+import torch
+import yaml
+
+from rs_seg.config import LossConfig, TrainConfig
+from rs_seg.errors import RsSegError
+from rs_seg.evaluation import evaluate_run
+from rs_seg.training import CroplandModule, bce_dice_loss, lr_factor, train
+
+
+def config(chips: Path, out: Path, **overrides) -> TrainConfig:
+    """Tiny, fast settings: resnet18 Unet, 32 px chips, fp32 on CPU, no loader workers."""
+    settings = {
+        "chips": chips,
+        "out": out,
+        "model": {"arch": "Unet", "encoder": "resnet18"},
+        "epochs": 6,
+        "batch_size": 8,
+        "optimizer": {"lr": 3e-3},
+        "accelerator": "cpu",
+        "num_workers": 0,
+        **overrides,
+    }
+    return TrainConfig.model_validate(settings)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_chips: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real fit + evaluation shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    outcome = train(config(tiny_chips, out))
+    return outcome, evaluate_run(outcome.run, outcome.best_checkpoint)
+
+
+def test_loss_ignores_pixels_marked_255() -> None:
+    target = torch.randint(0, 2, (2, 16, 16), dtype=torch.uint8)
+    target[:, :, :6] = 255
+    logits = torch.randn(2, 16, 16, requires_grad=True)
+    loss = bce_dice_loss(logits, target, LossConfig())
+    loss.backward()
+    assert torch.all(logits.grad[:, :, :6] == 0), "ignored pixels get no gradient"
+    assert torch.any(logits.grad[:, :, 6:] != 0)
+    changed = logits.detach().clone()
+    changed[:, :, :6] = torch.randn(2, 16, 6) * 100
+    assert bce_dice_loss(changed, target, LossConfig()) == pytest.approx(loss.item())
+
+
+def test_loss_of_all_ignore_batch_is_zero_not_nan() -> None:
+    target = torch.full((1, 8, 8), 255, dtype=torch.uint8)
+    loss = bce_dice_loss(torch.randn(1, 8, 8), target, LossConfig(dice_weight=0))
+    assert float(loss) == 0.0
+
+
+def test_schedule_warms_up_then_decays_and_freezes() -> None:
+    factors = [lr_factor(s, warmup=10, total=100, min_ratio=0.01) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] == pytest.approx(0.01, abs=1e-3)
+    assert lr_factor(5, warmup=10, total=100, min_ratio=0.01, frozen=20) == 0.0
+
+
+@pytest.mark.slow
+def test_short_fit_learns_and_writes_a_complete_run(trained) -> None:
+    outcome, evaluation = trained
+    history = json.loads((outcome.run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 7))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    test = evaluation.metrics["test"]
+    assert test["cropland_iou"] > 0.8 and test["background_iou"] > 0.8
+    assert 0 < evaluation.metrics["threshold"] < 1
+    for name in ("model-bundle.pt", "metrics.json", "train.yaml", "normalization.json"):
+        assert (outcome.run / name).exists(), name
+    for name in ("README.md", "loss_iou.png", "chip_iou.png", "worst_chips.png", "best_chips.png"):
+        assert (outcome.run / "report" / name).exists(), name
+    assert json.loads((outcome.run / "run.json").read_text())["status"] == "evaluated"
+    assert (outcome.run / "checkpoints" / "best.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_same_seed_same_run_on_cpu(tiny_chips: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        outcome = train(config(tiny_chips, tmp_path / name, epochs=2))
+        runs.append(json.loads((outcome.run / "history.json").read_text()))
+    for a, b in zip(*runs, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_iou"] == b["val_iou"]
+    weights = [torch.load(tmp_path / n / "checkpoints" / "last.ckpt")["state_dict"] for n in "ab"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _adam_steps(checkpoint: Path) -> int:
+    state = torch.load(checkpoint, weights_only=False)["optimizer_states"][0]["state"]
+    return int(next(iter(state.values()))["step"])
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_next_epoch_with_optimizer_state(
+    tiny_chips: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    train(config(tiny_chips, out, epochs=2, early_stopping_patience=0))
+    first = json.loads((out / "history.json").read_text())
+    steps_per_epoch = _adam_steps(out / "checkpoints" / "last.ckpt") // 2
+    outcome = train(config(tiny_chips, out, epochs=3, early_stopping_patience=0), resume=True)
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[:2] == first, "earlier epochs are kept, not re-run"
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert _adam_steps(out / "checkpoints" / "last.ckpt") == 3 * steps_per_epoch
+    assert outcome.epochs_run == 3
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_run_with_other_settings(tiny_chips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(config(tiny_chips, out, epochs=1))
+    other = config(tiny_chips, out, epochs=2, model={"arch": "FPN", "encoder": "resnet18"})
+    with pytest.raises(RsSegError, match="other settings.*model.arch 'Unet' -> 'FPN'"):
+        train(other, resume=True)
+
+
+def test_resume_without_a_run_says_so(tiny_chips: Path, tmp_path: Path) -> None:
+    with pytest.raises(RsSegError, match="nothing to resume"):
+        train(config(tiny_chips, tmp_path / "missing"), resume=True)
+
+
+def test_existing_run_needs_overwrite(tiny_chips: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    with pytest.raises(RsSegError, match="--overwrite"):
+        train(config(tiny_chips, tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_completes(tiny_chips: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_chips, tmp_path / "ddp", epochs=2, devices=2, strategy="ddp_fork")
+    outcome = train(cfg)
+    assert outcome is not None and outcome.epochs_run == 2
+    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    assert evaluation.metrics["test"]["chips"] == 3
+
+
+def _copy_chips(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _edit_index(chips: Path, edit) -> None:
+    path = chips / "index.gpkg"
+    frame = pyogrio.read_dataframe(path, layer="chips")
+    edit(frame)
+    pyogrio.write_dataframe(frame, path, layer="chips")
+
+
+def test_chips_with_different_band_counts_are_refused(tiny_chips: Path, tmp_path: Path) -> None:
+    chips = _copy_chips(tiny_chips, tmp_path / "chips")
+
+    def other_bands(frame: pd.DataFrame) -> None:
+        frame.loc[frame.index[:5], "bands"] = 4
+        frame.loc[frame.index[:5], "scene"] = "other"
+
+    _edit_index(chips, other_bands)
+    with pytest.raises(RsSegError, match=r"different band counts \(3 bands: scene; 4 bands: other"):
+        train(config(chips, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_split_is_refused(tiny_chips: Path, tmp_path: Path) -> None:
+    chips = _copy_chips(tiny_chips, tmp_path / "chips")
+    _edit_index(chips, lambda f: f.__setitem__("split", f["split"].replace("test", "train")))
+    with pytest.raises(RsSegError, match="the test split is empty"):
+        train(config(chips, tmp_path / "run"))
+
+
+def test_all_ignore_chips_are_refused(tiny_chips: Path, tmp_path: Path) -> None:
+    chips = _copy_chips(tiny_chips, tmp_path / "chips")
+
+    def no_labels(frame: pd.DataFrame) -> None:
+        frame.loc[frame["split"] == "val", "labelled_px"] = 0
+
+    _edit_index(chips, no_labels)
+    with pytest.raises(RsSegError, match=r"every val chip is all ignore \(255\)"):
+        train(config(chips, tmp_path / "run"))
+
+
+def test_missing_bands_are_refused(tiny_chips: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_chips, tmp_path / "run", model={"encoder": "resnet18", "bands": [1, 4]})
+    with pytest.raises(RsSegError, match=r"bands \[4\] do not exist: chips have 3 bands"):
+        train(cfg)
+
+
+def test_out_of_memory_gives_a_hint_and_leaves_no_run(
+    tiny_chips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*_args, **_kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(CroplandModule, "training_step", exhausted)
+    with pytest.raises(RsSegError, match="out of memory at batch_size 8; try --batch-size 4"):
+        train(config(tiny_chips, tmp_path / "run"))
+    assert not (tmp_path / "run").exists(), "a run without any checkpoint is removed"
+
+
+def test_run_folder_records_config_and_train_statistics(
+    tiny_chips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Normalization is computed before training starts, from train chips only."""
+    from rs_seg.dataset import band_statistics, load_chip_splits
+
+    seen = {}
+
+    def stop(*_args, **_kwargs):
+        run = tmp_path / "run"
+        seen["config"] = yaml.safe_load((run / "train.yaml").read_text())
+        seen["stats"] = json.loads((run / "normalization.json").read_text())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(CroplandModule, "training_step", stop)
+    with pytest.raises(RuntimeError, match="stop here"):
+        train(config(tiny_chips, tmp_path / "run"))
+    splits = load_chip_splits(tiny_chips)
+    expected = band_statistics(splits.paths("train")[0], [1, 2, 3])
+    assert seen["stats"]["mean"] == pytest.approx(list(expected.mean))
+    assert seen["config"]["train"]["model"]["encoder"] == "resnet18"
