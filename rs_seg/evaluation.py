@@ -117,7 +117,10 @@ def level_to_threshold(level: int) -> float:
 
 def threshold_to_level(threshold: float) -> int:
     """The uint8 level for a probability threshold (inverse of :func:`level_to_threshold`)."""
-    return max(1, min(255, math.ceil(threshold * 255 - 1e-6)))
+    value = threshold * 255
+    nearest = round(value)  # stored thresholds are level / 255 rounded to 6 decimals
+    level = nearest if abs(value - nearest) < 1e-3 else math.ceil(value)
+    return max(1, min(255, level))
 
 
 @dataclass

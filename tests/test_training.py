@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_loss_of_all_ignore_batch_is_zero_not_nan() -> None:
 def test_schedule_warms_up_then_decays_and_freezes() -> None:
     factors = [lr_factor(s, warmup=10, total=100, min_ratio=0.01) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[-1] == pytest.approx(0.01, abs=1e-3)
     assert lr_factor(5, warmup=10, total=100, min_ratio=0.01, frozen=20) == 0.0
 
@@ -125,7 +126,7 @@ def test_resume_refuses_a_run_with_other_settings(tiny_chips: Path, tmp_path: Pa
     out = tmp_path / "run"
     train(config(tiny_chips, out, epochs=1))
     other = config(tiny_chips, out, epochs=2, model={"arch": "FPN", "encoder": "resnet18"})
-    with pytest.raises(RsSegError, match="other settings.*model.arch 'Unet' -> 'FPN'"):
+    with pytest.raises(RsSegError, match=r"other settings.*model.arch 'Unet' -> 'FPN'"):
         train(other, resume=True)
 
 

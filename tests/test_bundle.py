@@ -1,0 +1,112 @@
+"""Model bundles: a round trip reproduces predictions exactly; foreign files are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rs_seg.bundle import FORMAT_VERSION, ModelBundle
+from rs_seg.cli import app
+from rs_seg.config import ModelConfig
+from rs_seg.dataset import ChipDataset, Normalization
+from rs_seg.errors import RsSegError
+from rs_seg.evaluation import predict_levels
+from rs_seg.models import build_model
+from rs_seg.training import CroplandModule
+
+
+def tiny_bundle() -> ModelBundle:
+    model = ModelConfig(arch="Unet", encoder="resnet18")
+    net = build_model(model, in_channels=3)
+    return ModelBundle(
+        model=model.model_dump(mode="json"),
+        bands=[3, 2, 1],
+        band_names=["red", "green", "blue"],
+        normalization=Normalization((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)),
+        chip_size=32,
+        threshold=0.47,
+        pixel_size=[10.0, 10.0],
+        crs="EPSG:32633",
+        metrics={"test": {"cropland_iou": 0.8, "mean_iou": 0.85}},
+        provenance={"chip_index_fingerprint": "abc"},
+        state_dict=net.state_dict(),
+    )
+
+
+def test_bundle_round_trip_keeps_metadata_and_weights(tmp_path: Path) -> None:
+    bundle = tiny_bundle()
+    path = bundle.save(tmp_path / "model-bundle.pt")
+    loaded = ModelBundle.load(path)
+    assert loaded.meta() == bundle.meta()
+    assert loaded.model_id == bundle.model_id and len(loaded.model_id) == 12
+    for key, value in bundle.state_dict.items():
+        assert torch.equal(loaded.state_dict[key], value)
+
+
+def test_bundle_is_written_atomically_and_never_overwritten_silently(tmp_path: Path) -> None:
+    bundle = tiny_bundle()
+    path = bundle.save(tmp_path / "m.pt")
+    with pytest.raises(RsSegError, match="--overwrite"):
+        bundle.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_newer_format_version_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tiny_bundle().save(tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, path)
+    with pytest.raises(RsSegError, match=f"format version {FORMAT_VERSION + 1} is newer"):
+        ModelBundle.load(path)
+
+
+@pytest.mark.parametrize("content", [b"not a zip", b""])
+def test_other_files_are_not_bundles(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(RsSegError, match=r"x.pt: not an rs_seg model bundle"):
+        ModelBundle.load(path)
+
+
+def test_a_lightning_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6", "state_dict": {}}, path)
+    with pytest.raises(RsSegError, match="a Lightning checkpoint"):
+        ModelBundle.load(path)
+
+
+def test_model_info_prints_what_inference_needs(tmp_path: Path) -> None:
+    path = tiny_bundle().save(tmp_path / "m.pt")
+    result = CliRunner().invoke(app, ["model", "info", str(path)])
+    assert result.exit_code == 0, result.output
+    for text in ("Unet / resnet18", "3:red, 2:green, 1:blue", "threshold     0.4700", "32 px"):
+        assert text in result.output
+    missing = CliRunner().invoke(app, ["model", "info", str(tmp_path / "none.pt")])
+    assert missing.exit_code == 2 and "model bundle not found" in missing.output
+
+
+@pytest.mark.slow
+def test_trained_bundle_reproduces_evaluation_predictions_exactly(tiny_chips, tmp_path) -> None:
+    from rs_seg.dataset import load_chip_splits
+    from rs_seg.evaluation import evaluate_run
+    from rs_seg.training import train
+    from tests.test_training import config
+
+    outcome = train(config(tiny_chips, tmp_path / "run", epochs=2))
+    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    bundle = ModelBundle.load(evaluation.bundle)
+    module = CroplandModule.load_from_checkpoint(outcome.best_checkpoint, load_weights=False)
+    splits = load_chip_splits(tiny_chips)
+    images, masks = splits.paths("test")
+    dataset = ChipDataset(images, masks, bundle.bands, bundle.normalization)
+    device = torch.device("cpu")
+    from_bundle = [b.levels for b in predict_levels(bundle.build(), dataset, device)]
+    from_checkpoint = [b.levels for b in predict_levels(module.net, dataset, device)]
+    assert all(torch.equal(a, b) for a, b in zip(from_bundle, from_checkpoint, strict=True))
+    assert bundle.threshold == evaluation.metrics["threshold"]
+    assert bundle.provenance["chip_index_fingerprint"] == splits.fingerprint
+    assert bundle.metrics["test"] == evaluation.metrics["test"]
+    assert bundle.pixel_size == [10.0, 10.0] and bundle.crs == "EPSG:32633"
