@@ -36,7 +36,7 @@ from rs_seg.dataset import (
     read_chip,
 )
 from rs_seg.errors import RsSegError
-from rs_seg.io import staged_dir
+from rs_seg.io import staged_dir, write_json
 from rs_seg.report import ChipExample, write_report
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,8 @@ def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> Sp
     rows = []
     for batch in batches:
         predicted = (batch.levels >= level).long()
-        counts = stats(predicted, batch.target.long())  # (N, 5): tp fp tn fn support
+        # (N, 5): tp fp tn fn support; torchmetrics drops the batch axis when N == 1
+        counts = stats(predicted, batch.target.long()).reshape(-1, 5)
         for offset, (tp, fp, tn, fn, _) in enumerate(counts.tolist()):
             chip = metrics_from_counts(tp, fp, tn, fn)
             rows.append(
@@ -400,8 +401,6 @@ def _bundle(
 
 
 def _write_metrics(run: Path, metrics: dict[str, Any]) -> None:
-    from rs_seg.training import write_json
-
     write_json(run / METRICS_FILE, metrics)
 
 
@@ -421,7 +420,7 @@ def _write_report(
         write_report(
             folder,
             history=history,
-            metrics=metrics,
+            metrics={**metrics, "bundle": f"../{metrics['bundle']}"},  # relative to report/
             chip_scores=table[columns] if len(table) else pd.DataFrame(columns=columns),
             worst=worst,
             best=best,

@@ -8,11 +8,13 @@ user finds either the complete new output, the untouched old one, or nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rs_seg.errors import RsSegError
 
@@ -87,3 +89,11 @@ def staged_dir(final: Path, overwrite: bool = False) -> contextlib.AbstractConte
 def staged_file(final: Path, overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
     """A temporary path (same folder and suffix) that becomes ``final`` on success."""
     return _staged(final, overwrite, folder=False)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temporary sibling, then rename: readers never see half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)

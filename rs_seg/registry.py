@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle
 from rs_seg.errors import RsSegError
-from rs_seg.io import staged_dir
+from rs_seg.io import staged_dir, write_json
 
 try:  # POSIX only; elsewhere registrations are not serialised
     import fcntl
@@ -80,13 +80,6 @@ def _now() -> str:
 def _json_number(value: float | None) -> float | None:
     """NaN is not JSON; an undefined score is written as null."""
     return None if value is None or math.isnan(value) else float(value)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Temporary file in the same folder, then a rename: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    temporary.replace(path)  # os.replace: atomic on POSIX and Windows
 
 
 @contextlib.contextmanager
@@ -161,7 +154,7 @@ def _store(bundle_path: Path, run: Path | None, bundle: ModelBundle, models_dir:
     metrics, report = _run_files(run, bundle)
     with staged_dir(target, overwrite=True) as staging:  # overwrite: only an incomplete folder
         shutil.copy2(bundle_path, staging / BUNDLE_FILE)
-        _write_json_atomic(staging / METRICS_FILE, metrics)
+        write_json(staging / METRICS_FILE, metrics)
         if report is not None:
             shutil.copytree(report, staging / REPORT_DIR)
     return target / BUNDLE_FILE
@@ -258,7 +251,7 @@ def _decide(
 
 
 def _point_latest(models_dir: Path, bundle: ModelBundle, metric: str, score: float) -> None:
-    _write_json_atomic(
+    write_json(
         models_dir / LATEST_FILE,
         {
             "model_id": bundle.model_id,

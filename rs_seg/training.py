@@ -40,10 +40,14 @@ from rs_seg.dataset import (
 )
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import metrics_from_counts
-from rs_seg.io import check_output_free
+from rs_seg.io import check_output_free, write_json
 from rs_seg.models import build_model, check_names, count_parameters
 
 log = logging.getLogger(__name__)
+# Lightning sets its loggers to INFO when imported; its start-up banner and tips are noise in our
+# logs (warnings still show). The progress bar and our one line per epoch say what matters.
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -216,13 +220,6 @@ class EpochHistory(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the rows of the epochs before the checkpoint."""
         self.rows = list(state_dict.get("rows", []))
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    temporary.replace(path)
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,14 @@ def tiny_chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
         split=SplitConfig(block_chips=1, seed=1),
     )
     return prepare(cfg).out
+
+
+def ephemeral_prefect_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a child process that runs flows on a private, temporary Prefect home
+    (no server configured, so Prefect starts its ephemeral one) with the repo importable."""
+    return os.environ | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": "",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rs_seg.config import PrepareConfig, SplitConfig, TrainConfig
-from tests.conftest import pixel_box, write_labels, write_scene
+from tests.conftest import ephemeral_prefect_env, pixel_box, write_labels, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,12 +62,7 @@ def configs(tmp_path: Path) -> tuple[TrainConfig, PrepareConfig]:
 def test_flow_prepares_trains_registers_and_skips_fresh_chips(tmp_path) -> None:
     train, prepare = configs(tmp_path)
     models = tmp_path / "models"
-    env = os.environ | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),  # isolated, no server configured
-        "PREFECT_API_URL": "",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = ephemeral_prefect_env(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", FLOW_SCRIPT, train.model_dump_json(), prepare.model_dump_json(),
          str(models)],
@@ -100,3 +94,51 @@ def test_flow_prepares_trains_registers_and_skips_fresh_chips(tmp_path) -> None:
     assert "latest: **" in report and "threshold" in report
     decisions = (models / "registry.jsonl").read_text().splitlines()
     assert [json.loads(d)["promoted"] for d in decisions] == [True, False]
+
+
+def test_a_taken_run_folder_gets_a_timestamped_sibling(tmp_path) -> None:
+    from flows.train_cropland import run_folder
+
+    train = TrainConfig(out=tmp_path / "cropland")
+    assert run_folder(train, resume=False) is train, "a free folder is used as given"
+    train.out.mkdir()
+    now = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+    moved = run_folder(train, resume=False, now=now)
+    assert moved.out == tmp_path / "cropland-20261121T120000"
+    moved.out.mkdir()
+    assert run_folder(train, False, now).out == tmp_path / "cropland-20261121T120000-2"
+    assert run_folder(train, resume=True, now=now).out == train.out, "resume continues in place"
+    replace = train.model_copy(update={"overwrite": True})
+    assert run_folder(replace, False, now).out == train.out, "overwrite replaces, as in the CLI"
+
+
+def test_the_flow_form_is_typed_by_the_shared_configs() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train_cropland import train_cropland
+
+    schema = parameter_schema(train_cropland.fn)
+    assert list(schema.properties) == ["train", "prepare", "models_dir", "promote", "resume"]
+    assert schema.required == ["train"]
+    assert schema.properties["promote"]["enum"] == ["if_better", "always", "never"]
+    assert {"TrainConfig", "PrepareConfig"} <= set(schema.definitions)
+
+
+def test_config_file_sections_and_generated_scenes(tmp_path) -> None:
+    from flows.train_cropland import load_configs
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("train:\n  epochs: 2\n")
+    assert load_configs(plain)[0].epochs == 2 and load_configs(plain)[1] is None
+    demo = tmp_path / "demo.yaml"
+    demo.write_text(
+        f"synth: {{out: {tmp_path / 'synth'}, size: 64, bands: 3, seed: 1}}\n"
+        f"prepare: {{out: {tmp_path / 'chips'}, chip_size: 32}}\n"
+    )
+    train, prepare = load_configs(demo)
+    assert train == TrainConfig() and prepare is not None
+    assert prepare.labels == tmp_path / "synth" / "fields.gpkg"
+    scene = Path(prepare.scenes[0])
+    written = scene.stat().st_mtime_ns
+    assert load_configs(demo)[1] == prepare
+    assert scene.stat().st_mtime_ns == written, "unchanged synth settings reuse the scenes"

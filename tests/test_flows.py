@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rs_seg.index import read_index
-from tests.conftest import pixel_box, write_labels, write_scene
+from tests.conftest import ephemeral_prefect_env, pixel_box, write_labels, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +34,7 @@ def test_prepare_chips_flow_runs_in_ephemeral_mode(tmp_path) -> None:
     cfg = PrepareConfig(
         scenes=[str(s) for s in scenes], labels=labels, out=tmp_path / "chips", chip_size=32
     )
-    env = os.environ | {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),  # isolated, no server configured
-        "PREFECT_API_URL": "",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = ephemeral_prefect_env(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", FLOW_SCRIPT, cfg.model_dump_json()],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,

@@ -232,3 +232,21 @@ def test_run_folder_records_config_and_train_statistics(
     expected = band_statistics(splits.paths("train")[0], [1, 2, 3])
     assert seen["stats"]["mean"] == pytest.approx(list(expected.mean))
     assert seen["config"]["train"]["model"]["encoder"] == "resnet18"
+
+
+def test_cli_reports_bad_training_input_in_one_line(tiny_chips: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rs_seg.cli import app
+
+    runner = CliRunner()
+    out = str(tmp_path / "run")
+    result = runner.invoke(
+        app, ["train", "--chips", str(tiny_chips), "--out", out, "--arch", "Unett"]
+    )
+    assert result.exit_code == 2
+    assert result.output.startswith("error: unknown architecture 'Unett' (did you mean 'Unet'?)")
+    assert "DeepLabV3Plus" in result.output and len(result.output.splitlines()) == 1
+    result = runner.invoke(app, ["train", "--chips", str(tmp_path), "--out", out])
+    assert result.exit_code == 2 and "no chip index (index.gpkg)" in result.output
+    assert not (tmp_path / "run").exists()

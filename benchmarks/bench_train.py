@@ -1,0 +1,231 @@
+"""Training-throughput benchmark: rs_seg's training loop against the bare model train step.
+
+Both sides train the same network (Unet/resnet18 by default, 256 px chips, batch 8, fp32,
+channels_last) on the same synthetic chips, alternating in one process so they see the same
+machine state:
+
+* ``bare``: the lower bound: batches already normalized and in memory; each step is forward,
+  BCE + Dice loss, backward and an AdamW step, nothing else.
+* ``rs_seg``: ``lightning.Trainer.fit`` with :class:`rs_seg.training.CroplandModule` and
+  :class:`rs_seg.dataset.ChipDataModule` (chips read from GeoTIFF, normalized, flipped and rotated
+  by albumentations, batched by the DataLoader, Lightning's loop, logging and LR schedule).
+  Only the training epoch is timed (from the first to the last batch), not trainer set-up.
+
+Overhead is ``1 - rs_seg / bare`` in chips per second, the median of ``--repeats`` alternating
+pairs. Results: ``benchmarks/results/train.json`` and ``train.png``.
+
+    python benchmarks/bench_train.py [--batches 12] [--repeats 3] [--encoder resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import rs_seg  # noqa: F401 - arms the torchvision shim
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_chips(workdir: Path) -> Path:
+    from rs_seg.config import PrepareConfig, SplitConfig, SynthConfig
+    from rs_seg.prepare import prepare
+    from rs_seg.synthetic import generate_scenes
+
+    scenes = generate_scenes(SynthConfig(out=workdir / "synth", size=2048, bands=4, seed=5))
+    cfg = PrepareConfig(
+        scenes=[str(p) for p in scenes.scenes],
+        labels=scenes.labels,
+        out=workdir / "chips",
+        split=SplitConfig(method="random", seed=0),
+    )
+    return prepare(cfg).out
+
+
+def build(chips: Path, encoder: str, batch: int, workers: int):
+    from rs_seg.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig
+    from rs_seg.dataset import ChipDataModule, band_statistics, load_chip_splits
+    from rs_seg.training import CroplandModule
+
+    splits = load_chip_splits(chips)
+    norm = band_statistics(splits.paths("train")[0], splits.bands)
+    data = ChipDataModule(splits, norm, AugmentConfig(), batch, workers, seed=0)
+    module = CroplandModule(
+        model=ModelConfig(encoder=encoder).model_dump(mode="json"),
+        in_channels=len(splits.bands),
+        loss=LossConfig().model_dump(),
+        optimizer=OptimizerConfig(warmup_epochs=0).model_dump(),
+    )
+    return data, module
+
+
+def bare_steps(data, module, batches: int) -> float:
+    """Chips per second of forward + loss + backward + AdamW on batches already in memory."""
+    import torch
+
+    from rs_seg.training import bce_dice_loss
+
+    loader = iter(data.train_dataloader())
+    cached = [next(loader) for _ in range(batches)]
+    net = module.net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def step(images, target):
+        optimizer.zero_grad(set_to_none=True)
+        logits = net(images.contiguous(memory_format=torch.channels_last))[:, 0]
+        bce_dice_loss(logits, target, module.loss_cfg).backward()
+        optimizer.step()
+
+    step(*cached[0])  # warm-up (allocator, kernels)
+    started = time.perf_counter()
+    for images, target in cached:
+        step(images, target)
+    return sum(len(images) for images, _ in cached) / (time.perf_counter() - started)
+
+
+class EpochClock:
+    """Lightning callback timing the training batches of one epoch (set-up excluded)."""
+
+    def __new__(cls):
+        import lightning as L
+
+        class _Clock(L.Callback):
+            def __init__(self) -> None:
+                self.first = self.last = 0.0
+                self.chips = 0
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+                if batch_idx == 1:  # the first batch warms up like the bare loop's extra step
+                    self.first = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+                if batch_idx >= 1:
+                    self.chips += len(batch[0])
+                    self.last = time.perf_counter()
+
+        return _Clock()
+
+
+def rs_seg_fit(data, module, batches: int) -> float:
+    """Chips per second of rs_seg's Lightning training loop reading chips from disk."""
+    import lightning as L
+
+    clock = EpochClock()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=batches + 1,
+        limit_val_batches=0,
+        callbacks=[clock],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    return clock.chips / (clock.last - clock.first)
+
+
+def loader_only(data, batches: int) -> float:
+    """Chips per second of the data pipeline alone (read, normalize, augment, collate)."""
+    loader = iter(data.train_dataloader())
+    next(loader)
+    started = time.perf_counter()
+    chips = sum(len(next(loader)[0]) for _ in range(batches))
+    return chips / (time.perf_counter() - started)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    names = ["bare train step", "rs_seg training loop", "data pipeline alone"]
+    values = [
+        result["bare_chips_per_s"],
+        result["rs_seg_chips_per_s"],
+        result["loader_chips_per_s"],
+    ]
+    ax.barh(names, values, color=["#888888", "#2b8a3e", "#4c6ef5"])
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.1f}", va="center")
+    ax.set_xlabel("chips per second (median)")
+    ax.set_title(
+        f"Training throughput, {result['model']}, batch {result['batch_size']}: "
+        f"overhead {result['overhead_percent']:.1f} %",
+        fontsize=9,
+    )
+    ax.set_xlim(0, max(values) * 1.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for rs_seg")
+    args = parser.parse_args()
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="rs_seg_bench_train_") as tmp:
+        chips = make_chips(Path(tmp))
+        bare, ours, loader = [], [], []
+        for repeat in range(args.repeats):
+            data, module = build(chips, args.encoder, args.batch_size, args.workers)
+            bare.append(bare_steps(data, module, args.batches))
+            data, module = build(chips, args.encoder, args.batch_size, args.workers)
+            ours.append(rs_seg_fit(data, module, args.batches))
+            loader.append(loader_only(data, args.batches))
+            print(
+                f"repeat {repeat + 1}: bare {bare[-1]:.2f}, rs_seg {ours[-1]:.2f}, "
+                f"loader alone {loader[-1]:.1f} chips/s",
+                flush=True,
+            )
+    result = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "model": f"Unet/{args.encoder}",
+        "chip_size": 256,
+        "bands": 4,
+        "batch_size": args.batch_size,
+        "precision": "32-true",
+        "batches_timed": args.batches,
+        "repeats": args.repeats,
+        "bare_runs": bare,
+        "rs_seg_runs": ours,
+        "loader_runs": loader,
+        "bare_chips_per_s": statistics.median(bare),
+        "rs_seg_chips_per_s": statistics.median(ours),
+        "loader_chips_per_s": statistics.median(loader),
+    }
+    result["overhead_percent"] = 100 * (
+        1 - result["rs_seg_chips_per_s"] / result["bare_chips_per_s"]
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, RESULTS / "train.png")
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_runs")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
