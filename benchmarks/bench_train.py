@@ -42,7 +42,9 @@ def make_chips(workdir: Path) -> Path:
     from rs_seg.prepare import prepare
     from rs_seg.synthetic import generate_scenes
 
-    scenes = generate_scenes(SynthConfig(out=workdir / "synth", size=2048, bands=4, seed=5))
+    scenes = generate_scenes(
+        SynthConfig(out=workdir / "synth", size=2048, bands=4, seed=5, scenes=3)
+    )
     cfg = PrepareConfig(
         scenes=[str(p) for p in scenes.scenes],
         labels=scenes.labels,

@@ -250,3 +250,40 @@ def test_cli_reports_bad_training_input_in_one_line(tiny_chips: Path, tmp_path: 
     result = runner.invoke(app, ["train", "--chips", str(tmp_path), "--out", out])
     assert result.exit_code == 2 and "no chip index (index.gpkg)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_precision_is_chosen_for_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rs_seg.training import resolve_hardware
+
+    cpu = resolve_hardware(TrainConfig(accelerator="auto"))
+    if not torch.cuda.is_available():
+        assert (cpu.accelerator, cpu.precision) == ("cpu", "32-true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_hardware(TrainConfig()).precision == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_hardware(TrainConfig()).precision == "16-mixed"
+    asked = resolve_hardware(TrainConfig(accelerator="cpu", precision="bf16-mixed"))
+    assert asked.precision == "bf16-mixed", "an explicit choice is kept"
+
+
+@pytest.mark.slow
+def test_frozen_encoder_epochs_leave_the_encoder_untouched(tiny_chips: Path, tmp_path: Path):
+    from rs_seg.config import ModelConfig
+    from rs_seg.models import build_model
+
+    torch.manual_seed(0)
+    cfg = config(
+        tiny_chips, tmp_path / "run", epochs=1,
+        optimizer={"lr": 3e-3, "freeze_encoder_epochs": 1, "warmup_epochs": 0},
+    )  # fmt: skip
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    import lightning as L
+
+    L.seed_everything(cfg.seed, verbose=False)
+    initial = build_model(ModelConfig(encoder="resnet18"), 3).state_dict()
+    encoder = [k for k in initial if k.startswith("encoder.")]
+    decoder = [k for k in initial if k.startswith("decoder.") and initial[k].is_floating_point()]
+    assert all(torch.equal(state[f"net.{k}"], initial[k]) for k in encoder)
+    assert not all(torch.equal(state[f"net.{k}"], initial[k]) for k in decoder)
