@@ -121,7 +121,9 @@ class CroplandModule(L.LightningModule):
         """One optimisation step on an augmented batch."""
         images, target = batch
         loss = bce_dice_loss(self(images), target, self.loss_cfg)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(images))
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(images)
+        )
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
@@ -137,8 +139,9 @@ class CroplandModule(L.LightningModule):
         tp, fp, tn, fn, _ = (float(v) for v in self.val_stats.compute())
         self.val_stats.reset()
         scores = metrics_from_counts(tp, fp, tn, fn)
-        self.log("val/iou", _finite(scores["cropland_iou"]))
-        self.log("val/mean_iou", _finite(scores["mean_iou"]))
+        # Already global (torchmetrics synchronised the counts); sync_dist keeps Lightning quiet.
+        self.log("val/iou", _finite(scores["cropland_iou"]), sync_dist=True)
+        self.log("val/mean_iou", _finite(scores["mean_iou"]), sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
         """Keep encoder batch-norm statistics fixed while the encoder is frozen."""
