@@ -11,7 +11,7 @@ export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test test-fast lint format bench lock clean-demo
+.PHONY: demo test test-fast lint format bench bench-train lock clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	  || { tail -n 40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
-## demo: generate a synthetic farm scene, cut it into chips with an 8:1:1 split, print a summary
+## demo: synthetic scenes -> chips with an 8:1:1 split -> a small model trained on CPU -> test metrics and report
 demo: $(STAMP)
 	$(PY) -m rs_seg demo --config configs/demo.yaml
 
@@ -45,6 +45,10 @@ format: $(STAMP)
 ## bench: chip-preparation benchmark (writes benchmarks/results/)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_prepare.py
+
+## bench-train: training throughput against the bare train step (writes benchmarks/results/train.*)
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py
 
 ## lock: re-resolve the dependency set in a scratch venv and rewrite constraints.txt
 lock:
