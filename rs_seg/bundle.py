@@ -57,6 +57,7 @@ class ModelBundle:
     chip_size: int
     threshold: float
     pixel_size: list[float] | None = None
+    band_count: int | None = None  # bands of the training imagery (bands picks from these)
     crs: str | None = None
     dtype: str = "uint16"
     nodata: float | None = None
@@ -119,6 +120,7 @@ class ModelBundle:
             chip_size=int(meta["chip_size"]),
             threshold=float(meta["threshold"]),
             pixel_size=meta.get("pixel_size"),
+            band_count=meta.get("band_count"),
             crs=meta.get("crs"),
             dtype=meta.get("dtype", "uint16"),
             nodata=meta.get("nodata"),

@@ -16,7 +16,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from rs_seg.config import LabelMap, PrepareConfig, SynthConfig, TrainConfig, build_config
+from rs_seg.config import (
+    InferConfig,
+    LabelMap,
+    PrepareConfig,
+    SynthConfig,
+    TrainConfig,
+    build_config,
+)
 from rs_seg.errors import RsSegError
 
 app = typer.Typer(
@@ -267,6 +274,100 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise RsSegError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+@reports_errors
+def infer(
+    scene: Annotated[Path, typer.Argument(help="Scene to map (GeoTIFF).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb or .geojson.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model bundle [latest in --models-dir].")
+    ] = None,
+    models_dir: Annotated[Path | None, typer.Option(help="Model registry [models].")] = None,
+    window: Annotated[int | None, typer.Option(help="Window size [bundle chip size].")] = None,
+    overlap: Annotated[float | None, typer.Option(help="Window overlap 0-0.9 [0.25].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Windows per batch [16].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta", help="Average over flips (4x).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Probability threshold [the bundle's].")
+    ] = None,
+    prob_out: Annotated[
+        Path | None, typer.Option(help="Probability COG [<out stem>_prob.tif].")
+    ] = None,
+    mask_out: Annotated[Path | None, typer.Option(help="Also write a 0/1 mask COG.")] = None,
+    min_area: Annotated[float | None, typer.Option(help="Smallest field, m2 [500].")] = None,
+    simplify: Annotated[
+        float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
+    ] = None,
+    overwrite: OverwriteOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Map cropland in a whole scene: probability COG and field polygons for QGIS."""
+    from rs_seg.inference import run_infer
+
+    cfg = build_config(
+        InferConfig,
+        "infer",
+        config,
+        {
+            "scene": scene, "out": out, "model": model, "models_dir": models_dir,
+            "window": window, "overlap": overlap, "batch_size": batch_size, "device": device,
+            "tta": tta, "threshold": threshold, "prob_out": prob_out, "mask_out": mask_out,
+            "min_area": min_area, "simplify": simplify, "overwrite": overwrite,
+        },
+    )  # fmt: skip
+    summary = run_infer(cfg, progress=sys.stderr.isatty())
+    typer.echo(summary.report())
+    typer.echo(f"open in QGIS: drag {summary.fields} (styled) and {summary.prob} onto the map")
+
+
+@app.command()
+@reports_errors
+def vectorize(
+    prob: Annotated[Path, typer.Argument(help="Probability raster from rs-seg infer.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb or .geojson.")],
+    threshold: Annotated[
+        float | None, typer.Option(help="Probability threshold [the one stored in the raster].")
+    ] = None,
+    min_area: Annotated[float, typer.Option(help="Smallest field, m2.")] = 500.0,
+    simplify: Annotated[
+        float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
+    ] = None,
+    fill_holes_below: Annotated[
+        float | None, typer.Option(help="Fill holes smaller than this, m2 [min area].")
+    ] = None,
+    overwrite: OverwriteOption = None,
+) -> None:
+    """Re-polygonize a saved probability raster with other settings, without the model."""
+    from rs_seg.rasters import open_raster
+    from rs_seg.vectorize import VectorizeSettings
+    from rs_seg.vectorize import vectorize as run_vectorize
+
+    with open_raster(prob, "probability raster") as src:
+        tags = src.tags()
+        pixel = float(sum(abs(r) for r in src.res) / 2)
+    stored = tags.get("threshold_used") or tags.get("threshold")
+    if threshold is None and stored is None:
+        raise RsSegError("no threshold stored in the raster; pass --threshold", prob)
+    settings = VectorizeSettings(
+        threshold=threshold if threshold is not None else float(stored),
+        min_area=min_area,
+        simplify=pixel if simplify is None else simplify,
+        fill_holes_below=min_area if fill_holes_below is None else fill_holes_below,
+    )
+    summary = run_vectorize(
+        prob, out, settings, scene=Path(tags.get("scene", prob.stem)).stem,
+        model_id=tags.get("model_id", ""), overwrite=bool(overwrite),
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    typer.echo(
+        f"{summary.polygons} fields ({summary.area_ha:,.1f} ha) -> {summary.out} "
+        f"({summary.megapixels:.1f} Mpx in {summary.seconds:.1f} s)"
+    )
 
 
 model_app = typer.Typer(help="Inspect model bundles.", no_args_is_help=True)

@@ -283,12 +283,53 @@ class TrainConfig(StrictModel):
     overwrite: bool = False
 
 
+class InferConfig(StrictModel):
+    """Scene inference (``rs-seg infer``): a whole scene -> probability COG + field polygons."""
+
+    scene: Path = Field(description="GeoTIFF (or any GDAL raster) to map")
+    out: Path = Field(Path("fields.gpkg"), description=".gpkg (layer fields), .fgb or .geojson")
+    model: Path | None = Field(None, description="model bundle [the registered latest model]")
+    models_dir: Path = Field(Path("models"), description="registry used when model is not given")
+    window: Annotated[int, Field(ge=16, le=8192)] | None = Field(
+        None, description="window size in pixels [the bundle's chip size]"
+    )
+    overlap: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.25, description="overlap between windows; blended with a Hann weight [0.25]"
+    )
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tta: bool = Field(False, description="average over flips (4x the compute)")
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None, description="cropland probability threshold [the bundle's, tuned on validation]"
+    )
+    prob_out: Path | None = Field(
+        None, description="probability COG (uint8 0-255) [<out stem>_prob.tif beside out]"
+    )
+    mask_out: Path | None = Field(None, description="optional binary mask COG (0/1)")
+    min_area: Annotated[float, Field(ge=0)] = Field(
+        500.0, description="drop fields smaller than this (m2, CRS units squared)"
+    )
+    simplify: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="simplification tolerance in CRS units [one pixel]; 0 = exact outlines"
+    )
+    fill_holes_below: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="fill holes smaller than this (m2) [min_area]"
+    )
+    overwrite: bool = False
+
+    @property
+    def prob_path(self) -> Path:
+        """Where the probability raster goes."""
+        return self.prob_out or self.out.with_name(f"{self.out.stem}_prob.tif")
+
+
 class RsSegConfig(StrictModel):
     """A whole YAML config file: one optional section per stage."""
 
     synth: SynthConfig | None = None
     prepare: PrepareConfig | None = None
     train: TrainConfig | None = None
+    infer: InferConfig | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

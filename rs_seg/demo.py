@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config
+from rs_seg.config import InferConfig, PrepareConfig, SynthConfig, TrainConfig, build_config
 from rs_seg.prepare import prepare
 from rs_seg.synthetic import generate_scenes
 
@@ -22,14 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(config: Path, out: Path) -> None:
-    """Synthetic scenes -> chips with an 8:1:1 split -> a trained, evaluated model and report."""
+    """Synthetic scenes -> chips (8:1:1) -> model and report -> fields of an unseen scene."""
     started = time.perf_counter()
     progress = sys.stderr.isatty()
     synth_cfg = build_config(
         SynthConfig, "synth", config, {"out": out / "synthetic", "overwrite": True}
     )
     typer.echo(
-        f"[1/3] synthetic scenes: {synth_cfg.scenes} x {synth_cfg.size}px, {synth_cfg.bands} bands"
+        f"[1/4] synthetic scenes: {synth_cfg.scenes} x {synth_cfg.size}px, {synth_cfg.bands} bands"
     )
     scenes = generate_scenes(synth_cfg, progress=progress)
 
@@ -44,15 +44,17 @@ def run_demo(config: Path, out: Path) -> None:
             "overwrite": True,
         },
     )
-    typer.echo(f"[2/3] chips: {prepare_cfg.chip_size}px, {prepare_cfg.split.method} split")
+    typer.echo(f"[2/4] chips: {prepare_cfg.chip_size}px, {prepare_cfg.split.method} split")
     summary = prepare(prepare_cfg, progress=progress)
     typer.echo(summary.report())
     typer.echo(f"scenes: {out / 'synthetic' / 'scenes'}   labels: {scenes.labels}")
-    _train(config, summary.out, out / "run", progress)
+    bundle = _train(config, summary.out, out / "run", progress)
+    if bundle is not None:
+        _map_unseen_scene(synth_cfg, bundle, out, progress)
     typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
-def _train(config: Path, chips: Path, run: Path, progress: bool) -> None:
+def _train(config: Path, chips: Path, run: Path, progress: bool) -> Path | None:
     """Train on the demo chips, evaluate on their test split, print metrics and the report path."""
     from rs_seg.evaluation import evaluate_run
     from rs_seg.training import train
@@ -60,11 +62,31 @@ def _train(config: Path, chips: Path, run: Path, progress: bool) -> None:
     paths = {"chips": chips, "out": run, "overwrite": True}
     cfg = build_config(TrainConfig, "train", config, paths)
     typer.echo(
-        f"[3/3] training {cfg.model.arch}/{cfg.model.encoder} for {cfg.epochs} epochs "
+        f"[3/4] training {cfg.model.arch}/{cfg.model.encoder} for {cfg.epochs} epochs "
         "(a few minutes on a laptop CPU)"
     )
     outcome = train(cfg, progress=progress)
     if outcome is None:
-        return
-    typer.echo(evaluate_run(outcome.run, outcome.best_checkpoint).summary())
-    typer.echo(f"inspect the model: rs-seg model info {run / 'model-bundle.pt'}")
+        return None
+    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    typer.echo(evaluation.summary())
+    typer.echo(f"inspect the model: rs-seg model info {evaluation.bundle}")
+    return evaluation.bundle
+
+
+def _map_unseen_scene(synth: SynthConfig, bundle: Path, out: Path, progress: bool) -> None:
+    """Generate one more scene with another seed (never seen in training) and map its fields."""
+    from rs_seg.inference import run_infer
+
+    unseen = synth.model_copy(
+        update={"out": out / "unseen", "seed": synth.seed + 1000, "scenes": 1, "overwrite": True}
+    )
+    typer.echo(f"[4/4] mapping an unseen synthetic scene (seed {unseen.seed})")
+    scene = generate_scenes(unseen, progress=progress).scenes[0]
+    cfg = InferConfig(scene=scene, out=out / "fields.gpkg", model=bundle, overwrite=True)
+    summary = run_infer(cfg, progress=progress)
+    typer.echo(summary.report())
+    typer.echo(
+        f"open in QGIS: drag {summary.fields} onto the map (its style loads with it), "
+        f"then {summary.prob} and {scene} for the probabilities and the image"
+    )

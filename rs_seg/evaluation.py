@@ -382,6 +382,7 @@ def _bundle(
         chip_size=splits.chip_size,
         threshold=metrics["threshold"],
         pixel_size=meta["pixel_size"],
+        band_count=splits.band_count,
         crs=meta["crs"],
         dtype=meta["dtype"],
         nodata=meta["nodata"],

@@ -1,0 +1,153 @@
+"""Real-data check of scene inference: NAIP test scenes against their field polygons.
+
+For every scene of the chip index's **test** split (whole scenes, never seen in training), run
+``rs_seg.inference.run_infer`` with the given bundle, then compare with the labelled fields:
+
+* pixel IoU: the probability raster thresholded at the bundle's threshold against the field
+  polygons rasterized onto the scene grid (cropland IoU, background IoU, mean IoU, summed over
+  all test scenes);
+* object F1: a predicted field matches a labelled field when their polygon IoU is above 0.5 (such
+  a match is unique), so TP = matches, FP = unmatched predictions, FN = unmatched labels.
+
+Skips cleanly when ``../shared/data`` is absent. Output: ``benchmarks/results/infer_real.json``.
+
+    python benchmarks/check_infer_real.py --model runs/naip-fields/model-bundle.pt \\
+        --chips data/naip-fields/chips --out /tmp/rs_seg_infer_real
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import rasterio
+import shapely
+from rasterio.features import rasterize
+
+import rs_seg  # noqa: F401
+from rs_seg.config import InferConfig
+from rs_seg.evaluation import metrics_from_counts, threshold_to_level
+from rs_seg.inference import run_infer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+LABELS = SHARED / "naip-fields" / "fields.gpkg"
+
+
+def scene_labels(scene: Path) -> gpd.GeoDataFrame:
+    with rasterio.open(scene) as src:
+        bounds = shapely.box(*src.bounds)
+        crs = src.crs
+    labels = pyogrio.read_dataframe(LABELS).to_crs(crs)
+    labels = labels[labels.intersects(bounds)].copy()
+    labels["geometry"] = labels.geometry.make_valid().intersection(bounds)
+    return labels[~labels.geometry.is_empty]
+
+
+def pixel_counts(prob: Path, labels: gpd.GeoDataFrame, level: int) -> tuple[float, ...]:
+    with rasterio.open(prob) as src:
+        predicted = src.read(1) >= level
+        valid = src.read_masks(1) > 0
+        truth = rasterize(
+            ((g, 1) for g in labels.geometry), out_shape=predicted.shape,
+            transform=src.transform, fill=0, dtype="uint8",
+        ).astype(bool)  # fmt: skip
+    p, t = predicted[valid], truth[valid]
+    return (
+        float((p & t).sum()),
+        float((p & ~t).sum()),
+        float((~p & ~t).sum()),
+        float((~p & t).sum()),
+    )
+
+
+def object_counts(fields: Path, labels: gpd.GeoDataFrame) -> tuple[int, int, int]:
+    predicted = pyogrio.read_dataframe(fields).to_crs(labels.crs)
+    if predicted.empty or labels.empty:
+        return 0, len(predicted), len(labels)
+    tree = shapely.STRtree(predicted.geometry.values)
+    matched_pred: set[int] = set()
+    tp = 0
+    for label in labels.geometry.values:
+        for index in tree.query(label, predicate="intersects"):
+            if index in matched_pred:
+                continue
+            candidate = predicted.geometry.values[index]
+            union = shapely.union(label, candidate).area
+            if union and shapely.intersection(label, candidate).area / union > 0.5:
+                matched_pred.add(int(index))
+                tp += 1
+                break
+    return tp, len(predicted) - tp, len(labels) - tp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "runs/naip-fields/model-bundle.pt")
+    parser.add_argument("--chips", type=Path, default=ROOT / "data/naip-fields/chips")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/rs_seg_infer_real"))
+    parser.add_argument("--min-area", type=float, default=500.0)
+    args = parser.parse_args()
+    if not LABELS.exists() or not args.model.exists() or not (args.chips / "index.gpkg").exists():
+        print(f"skipped: needs {LABELS}, {args.model} and {args.chips}/index.gpkg")
+        return 0
+    index = pyogrio.read_dataframe(args.chips / "index.gpkg")
+    scenes = sorted({Path(p) for p in index[index["split"] == "test"]["scene_path"]})
+    args.out.mkdir(parents=True, exist_ok=True)
+    totals = np.zeros(4)
+    objects = np.zeros(3, dtype=int)
+    rows = []
+    for scene in scenes:
+        scene = scene if scene.is_absolute() else (ROOT / scene).resolve()
+        cfg = InferConfig(
+            scene=scene, out=args.out / f"{scene.stem}.gpkg", model=args.model,
+            min_area=args.min_area, overwrite=True,
+        )  # fmt: skip
+        started = time.perf_counter()
+        summary = run_infer(cfg)
+        seconds = time.perf_counter() - started
+        labels = scene_labels(scene)
+        from rs_seg.bundle import ModelBundle
+
+        level = threshold_to_level(ModelBundle.load(args.model).threshold)
+        counts = pixel_counts(summary.prob, labels, level)
+        obj = object_counts(summary.fields, labels)
+        totals += counts
+        objects += obj
+        rows.append({
+            "scene": scene.name, "seconds": round(seconds, 1), "fields_predicted": summary.polygons,
+            "fields_labelled": len(labels), **metrics_from_counts(*counts),
+            "object_tp_fp_fn": list(obj), "warnings": summary.warnings,
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    tp, fp, fn = (int(v) for v in objects)
+    result = {
+        "model": str(args.model),
+        "scenes": rows,
+        "pixel": metrics_from_counts(*totals),
+        "object": {
+            "tp": tp, "fp": fp, "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        },
+    }  # fmt: skip
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "infer_real.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"pixel": result["pixel"], "object": result["object"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
