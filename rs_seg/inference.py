@@ -156,7 +156,7 @@ def check_compatibility(
     ratio = np.maximum(std / train_std, train_std / np.maximum(std, 1e-12))
     result.band_mean, result.band_std, result.drift_z = list(mean), list(std), list(z)
     drifted = [
-        f"{name} (mean {m:.1f} vs {tm:.1f} in training, {d:.1f} std)"
+        f"{name} (mean {m:.1f} vs {tm:.1f} in training = {d:.1f} std; spread x{r:.1f})"
         for name, m, tm, d, r in zip(bundle.band_names, mean, train_mean, z, ratio, strict=True)
         if d > DRIFT_Z or r > DRIFT_STD_RATIO
     ]

@@ -162,3 +162,25 @@ def ephemeral_prefect_env(tmp_path: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tiny_chips: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real fit (Unet/resnet18, 6 epochs on the 32 px chips, ~15 s) plus its evaluation,
+    shared by every test that needs a trained model: returns (TrainOutcome, EvaluationOutcome)."""
+    from rs_seg.config import TrainConfig
+    from rs_seg.evaluation import evaluate_run
+    from rs_seg.training import train
+
+    cfg = TrainConfig(
+        chips=tiny_chips,
+        out=tmp_path_factory.mktemp("trained") / "run",
+        model={"arch": "Unet", "encoder": "resnet18"},
+        epochs=6,
+        batch_size=8,
+        optimizer={"lr": 3e-3},
+        accelerator="cpu",
+        num_workers=0,
+    )
+    outcome = train(cfg)
+    return outcome, evaluate_run(outcome.run, outcome.best_checkpoint)

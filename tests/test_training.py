@@ -35,12 +35,10 @@ def config(chips: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig.model_validate(settings)
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_chips: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One real fit + evaluation shared by the tests that only read its outputs."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    outcome = train(config(tiny_chips, out))
-    return outcome, evaluate_run(outcome.run, outcome.best_checkpoint)
+@pytest.fixture
+def trained(trained_tiny_run):
+    """The shared real fit + evaluation (see conftest)."""
+    return trained_tiny_run
 
 
 def test_loss_ignores_pixels_marked_255() -> None:
