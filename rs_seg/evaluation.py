@@ -37,11 +37,11 @@ from rs_seg.dataset import (
 )
 from rs_seg.errors import RsSegError
 from rs_seg.io import staged_dir, write_json
+from rs_seg.levels import LEVELS, level_to_threshold, threshold_to_level
 from rs_seg.report import ChipExample, write_report
 
 log = logging.getLogger(__name__)
 
-LEVELS = 256
 METRIC_NAMES = (
     "cropland_iou", "background_iou", "mean_iou", "f1", "precision", "recall", "accuracy",
 )  # fmt: skip
@@ -108,19 +108,6 @@ class ThresholdSweep:
         best = score.max()
         candidates = torch.nonzero(score >= best - 1e-12).flatten() + 1
         return int(candidates[torch.argmin((candidates - 128).abs())])
-
-
-def level_to_threshold(level: int) -> float:
-    """A uint8 level as the probability threshold stored in bundles (level / 255)."""
-    return round(level / 255, 6)
-
-
-def threshold_to_level(threshold: float) -> int:
-    """The uint8 level for a probability threshold (inverse of :func:`level_to_threshold`)."""
-    value = threshold * 255
-    nearest = round(value)  # stored thresholds are level / 255 rounded to 6 decimals
-    level = nearest if abs(value - nearest) < 1e-3 else math.ceil(value)
-    return max(1, min(255, level))
 
 
 @dataclass

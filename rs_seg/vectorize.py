@@ -4,9 +4,10 @@ A scene can be 16384 px or more on a side, so the raster is read ``strip_rows`` 
 memory stays bounded by one strip plus the fields still open across the current strip boundary.
 Each strip is labelled into 4-connected cropland regions (the connectivity GDAL's polygonizer
 uses), and regions that continue across a boundary are joined through their pixels, so the output
-equals polygonizing the whole raster at once. All geometry work before the final transform happens
-in pixel coordinates, where every vertex is an exact integer and unions along strip boundaries are
-exact; polygons move into the raster's CRS only when a field is complete.
+equals polygonizing the whole raster at once. The parts of such a field are unioned in pixel
+coordinates, where every vertex is an exact integer and the shared edges match exactly, and move
+into the raster's CRS only when the field is complete. Labels also give each field's exact pixel
+sum for ``mean_prob``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 import rs_seg
 from rs_seg.errors import RsSegError
-from rs_seg.evaluation import threshold_to_level
 from rs_seg.io import staged_file
+from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, keep_large_blocks_off_the_heap, open_raster
 from rs_seg.windows import valid_pixels
 
@@ -166,8 +167,8 @@ def vectorize(
         megapixels = src.width * src.height / 1e6
     if writer.count == 0:
         level = threshold_to_level(settings.threshold)
-        log.warning("%s: no fields at threshold %s (level %d); wrote an empty layer",
-                    prob_path, settings.threshold, level)  # fmt: skip
+        message = "%s: no fields at threshold %s (level %d); wrote an empty layer"
+        log.warning(message, prob_path, settings.threshold, level)
     return VectorizeSummary(
         out=out_path,
         polygons=writer.count,
@@ -403,7 +404,9 @@ class _Joiner:
         pairs = np.stack([self._bottom[touch], keys[top[touch] - 1]], axis=1)
         return np.unique(pairs, axis=0)
 
-    def _keep_bottom(self, bottom: np.ndarray, keys: np.ndarray, parent: dict[int, int]) -> set:
+    def _keep_bottom(
+        self, bottom: np.ndarray, keys: np.ndarray, parent: dict[int, int]
+    ) -> set[int]:
         """Remember which field sits in each column of the strip's last row."""
         present = np.unique(bottom[bottom > 0])
         root_of = np.zeros(len(keys) + 1, dtype=np.int64)
@@ -481,7 +484,7 @@ class _Assembler:
         for item in fields:
             geometry = item.crs if len(item.parts) == 1 else self._join(item.parts)
             geometry, filled = _fill_holes(geometry, self._fill_below)
-            outer = float(shapely.area(_outer(geometry))) if self._fill_below > 0 else 0.0
+            outer = _outer_area(geometry) if self._fill_below > 0 else 0.0
             key = (item.last_row, *item.first)
             box = (item.first[0], item.last_row, item.left, item.right)
             yield _Record(key, box, geometry, item.total / item.pixels / 255.0, outer, filled)
@@ -545,10 +548,10 @@ def _fill_holes(
     return (polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)), filled
 
 
-def _outer(geometry: shapely.Geometry) -> shapely.Geometry:
-    """The geometry with all holes filled."""
+def _outer_area(geometry: shapely.Geometry) -> float:
+    """Area with all holes filled (the parts of a valid MultiPolygon do not overlap)."""
     parts = shapely.get_parts(geometry)
-    return shapely.union_all(shapely.polygons(shapely.get_exterior_ring(parts)))
+    return float(shapely.area(shapely.polygons(shapely.get_exterior_ring(parts))).sum())
 
 
 def _field_records(
@@ -604,7 +607,7 @@ class _Writer:
         if not records:
             return
         geometries = _final_geometries([r.geometry for r in records], tolerance)
-        kept = ~shapely.is_empty(geometries)  # a field that collapsed entirely is no field
+        kept = np.not_equal(geometries, None)  # a field that collapsed entirely is no field
         geometries, records = geometries[kept], [r for r, k in zip(records, kept, strict=True) if k]
         area_ha = shapely.area(geometries) * self._metres**2 / 10_000
         self._geometries.extend(shapely.to_wkb(geometries).tolist())
@@ -656,7 +659,11 @@ class _Writer:
 
 
 def _final_geometries(geometries: list[shapely.Geometry], tolerance: float) -> np.ndarray:
-    """Simplified, valid MultiPolygons: one geometry type for the whole layer."""
+    """Simplified, valid MultiPolygons (one geometry type for the layer); None where none is left.
+
+    ``make_valid`` with the "structure" method keeps only polygonal parts, so a simplification
+    that pinched a ring yields polygons, never stray lines or points.
+    """
     array = np.asarray(geometries, dtype=object)
     if tolerance > 0:
         array = shapely.simplify(array, tolerance, preserve_topology=True)
@@ -665,16 +672,11 @@ def _final_geometries(geometries: list[shapely.Geometry], tolerance: float) -> n
         array[invalid] = shapely.make_valid(
             array[invalid], method="structure", keep_collapsed=False
         )
-    return np.array([shapely.MultiPolygon(_polygons(g)) for g in array], dtype=object)
-
-
-def _polygons(geometry: shapely.Geometry) -> list[shapely.Polygon]:
-    """The polygonal parts of any geometry (collections from ``make_valid`` included)."""
-    if geometry.geom_type == "Polygon":
-        return [] if geometry.is_empty else [geometry]
-    if geometry.geom_type in ("MultiPolygon", "GeometryCollection"):
-        return [p for part in geometry.geoms for p in _polygons(part)]
-    return []
+    parts, index = shapely.get_parts(array, return_index=True)
+    polygon = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
+    keep = polygon & ~shapely.is_empty(parts)
+    out = np.full(len(array), None, dtype=object)
+    return shapely.multipolygons(parts[keep], indices=index[keep], out=out)
 
 
 # --- QGIS style --------------------------------------------------------------------------------

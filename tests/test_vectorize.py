@@ -100,7 +100,7 @@ def test_field_spanning_many_strips_comes_out_whole(tmp_path: Path) -> None:
     values[2:60, 15:18] = 200
     values[55:60, 3:18] = 200
     prob = write_prob(tmp_path / "prob.tif", values)
-    summary = vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(strip_rows=8))
+    summary = vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(strip_rows=8), progress=True)
     fields = read_fields(tmp_path / "f.gpkg")
     pixels = int(cropland(values).sum())
     assert summary.polygons == len(fields) == 1
@@ -186,13 +186,29 @@ def test_small_holes_are_filled_and_large_ones_kept(tmp_path: Path) -> None:
     assert polygon.area == pytest.approx((18 * 18 - 25) * PIXEL_AREA)
 
 
-def test_island_in_a_filled_hole_is_dropped(tmp_path: Path) -> None:
-    prob = write_prob(tmp_path / "prob.tif", field_with_holes())
-    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(fill_holes_below=3000, strip_rows=4))
+@pytest.mark.parametrize("strip_rows", [4, 1000])
+def test_island_in_a_filled_hole_is_dropped(tmp_path: Path, strip_rows: int) -> None:
+    values = np.zeros((80, 20), dtype=np.uint8)
+    values[:20] = field_with_holes()
+    values[18:79, 1:3] = 220  # the field continues far below its holes
+    prob = write_prob(tmp_path / "prob.tif", values)
+    settings = VectorizeSettings(fill_holes_below=3000, strip_rows=strip_rows)
+    vectorize(prob, tmp_path / "f.gpkg", settings)
     fields = read_fields(tmp_path / "f.gpkg")
     assert len(fields) == 1
-    assert fields.geometry[0].area == pytest.approx(18 * 18 * PIXEL_AREA)
+    assert fields.geometry[0].area == pytest.approx((18 * 18 + 60 * 2) * PIXEL_AREA)
     assert fields.mean_prob[0] == pytest.approx(220 / 255)  # the field's own pixels only
+
+
+def test_small_field_in_a_notch_is_kept(tmp_path: Path) -> None:
+    values = np.zeros((40, 20), dtype=np.uint8)
+    values[1:39, 1:4] = values[1:39, 14:17] = values[30:39, 1:17] = 220  # a U, open at the top
+    values[34, 2] = 0  # with a small hole, filled
+    values[5:7, 8:10] = 220  # a small field in the notch: held back, then kept (not in a hole)
+    prob = write_prob(tmp_path / "prob.tif", values)
+    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(fill_holes_below=3000, strip_rows=4))
+    fields = read_fields(tmp_path / "f.gpkg")
+    assert sorted(fields.area_ha) == [pytest.approx(0.04), pytest.approx((29 * 6 + 9 * 16) / 100)]
 
 
 def test_min_area_drops_small_fields(tmp_path: Path) -> None:
@@ -292,6 +308,33 @@ def test_geopackage_is_ready_for_qgis(tmp_path: Path) -> None:
     assert [row[:3] for row in styles] == [("fields", "geom", 1)]
     assert "<qgis" in styles[0][3] and "SimpleFill" in styles[0][3]
     assert pyogrio.read_dataframe(out, layer="layer_styles").useAsDefault.tolist() == [1]
+
+
+def test_geopackage_written_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rs_seg.vectorize as module
+
+    monkeypatch.setattr(module, "_GPKG_BATCH", 2)
+    values = np.zeros((20, 20), dtype=np.uint8)
+    values[1:19:4, 1:19:4] = 255  # 25 one-pixel fields
+    out = tmp_path / "fields.gpkg"
+    summary = vectorize(write_prob(tmp_path / "prob.tif", values), out, VectorizeSettings())
+    fields = read_fields(out)
+    assert summary.polygons == len(fields) == 25
+    assert list(fields.field_id) == list(range(1, 26))
+    assert pyogrio.read_info(out, layer=LAYER)["layer_metadata"]["level"] == "128"
+
+
+def test_feet_crs_gives_metric_attributes(tmp_path: Path) -> None:
+    values = np.zeros((6, 6), dtype=np.uint8)
+    values[1:3, 1:4] = 255  # 6 pixels of 10 x 10 US survey feet
+    prob = write_prob(tmp_path / "prob.tif", values, crs="EPSG:2263")
+    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(min_area=50))  # 55.7 m² survive
+    fields = read_fields(tmp_path / "f.gpkg")
+    foot = 1200 / 3937
+    assert fields.area_ha[0] == pytest.approx(600 * foot**2 / 10_000)
+    assert fields.perimeter_m[0] == pytest.approx(100 * foot)
+    assert fields.geometry[0].area == pytest.approx(600)  # geometry stays in the raster CRS
+    assert vectorize(prob, tmp_path / "g.gpkg", VectorizeSettings(min_area=60)).polygons == 0
 
 
 def test_flatgeobuf_keeps_the_crs(tmp_path: Path) -> None:
