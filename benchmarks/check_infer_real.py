@@ -72,7 +72,7 @@ def pixel_counts(prob: Path, labels: gpd.GeoDataFrame, level: int) -> tuple[floa
 
 
 def object_counts(fields: Path, labels: gpd.GeoDataFrame) -> tuple[int, int, int]:
-    predicted = pyogrio.read_dataframe(fields).to_crs(labels.crs)
+    predicted = pyogrio.read_dataframe(fields, layer="fields").to_crs(labels.crs)
     if predicted.empty or labels.empty:
         return 0, len(predicted), len(labels)
     tree = shapely.STRtree(predicted.geometry.values)

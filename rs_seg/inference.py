@@ -535,6 +535,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
             "threshold": f"{threshold:.6f}",
             "scene": str(cfg.scene),
             "probability_raster": str(cfg.prob_path),
+            "source": cfg.prob_path.name,
             **predicted.compatibility.metadata(),
         }
         vectorized = vectorize(

@@ -652,10 +652,14 @@ class _Writer:
     def _creation_options(self) -> dict:
         if self._created:
             return {}
-        return {
+        options = {
             "layer_options": _LAYER_OPTIONS[self._info.driver],
             "layer_metadata": self._info.metadata if self._info.driver != "GeoJSON" else None,
         }
+        if self._info.driver == "GPKG":
+            # GeoPackage 1.2: read without warnings by the GDAL of older QGIS releases too.
+            options["dataset_options"] = {"VERSION": "1.2"}
+        return options
 
 
 def _final_geometries(geometries: list[shapely.Geometry], tolerance: float) -> np.ndarray:
