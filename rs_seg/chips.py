@@ -29,7 +29,7 @@ from rs_seg.rasters import (
     GDAL_ENV,
     RasterInfo,
     gdal_message,
-    keep_large_blocks_off_the_heap,
+    large_blocks_off_the_heap,
     open_raster,
 )
 from rs_seg.windows import GridWindow, grid_rows, grid_windows, read_padded
@@ -206,11 +206,11 @@ class SceneChipper:
 
     def run(self, labels: LabelSource, on_chip: Callable[[], None] | None = None) -> SceneChips:
         """Chip the whole scene; ``on_chip`` is called once per grid window (for progress bars)."""
-        keep_large_blocks_off_the_heap()
         windows = self.windows()
         result = SceneChips(self.scene, self.info)
         result.grid_shape = (windows[-1].row + 1, windows[-1].col + 1)
         with (
+            large_blocks_off_the_heap(),
             rasterio.Env(**GDAL_ENV),
             warnings.catch_warnings(),
             open_raster(self.scene.image, "scene") as src,

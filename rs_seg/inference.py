@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,14 +39,15 @@ from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import threshold_to_level
-from rs_seg.rasters import GDAL_ENV, keep_large_blocks_off_the_heap, open_raster
+from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.windows import axis_offsets, read_padded
 
 log = logging.getLogger(__name__)
 
 COG_OPTIONS = {
     "driver": "COG",
-    "compress": "DEFLATE",
+    "compress": "DEFLATE",  # readable everywhere; level 1: 4x faster than 6, files 10 % larger
+    "level": 1,
     "blocksize": 512,
     "overviews": "AUTO",
     "overview_resampling": "AVERAGE",
@@ -274,12 +276,34 @@ def _profile(src: rasterio.io.DatasetReader) -> dict[str, Any]:
     return {
         "driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
         "dtype": "uint8", "crs": src.crs, "transform": src.transform, "tiled": True,
-        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": "IF_SAFER",
+        # Scratch file only (copied to the COG): the fastest codec, not the most portable one.
+        "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1,
+        "bigtiff": "IF_SAFER",
     }  # fmt: skip
 
 
+@dataclass
+class GridRow:
+    """One row of windows on its way through the model: predictions arrive batch by batch."""
+
+    top: int
+    valid: np.ndarray
+    expected: int = 0
+    results: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every window of the row (that was not all nodata) has its prediction."""
+        return len(self.results) == self.expected
+
+
 class ScenePredictor:
-    """Runs the window grid over one scene and writes the stitched probability raster."""
+    """Runs the window grid over one scene and writes the stitched probability raster.
+
+    Batches are always full: they fill across grid rows, and predictions that belong to a later
+    row wait (at most one batch of them) until the rows above are blended and written, so a
+    narrow last batch per row never slows the model down.
+    """
 
     def __init__(
         self, predictor: WindowPredictor, size: int, overlap: float, batch_size: int
@@ -289,6 +313,8 @@ class ScenePredictor:
         self.stride = max(1, size - round(size * overlap))
         self.batch_size = batch_size
         self.weight = hann_weight(size)
+        self._images: list[np.ndarray] = []
+        self._places: list[tuple[GridRow, int]] = []
 
     def run(
         self, src: rasterio.io.DatasetReader, dst: rasterio.io.DatasetWriter, progress: bool
@@ -298,65 +324,70 @@ class ScenePredictor:
         rows = axis_offsets(height, self.size, self.stride)
         cols = axis_offsets(width, self.size, self.stride)
         buffer = StripBuffer(min(self.size, height), width)
-        read_width = max(width, self.size)
+        pending: deque[GridRow] = deque()
         skipped = 0
         bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
-        for index, (top, image, valid) in enumerate(
-            _strip_reader(src, rows, self.size, read_width)
-        ):
-            buffer.valid[:] = valid[: buffer.height, :width]
-            skipped += self._predict_strip(buffer, image, valid, cols, width, height - top)
+        strips = _strip_reader(src, rows, self.size, max(width, self.size))
+        for top, image, valid in strips:
+            row = GridRow(top, valid[: buffer.height, :width].copy())
+            pending.append(row)
+            skipped += self._queue_windows(row, image, valid, cols)
             bar.update(len(cols))
-            next_top = rows[index + 1] if index + 1 < len(rows) else height
-            done = next_top - top
-            levels, mask = buffer.finished(done)
-            dst.write(levels, 1, window=Window(0, top, width, done))
-            dst.write_mask(mask, window=Window(0, top, width, done))
-            if next_top < height:
-                buffer.advance(done, next_top)
+            self._write_complete_rows(pending, buffer, dst, rows, height)
+        if self._images:
+            self._predict_batch()
+        self._write_complete_rows(pending, buffer, dst, rows, height)
         bar.close()
         return len(rows) * len(cols), skipped
 
-    def _predict_strip(
-        self,
-        buffer: StripBuffer,
-        image: np.ndarray,
-        valid: np.ndarray,
-        cols: list[int],
-        width: int,
-        rows_left: int,
+    def _queue_windows(
+        self, row: GridRow, image: np.ndarray, valid: np.ndarray, cols: list[int]
     ) -> int:
-        """Predict the windows of one strip in batches; returns how many were all nodata."""
-        batch: list[np.ndarray] = []
-        places: list[int] = []
+        """Normalize the strip once, queue its windows, predict every full batch."""
+        normalized = self.predictor.normalize(image, valid)
         skipped = 0
         for col in cols:
-            window_valid = valid[:, col : col + self.size]
-            if not window_valid.any():
+            if not valid[:, col : col + self.size].any():
                 skipped += 1
                 continue
-            batch.append(self.predictor.normalize(image[:, :, col : col + self.size], window_valid))
-            places.append(col)
-            if len(batch) == self.batch_size:
-                self._blend(buffer, batch, places, width, rows_left)
-                batch, places = [], []
-        if batch:
-            self._blend(buffer, batch, places, width, rows_left)
+            row.expected += 1
+            self._images.append(normalized[:, :, col : col + self.size])
+            self._places.append((row, col))
+            if len(self._images) == self.batch_size:
+                self._predict_batch()
         return skipped
 
-    def _blend(
+    def _predict_batch(self) -> None:
+        probs = self.predictor(np.stack(self._images))
+        for prob, (row, col) in zip(probs, self._places, strict=True):
+            row.results.append((col, prob))
+        self._images, self._places = [], []
+
+    def _write_complete_rows(
         self,
+        pending: deque[GridRow],
         buffer: StripBuffer,
-        batch: list[np.ndarray],
-        places: list[int],
-        width: int,
-        rows_left: int,
+        dst: rasterio.io.DatasetWriter,
+        rows: list[int],
+        height: int,
     ) -> None:
-        probs = self.predictor(np.stack(batch))
-        rows = min(self.size, rows_left, buffer.height)
-        for prob, col in zip(probs, places, strict=True):
-            cols = min(self.size, width - col)
-            buffer.add(col, prob[:rows, :cols], self.weight[:rows, :cols])
+        """Blend finished grid rows in order and write the scene rows no later window touches."""
+        while pending and pending[0].complete:
+            row = pending.popleft()
+            buffer.valid[:] = row.valid
+            width = buffer.width
+            for col, prob in row.results:
+                cut_rows = min(self.size, height - row.top, buffer.height)
+                cut_cols = min(self.size, width - col)
+                buffer.add(col, prob[:cut_rows, :cut_cols], self.weight[:cut_rows, :cut_cols])
+            index = rows.index(row.top)
+            next_top = rows[index + 1] if index + 1 < len(rows) else height
+            done = next_top - row.top
+            levels, mask = buffer.finished(done)
+            dst.write(levels, 1, window=Window(0, row.top, width, done))
+            dst.write_mask(mask, window=Window(0, row.top, width, done))
+            if next_top < height:
+                buffer.advance(done, next_top)
 
 
 def predict_scene(
@@ -377,7 +408,6 @@ def predict_scene(
     The caller handles atomic publication (``rs_seg.io.staged_file``); here the raster is built
     as a tiled GeoTIFF beside it and copied to a COG with overviews.
     """
-    keep_large_blocks_off_the_heap()
     size = window or bundle.chip_size
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ import rs_seg
 from rs_seg.errors import RsSegError
 from rs_seg.io import staged_file
 from rs_seg.levels import threshold_to_level
-from rs_seg.rasters import GDAL_ENV, keep_large_blocks_off_the_heap, open_raster
+from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
 from rs_seg.windows import valid_pixels
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,11 @@ def vectorize(
     started = time.perf_counter()
     prob_path, out_path = Path(prob_path), Path(out_path)
     driver = output_driver(out_path)
-    keep_large_blocks_off_the_heap()
-    with rasterio.Env(**GDAL_ENV), open_raster(prob_path, "probability raster") as src:
+    with (
+        large_blocks_off_the_heap(),
+        rasterio.Env(**GDAL_ENV),
+        open_raster(prob_path, "probability raster") as src,
+    ):
         metres = _check_raster(src, prob_path)
         info = _LayerInfo(
             driver=driver,

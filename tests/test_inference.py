@@ -234,3 +234,30 @@ def test_python_dash_m_rs_seg_infer_end_to_end(tmp_path: Path, bundle_path: Path
     with rasterio.open(tmp_path / "m.tif") as mask, rasterio.open(tmp_path / "f_prob.tif") as p:
         assert set(np.unique(mask.read(1))) <= {0, 1}
         assert mask.transform == p.transform
+
+
+def test_unwritable_output_location_is_refused(tmp_path: Path, bundle_path: Path) -> None:
+    scene = write_scene(tmp_path / "s.tif", 64, 64)
+    (tmp_path / "file").write_text("a file, not a folder")
+    cfg = InferConfig(scene=scene, out=tmp_path / "file" / "fields.gpkg", model=bundle_path)
+    with pytest.raises(RsSegError, match="cannot create the output folder"):
+        run_infer(cfg)
+
+
+def test_vectorize_command_reuses_the_stored_threshold(tmp_path: Path, bundle_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rs_seg.cli import app
+
+    scene = write_learnable_scene(tmp_path / "s.tif", 128, LEARNABLE_BOXES[:2])
+    run_infer(_config(tmp_path, scene, bundle_path, min_area=0))
+    first = pyogrio.read_dataframe(tmp_path / "fields.gpkg", layer="fields")
+    runner = CliRunner()
+    args = ["vectorize", str(tmp_path / "fields_prob.tif"), "-o", str(tmp_path / "again.gpkg")]
+    result = runner.invoke(app, [*args, "--min-area", "0"])
+    assert result.exit_code == 0, result.output
+    again = pyogrio.read_dataframe(tmp_path / "again.gpkg", layer="fields")
+    assert len(again) == len(first) and again.crs == first.crs
+    assert abs(again.area.sum() - first.area.sum()) < 1e-6 * max(1.0, first.area.sum())
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
