@@ -225,10 +225,13 @@ class StripBuffer:
     def finished(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 probabilities and the valid mask (255/0) of the top ``rows`` rows."""
         weight = self.weight[:rows]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            prob = np.where(weight > 0, self.prob[:rows] / weight, 0.0)
-        levels = np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
-        mask = np.where(self.valid[:rows] & (weight > 0), 255, 0).astype(np.uint8)
+        covered = weight > 0
+        prob = np.zeros((rows, self.width), dtype=np.float32)
+        np.divide(self.prob[:rows], weight, out=prob, where=covered)
+        np.clip(prob, 0, 1, out=prob)
+        prob *= 255
+        levels = np.rint(prob, out=prob).astype(np.uint8)
+        mask = (self.valid[:rows] & covered).astype(np.uint8) * np.uint8(255)
         levels[mask == 0] = 0
         return levels, mask
 
@@ -343,15 +346,21 @@ class ScenePredictor:
     def _queue_windows(
         self, row: GridRow, image: np.ndarray, valid: np.ndarray, cols: list[int]
     ) -> int:
-        """Normalize the strip once, queue its windows, predict every full batch."""
-        normalized = self.predictor.normalize(image, valid)
+        """Queue the strip's windows (normalized one by one) and predict every full batch.
+
+        Windows are normalized separately rather than the strip at once: a queued window then
+        holds only itself, not a whole normalized strip (67 MB at 16384 px wide, two of them
+        while a batch spans two rows), for about 0.5 % more time.
+        """
         skipped = 0
         for col in cols:
-            if not valid[:, col : col + self.size].any():
+            window_valid = valid[:, col : col + self.size]
+            if not window_valid.any():
                 skipped += 1
                 continue
             row.expected += 1
-            self._images.append(normalized[:, :, col : col + self.size])
+            window = image[:, :, col : col + self.size]
+            self._images.append(self.predictor.normalize(window, window_valid))
             self._places.append((row, col))
             if len(self._images) == self.batch_size:
                 self._predict_batch()
