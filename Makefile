@@ -11,7 +11,7 @@ export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test test-fast lint format bench bench-train lock clean-demo
+.PHONY: demo test test-fast lint format bench bench-train bench-infer lock clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)
 ## bench-train: training throughput against the bare train step (writes benchmarks/results/train.*)
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py
+
+## bench-infer: scene inference against the bare model and a naive recipe (about 20 minutes)
+bench-infer: $(STAMP)
+	$(PY) benchmarks/bench_infer.py
 
 ## lock: re-resolve the dependency set in a scratch venv and rewrite constraints.txt
 lock:
