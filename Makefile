@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	  || { tail -n 40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
-## demo: synthetic scenes -> chips with an 8:1:1 split -> a small model trained on CPU -> test metrics and report
+## demo: synthetic scenes -> chips (8:1:1) -> small model trained on CPU -> metrics, report -> fields.gpkg of an unseen scene
 demo: $(STAMP)
 	$(PY) -m rs_seg demo --config configs/demo.yaml
 
