@@ -323,6 +323,29 @@ class InferConfig(StrictModel):
         return self.prob_out or self.out.with_name(f"{self.out.stem}_prob.tif")
 
 
+class IncomingConfig(StrictModel):
+    """New-imagery mapping: where scenes arrive, where outputs and the ledger go, which model."""
+
+    incoming: str = Field(description="folder of scenes, or a glob such as 'inbox/**/*.tif'")
+    out_dir: Path = Field(Path("data/mapped"), description="one folder of outputs per scene")
+    ledger: Path | None = Field(None, description="SQLite ledger [<out_dir>/ledger.sqlite]")
+    model: Path | None = Field(None, description="model bundle [the registry's latest]")
+    models_dir: Path = Path("models")
+    reprocess_on_model_change: bool = Field(
+        True, description="map every scene again when the latest model changes"
+    )
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tta: bool = False
+    min_area: Annotated[float, Field(ge=0)] = 500.0
+
+    @property
+    def ledger_path(self) -> Path:
+        """The ledger file."""
+        return self.ledger or self.out_dir / "ledger.sqlite"
+
+
 class RsSegConfig(StrictModel):
     """A whole YAML config file: one optional section per stage."""
 
@@ -330,6 +353,7 @@ class RsSegConfig(StrictModel):
     prepare: PrepareConfig | None = None
     train: TrainConfig | None = None
     infer: InferConfig | None = None
+    incoming: IncomingConfig | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -14,39 +14,14 @@ import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field
-
-from rs_seg.config import InferConfig, StrictModel
+from rs_seg.config import IncomingConfig, InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.ledger import ANY_MODEL, Ledger, content_fingerprint
 
 log = logging.getLogger(__name__)
 SCENE_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
-
-
-class IncomingConfig(StrictModel):
-    """New-imagery mapping: where scenes arrive, where outputs and the ledger go, which model."""
-
-    incoming: str = Field(description="folder of scenes, or a glob such as 'inbox/**/*.tif'")
-    out_dir: Path = Field(Path("data/mapped"), description="one folder of outputs per scene")
-    ledger: Path | None = Field(None, description="SQLite ledger [<out_dir>/ledger.sqlite]")
-    model: Path | None = Field(None, description="model bundle [the registry's latest]")
-    models_dir: Path = Path("models")
-    reprocess_on_model_change: bool = Field(
-        True, description="map every scene again when the latest model changes"
-    )
-    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
-    batch_size: Annotated[int, Field(ge=1)] = 16
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    tta: bool = False
-    min_area: Annotated[float, Field(ge=0)] = 500.0
-
-    @property
-    def ledger_path(self) -> Path:
-        """The ledger file."""
-        return self.ledger or self.out_dir / "ledger.sqlite"
 
 
 @dataclass(frozen=True)

@@ -45,3 +45,41 @@ def test_prepare_chips_flow_runs_in_ephemeral_mode(tmp_path) -> None:
     assert len(chips) == 3 * 9
     assert set(chips["scene"]) == {"s0", "s1", "s2"}
     assert chips.groupby("block")["split"].nunique().max() == 1
+
+
+NEW_IMAGERY_SCRIPT = """
+import json, sys
+from rs_seg.config import IncomingConfig
+from flows.infer_scene import infer_new_imagery
+cfg = IncomingConfig.model_validate_json(sys.argv[1])
+first = infer_new_imagery(cfg)
+second = infer_new_imagery(cfg)
+print("RESULT " + json.dumps({"first": first, "second": second}))
+"""
+
+
+@pytest.mark.slow
+def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
+    import json
+
+    from rs_seg.config import IncomingConfig
+    from tests.test_inference import make_bundle
+
+    for i in range(2):
+        write_scene(tmp_path / "inbox" / f"s{i}.tif", 64, 64, seed=i)
+    (tmp_path / "inbox" / "bad.tif").write_text("not a raster")
+    cfg = IncomingConfig(
+        incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
+        model=make_bundle(tmp_path / "m.pt"), device="cpu",
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", NEW_IMAGERY_SCRIPT, cfg.model_dump_json()],
+        env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert (result["first"]["mapped"], result["first"]["failed"]) == (2, 1)
+    assert (result["second"]["mapped"], result["second"]["skipped"]) == (0, 2)
+    assert result["second"]["failed"] == 1, "the bad scene is retried (and fails again)"
+    assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 2
