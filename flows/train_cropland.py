@@ -40,7 +40,7 @@ from rs_seg.index import SUMMARY_FILE
 from rs_seg.prepare import chips_up_to_date
 from rs_seg.prepare import prepare as prepare_chips
 from rs_seg.registry import Registration, register
-from rs_seg.training import TrainOutcome
+from rs_seg.training import TrainOutcome, is_ddp_child
 from rs_seg.training import train as train_model
 
 ARTIFACT_KEY = "train-cropland-report"
@@ -253,10 +253,6 @@ def load_configs(config_file: Path) -> tuple[TrainConfig, PrepareConfig | None]:
     return train, build_config(PrepareConfig, "prepare", config_file, overrides)
 
 
-def _is_ddp_child() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``--config FILE`` plus registry options; prints the flow's result as JSON."""
     parser = argparse.ArgumentParser(description="Prepare chips, train, evaluate, register.")
@@ -266,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue train.out")
     args = parser.parse_args(argv)
     try:
-        if _is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
+        if is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
             train_model(TrainConfig.model_validate_json(os.environ[_DDP_CONFIG_ENV]), args.resume)
             return 0
         train, prepare = load_configs(args.config)

@@ -349,7 +349,7 @@ def vectorize(
 
     with open_raster(prob, "probability raster") as src:
         tags = src.tags()
-        pixel = float(sum(abs(r) for r in src.res) / 2)
+        pixel = (abs(src.res[0]) + abs(src.res[1])) / 2
     stored = tags.get("threshold_used") or tags.get("threshold")
     if threshold is None and stored is None:
         raise RsSegError("no threshold stored in the raster; pass --threshold", prob)

@@ -328,7 +328,9 @@ def _metrics_document(
     history: list[dict[str, float]],
     checkpoint: Path,
 ) -> dict[str, Any]:
-    best_epoch = max(history, key=lambda r: r["val_iou"])["epoch"] if history else None
+    from rs_seg.training import best_epoch_of
+
+    best_epoch = best_epoch_of(history)
     counts = splits.counts()
     return {
         "threshold": level_to_threshold(level),
@@ -421,9 +423,7 @@ def score_bundle(bundle: ModelBundle, chips_dir: Path, split: str = "test") -> S
 
     Used to compare a registered model with a new one on the new model's test split.
     """
-    splits = load_chip_splits(chips_dir, bundle.bands)
-    if splits.band_count < max(bundle.bands):
-        raise RsSegError(f"the model reads bands {bundle.bands}; chips have fewer", chips_dir)
+    splits = load_chip_splits(chips_dir, bundle.bands)  # refuses bands the chips lack
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = bundle.build(device)
     images, masks = splits.paths(split)

@@ -38,7 +38,7 @@ import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
-from rs_seg.evaluation import threshold_to_level
+from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.windows import axis_offsets, read_padded
 
@@ -55,7 +55,12 @@ COG_OPTIONS = {
 }
 DRIFT_Z = 1.0  # warn when a band's scene mean is more than this many training stds away
 DRIFT_STD_RATIO = 2.0  # ... or its spread differs by more than this factor
-DRIFT_SAMPLE_WINDOWS = 16
+DRIFT_SAMPLE_LATTICE = 4  # drift statistics from a 4 x 4 lattice of windows
+
+
+def window_stride(size: int, overlap: float) -> int:
+    """Step between windows for an overlap fraction (at least one pixel)."""
+    return max(1, size - round(size * overlap))
 
 
 def hann_weight(size: int) -> np.ndarray:
@@ -120,8 +125,8 @@ def _pixel_size_warning(src: rasterio.io.DatasetReader, bundle: ModelBundle) -> 
 
 def _sample_windows(height: int, width: int, size: int) -> list[Window]:
     """Up to 16 windows spread evenly over the scene (a 4 x 4 lattice of window centres)."""
-    rows = sorted({int(v) for v in np.linspace(0, max(0, height - size), 4)})
-    cols = sorted({int(v) for v in np.linspace(0, max(0, width - size), 4)})
+    rows = sorted({int(v) for v in np.linspace(0, max(0, height - size), DRIFT_SAMPLE_LATTICE)})
+    cols = sorted({int(v) for v in np.linspace(0, max(0, width - size), DRIFT_SAMPLE_LATTICE)})
     return [Window(c, r, min(size, width), min(size, height)) for r in rows for c in cols]
 
 
@@ -205,11 +210,10 @@ class WindowPredictor:
 
 @dataclass
 class StripBuffer:
-    """Weighted sums of one window height of rows, anchored at scene row ``top``."""
+    """Weighted sums of the rows one window tall below the grid row being finished."""
 
     height: int
     width: int
-    top: int = 0
 
     def __post_init__(self) -> None:
         self.prob = np.zeros((self.height, self.width), dtype=np.float32)
@@ -235,14 +239,13 @@ class StripBuffer:
         levels[mask == 0] = 0
         return levels, mask
 
-    def advance(self, rows: int, new_top: int) -> None:
-        """Drop the finished top rows, shift the rest up and move the anchor down."""
+    def advance(self, rows: int) -> None:
+        """Drop the finished top rows and shift the rest up."""
         keep = self.height - rows
         for array in (self.prob, self.weight, self.valid):
             if keep > 0:
                 array[:keep] = array[rows:].copy()
             array[max(keep, 0) :] = 0
-        self.top = new_top
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ class PredictSummary:
     megapixels: float
     seconds: float
     compatibility: Compatibility
+    pixel_size: float  # mean of the scene's pixel width and height, CRS units
 
 
 def _strip_reader(
@@ -313,7 +317,7 @@ class ScenePredictor:
     ) -> None:
         self.predictor = predictor
         self.size = size
-        self.stride = max(1, size - round(size * overlap))
+        self.stride = window_stride(size, overlap)
         self.batch_size = batch_size
         self.weight = hann_weight(size)
         self._images: list[np.ndarray] = []
@@ -396,7 +400,7 @@ class ScenePredictor:
             dst.write(levels, 1, window=Window(0, row.top, width, done))
             dst.write_mask(mask, window=Window(0, row.top, width, done))
             if next_top < height:
-                buffer.advance(done, next_top)
+                buffer.advance(done)
 
 
 def predict_scene(
@@ -439,10 +443,12 @@ def predict_scene(
         finally:
             scratch.unlink(missing_ok=True)
         megapixels = src.width * src.height / 1e6
+        pixel_size = float(np.mean(np.abs(src.res)))
     if skipped == windows:
         log.warning("%s: every window is nodata; the outputs will be empty", scene)
+    seconds = time.perf_counter() - t0
     return PredictSummary(
-        prob_path, windows, skipped, megapixels, time.perf_counter() - t0, compatibility
+        prob_path, windows, skipped, megapixels, seconds, compatibility, pixel_size
     )
 
 
@@ -491,7 +497,7 @@ def write_binary_mask(prob_path: Path, mask_path: Path, level: int, strip_rows: 
 
 def window_count(height: int, width: int, size: int, overlap: float) -> int:
     """Number of windows the grid puts over a scene (for benchmarks and progress)."""
-    stride = max(1, size - round(size * overlap))
+    stride = window_stride(size, overlap)
     return len(axis_offsets(height, size, stride)) * len(axis_offsets(width, size, stride))
 
 
@@ -523,7 +529,7 @@ class InferSummary:
             f"{self.polygons} fields ({self.area_ha:,.1f} ha) -> {self.fields}",
             f"probability COG: {self.prob}" + (f"   mask: {self.mask}" if self.mask else ""),
             f"{p.windows} windows ({p.skipped_windows} all nodata), {p.megapixels:.1f} Mpx in "
-            f"{p.seconds:.1f} s ({p.megapixels / max(p.seconds, 1e-9):.2f} Mpx/s); "
+            f"{p.seconds:.1f} s ({megapixels_per_second(p):.2f} Mpx/s); "
             f"polygons in {self.vectorize_seconds:.1f} s",
         ]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -562,7 +568,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         )  # fmt: skip
         if mask is not None:
             write_binary_mask(prob, mask, threshold_to_level(threshold))
-        pixel = _pixel_size(cfg.scene)
+        pixel = predicted.pixel_size
         settings = VectorizeSettings(
             threshold=threshold,
             min_area=cfg.min_area,
@@ -601,8 +607,3 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
         raise RsSegError("two outputs share one path; choose different --prob-out / --mask-out")
     for path in paths:
         check_output_free(Path(path), overwrite)
-
-
-def _pixel_size(scene: Path) -> float:
-    with open_raster(scene, "scene") as src:
-        return float(np.mean(np.abs(src.res)))

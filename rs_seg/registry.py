@@ -20,7 +20,6 @@ scheduled flow and a person registering by hand cannot interleave.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rs_seg.bundle import BUNDLE_FILE, ModelBundle
+from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso
 from rs_seg.errors import RsSegError
 from rs_seg.io import staged_dir, write_json
 
@@ -71,10 +70,6 @@ class _Decision:
     reason: str
     incumbent: str | None = None
     incumbent_score: float | None = None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _json_number(value: float | None) -> float | None:
@@ -259,7 +254,7 @@ def _point_latest(models_dir: Path, bundle: ModelBundle, metric: str, score: flo
             "metric": metric,
             "score": _json_number(score),
             "chip_index_fingerprint": bundle.provenance.get("chip_index_fingerprint"),
-            "promoted_at": _now(),
+            "promoted_at": now_iso(),
         },
     )
 
@@ -322,7 +317,7 @@ def _log_entry(
     bundle: ModelBundle, decision: _Decision, promote: Promote, metric: str, score: float
 ) -> dict[str, Any]:
     return {
-        "date": _now(),
+        "date": now_iso(),
         "model_id": bundle.model_id,
         "promoted": decision.promoted,
         "reason": decision.reason,

@@ -257,7 +257,12 @@ def resolve_hardware(cfg: TrainConfig) -> Hardware:
     return Hardware(accelerator, precision, int(workers))
 
 
-def _is_child_process() -> bool:
+def best_epoch_of(history: list[dict[str, float]]) -> int | None:
+    """The epoch with the best validation IoU (what best.ckpt holds); None before any epoch."""
+    return int(max(history, key=lambda r: r["val_iou"])["epoch"]) if history else None
+
+
+def is_ddp_child() -> bool:
     """True in the extra processes Lightning's DDP launcher starts (they re-run the command)."""
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
@@ -322,7 +327,7 @@ def _prepare_run(
 ) -> tuple[Normalization, Path | None]:
     """Create (or re-open) the run folder; returns normalization and the checkpoint to resume."""
     run = cfg.out
-    if _is_child_process():
+    if is_ddp_child():
         return _wait_for_normalization(run), None
     if resume:
         checkpoint = check_resumable(run, cfg, splits.fingerprint)
@@ -417,7 +422,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     )  # fmt: skip
     _log_start(cfg, splits, hardware, module, resume)
     trainer = build_trainer(cfg, hardware, progress)
-    if not _is_child_process():
+    if not is_ddp_child():
         write_status(cfg.out, "running", pid=os.getpid())
     try:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
@@ -426,7 +431,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
         if _is_oom(exc):
             raise _out_of_memory(cfg) from None
         raise
-    if not trainer.is_global_zero or _is_child_process():
+    if not trainer.is_global_zero or is_ddp_child():
         return None
     return _finish(cfg, trainer)
 
@@ -461,7 +466,7 @@ def _out_of_memory(cfg: TrainConfig) -> RsSegError:
 
 def _record_failure(cfg: TrainConfig, exc: BaseException) -> None:
     """A run without any checkpoint is removed; otherwise it is marked resumable."""
-    if _is_child_process() or not cfg.out.exists():
+    if is_ddp_child() or not cfg.out.exists():
         return
     if not (cfg.out / CHECKPOINTS / "last.ckpt").exists():
         shutil.rmtree(cfg.out, ignore_errors=True)
@@ -477,7 +482,7 @@ def _finish(cfg: TrainConfig, trainer: L.Trainer) -> TrainOutcome:
     if best is None or not best.exists():
         best = cfg.out / CHECKPOINTS / "last.ckpt"
     history = json.loads((cfg.out / HISTORY_FILE).read_text())
-    best_epoch = max(history, key=lambda r: r["val_iou"])["epoch"] if history else None
+    best_epoch = best_epoch_of(history)
     stopped = trainer.current_epoch < cfg.epochs and bool(trainer.should_stop)
     write_status(cfg.out, "trained", epochs_run=len(history), best_epoch=best_epoch)
     return TrainOutcome(cfg.out, best, len(history), best_epoch, stopped)
