@@ -40,6 +40,7 @@ from rs_seg.index import SUMMARY_FILE
 from rs_seg.prepare import chips_up_to_date
 from rs_seg.prepare import prepare as prepare_chips
 from rs_seg.registry import Registration, register
+from rs_seg.synthetic import LABELS_FILE
 from rs_seg.training import TrainOutcome, is_ddp_child
 from rs_seg.training import train as train_model
 
@@ -82,6 +83,20 @@ def prepare_task(config: PrepareConfig) -> dict[str, Any]:
     summary = prepare_chips(_replaceable(config))
     logger.info("%s", summary.report())
     return {"prepared": True, "reason": reason, "out": str(config.out), "chips": summary.chips}
+
+
+@task(name="synthesize-scenes", cache_policy=NO_CACHE)
+def synth_task(config: SynthConfig) -> list[str]:
+    """Generate the synthetic scenes and labels (reused while the settings match)."""
+    scenes, labels = _synthetic_scenes(config)
+    get_run_logger().info("%d synthetic scenes in %s, labels %s", len(scenes), config.out, labels)
+    return scenes
+
+
+def synthetic_inputs(synth: SynthConfig) -> dict[str, Any]:
+    """Where :func:`rs_seg.synthetic.generate_scenes` puts scenes and labels, as prepare inputs."""
+    out = Path(synth.out)
+    return {"scenes": [str(out / "scenes" / "*.tif")], "labels": out / LABELS_FILE}
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -176,6 +191,7 @@ def train_cropland(
     models_dir: Path = Path("models"),
     promote: Literal["if_better", "always", "never"] = "if_better",
     resume: bool = False,
+    synth: SynthConfig | None = None,
 ) -> dict[str, Any]:
     """Prepare chips if stale, train, evaluate, and register the model in ``models_dir``.
 
@@ -187,6 +203,8 @@ def train_cropland(
         promote: when ``latest`` moves: ``if_better`` (at least as good on the same test split),
             ``always`` or ``never``.
         resume: continue the run in ``train.out`` from its last checkpoint.
+        synth: generate synthetic scenes first (the demo default, so the deployment runs on a
+            fresh machine without data); ``prepare`` reads them (:func:`synthetic_inputs`).
 
     Returns:
         model id, whether latest moved and why, registered bundle, run folder and test metrics.
@@ -194,6 +212,8 @@ def train_cropland(
     logger = get_run_logger()
     chips = f"`{train.chips}` (given)"
     if prepare is not None:
+        if synth is not None:
+            synth_task(synth)
         prepared = prepare_task(prepare)
         chips = f"`{prepare.out}` ({'prepared' if prepared['prepared'] else 'up to date'})"
         train = train.model_copy(update={"chips": prepare.out})
@@ -231,26 +251,32 @@ def _synthetic_scenes(config: SynthConfig) -> tuple[list[str], Path]:
         if {k: v for k, v in stored.items() if k != "overwrite"} == {
             k: v for k, v in wanted.items() if k != "overwrite"
         }:
-            return [str(p) for p in sorted((out / "scenes").glob("*.tif"))], out / "fields.gpkg"
+            return [str(p) for p in sorted((out / "scenes").glob("*.tif"))], out / LABELS_FILE
     result = generate_scenes(config.model_copy(update={"overwrite": summary.is_file()}))
     return [str(p) for p in result.scenes], result.labels
 
 
-def load_configs(config_file: Path) -> tuple[TrainConfig, PrepareConfig | None]:
-    """The ``train:`` and ``prepare:`` sections of a YAML file (synthetic scenes filled in)."""
+def load_configs(
+    config_file: Path,
+) -> tuple[TrainConfig, PrepareConfig | None, SynthConfig | None]:
+    """The ``train:``, ``prepare:`` and ``synth:`` sections of a YAML file.
+
+    A ``prepare:`` section that names no scenes but comes with ``synth:`` (``configs/demo.yaml``)
+    reads the generated scenes; ``synth`` is returned only in that case.
+    """
     raw = read_yaml(config_file)
     train = build_config(TrainConfig, "train", config_file, {})
     section = raw.get("prepare")
     if section is None:
-        return train, None
-    overrides: dict[str, Any] = {}
+        return train, None, None
     no_inputs = isinstance(section, dict) and not (
         section.get("scenes") or section.get("chips_dir")
     )
-    if no_inputs and "synth" in raw:
-        synth = build_config(SynthConfig, "synth", config_file, {})
-        overrides["scenes"], overrides["labels"] = _synthetic_scenes(synth)
-    return train, build_config(PrepareConfig, "prepare", config_file, overrides)
+    if not (no_inputs and "synth" in raw):
+        return train, build_config(PrepareConfig, "prepare", config_file, {}), None
+    synth = build_config(SynthConfig, "synth", config_file, {})
+    prepare = build_config(PrepareConfig, "prepare", config_file, synthetic_inputs(synth))
+    return train, prepare, synth
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         if is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
             train_model(TrainConfig.model_validate_json(os.environ[_DDP_CONFIG_ENV]), args.resume)
             return 0
-        train, prepare = load_configs(args.config)
-        result = train_cropland(train, prepare, args.models_dir, args.promote, args.resume)
+        train, prepare, synth = load_configs(args.config)
+        result = train_cropland(
+            train, prepare, args.models_dir, args.promote, args.resume, synth=synth
+        )
     except RsSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -97,6 +97,7 @@ ROW_SPAN_M = 400_000.0  # scenes wrap to a new row after this many metres of eas
 UTM_MAX_EASTING = 1_000_000.0
 SWATH_MIN, SWATH_MAX = 0.02, 0.06  # nodata swath width at the top/bottom, as a fraction of size
 
+LABELS_FILE = "fields.gpkg"
 LABEL_LAYER = "fields"
 LABEL_CRS = "EPSG:4326"
 
@@ -1282,7 +1283,7 @@ def _write_summary(path: Path, cfg: SynthConfig, scenes: list[dict[str, Any]]) -
     summary = {
         "config": cfg.model_dump(mode="json"),
         "bands": band_names(cfg.bands),
-        "labels": {"path": "fields.gpkg", "layer": LABEL_LAYER, "crs": LABEL_CRS},
+        "labels": {"path": LABELS_FILE, "layer": LABEL_LAYER, "crs": LABEL_CRS},
         "fractions_note": "cropland_fraction and class_fractions are of the valid pixels",
         "scenes": scenes,
     }
@@ -1306,7 +1307,7 @@ def generate_scenes(cfg: SynthConfig, progress: bool = False) -> SynthResult:
         tqdm(total=strips, unit="strip", desc="synth", disable=not progress) as bar,
     ):
         (staging / "scenes").mkdir()
-        labels = _LabelWriter(staging / "fields.gpkg", cfg.epsg)
+        labels = _LabelWriter(staging / LABELS_FILE, cfg.epsg)
         for spec in specs:
             path = staging / "scenes" / f"{spec.scene_id}.tif"
             entries.append(_write_scene(landscape, spec, path, labels, bar.update))
@@ -1314,6 +1315,6 @@ def generate_scenes(cfg: SynthConfig, progress: bool = False) -> SynthResult:
         _write_summary(staging / "summary.json", cfg, entries)
     return SynthResult(
         scenes=[out / "scenes" / f"{spec.scene_id}.tif" for spec in specs],
-        labels=out / "fields.gpkg",
+        labels=out / LABELS_FILE,
         summary=out / "summary.json",
     )

@@ -118,10 +118,12 @@ def test_the_flow_form_is_typed_by_the_shared_configs() -> None:
     from flows.train_cropland import train_cropland
 
     schema = parameter_schema(train_cropland.fn)
-    assert list(schema.properties) == ["train", "prepare", "models_dir", "promote", "resume"]
+    assert list(schema.properties) == [
+        "train", "prepare", "models_dir", "promote", "resume", "synth"
+    ]  # fmt: skip
     assert schema.required == ["train"]
     assert schema.properties["promote"]["enum"] == ["if_better", "always", "never"]
-    assert {"TrainConfig", "PrepareConfig"} <= set(schema.definitions)
+    assert {"TrainConfig", "PrepareConfig", "SynthConfig"} <= set(schema.definitions)
 
 
 def test_config_file_sections_and_generated_scenes(tmp_path) -> None:
@@ -135,10 +137,26 @@ def test_config_file_sections_and_generated_scenes(tmp_path) -> None:
         f"synth: {{out: {tmp_path / 'synth'}, size: 64, bands: 3, seed: 1}}\n"
         f"prepare: {{out: {tmp_path / 'chips'}, chip_size: 32}}\n"
     )
-    train, prepare = load_configs(demo)
+    train, prepare, synth = load_configs(demo)
     assert train == TrainConfig() and prepare is not None
+    assert synth is not None and synth.out == tmp_path / "synth"
+    assert prepare.scenes == [str(tmp_path / "synth" / "scenes" / "*.tif")]
     assert prepare.labels == tmp_path / "synth" / "fields.gpkg"
-    scene = Path(prepare.scenes[0])
-    written = scene.stat().st_mtime_ns
-    assert load_configs(demo)[1] == prepare
-    assert scene.stat().st_mtime_ns == written, "unchanged synth settings reuse the scenes"
+    assert not (tmp_path / "synth").exists(), "reading a config generates nothing"
+    given = tmp_path / "given.yaml"
+    given.write_text("synth: {size: 64}\nprepare: {scenes: [a.tif], labels: l.gpkg}\n")
+    assert load_configs(given)[2] is None, "synth only fills a prepare without scenes"
+
+
+def test_generated_scenes_are_reused_while_settings_match(tmp_path) -> None:
+    from flows.train_cropland import _synthetic_scenes
+    from rs_seg.config import SynthConfig
+
+    synth = SynthConfig(out=tmp_path / "synth", size=64, bands=3, seed=1)
+    scenes, labels = _synthetic_scenes(synth)
+    assert labels == tmp_path / "synth" / "fields.gpkg"
+    written = Path(scenes[0]).stat().st_mtime_ns
+    assert _synthetic_scenes(synth) == (scenes, labels)
+    assert Path(scenes[0]).stat().st_mtime_ns == written, "unchanged settings reuse the scenes"
+    regenerated, _ = _synthetic_scenes(synth.model_copy(update={"seed": 2}))
+    assert regenerated != scenes and not Path(scenes[0]).exists(), "new settings replace them"
