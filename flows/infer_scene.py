@@ -12,17 +12,31 @@ Run locally:  python -m flows.infer_scene configs/my-incoming.yaml
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
+from flows.runners import check_scheduler, describe, task_runner
 from rs_seg.config import InferConfig, build_config
-from rs_seg.incoming import IncomingConfig, SceneJob, SceneResult, plan, process_scene
+from rs_seg.errors import RsSegError
+from rs_seg.incoming import (
+    IncomingConfig,
+    SceneJob,
+    SceneResult,
+    claim,
+    map_scene,
+    mapped_outputs,
+    plan,
+    record,
+    write_merged,
+)
 from rs_seg.inference import run_infer
 
 
@@ -43,28 +57,80 @@ def infer_scene(config: InferConfig) -> dict[str, Any]:
     }
 
 
-@task(name="map-scene", cache_policy=NO_CACHE)
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry reads and writes that failed (network storage, a busy disk), not bad input."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, RsSegError)
+
+
+@task(
+    name="map-scene",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_transient,
+)
 def map_scene_task(config: IncomingConfig, job: SceneJob) -> SceneResult:
-    """Claim, map and record one scene (a bad scene is recorded, not raised)."""
-    return process_scene(config, job)
+    """Map one scene the flow has claimed (retried on I/O errors; bad input fails at once)."""
+    return map_scene(config, job)
+
+
+@flow(name="map-scenes")
+def map_scenes(config: IncomingConfig, jobs: list[SceneJob]) -> list[SceneResult]:
+    """Claim each scene, map the claimed ones on the task runner, record each outcome.
+
+    The ledger is touched only here, in the flow's own process, so workers on other machines need
+    the scenes and the output folder but not the ledger file. Outcomes are recorded as tasks
+    finish, so an interrupted run keeps every scene it completed.
+    """
+    results: dict[SceneJob, SceneResult] = {}
+    futures = {}
+    for job in jobs:
+        if claim(config, job):
+            futures[map_scene_task.submit(config, job)] = job
+        else:
+            results[job] = SceneResult(job.scene, "skipped")
+    try:
+        for future in as_completed(list(futures)):
+            job = futures[future]
+            outcome = future.result(raise_on_failure=False)
+            if not isinstance(outcome, SceneResult | BaseException):
+                outcome = RuntimeError(f"unexpected task result {outcome!r}")
+            results[job] = record(config, job, outcome)
+    finally:  # a crash or Ctrl-C: release unfinished claims so the next run takes them at once
+        for job in futures.values():
+            if job not in results:
+                record(config, job, RuntimeError("interrupted"))
+    return [results[job] for job in jobs]
 
 
 @flow(name="infer-new-imagery", log_prints=True)
 def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
     """Map every new or changed scene of the incoming folder once with the current model."""
     logger = get_run_logger()
+    runner = task_runner(config.runner)  # an unreachable Dask scheduler fails before any claim
     jobs = plan(config)
-    logger.info(
-        "%d scenes in %s; model %s", len(jobs), config.incoming, jobs[0].model_id if jobs else "-"
-    )
-    results = [f.result() for f in map_scene_task.map(unmapped(config), jobs)]
+    model = jobs[0].model_id if jobs else "-"
+    logger.info("%d scenes in %s; model %s; %s", len(jobs), config.incoming, model,
+                describe(config.runner))  # fmt: skip
+    results = map_scenes.with_options(task_runner=runner)(config, jobs) if jobs else []
     counts = {s: sum(r.status == s for r in results) for s in ("mapped", "skipped", "failed")}
+    merged = None
+    if config.merged is not None and (counts["mapped"] or not config.merged.exists()):
+        outputs = mapped_outputs(config, jobs)
+        fields = write_merged(outputs, config.merged, config.merged_crs)
+        merged = {"path": str(config.merged), "scenes": len(outputs), "fields": fields}
+        logger.info("merged layer %s: %d fields from %d scenes", config.merged, fields,
+                    len(outputs))  # fmt: skip
+    for result in results:
+        if result.status == "failed":
+            logger.warning("%s failed (retried next run): %s", result.scene, result.error)
     create_markdown_artifact(
         key="infer-new-imagery",
-        markdown=_markdown(config, results, counts),
+        markdown=_markdown(config, results, counts, merged),
         description="Scenes mapped, skipped (already done) and failed (retried next run)",
     )
-    return {**counts, "results": [_row(r) for r in results]}
+    return {**counts, "merged": merged, "results": [_row(r) for r in results]}
 
 
 def _row(result: SceneResult) -> dict[str, Any]:
@@ -74,13 +140,26 @@ def _row(result: SceneResult) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _markdown(config: IncomingConfig, results: list[SceneResult], counts: dict[str, int]) -> str:
+def _markdown(
+    config: IncomingConfig,
+    results: list[SceneResult],
+    counts: dict[str, int],
+    merged: dict[str, Any] | None,
+) -> str:
     lines = [
         f"## New imagery in `{config.incoming}`",
         "",
         f"mapped {counts['mapped']}, already done {counts['skipped']}, failed {counts['failed']}"
         f" (ledger `{config.ledger_path}`)",
         "",
+    ]
+    if merged:
+        lines += [
+            f"merged layer `{merged['path']}`: {merged['fields']} fields from "
+            f"{merged['scenes']} scenes",
+            "",
+        ]
+    lines += [
         "| scene | status | fields | error |",
         "|---|---|---|---|",
     ]
@@ -89,6 +168,20 @@ def _markdown(config: IncomingConfig, results: list[SceneResult], counts: dict[s
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.infer_scene [CONFIG]``: one infer-new-imagery run, its counts as JSON."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        config = build_config(IncomingConfig, "incoming", Path(args[0]) if args else None, {})
+        if config.runner.address:  # fail in one line before a flow run (and its log) starts
+            check_scheduler(config.runner.address, config.runner.connect_timeout)
+        result = infer_new_imagery(config)
+    except RsSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
+    return 1 if result["failed"] else 0
+
+
 if __name__ == "__main__":
-    config_file = Path(sys.argv[1]) if len(sys.argv) > 1 else None
-    infer_new_imagery(build_config(IncomingConfig, "incoming", config_file, {}))
+    sys.exit(main())

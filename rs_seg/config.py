@@ -323,6 +323,30 @@ class InferConfig(StrictModel):
         return self.prob_out or self.out.with_name(f"{self.out.stem}_prob.tif")
 
 
+class RunnerConfig(StrictModel):
+    """Where a flow's per-scene tasks run: threads in the flow's process, or a Dask cluster.
+
+    Threads suit one GPU or a few scenes; Dask spreads scenes over worker processes, on a local
+    cluster (``address`` null) or on an existing one (``tcp://scheduler:8786``) whose workers
+    have rs_seg installed and this repository on their path.
+    """
+
+    kind: Literal["threads", "dask"] = "threads"
+    workers: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="threads: scenes at once [1]; dask local cluster: worker processes"
+    )
+    address: str | None = Field(None, description="dask: scheduler address [start a local one]")
+    connect_timeout: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="dask: seconds to wait for the scheduler before giving up"
+    )
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> RunnerConfig:
+        if self.address and self.kind != "dask":
+            raise ValueError("runner.address is a Dask scheduler: set runner.kind to dask")
+        return self
+
+
 class IncomingConfig(StrictModel):
     """New-imagery mapping: where scenes arrive, where outputs and the ledger go, which model."""
 
@@ -339,6 +363,11 @@ class IncomingConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tta: bool = False
     min_area: Annotated[float, Field(ge=0)] = 500.0
+    merged: Path | None = Field(
+        None, description="also write every mapped scene's fields into this one .gpkg"
+    )
+    merged_crs: str | None = Field(None, description="CRS of the merged layer [first scene's]")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @property
     def ledger_path(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,123 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     assert (result["second"]["mapped"], result["second"]["skipped"]) == (0, 2)
     assert result["second"]["failed"] == 1, "the bad scene is retried (and fails again)"
     assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 2
+
+
+RUNNERS_SCRIPT = """
+import json, sys
+from rs_seg.config import IncomingConfig
+from flows.infer_scene import infer_new_imagery
+print("RESULT " + json.dumps([infer_new_imagery(IncomingConfig.model_validate_json(c))
+                              for c in json.loads(sys.argv[1])]))
+"""
+
+
+def run_flows(tmp_path: Path, configs: list, timeout: int = 300) -> list[dict]:
+    """Run infer-new-imagery once per config in one child process (one ephemeral server)."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNERS_SCRIPT, json.dumps([c.model_dump_json() for c in configs])],
+        env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.split("RESULT ", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_local_dask_cluster_gives_the_outputs_of_a_sequential_run(tmp_path) -> None:
+    import numpy as np
+    import pyogrio
+    import rasterio
+
+    from rs_seg.config import IncomingConfig, RunnerConfig
+    from tests.conftest import LEARNABLE_BOXES, write_learnable_scene
+    from tests.test_inference import make_bundle
+
+    for i in range(3):
+        write_learnable_scene(tmp_path / "inbox" / f"s{i}.tif", 192, LEARNABLE_BOXES, seed=i)
+    base = IncomingConfig(
+        incoming=str(tmp_path / "inbox"), model=make_bundle(tmp_path / "m.pt", seed=3),
+        device="cpu", min_area=0,
+    )  # fmt: skip
+    sequential = base.model_copy(
+        update={"out_dir": tmp_path / "seq", "merged": tmp_path / "seq.gpkg"}
+    )
+    dask = base.model_copy(
+        update={"out_dir": tmp_path / "dask", "merged": tmp_path / "dask.gpkg",
+                "runner": RunnerConfig(kind="dask", workers=2)}
+    )  # fmt: skip
+    results = run_flows(tmp_path, [sequential, dask])
+    assert [r["mapped"] for r in results] == [3, 3]
+    for scene in ("s0", "s1", "s2"):
+        (seq_prob,) = (tmp_path / "seq" / scene).rglob("fields_prob.tif")
+        (dask_prob,) = (tmp_path / "dask" / scene).rglob("fields_prob.tif")
+        with rasterio.open(seq_prob) as a, rasterio.open(dask_prob) as b:
+            assert np.array_equal(a.read(), b.read()), scene
+    seq_fields = pyogrio.read_dataframe(tmp_path / "seq.gpkg", layer="fields")
+    dask_fields = pyogrio.read_dataframe(tmp_path / "dask.gpkg", layer="fields")
+    assert len(seq_fields) == len(dask_fields) > 0
+    assert seq_fields.geometry.geom_equals_exact(dask_fields.geometry, 1e-9).all()
+
+
+@pytest.mark.slow
+def test_unreachable_dask_scheduler_and_flaky_reads(tmp_path) -> None:
+    """A wrong Dask address fails in one line before any claim; an OSError is retried."""
+    import socket
+
+    from rs_seg.config import IncomingConfig, RunnerConfig
+    from rs_seg.ledger import Ledger
+    from tests.test_inference import make_bundle
+
+    write_scene(tmp_path / "inbox" / "a.tif", 64, 64)
+    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
+                         model=make_bundle(tmp_path / "m.pt"), device="cpu")  # fmt: skip
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = cfg.model_copy(update={"runner": RunnerConfig(
+        kind="dask", address=f"tcp://127.0.0.1:{port}", connect_timeout=2)})  # fmt: skip
+    config_file = tmp_path / "incoming.yaml"
+    config_file.write_text(json.dumps({"incoming": json.loads(unreachable.model_dump_json())}))
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.infer_scene", str(config_file)],
+        env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    (error,) = done.stderr.strip().splitlines()
+    assert error.startswith(f"error: no Dask scheduler answers at tcp://127.0.0.1:{port}"), error
+    assert "Traceback" not in done.stderr
+    assert Ledger(cfg.ledger_path).entries() == [], "nothing claimed"
+
+    flaky = FLAKY_SCRIPT
+    done = subprocess.run(
+        [sys.executable, "-c", flaky, cfg.model_dump_json()],
+        env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert (result["mapped"], result["calls"]) == (1, 2), "one I/O error, retried once"
+    (entry,) = Ledger(cfg.ledger_path).entries()
+    assert (entry.status, entry.attempts) == ("done", 1)
+
+
+# The first read of each scene fails as a dropped network share would; the task retries it.
+FLAKY_SCRIPT = """
+import json, sys
+import flows.infer_scene as flows_module
+from rs_seg.config import IncomingConfig
+calls = []
+real = flows_module.map_scene
+def flaky(config, job):
+    calls.append(job.scene.name)
+    if len(calls) == 1:
+        raise OSError(5, "Input/output error", str(job.scene))
+    return real(config, job)
+flows_module.map_scene = flaky
+flows_module.map_scene_task = flows_module.map_scene_task.with_options(retry_delay_seconds=0)
+result = flows_module.infer_new_imagery(IncomingConfig.model_validate_json(sys.argv[1]))
+print("RESULT " + json.dumps({"mapped": result["mapped"], "calls": len(calls)}))
+"""
