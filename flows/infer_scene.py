@@ -75,8 +75,7 @@ def map_scene_task(config: IncomingConfig, job: SceneJob) -> SceneResult:
     return map_scene(config, job)
 
 
-@flow(name="map-scenes")
-def map_scenes(config: IncomingConfig, jobs: list[SceneJob]) -> list[SceneResult]:
+def map_scenes(config: IncomingConfig, jobs: list[SceneJob], runner: Any) -> list[SceneResult]:
     """Claim each scene, map the claimed ones on the task runner, record each outcome.
 
     The ledger is touched only here, in the flow's own process, so workers on other machines need
@@ -84,13 +83,15 @@ def map_scenes(config: IncomingConfig, jobs: list[SceneJob]) -> list[SceneResult
     finish, so an interrupted run keeps every scene it completed.
     """
     results: dict[SceneJob, SceneResult] = {}
+    claimed: list[SceneJob] = []
     futures = {}
-    for job in jobs:
-        if claim(config, job):
-            futures[map_scene_task.submit(config, job)] = job
-        else:
-            results[job] = SceneResult(job.scene, "skipped")
     try:
+        for job in jobs:
+            if not claim(config, job):
+                results[job] = SceneResult(job.scene, "skipped")
+                continue
+            claimed.append(job)
+            futures[runner.submit(map_scene_task, {"config": config, "job": job})] = job
         for future in as_completed(list(futures)):
             job = futures[future]
             outcome = future.result(raise_on_failure=False)
@@ -98,7 +99,7 @@ def map_scenes(config: IncomingConfig, jobs: list[SceneJob]) -> list[SceneResult
                 outcome = RuntimeError(f"unexpected task result {outcome!r}")
             results[job] = record(config, job, outcome)
     finally:  # a crash or Ctrl-C: release unfinished claims so the next run takes them at once
-        for job in futures.values():
+        for job in claimed:
             if job not in results:
                 record(config, job, RuntimeError("interrupted"))
     return [results[job] for job in jobs]
@@ -113,7 +114,10 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
     model = jobs[0].model_id if jobs else "-"
     logger.info("%d scenes in %s; model %s; %s", len(jobs), config.incoming, model,
                 describe(config.runner))  # fmt: skip
-    results = map_scenes.with_options(task_runner=runner)(config, jobs) if jobs else []
+    results = []
+    if jobs:
+        with runner:
+            results = map_scenes(config, jobs, runner)
     counts = {s: sum(r.status == s for r in results) for s in ("mapped", "skipped", "failed")}
     merged = None
     if config.merged is not None and (counts["mapped"] or not config.merged.exists()):

@@ -1,8 +1,9 @@
 """Prefect flow ``prepare-chips``: the same stage functions as ``rs-seg prepare``, as tasks.
 
-One task per scene, so a Prefect task runner (threads by default, Dask for many machines) spreads
-scenes over workers; the split and the index are computed once all scenes are chipped. The output
-folder is staged exactly as on the command line, so a failed run leaves nothing behind.
+One task per scene, so the task runner named by the ``runner`` parameter (threads by default, a
+Dask cluster for many machines; :mod:`flows.runners`) spreads scenes over workers; the split and
+the index are computed once all scenes are chipped. The output folder is staged exactly as on the
+command line, so a failed run leaves nothing behind.
 It runs without a Prefect server (ephemeral mode) or against one set by ``PREFECT_API_URL``.
 
 Run locally:  python -m flows.prepare_chips configs/demo-prepare.yaml
@@ -18,8 +19,9 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.runners import describe, task_runner
 from rs_seg.chips import SceneChips, SceneInput
-from rs_seg.config import PrepareConfig, build_config
+from rs_seg.config import PrepareConfig, RunnerConfig, build_config
 from rs_seg.io import staged_dir
 from rs_seg.prepare import PreparePlan, chip_scene, finish, plan_prepare
 
@@ -31,12 +33,22 @@ def chip_scene_task(plan: PreparePlan, scene: SceneInput, out_dir: Path) -> Scen
 
 
 @flow(name="prepare-chips", log_prints=True)
-def prepare_chips(config: PrepareConfig) -> dict[str, Any]:
-    """Cut scenes into chips, split them spatially 8:1:1 and write the chip index."""
+def prepare_chips(config: PrepareConfig, runner: RunnerConfig | None = None) -> dict[str, Any]:
+    """Cut scenes into chips, split them spatially 8:1:1 and write the chip index.
+
+    ``runner`` spreads scenes over threads or a Dask cluster (workers must see the output folder).
+    """
+    runner = runner or RunnerConfig()
+    executor = task_runner(runner)
     plan = plan_prepare(config)
+    print(f"{len(plan.scenes)} scenes on {describe(runner)}")
     with staged_dir(config.out, config.overwrite) as staging:
-        futures = chip_scene_task.map(unmapped(plan), plan.scenes, unmapped(staging))
-        results = [future.result() for future in futures]
+        with executor:
+            futures = executor.map(
+                chip_scene_task,
+                {"plan": unmapped(plan), "scene": plan.scenes, "out_dir": unmapped(staging)},
+            )
+            results = [future.result() for future in futures]
         summary = finish(plan, results, staging)
     summary = summary.moved_to(config.out)
     print(summary.report())

@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FLOW_SCRIPT = """
 import json, sys
-from rs_seg.config import PrepareConfig
+from rs_seg.config import PrepareConfig, RunnerConfig
 from flows.prepare_chips import prepare_chips
 cfg = PrepareConfig.model_validate_json(sys.argv[1])
-print("RESULT " + json.dumps(prepare_chips(cfg)))
+dask = cfg.model_copy(update={"out": cfg.out.with_name("chips-dask")})
+results = [prepare_chips(cfg), prepare_chips(dask, RunnerConfig(kind="dask", workers=2))]
+print("RESULT " + json.dumps(results))
 """
 
 
@@ -46,6 +48,14 @@ def test_prepare_chips_flow_runs_in_ephemeral_mode(tmp_path) -> None:
     assert len(chips) == 3 * 9
     assert set(chips["scene"]) == {"s0", "s1", "s2"}
     assert chips.groupby("block")["split"].nunique().max() == 1
+    on_dask = read_index(tmp_path / "chips-dask")
+    relative = ["image_path", "mask_path"]
+    assert on_dask.drop(columns=relative).equals(chips.drop(columns=relative)), "Dask: same index"
+    for name in [*chips["image"][:4], *chips["mask"][:4]]:
+        same = (tmp_path / "chips" / name).read_bytes() == (
+            tmp_path / "chips-dask" / name
+        ).read_bytes()
+        assert same, name
 
 
 NEW_IMAGERY_SCRIPT = """
