@@ -37,13 +37,42 @@ from rs_seg.incoming import (
     record,
     write_merged,
 )
-from rs_seg.inference import run_infer
+from rs_seg.inference import InferSummary, run_infer
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry reads and writes that failed (network storage, a busy disk), not bad input."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, RsSegError)
+
+
+@task(
+    name="infer-scene",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_transient,
+)
+def infer_task(config: InferConfig) -> InferSummary:
+    """``rs-seg infer`` on one scene, retried on I/O errors (outputs are staged, never partial).
+
+    A first attempt that fails on an existing output raises an RsSegError and is not retried, so
+    whatever a retry replaces was published by an earlier attempt of this same task.
+    """
+    return run_infer(config.model_copy(update={"overwrite": True}) if _retrying() else config)
+
+
+def _retrying() -> bool:
+    """A retry may replace what its own first attempt published before failing."""
+    from prefect.runtime import task_run
+
+    return (task_run.run_count or 1) > 1
 
 
 @flow(name="infer-scene", log_prints=True)
 def infer_scene(config: InferConfig) -> dict[str, Any]:
     """Map one scene: probability COG and field polygons (``rs-seg infer`` as a flow)."""
-    summary = run_infer(config)
+    summary = infer_task(config)
     print(summary.report())
     create_markdown_artifact(
         key="infer-scene",
@@ -55,12 +84,6 @@ def infer_scene(config: InferConfig) -> dict[str, Any]:
         "prob": str(summary.prob),
         "fields_count": summary.polygons,
     }
-
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry reads and writes that failed (network storage, a busy disk), not bad input."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, OSError) and not isinstance(error, RsSegError)
 
 
 @task(

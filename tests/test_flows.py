@@ -61,11 +61,13 @@ def test_prepare_chips_flow_runs_in_ephemeral_mode(tmp_path) -> None:
 NEW_IMAGERY_SCRIPT = """
 import json, sys
 from rs_seg.config import IncomingConfig
-from flows.infer_scene import infer_new_imagery
+from rs_seg.config import InferConfig
+from flows.infer_scene import infer_new_imagery, infer_scene
 cfg = IncomingConfig.model_validate_json(sys.argv[1])
 first = infer_new_imagery(cfg)
 second = infer_new_imagery(cfg)
-print("RESULT " + json.dumps({"first": first, "second": second}))
+one = infer_scene(InferConfig(scene=sys.argv[2], out=sys.argv[3], model=cfg.model, device="cpu"))
+print("RESULT " + json.dumps({"first": first, "second": second, "one": one}))
 """
 
 
@@ -84,7 +86,8 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
         model=make_bundle(tmp_path / "m.pt"), device="cpu",
     )  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-c", NEW_IMAGERY_SCRIPT, cfg.model_dump_json()],
+        [sys.executable, "-c", NEW_IMAGERY_SCRIPT, cfg.model_dump_json(),
+         str(tmp_path / "inbox" / "s0.tif"), str(tmp_path / "one" / "fields.gpkg")],
         env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
@@ -94,6 +97,9 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     assert (result["second"]["mapped"], result["second"]["skipped"]) == (0, 2)
     assert result["second"]["failed"] == 1, "the bad scene is retried (and fails again)"
     assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 2
+    assert result["one"]["fields"] == str(tmp_path / "one" / "fields.gpkg")
+    assert (tmp_path / "one" / "fields.gpkg").is_file()
+    assert (tmp_path / "one" / "fields_prob.tif").is_file()
 
 
 RUNNERS_SCRIPT = """
