@@ -262,9 +262,14 @@ def best_epoch_of(history: list[dict[str, float]]) -> int | None:
     return int(max(history, key=lambda r: r["val_iou"])["epoch"]) if history else None
 
 
+# Rank variables of Lightning's own launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, GROUP_RANK)
+# and SLURM's srun (SLURM_PROCID): any of them above 0 marks a process other than global rank 0.
+_RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def is_ddp_child() -> bool:
-    """True in the extra processes Lightning's DDP launcher starts (they re-run the command)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    """True in every DDP process but global rank 0 (they re-run the command and only train)."""
+    return any(int(os.environ.get(name) or "0") > 0 for name in _RANK_VARIABLES)
 
 
 def _resume_key(cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:

@@ -285,3 +285,25 @@ def test_frozen_encoder_epochs_leave_the_encoder_untouched(tiny_chips: Path, tmp
     decoder = [k for k in initial if k.startswith("decoder.") and initial[k].is_floating_point()]
     assert all(torch.equal(state[f"net.{k}"], initial[k]) for k in encoder)
     assert not all(torch.equal(state[f"net.{k}"], initial[k]) for k in decoder)
+
+
+@pytest.mark.parametrize(
+    ("env", "child"),
+    [
+        ({}, False),
+        ({"LOCAL_RANK": "0", "NODE_RANK": "0", "RANK": "0"}, False),
+        ({"LOCAL_RANK": "1"}, True),  # Lightning's launcher, second GPU
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, True),  # Lightning, second node
+        ({"LOCAL_RANK": "0", "RANK": "4", "GROUP_RANK": "1"}, True),  # torchrun, second node
+        ({"SLURM_PROCID": "3"}, True),  # srun
+        ({"SLURM_PROCID": "0"}, False),
+    ],
+)
+def test_only_global_rank_zero_sets_up_and_evaluates(monkeypatch, env, child) -> None:
+    from rs_seg.training import is_ddp_child
+
+    for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_ddp_child() is child
