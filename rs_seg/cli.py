@@ -370,7 +370,7 @@ def vectorize(
     )
 
 
-model_app = typer.Typer(help="Inspect model bundles.", no_args_is_help=True)
+model_app = typer.Typer(help="Inspect and register model bundles.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
@@ -389,6 +389,25 @@ def model_info(
 
     loaded = ModelBundle.load(bundle)
     typer.echo(json.dumps(loaded.meta(), indent=2) if as_json else loaded.describe())
+
+
+@model_app.command("register")
+@reports_errors
+def model_register(
+    run: Annotated[Path, typer.Argument(help="An evaluated run folder or a model-bundle.pt.")],
+    models_dir: Annotated[Path, typer.Option(help="The model registry.")] = Path("models"),
+    promote: Annotated[
+        str, typer.Option(help="When latest moves: if_better, always or never.")
+    ] = "if_better",
+) -> None:
+    """Store a model in the registry; ``latest`` moves only if it is at least as good."""
+    from rs_seg.registry import register
+
+    if promote not in ("if_better", "always", "never"):
+        raise RsSegError(f"--promote must be if_better, always or never, not {promote!r}")
+    done = register(run, models_dir, promote)  # type: ignore[arg-type]
+    latest = "now this model" if done.promoted else "unchanged"
+    typer.echo(f"model {done.model_id} stored in {done.bundle}; latest {latest}: {done.reason}")
 
 
 @app.command()

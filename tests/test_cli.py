@@ -187,3 +187,28 @@ def test_bad_label_map(inputs) -> None:
     _tmp_path, scene, _ = inputs
     result = invoke("prepare", "--scenes", scene, "--labels", scene, "--label-map", "1:2")
     assert result.exit_code == 2 and "--label-map" in result.stderr
+
+
+def test_model_register_stores_a_bundle_and_moves_latest(tmp_path) -> None:
+    import json
+
+    from rs_seg.bundle import ModelBundle
+    from tests.test_inference import make_bundle
+
+    unscored = make_bundle(tmp_path / "unscored.pt")
+    models = tmp_path / "models"
+    refused = runner.invoke(app, ["model", "register", str(unscored), "--models-dir", str(models)])
+    assert refused.exit_code == 2 and "no test metric 'mean_iou'" in refused.output
+    scored = ModelBundle.load(unscored)
+    scored.metrics = {"test": {"mean_iou": 0.8, "chips": 3}}
+    bundle = scored.save(tmp_path / "run" / "model-bundle.pt")
+    register = ["model", "register", str(bundle), "--models-dir", str(models), "--promote"]
+    first = runner.invoke(app, [*register, "if_better"])
+    assert first.exit_code == 0, first.output
+    assert "latest now this model" in first.output
+    latest = json.loads((models / "latest.json").read_text())
+    assert (models / latest["model_id"] / "model-bundle.pt").is_file()
+    again = runner.invoke(app, [*register, "never"])
+    assert again.exit_code == 0 and "latest unchanged" in again.output
+    wrong = runner.invoke(app, ["model", "register", str(bundle), "--promote", "sometimes"])
+    assert wrong.exit_code == 2 and "--promote must be" in wrong.output
