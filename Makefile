@@ -11,7 +11,7 @@ export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test test-fast lint format bench bench-train bench-infer lock clean-demo
+.PHONY: demo serve test test-fast lint format bench bench-train bench-infer lock clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(STAMP): pyproject.toml constraints.txt
 	  || { tail -n 40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
-## demo: synthetic scenes -> chips (8:1:1) -> small model trained on CPU -> metrics, report -> fields.gpkg of an unseen scene
+## demo: through the Prefect flows: train-cropland on synthetic scenes, then infer-new-imagery on new ones -> data/demo/fields.gpkg
 demo: $(STAMP)
-	$(PY) -m rs_seg demo --config configs/demo.yaml
+	$(PY) -m flows.demo --config configs/demo.yaml
+
+## serve: a local Prefect server (UI http://127.0.0.1:4200) serving the four flows; Ctrl-C stops both.
+## Options: make serve SERVE_ARGS="--port 4300 --no-schedule" (python -m flows.serve --help)
+serve: $(STAMP)
+	$(PY) -m flows.serve $(SERVE_ARGS)
 
 ## test: lint, then the whole test suite with slow tests (what CI runs)
 test: $(STAMP)
