@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="YAML with an incoming: section: infer-new-imagery defaults "
         f"[$RS_SEG_INCOMING_CONFIG or {INCOMING_CONFIG}]",
     )
+    parser.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="instead of serving: register the deployments on this Prefect work pool (created "
+        "as a process pool when missing) and exit; then run `prefect worker start --pool NAME` "
+        "on each machine. Needs PREFECT_API_URL",
+    )
     when = parser.add_mutually_exclusive_group()
     when.add_argument(
         "--interval",
@@ -287,6 +294,57 @@ def serve_all(served: list[Any], server: PrefectServer) -> None:
         asyncio.run(runner.start())
 
 
+ROOT = Path(__file__).resolve().parents[1]
+ENTRYPOINTS = {
+    "prepare-chips": "flows/prepare_chips.py:prepare_chips",
+    "train-cropland": "flows/train_cropland.py:train_cropland",
+    "infer-scene": "flows/infer_scene.py:infer_scene",
+    "infer-new-imagery": "flows/infer_scene.py:infer_new_imagery",
+}
+
+
+def register_on_pool(pool: str, served: list[Any], when: dict[str, Any]) -> str:
+    """Register the same deployments on a work pool; workers run them from this checkout's path.
+
+    Each deployment loads its flow from ``ROOT`` (Prefect's local source storage), so every
+    machine with a worker needs the checkout at the same path (or on a shared disk).
+    """
+    from prefect import deploy, flow
+
+    kind = _ensure_pool(pool)
+    pooled = [
+        flow.from_source(source=str(ROOT), entrypoint=ENTRYPOINTS[d.name]).to_deployment(
+            name=d.name,
+            parameters=d.parameters,
+            **(when if d.name == "infer-new-imagery" else {}),
+        )
+        for d in served
+    ]
+    deploy(*pooled, work_pool_name=pool, build=False, push=False,
+           print_next_steps_message=False, ignore_warnings=True)  # fmt: skip
+    return (
+        f"registered {len(pooled)} deployments on work pool {pool!r} ({kind}). On each machine, "
+        f"from a checkout at {ROOT} with the same environment and PREFECT_API_URL:\n"
+        f"  {_prefect_cli()} worker start --pool {pool}\n"
+        f"then run deployments as before, e.g. "
+        f"{_prefect_cli()} deployment run train-cropland/train-cropland"
+    )
+
+
+def _ensure_pool(pool: str) -> str:
+    """The pool's type; a missing pool is created as a ``process`` pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_work_pool(pool).type
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            return "process, just created"
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -302,11 +360,20 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", "coroutine 'Runner.astop' was never awaited", RuntimeWarning)
     try:
         # Before the slow imports: a dead server or a taken port is reported at once.
+        if args.pool and not configured_api_url():
+            raise RsSegError(
+                "--pool needs the server the workers poll: set PREFECT_API_URL (for example "
+                "http://prefect-host:4200/api)"
+            )
         if configured_api_url():
             require_api()
         else:
             check_port(args.port)
-        served = deployments(args.train_config, args.incoming_config, schedule(args))
+        when = schedule(args)
+        served = deployments(args.train_config, args.incoming_config, when)
+        if args.pool:
+            print(register_on_pool(args.pool, served, when), flush=True)
+            return 0
         with prefect_api(args.port) as server:
             serve_all(served, server)
     except RsSegError as exc:

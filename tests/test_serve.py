@@ -349,3 +349,74 @@ def test_ctrl_c_stops_serving_and_the_server_it_started(served: Served) -> None:
     assert "Prefect server stopped" in served.output()
     assert "Traceback" not in served.output()
     assert check_port(int(served.api_url.split(":")[-1].split("/")[0])) is False, "port freed"
+
+
+# --- several machines: a work pool and a worker ------------------------------------------------
+
+
+def test_pool_needs_a_configured_server(tmp_path) -> None:
+    env = serve_env(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "flows.serve", "--pool", "rs-seg"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --pool needs the server the workers poll")
+
+
+@pytest.mark.slow
+def test_deployments_registered_on_a_work_pool_run_on_a_worker(tmp_path) -> None:
+    """What a second machine does: a worker polls the pool and runs the flow from the checkout."""
+    from tests.test_inference import make_bundle
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = serve_env(tmp_path, PREFECT_WORKER_QUERY_SECONDS="1",
+                    PREFECT_WORKER_PREFETCH_SECONDS="1")  # fmt: skip
+    client_env = env | {"PREFECT_API_URL": api}
+    server = subprocess.Popen(
+        [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while require_api_problem(api):
+            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+            time.sleep(1)
+        registered = subprocess.run(
+            [sys.executable, "-m", "flows.serve", "--pool", "rs-seg", "--no-schedule"],
+            cwd=ROOT, env=client_env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert registered.returncode == 0, registered.stderr[-3000:]
+        assert "registered 4 deployments on work pool 'rs-seg' (process, just created)" in (
+            registered.stdout
+        )
+        worker = subprocess.Popen(
+            [str(PREFECT), "worker", "start", "--pool", "rs-seg"], env=client_env, cwd=tmp_path,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        scene = write_learnable_scene(tmp_path / "scene.tif", 96, [(8, 8, 60, 70)])
+        config = {"scene": str(scene), "out": str(tmp_path / "out" / "fields.gpkg"),
+                  "model": str(make_bundle(tmp_path / "m.pt")), "device": "cpu"}  # fmt: skip
+        run = subprocess.run(
+            [str(PREFECT), "deployment", "run", "infer-scene/infer-scene", "--watch",
+             "-p", f"config={json.dumps(config)}"],
+            env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert (tmp_path / "out" / "fields.gpkg").is_file()
+        assert (tmp_path / "out" / "fields_prob.tif").is_file()
+    finally:
+        for process in (worker, server):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(20)
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+def require_api_problem(api: str) -> str | None:
+    from flows.server import api_problem
+
+    return api_problem(api, timeout=2)
