@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
-from flows.runners import check_scheduler, describe, task_runner
+from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
 from rs_seg.config import InferConfig, build_config
 from rs_seg.errors import RsSegError
 from rs_seg.incoming import (
@@ -40,18 +40,12 @@ from rs_seg.incoming import (
 from rs_seg.inference import InferSummary, run_infer
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry reads and writes that failed (network storage, a busy disk), not bad input."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, OSError) and not isinstance(error, RsSegError)
-
-
 @task(
     name="infer-scene",
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=10,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_io_errors,
 )
 def infer_task(config: InferConfig) -> InferSummary:
     """``rs-seg infer`` on one scene, retried on I/O errors (outputs are staged, never partial).
@@ -91,7 +85,7 @@ def infer_scene(config: InferConfig) -> dict[str, Any]:
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=10,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_io_errors,
 )
 def map_scene_task(config: IncomingConfig, job: SceneJob) -> SceneResult:
     """Map one scene the flow has claimed (retried on I/O errors; bad input fails at once)."""

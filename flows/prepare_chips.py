@@ -19,14 +19,20 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import describe, task_runner
+from flows.runners import describe, retry_io_errors, task_runner
 from rs_seg.chips import SceneChips, SceneInput
 from rs_seg.config import PrepareConfig, RunnerConfig, build_config
 from rs_seg.io import staged_dir
 from rs_seg.prepare import PreparePlan, chip_scene, finish, plan_prepare
 
 
-@task(name="chip-scene", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(
+    name="chip-scene",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_io_errors,
+)
 def chip_scene_task(plan: PreparePlan, scene: SceneInput, out_dir: Path) -> SceneChips:
     """Cut one scene into chips (retried once: reads from network storage can fail transiently)."""
     return chip_scene(plan, scene, out_dir)

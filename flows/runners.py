@@ -1,4 +1,4 @@
-"""Task runners from the shared config: threads in the flow's process, or a Dask cluster.
+"""Task runners from the shared config (threads or a Dask cluster), and the flows' retry rule.
 
 Prefect picks a flow's task runner when the flow is defined, but a deployment's runner should
 follow its parameters. The flows therefore run their per-scene tasks in a small subflow started
@@ -14,6 +14,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from rs_seg.config import RunnerConfig
 from rs_seg.errors import RsSegError
+
+
+def retry_io_errors(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry failed reads and writes, never bad input.
+
+    An OSError may be a dropped network share or a busy disk; an RsSegError (bad input) fails the
+    same way every time, so retrying it only delays the message.
+    """
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, RsSegError)
 
 
 def task_runner(config: RunnerConfig) -> Any:

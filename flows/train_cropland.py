@@ -33,6 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetrics are imported
+from flows.runners import retry_io_errors
 from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config, read_yaml
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import EvaluationOutcome, evaluate_run
@@ -53,11 +54,6 @@ _METRIC_LABELS = {
 }  # fmt: skip
 
 
-def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O hiccups, not input errors: an RsSegError fails the same way every time."""
-    return not isinstance(state.data, RsSegError)
-
-
 def _replaceable(config: PrepareConfig) -> PrepareConfig:
     """Stale chips written by ``rs-seg prepare`` may be replaced; any other folder needs consent."""
     if (Path(config.out) / SUMMARY_FILE).is_file():
@@ -70,7 +66,7 @@ def _replaceable(config: PrepareConfig) -> PrepareConfig:
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=5,
-    retry_condition_fn=_worth_retrying,
+    retry_condition_fn=retry_io_errors,
 )
 def prepare_task(config: PrepareConfig) -> dict[str, Any]:
     """(Re)write the chip folder unless it already matches the config and the inputs."""
@@ -128,7 +124,7 @@ def evaluate_task(outcome: TrainOutcome) -> EvaluationOutcome:
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=5,
-    retry_condition_fn=_worth_retrying,
+    retry_condition_fn=retry_io_errors,
 )
 def register_task(run: Path, models_dir: Path, promote: str) -> Registration:
     """Store the bundle in the models directory; ``latest`` moves only if the model earns it."""

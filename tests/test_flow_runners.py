@@ -41,3 +41,20 @@ def test_an_unreachable_scheduler_fails_within_the_timeout() -> None:
     with pytest.raises(RsSegError, match=rf"no Dask scheduler answers at tcp://127.0.0.1:{port}"):
         task_runner(RunnerConfig(kind="dask", address=f"tcp://127.0.0.1:{port}", connect_timeout=1))
     assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (OSError(5, "Input/output error"), True),
+        (TimeoutError("read timed out"), True),  # an OSError subclass
+        (RsSegError("not a raster", "scene.tif"), False),
+        (ValueError("bad value"), False),
+    ],
+)
+def test_only_io_errors_are_retried(error, retried) -> None:
+    from prefect.states import Failed
+
+    from flows.runners import retry_io_errors
+
+    assert retry_io_errors(None, None, Failed(data=error)) is retried
