@@ -10,5 +10,7 @@ import logging
 import os
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rs_seg")
+# rs_seg also logs outside flow runs (the demo's set-up, plain function calls): no API warning.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 if logging.getLogger("rs_seg").level == logging.NOTSET:
     logging.getLogger("rs_seg").setLevel(logging.INFO)

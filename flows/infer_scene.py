@@ -24,6 +24,7 @@ from prefect.futures import as_completed
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
+from flows.server import require_api
 from rs_seg.config import InferConfig, build_config
 from rs_seg.errors import RsSegError
 from rs_seg.incoming import (
@@ -146,6 +147,8 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
     for result in results:
         if result.status == "failed":
             logger.warning("%s failed (retried next run): %s", result.scene, result.error)
+        for warning in result.warnings:
+            logger.warning("%s: %s", result.scene.name, warning)
     create_markdown_artifact(
         key="infer-new-imagery",
         markdown=_markdown(config, results, counts, merged),
@@ -157,7 +160,8 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
 def _row(result: SceneResult) -> dict[str, Any]:
     return {
         "scene": str(result.scene), "status": result.status,
-        "fields": str(result.fields) if result.fields else None, "error": result.error,
+        "fields": str(result.fields) if result.fields else None, "polygons": result.polygons,
+        "error": result.error, "warnings": list(result.warnings),
     }  # fmt: skip
 
 
@@ -181,11 +185,13 @@ def _markdown(
             "",
         ]
     lines += [
-        "| scene | status | fields | error |",
-        "|---|---|---|---|",
+        "| scene | status | fields | polygons | error or warnings |",
+        "|---|---|---|---:|---|",
     ]
     for r in results:
-        lines.append(f"| {r.scene.name} | {r.status} | {r.fields or ''} | {r.error or ''} |")
+        notes = r.error or "; ".join(r.warnings)
+        polygons = r.polygons if r.status == "mapped" else ""
+        lines.append(f"| {r.scene.name} | {r.status} | {r.fields or ''} | {polygons} | {notes} |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flows.infer_scene [CONFIG]``: one infer-new-imagery run, its counts as JSON."""
     args = sys.argv[1:] if argv is None else argv
     try:
+        require_api()  # a configured server that is down: one line, before anything is claimed
         config = build_config(IncomingConfig, "incoming", Path(args[0]) if args else None, {})
         if config.runner.address:  # fail in one line before a flow run (and its log) starts
             check_scheduler(config.runner.address, config.runner.connect_timeout)

@@ -20,8 +20,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.runners import describe, retry_io_errors, task_runner
+from flows.server import require_api
 from rs_seg.chips import SceneChips, SceneInput
 from rs_seg.config import PrepareConfig, RunnerConfig, build_config
+from rs_seg.errors import RsSegError
 from rs_seg.io import staged_dir
 from rs_seg.prepare import PreparePlan, chip_scene, finish, plan_prepare
 
@@ -74,6 +76,17 @@ def _markdown(summary: Any) -> str:
     return f"## Chips: {summary.out}\n\nIndex: `{summary.index}`\n\n" + "\n".join(rows) + notes
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.prepare_chips [CONFIG]``: one prepare-chips run."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        require_api()
+        prepare_chips(build_config(PrepareConfig, "prepare", Path(args[0]) if args else None, {}))
+    except RsSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    config_file = Path(sys.argv[1]) if len(sys.argv) > 1 else None
-    prepare_chips(build_config(PrepareConfig, "prepare", config_file, {}))
+    sys.exit(main())

@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetrics are imported
 from flows.runners import retry_io_errors
+from flows.server import require_api
 from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config, read_yaml
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import EvaluationOutcome, evaluate_run
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
             train_model(TrainConfig.model_validate_json(os.environ[_DDP_CONFIG_ENV]), args.resume)
             return 0
+        require_api()
         train, prepare, synth = load_configs(args.config)
         result = train_cropland(
             train, prepare, args.models_dir, args.promote, args.resume, synth=synth

@@ -418,7 +418,7 @@ def demo(
         "data/demo"
     ),
 ) -> None:
-    """Run the pipeline on generated data: synthetic scenes -> chips -> split summary."""
+    """The demo without Prefect: synthetic scenes -> chips -> model -> fields of an unseen scene."""
     from rs_seg.demo import run_demo
 
     run_demo(config, out)

@@ -46,6 +46,7 @@ class SceneResult:
     fields: Path | None = None
     polygons: int = 0
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # input checks, e.g. drift from the training statistics
 
 
 def list_scenes(incoming: str) -> list[Path]:
@@ -100,7 +101,9 @@ def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
         min_area=cfg.min_area, overwrite=True,
     )  # fmt: skip
     summary = run_infer(infer)
-    return SceneResult(job.scene, "mapped", summary.fields, summary.polygons)
+    return SceneResult(
+        job.scene, "mapped", summary.fields, summary.polygons, warnings=tuple(summary.warnings)
+    )
 
 
 def record(cfg: IncomingConfig, job: SceneJob, outcome: SceneResult | BaseException) -> SceneResult:

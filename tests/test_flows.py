@@ -58,47 +58,66 @@ def test_prepare_chips_flow_runs_in_ephemeral_mode(tmp_path) -> None:
         assert same, name
 
 
+# The issue's schedule story, through the flow: 3 new scenes, a quiet re-run, a 4th scene
+# arriving, a new model; plus one scene through infer-scene. All in one process (one server).
 NEW_IMAGERY_SCRIPT = """
 import json, sys
-from rs_seg.config import IncomingConfig
-from rs_seg.config import InferConfig
+from pathlib import Path
+from rs_seg.config import IncomingConfig, InferConfig
 from flows.infer_scene import infer_new_imagery, infer_scene
-cfg = IncomingConfig.model_validate_json(sys.argv[1])
-first = infer_new_imagery(cfg)
-second = infer_new_imagery(cfg)
-one = infer_scene(InferConfig(scene=sys.argv[2], out=sys.argv[3], model=cfg.model, device="cpu"))
-print("RESULT " + json.dumps({"first": first, "second": second, "one": one}))
+from tests.conftest import write_scene
+from tests.test_inference import make_bundle
+tmp, cfg = Path(sys.argv[1]), IncomingConfig.model_validate_json(sys.argv[2])
+runs = {"first": infer_new_imagery(cfg), "second": infer_new_imagery(cfg)}
+write_scene(tmp / "inbox" / "s3.tif", 64, 64, seed=3)
+runs["fourth"] = infer_new_imagery(cfg)
+newer = cfg.model_copy(update={"model": make_bundle(tmp / "m2.pt", seed=2)})
+runs["new_model"] = infer_new_imagery(newer)
+one = InferConfig(scene=tmp / "inbox" / "s0.tif", out=tmp / "one" / "fields.gpkg", model=cfg.model,
+                  device="cpu")
+runs["one"] = infer_scene(one)
+print("RESULT " + json.dumps(runs))
 """
+
+
+def mapped(run: dict) -> list[str]:
+    return sorted(Path(r["scene"]).name for r in run["results"] if r["status"] == "mapped")
 
 
 @pytest.mark.slow
 def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
-    import json
+    import pyogrio
 
     from rs_seg.config import IncomingConfig
     from tests.test_inference import make_bundle
 
-    for i in range(2):
+    for i in range(3):
         write_scene(tmp_path / "inbox" / f"s{i}.tif", 64, 64, seed=i)
     (tmp_path / "inbox" / "bad.tif").write_text("not a raster")
     cfg = IncomingConfig(
-        incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-        model=make_bundle(tmp_path / "m.pt"), device="cpu",
+        incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", merged=tmp_path / "all.gpkg",
+        model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0,
     )  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-c", NEW_IMAGERY_SCRIPT, cfg.model_dump_json(),
-         str(tmp_path / "inbox" / "s0.tif"), str(tmp_path / "one" / "fields.gpkg")],
+        [sys.executable, "-c", NEW_IMAGERY_SCRIPT, str(tmp_path), cfg.model_dump_json()],
         env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
+        timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert (result["first"]["mapped"], result["first"]["failed"]) == (2, 1)
-    assert (result["second"]["mapped"], result["second"]["skipped"]) == (0, 2)
-    assert result["second"]["failed"] == 1, "the bad scene is retried (and fails again)"
-    assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 2
-    assert result["one"]["fields"] == str(tmp_path / "one" / "fields.gpkg")
-    assert (tmp_path / "one" / "fields.gpkg").is_file()
+    runs = json.loads(done.stdout.split("RESULT ", 1)[1])
+    first, second, fourth, new_model = (runs[k] for k in ("first", "second", "fourth", "new_model"))
+    assert mapped(first) == ["s0.tif", "s1.tif", "s2.tif"] and first["failed"] == 1
+    (bad,) = [r for r in first["results"] if r["status"] == "failed"]
+    assert bad["scene"].endswith("bad.tif") and "bad.tif" in bad["error"]
+    assert (second["mapped"], second["skipped"]) == (0, 3), "nothing new: nothing mapped"
+    assert second["failed"] == 1, "the corrupt scene is retried every run, and fails alone"
+    assert mapped(fourth) == ["s3.tif"] and fourth["skipped"] == 3
+    assert mapped(new_model) == ["s0.tif", "s1.tif", "s2.tif", "s3.tif"], "a new model maps all"
+    assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 8, "4 scenes x 2 models"
+    per_scene = sum(r["polygons"] for r in new_model["results"] if r["status"] == "mapped")
+    assert new_model["merged"]["scenes"] == 4 and new_model["merged"]["fields"] == per_scene
+    assert pyogrio.read_info(tmp_path / "all.gpkg", layer="fields")["features"] == per_scene
+    assert runs["one"]["fields"] == str(tmp_path / "one" / "fields.gpkg")
     assert (tmp_path / "one" / "fields_prob.tif").is_file()
 
 
@@ -220,3 +239,37 @@ flows_module.map_scene_task = flows_module.map_scene_task.with_options(retry_del
 result = flows_module.infer_new_imagery(IncomingConfig.model_validate_json(sys.argv[1]))
 print("RESULT " + json.dumps({"mapped": result["mapped"], "calls": len(calls)}))
 """
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "flows.infer_scene", "{config}"],
+        ["-m", "flows.prepare_chips", "{config}"],
+        ["flows/train_cropland.py", "--config", "{config}"],
+        ["-m", "flows.demo", "--out", "{out}"],
+    ],
+)
+def test_a_prefect_server_that_is_down_is_one_line_and_touches_nothing(tmp_path, command) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"incoming: {{incoming: {tmp_path / 'inbox'}, out_dir: {tmp_path / 'out'}}}\n"
+    )
+    before = sorted(tmp_path.rglob("*"))
+    args = [a.format(config=config, out=tmp_path / "demo") for a in command]
+    env = ephemeral_prefect_env(tmp_path) | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    done = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        f"error: no Prefect server answers at http://127.0.0.1:{port}/api (connection refused): "
+        "start one with `make serve` or `prefect server start`, or unset PREFECT_API_URL to run "
+        "flows without a server"
+    ]
+    assert sorted(p for p in tmp_path.rglob("*") if "prefect-home" not in p.parts) == before
