@@ -24,7 +24,7 @@ from typing import Any
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.infer_scene import infer_new_imagery
-from flows.server import require_api
+from flows.server import run_command
 from flows.train_cropland import load_configs, synthetic_inputs, train_cropland
 from rs_seg.config import IncomingConfig, SynthConfig, build_config
 from rs_seg.errors import RsSegError
@@ -115,13 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     parser.add_argument("--out", type=Path, default=Path("data/demo"))
     args = parser.parse_args(argv)
-    try:
-        require_api()
+
+    def run() -> None:
         run_demo(args.config, args.out)
-    except RsSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

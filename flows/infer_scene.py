@@ -24,9 +24,8 @@ from prefect.futures import as_completed
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
-from flows.server import require_api
+from flows.server import run_command
 from rs_seg.config import InferConfig, build_config
-from rs_seg.errors import RsSegError
 from rs_seg.incoming import (
     IncomingConfig,
     SceneJob,
@@ -196,19 +195,21 @@ def _markdown(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.infer_scene [CONFIG]``: one infer-new-imagery run, its counts as JSON."""
+    """``python -m flows.infer_scene [CONFIG]``: one infer-new-imagery run, its counts as JSON.
+
+    Exit code 1 when a scene failed (the next run retries it), 2 for bad input.
+    """
     args = sys.argv[1:] if argv is None else argv
-    try:
-        require_api()  # a configured server that is down: one line, before anything is claimed
+
+    def run() -> int:
         config = build_config(IncomingConfig, "incoming", Path(args[0]) if args else None, {})
         if config.runner.address:  # fail in one line before a flow run (and its log) starts
             check_scheduler(config.runner.address, config.runner.connect_timeout)
         result = infer_new_imagery(config)
-    except RsSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
-    return 1 if result["failed"] else 0
+        print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
+        return 1 if result["failed"] else 0
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.runners import describe, retry_io_errors, task_runner
-from flows.server import require_api
+from flows.server import run_command
 from rs_seg.chips import SceneChips, SceneInput
 from rs_seg.config import PrepareConfig, RunnerConfig, build_config
-from rs_seg.errors import RsSegError
 from rs_seg.io import staged_dir
 from rs_seg.prepare import PreparePlan, chip_scene, finish, plan_prepare
 
@@ -79,13 +78,12 @@ def _markdown(summary: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.prepare_chips [CONFIG]``: one prepare-chips run."""
     args = sys.argv[1:] if argv is None else argv
-    try:
-        require_api()
-        prepare_chips(build_config(PrepareConfig, "prepare", Path(args[0]) if args else None, {}))
-    except RsSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    def run() -> None:
+        config_file = Path(args[0]) if args else None
+        prepare_chips(build_config(PrepareConfig, "prepare", config_file, {}))
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

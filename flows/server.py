@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +119,20 @@ def require_api(api_url: str | None = None) -> None:
     reason = api_problem(api_url)
     if reason is not None:
         raise RsSegError(unreachable_message(api_url, reason))
+
+
+def run_command(action: Callable[[], int | None]) -> int:
+    """Run a flow entry point after checking the configured server; the exit code.
+
+    An RsSegError becomes one ``error:`` line and exit code 2 (no traceback); otherwise the code is
+    the action's (0 for None).
+    """
+    try:
+        require_api()
+        return action() or 0
+    except RsSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -34,9 +34,8 @@ from prefect.cache_policies import NO_CACHE
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetrics are imported
 from flows.runners import retry_io_errors
-from flows.server import require_api
+from flows.server import run_command
 from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config, read_yaml
-from rs_seg.errors import RsSegError
 from rs_seg.evaluation import EvaluationOutcome, evaluate_run
 from rs_seg.index import SUMMARY_FILE
 from rs_seg.prepare import chips_up_to_date
@@ -284,20 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better")
     parser.add_argument("--resume", action="store_true", help="continue train.out")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         if is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
             train_model(TrainConfig.model_validate_json(os.environ[_DDP_CONFIG_ENV]), args.resume)
-            return 0
-        require_api()
+            return
         train, prepare, synth = load_configs(args.config)
         result = train_cropland(
             train, prepare, args.models_dir, args.promote, args.resume, synth=synth
         )
-    except RsSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+        print(json.dumps(result, indent=2))
+
+    return run_command(run)
 
 
 if __name__ == "__main__":
