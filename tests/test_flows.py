@@ -273,3 +273,44 @@ def test_a_prefect_server_that_is_down_is_one_line_and_touches_nothing(tmp_path,
         "flows without a server"
     ]
     assert sorted(p for p in tmp_path.rglob("*") if "prefect-home" not in p.parts) == before
+
+
+OVERLAP_SCRIPT = """
+import json, sys
+from rs_seg.config import IncomingConfig
+from flows.infer_scene import infer_new_imagery
+result = infer_new_imagery(IncomingConfig.model_validate_json(sys.argv[1]))
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_two_overlapping_flow_runs_map_every_scene_exactly_once(tmp_path) -> None:
+    """Two schedules firing at once (two processes, two Prefect servers, one ledger)."""
+    from rs_seg.config import IncomingConfig
+    from tests.test_inference import make_bundle
+
+    for i in range(4):
+        write_scene(tmp_path / "inbox" / f"s{i}.tif", 128, 128, seed=i)
+    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
+                         model=make_bundle(tmp_path / "m.pt"), device="cpu")  # fmt: skip
+    for k in range(2):
+        (tmp_path / f"run{k}").mkdir()
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OVERLAP_SCRIPT, cfg.model_dump_json()],
+            env=ephemeral_prefect_env(tmp_path / f"run{k}"),
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for k in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    results = [json.loads(out.split("RESULT ", 1)[1]) for out, _ in outputs]
+    mapped_names = sorted(name for r in results for name in mapped(r))
+    assert mapped_names == ["s0.tif", "s1.tif", "s2.tif", "s3.tif"], results
+    assert sum(r["skipped"] for r in results) == 4, "what one run mapped, the other skipped"
+    assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 4
