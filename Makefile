@@ -11,7 +11,7 @@ export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo serve test test-fast lint format bench bench-train bench-infer lock clean-demo
+.PHONY: demo serve test test-fast lint format bench bench-train bench-infer bench-flows lock clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-train: $(STAMP)
 ## bench-infer: scene inference against the bare model and a naive recipe (about 20 minutes)
 bench-infer: $(STAMP)
 	$(PY) benchmarks/bench_infer.py
+
+## bench-flows: infer-new-imagery flow overhead against the bare loop and on local Dask (about 10 minutes)
+bench-flows: $(STAMP)
+	$(PY) benchmarks/bench_flows.py
 
 ## lock: re-resolve the dependency set in a scratch venv and rewrite constraints.txt
 lock:

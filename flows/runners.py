@@ -38,7 +38,25 @@ def task_runner(config: RunnerConfig) -> Any:
     cluster: dict[str, Any] = {"processes": True, "threads_per_worker": 1}
     if config.workers:
         cluster["n_workers"] = config.workers
+    api_url = _ephemeral_api_url()
+    if api_url:  # workers report to the flow's temporary server instead of starting their own
+        cluster["env"] = {"PREFECT_API_URL": api_url}
     return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+def _ephemeral_api_url() -> str | None:
+    """The temporary server of a flow running without PREFECT_API_URL (None otherwise).
+
+    Without it each local Dask worker would start a Prefect server of its own on its first task
+    (about 5 s and 300 MB each; benchmarks/bench_flows.py).
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import get_current_settings
+
+    context = FlowRunContext.get()
+    if get_current_settings().api.url or context is None or context.client is None:
+        return None
+    return str(context.client.api_url)
 
 
 def describe(config: RunnerConfig) -> str:

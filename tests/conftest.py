@@ -156,9 +156,9 @@ def tiny_chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ephemeral_prefect_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a child process that runs flows on a private, temporary Prefect home
     (no server configured, so Prefect starts its ephemeral one) with the repo importable."""
-    return os.environ | {
+    # Unset, not empty: Prefect 3.8 reads an empty PREFECT_API_URL as a server when sending events.
+    return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": "",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
