@@ -18,7 +18,7 @@ from typing import Literal
 
 from rs_seg.config import IncomingConfig, InferConfig
 from rs_seg.errors import RsSegError
-from rs_seg.ledger import ANY_MODEL, Ledger, content_fingerprint
+from rs_seg.ledger import ANY_MODEL, Ledger
 
 log = logging.getLogger(__name__)
 # What a bad scene or a failed read raises; anything else is a bug and propagates.
@@ -69,13 +69,13 @@ def plan(cfg: IncomingConfig) -> list[SceneJob]:
     from rs_seg.registry import latest_bundle
 
     scenes = list_scenes(cfg.incoming)
-    Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
+    ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
     if not scenes:
         return []
     model = cfg.model or latest_bundle(cfg.models_dir)
     model_id = ModelBundle.load(model).model_id
     key = model_id if cfg.reprocess_on_model_change else ANY_MODEL
-    return [SceneJob(s, content_fingerprint(s), Path(model), model_id, key) for s in scenes]
+    return [SceneJob(s, ledger.fingerprint(s), Path(model), model_id, key) for s in scenes]
 
 
 def scene_outputs(cfg: IncomingConfig, job: SceneJob) -> Path:

@@ -40,6 +40,16 @@ CREATE TABLE IF NOT EXISTS scenes (
     PRIMARY KEY (fingerprint, model_id)
 )
 """
+# Fingerprints of files as last seen (path, size, mtime): a schedule that scans a large archive
+# every few minutes re-reads only the files that changed, not every byte of every scene.
+_FINGERPRINTS = """
+CREATE TABLE IF NOT EXISTS fingerprints (
+    path        TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL
+)
+"""
 
 
 def content_fingerprint(path: Path) -> str:
@@ -85,6 +95,7 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
                 db.execute(_SCHEMA)
+                db.execute(_FINGERPRINTS)
         except (sqlite3.Error, OSError) as exc:
             raise RsSegError(f"cannot open the ledger database ({exc})", self.path) from None
 
@@ -105,6 +116,30 @@ class Ledger:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def fingerprint(self, path: Path) -> str:
+        """:func:`content_fingerprint`, reused while the file's size and mtime are unchanged."""
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise RsSegError(f"cannot read the scene ({exc.strerror})", path) from None
+        key = str(path.resolve())
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT fingerprint FROM fingerprints WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (key, stat.st_size, stat.st_mtime_ns),
+            ).fetchone()
+        if row is not None:
+            return row[0]
+        fingerprint = content_fingerprint(path)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO fingerprints (path, size, mtime_ns, fingerprint)"
+                " VALUES (?, ?, ?, ?)",
+                (key, stat.st_size, stat.st_mtime_ns, fingerprint),
+            )
+        return fingerprint
 
     def claim(self, fingerprint: str, model_id: str, path: Path, owner: str | None = None) -> bool:
         """Take a scene for processing; False when it is done or another live run holds it."""

@@ -78,3 +78,28 @@ def test_an_unusable_ledger_path_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(RsSegError, match="cannot open the ledger database"):
         Ledger(tmp_path / "file" / "ledger.sqlite")
+
+
+def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import rs_seg.ledger as ledger_module
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"first upload")
+    reads: list[Path] = []
+    real = ledger_module.content_fingerprint
+    monkeypatch.setattr(ledger_module, "content_fingerprint",
+                        lambda p: reads.append(p) or real(p))  # fmt: skip
+    first = ledger.fingerprint(scene)
+    assert Ledger(tmp_path / "ledger.sqlite").fingerprint(scene) == first, "survives restarts"
+    assert reads == [scene], "the second scan reads no bytes"
+    scene.write_bytes(b"the upload completed")  # new size: read again
+    assert ledger.fingerprint(scene) not in (first, None) and len(reads) == 2
+    stat = scene.stat()
+    scene.write_bytes(b"THE UPLOAD COMPLETED")  # same size, new mtime: read again
+    os.utime(scene, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert ledger.fingerprint(scene) == real(scene) and len(reads) == 3
+    with pytest.raises(RsSegError, match=r"missing.tif: cannot read the scene"):
+        ledger.fingerprint(tmp_path / "missing.tif")
