@@ -26,7 +26,7 @@ import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries a
 from flows.infer_scene import infer_new_imagery
 from flows.server import run_command
 from flows.train_cropland import load_configs, synthetic_inputs, train_cropland
-from rs_seg.config import IncomingConfig, SynthConfig, build_config
+from rs_seg.config import IncomingConfig, SynthConfig
 from rs_seg.errors import RsSegError
 
 NEW_SCENES = 3
@@ -52,7 +52,7 @@ def run_demo(config: Path, out: Path) -> dict[str, Any]:
     _say(f"model {trained['model_id']}: test cropland IoU {test['cropland_iou']:.3f}, mean IoU "
          f"{test['mean_iou']:.3f}; report in {trained['run']}/report")  # fmt: skip
 
-    arrivals = _new_imagery(config, out / "arrivals")
+    arrivals = _new_imagery(synth, out / "arrivals")
     incoming = IncomingConfig(
         incoming=str(arrivals / "scenes" / "*.tif"), out_dir=out / "mapped",
         models_dir=out / "models", merged=out / "fields.gpkg", device="cpu",
@@ -67,11 +67,10 @@ def run_demo(config: Path, out: Path) -> dict[str, Any]:
     return {"train": trained, "mapped": mapped, "again": again}
 
 
-def _new_imagery(config: Path, out: Path) -> Path:
+def _new_imagery(base: SynthConfig, out: Path) -> Path:
     """Scenes that arrive after training: the demo's synth settings with unseen seeds."""
     from rs_seg.synthetic import generate_scenes
 
-    base = build_config(SynthConfig, "synth", config, {})
     arrivals = base.model_copy(
         update={"out": out, "seed": base.seed + SEED_OFFSET, "scenes": NEW_SCENES}
     )

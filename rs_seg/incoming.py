@@ -4,8 +4,10 @@ A scheduled run lists the scenes matching a folder or glob, and for each one cla
 (content fingerprint x model id) in the :mod:`rs_seg.ledger`; only a successful claim leads to
 inference, so overlapping runs share the work instead of repeating it. Each scene's outputs are
 written atomically into its own folder; a failure is recorded and retried by the next run while
-the other scenes go on. :func:`plan` and :func:`process_scene` are separate so that an
-orchestrator (the ``infer-new-imagery`` flow, a Dask task runner) can spread scenes over workers.
+the other scenes go on. :func:`process_scene` does all of it for one scene in this process; an
+orchestrator (the ``infer-new-imagery`` flow) calls its parts instead: :func:`claim` and
+:func:`record` in its own process, :func:`map_scene` on any worker (threads, a Dask cluster),
+which needs the scenes and the output folder but never the ledger.
 """
 
 from __future__ import annotations
