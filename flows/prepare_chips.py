@@ -24,7 +24,7 @@ from flows.server import run_command
 from rs_seg.chips import SceneChips, SceneInput
 from rs_seg.config import PrepareConfig, RunnerConfig, build_config
 from rs_seg.io import staged_dir
-from rs_seg.prepare import PreparePlan, chip_scene, finish, plan_prepare
+from rs_seg.prepare import CHIP_FOLDER, PreparePlan, chip_scene, finish, plan_prepare
 
 
 @task(
@@ -49,7 +49,7 @@ def prepare_chips(config: PrepareConfig, runner: RunnerConfig | None = None) -> 
     executor = task_runner(runner)
     plan = plan_prepare(config)
     print(f"{len(plan.scenes)} scenes on {describe(runner)}")
-    with staged_dir(config.out, config.overwrite) as staging:
+    with staged_dir(config.out, config.overwrite, CHIP_FOLDER) as staging:
         with executor:
             futures = executor.map(
                 chip_scene_task,

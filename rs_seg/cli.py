@@ -7,9 +7,12 @@ an interrupt leaves no partial output (the stages write to staging folders).
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -64,19 +67,42 @@ def setup_logging(verbose: bool = False) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every staging copy is removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def reports_errors(command: F) -> F:
-    """Turn :class:`RsSegError` into one ``error:`` line and exit status 2."""
+    """Turn :class:`RsSegError` into one ``error:`` line and exit status 2.
+
+    Ctrl-C (130) and SIGTERM (143) unwind like an error, so no partial output is kept; a disk
+    that fills up outside any staged output is reported in one line too.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return command(*args, **kwargs)
         except RsSegError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: no partial output was kept", err=True)
-            raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            typer.echo(f"error: {exc.filename or ''}: no space left on the device", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            typer.echo(
+                f"{'terminated' if terminated else 'interrupted'}: no partial output was kept",
+                err=True,
+            )
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper  # type: ignore[return-value]
 

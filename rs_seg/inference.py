@@ -15,13 +15,13 @@ It is written as a tiled GeoTIFF, then copied to a Cloud-Optimized GeoTIFF with 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import math
 import time
+import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
+from rs_seg.io import scratch_path
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.windows import axis_offsets, read_padded
@@ -425,7 +426,7 @@ def predict_scene(
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     predictor = WindowPredictor(bundle, resolve_device(device), tta)
-    scratch = prob_path.with_name(f".{prob_path.stem}.tiles.tif")
+    scratch = scratch_path(prob_path, "tiles")
     with rasterio.Env(**GDAL_ENV, GDAL_TIFF_INTERNAL_MASK=True), open_raster(scene, "scene") as src:
         if src.crs is None:
             raise RsSegError("scene has no CRS; field polygons need a georeferenced scene", scene)
@@ -478,9 +479,11 @@ def _tags(
     }
 
 
-def write_binary_mask(prob_path: Path, mask_path: Path, level: int, strip_rows: int = 1024) -> None:
+def write_binary_mask(
+    prob_path: Path, mask_path: Path, level: int, run_id: str = "", strip_rows: int = 1024
+) -> None:
     """A 0/1 cropland COG from the probability raster, strip by strip, nodata kept masked."""
-    scratch = mask_path.with_name(f".{mask_path.stem}.tiles.tif")
+    scratch = scratch_path(mask_path, "tiles")
     with rasterio.Env(**GDAL_ENV, GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(prob_path) as src:
         try:
             with rasterio.open(scratch, "w", **_profile(src)) as dst:
@@ -489,7 +492,10 @@ def write_binary_mask(prob_path: Path, mask_path: Path, level: int, strip_rows: 
                     prob, valid = src.read(1, window=window), src.read_masks(1, window=window)
                     dst.write(((prob >= level) & (valid > 0)).astype(np.uint8), 1, window=window)
                     dst.write_mask(valid, window=window)
-                dst.update_tags(values="1 cropland, 0 background; nodata masked", level=str(level))
+                dst.update_tags(
+                    values="1 cropland, 0 background; nodata masked", level=str(level),
+                    rs_seg_version=rs_seg.__version__, run_id=run_id,
+                )  # fmt: skip
             rasterio.shutil.copy(scratch, mask_path, **COG_OPTIONS)
         finally:
             scratch.unlink(missing_ok=True)
@@ -547,27 +553,31 @@ def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
 
 
 def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
-    """Predict a scene and vectorize it; every output appears atomically or not at all."""
-    from rs_seg.io import staged_file
+    """Predict a scene and vectorize it; the outputs appear together, complete, or not at all.
+
+    Nothing is read or computed before the outputs are known to be free or rs_seg's own, and
+    none of them is an input. The probability raster (and mask) and the fields are published as
+    one set (:func:`rs_seg.io.staged_files`, fields last), and all of them carry the same
+    ``run_id``, so a reader can tell files of one run from a mix.
+    """
+    from rs_seg.io import staged_files
     from rs_seg.vectorize import VectorizeSettings, vectorize
 
+    outputs, owned = _outputs(cfg)
+    check_infer_outputs(cfg)
     bundle = load_model(cfg.model, cfg.models_dir)
     threshold = cfg.threshold or bundle.threshold
-    outputs = [cfg.out, cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
-    _check_outputs(outputs, cfg.overwrite)
-    with contextlib.ExitStack() as stack:
-        prob = stack.enter_context(staged_file(cfg.prob_path, cfg.overwrite))
-        fields = stack.enter_context(staged_file(cfg.out, cfg.overwrite))
-        mask = (
-            stack.enter_context(staged_file(cfg.mask_out, cfg.overwrite)) if cfg.mask_out else None
-        )
+    run_id = uuid.uuid4().hex[:12]
+    with staged_files(outputs, cfg.overwrite, owned) as staged:
+        prob, fields = staged[0], staged[-1]
+        mask = staged[1] if cfg.mask_out else None
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
-            tags={"threshold_used": f"{threshold:.6f}"},
+            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id},
         )  # fmt: skip
         if mask is not None:
-            write_binary_mask(prob, mask, threshold_to_level(threshold))
+            write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
         pixel = predicted.pixel_size
         settings = VectorizeSettings(
             threshold=threshold,
@@ -581,6 +591,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
             "scene": str(cfg.scene),
             "probability_raster": str(cfg.prob_path),
             "source": cfg.prob_path.name,
+            "run_id": run_id,
             **predicted.compatibility.metadata(),
         }
         vectorized = vectorize(
@@ -599,11 +610,21 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     )
 
 
-def _check_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Refuse before any work: an output that exists (without --overwrite) or a shared path."""
-    from rs_seg.io import check_output_free
+def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]]:
+    """Outputs in publication order (fields last) with the recognizer of each one's owner."""
+    from rs_seg.io import fields_written_by_rs_seg, raster_written_by_rs_seg
 
-    if len({Path(p).resolve() for p in paths}) < len(paths):
-        raise RsSegError("two outputs share one path; choose different --prob-out / --mask-out")
-    for path in paths:
-        check_output_free(Path(path), overwrite)
+    rasters = [cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
+    outputs = [Path(p) for p in [*rasters, cfg.out]]
+    return outputs, [raster_written_by_rs_seg] * len(rasters) + [fields_written_by_rs_seg]
+
+
+def check_infer_outputs(cfg: InferConfig) -> None:
+    """Refuse before any work: outputs that collide, replace an input, or are not rs_seg's own."""
+    from rs_seg.io import check_distinct, check_file_output, check_not_inputs
+
+    outputs, owned = _outputs(cfg)
+    check_distinct(outputs)
+    check_not_inputs(outputs, [cfg.scene, cfg.model])
+    for path, recognizer in zip(outputs, owned, strict=True):
+        check_file_output(path, cfg.overwrite, recognizer)

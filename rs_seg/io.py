@@ -1,33 +1,115 @@
-"""Output safety: never overwrite without consent, never leave anything half-written.
+"""Output safety: rs_seg replaces only what it wrote, and publishes only complete results.
 
-Every stage writes into a hidden staging folder (or file) next to the final path and renames it into
-place only when the work has finished. An error or an interrupt removes the staging copy, so the
-user finds either the complete new output, the untouched old one, or nothing.
+Three rules, each enforced here so every command gets them from one place:
+
+* **Ownership.** An existing output is replaced only with ``--overwrite`` and only when rs_seg
+  recognizes it as its own: a folder must hold the marker file of the command that writes it and
+  nothing but the names that command writes (:class:`FolderKind`); a file must carry rs_seg's
+  metadata (the ``owned`` recognizers). An output may never be, or contain, an input of the same
+  command (:func:`check_not_inputs`), and a folder output may not be the working folder or one
+  above it.
+* **Build beside, publish at once.** Work goes into a hidden staging sibling
+  (``.<stem>.partial-<host>-<pid>-<random><suffix>``, same folder so the final rename stays on one
+  file system). A file is published with one :func:`os.replace`; a folder with one atomic
+  exchange of the two directory entries (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader sees
+  the old folder or the new one, never neither. Several files that belong together (fields and
+  their probability raster) are published under a journal that the next run completes if the
+  process dies half-way (:func:`staged_files`).
+* **Leftovers are cleaned up.** The staging name records host and process id, so the next run on
+  the same output removes what a killed run (SIGKILL, power loss) left behind, and never touches
+  the staging of a run that is still alive (:func:`remove_leftovers`).
+
+A failure inside the ``with`` block removes the staging copy; a full disk becomes one line naming
+the final output. ``RS_SEG_KILL_AT=<step>`` makes the process SIGKILL itself at a named
+publication step: the fault-injection tests use it to prove the rules above.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fnmatch
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import signal
+import socket
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rs_seg.errors import RsSegError
 
+log = logging.getLogger(__name__)
 
-def check_output_free(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless the user asked for it."""
-    if path.exists() and not overwrite:
-        raise RsSegError("output already exists; pass --overwrite to replace it", path)
+HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+KILL_AT_ENV = "RS_SEG_KILL_AT"
+_LEFTOVER = re.compile(
+    r"^\.(?P<stem>.+?)\.(?P<tag>partial|replaced)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{6}"
+    r"(?P<tail>.*)$"
+)
+# Staging names of rs_seg before 0.2 carried no process id: removed once they are an hour old.
+_LEGACY_LEFTOVER = re.compile(r"^\.{1,2}(?P<stem>.+?)\.partial-[0-9a-f]{8}(?P<tail>.*)$")
+_LEGACY_AGE_S = 3600.0
+_JOURNAL = re.compile(r"^\.(?P<name>.+)\.publish-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.json$")
+_DISK_FULL_TEXT = ("no space left", "disk is full", "disk quota", "database or disk is full")
+_LOW_SPACE_BYTES = 1 << 20  # after a failed write, less than this free means the disk filled up
+
+Owned = Callable[[Path], bool]
 
 
-def _staging_name(path: Path) -> Path:
-    """A hidden sibling that keeps the suffix, so GDAL still picks the driver by extension."""
-    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+def fault_point(step: str) -> None:
+    """Test hook: SIGKILL this process when ``RS_SEG_KILL_AT`` names ``step``.
+
+    Steps: ``staged`` (work complete, nothing published), ``journal`` (a file set's journal
+    written), ``replaced-<n>`` (n files of a set published), ``swapped`` (a folder exchanged, the
+    old one not yet removed), ``published``.
+    """
+    if os.environ.get(KILL_AT_ENV) == step:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- names of staging copies and their leftovers -------------------------------------------------
+
+
+def staging_path(final: Path, tag: str = "partial") -> Path:
+    """A hidden sibling that keeps the suffix (GDAL picks drivers by extension) and its owner."""
+    final = Path(final)
+    owner = f"{HOST_ID}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return final.with_name(f".{final.stem}.{tag}-{owner}{final.suffix}")
+
+
+def scratch_path(staging: Path, label: str) -> Path:
+    """A helper file of one staging copy (e.g. tiles before the COG copy); same leftover rules."""
+    stem = staging.stem if staging.name.startswith(".") else f".{staging.stem}"
+    return staging.with_name(f"{stem}.{label}{staging.suffix}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host runs with ``pid`` (zombies count as gone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    return True
 
 
 def _remove(path: Path) -> None:
@@ -38,62 +120,429 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _check_writable_parent(path: Path) -> None:
-    parent = path.parent
+def _dead_owner(host: str, pid: str) -> bool:
+    return host == HOST_ID and not process_alive(int(pid))
+
+
+def remove_leftovers(final: Path) -> int:
+    """Remove staging copies of ``final`` left by dead runs of this host; returns how many.
+
+    First completes any file-set publication a dead run left half-done in the folder (its staged
+    files are complete and listed in a journal). A staging copy whose process still runs, or that
+    another host made, is left alone. The old output a fallback publication had moved aside
+    (``.replaced-``) is put back when the new one never arrived.
+    """
+    final = Path(final)
+    parent = final.parent
+    if not parent.is_dir():
+        return 0
+    complete_interrupted_publications(parent)
+    removed = 0
+    now = time.time()
+    for entry in parent.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match and match["stem"] == final.stem and _dead_owner(match["host"], match["pid"]):
+            original = parent / f"{match['stem']}{match['tail']}"
+            if match["tag"] == "replaced" and not os.path.lexists(original):
+                entry.rename(original)
+                log.warning("%s: restored the previous output a killed run had moved aside", final)
+                continue
+            _remove(entry)
+            removed += 1
+            continue
+        legacy = _LEGACY_LEFTOVER.match(entry.name)
+        if legacy and legacy["stem"] == final.stem and not match:
+            with contextlib.suppress(OSError):
+                if now - entry.lstat().st_mtime > _LEGACY_AGE_S:
+                    _remove(entry)
+                    removed += 1
+    if removed:
+        log.info("%s: removed %d leftover staging copies of interrupted runs", final, removed)
+    return removed
+
+
+# --- ownership -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What one command writes into its output folder, so ``--overwrite`` knows its own folders.
+
+    Attributes:
+        command: How the user calls the command, for messages (``rs-seg prepare``).
+        marker: A file only this command writes into the folder (``summary.json``).
+        names: ``fnmatch`` patterns of every top-level entry the command writes.
+    """
+
+    command: str
+    marker: str
+    names: tuple[str, ...]
+
+    def owns(self, name: str) -> bool:
+        """Whether a top-level entry is one this command writes."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.names)
+
+
+def refuse_working_folder(path: Path) -> None:
+    """A folder output is replaced as a whole: never the working folder or one of its parents."""
+    resolved = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise RsSegError(
+            "is the working folder or one above it; an output folder is replaced as a whole, so "
+            "name a new subfolder (e.g. ./out)",
+            path,
+        )
+
+
+def check_folder_output(path: Path, overwrite: bool, kind: FolderKind) -> None:
+    """Refuse before any work: an existing folder without ``--overwrite``, or one not ours.
+
+    An empty folder is used as if it did not exist. With ``--overwrite`` every entry must be a
+    name ``kind`` writes and its marker must be there; the first foreign entry is named.
+    """
+    path = Path(path)
+    refuse_working_folder(path)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise RsSegError(f"exists and is not a folder; {kind.command} writes a folder here", path)
+    entries = sorted(entry.name for entry in path.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise RsSegError("output already exists; pass --overwrite to replace it", path)
+    foreign = next((name for name in entries if not kind.owns(name)), None)
+    if foreign is not None:
+        raise RsSegError(
+            f"holds {foreign!r}, which {kind.command} did not write; --overwrite replaces only a "
+            f"folder {kind.command} wrote, so choose a new or empty folder",
+            path,
+        )
+    if kind.marker not in entries:
+        raise RsSegError(
+            f"has no {kind.marker}, so it is not a folder {kind.command} wrote; choose a new or "
+            "empty folder",
+            path,
+        )
+
+
+def check_file_output(path: Path, overwrite: bool, owned: Owned | None = None) -> None:
+    """Refuse before any work: an existing file without ``--overwrite``, or one not rs_seg's.
+
+    ``owned`` recognizes rs_seg's own files by their content (metadata); None means the caller
+    writes the path inside a folder it owns.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise RsSegError("is a folder; give a file name for this output", path)
+    if not overwrite:
+        raise RsSegError("output already exists; pass --overwrite to replace it", path)
+    if owned is not None and not owned(path):
+        raise RsSegError(
+            "was not written by rs-seg; --overwrite replaces only rs-seg's own outputs, so "
+            "choose another name",
+            path,
+        )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_not_inputs(outputs: Sequence[Path | None], inputs: Sequence[Path | None]) -> None:
+    """Refuse (with or without ``--overwrite``) an output that is, or holds, an input."""
+    for output in (Path(o) for o in outputs if o is not None):
+        resolved = output.resolve()
+        for source in (Path(i) for i in inputs if i is not None):
+            same = _inside(source.resolve(), resolved)
+            with contextlib.suppress(OSError):
+                same = same or (output.is_file() and output.samefile(source))
+            if same:
+                raise RsSegError(
+                    f"is (or holds) the input {source}; an output never replaces an input, so "
+                    "choose another path",
+                    output,
+                )
+
+
+def check_distinct(paths: Sequence[Path]) -> None:
+    """Refuse two outputs of one command on the same path."""
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise RsSegError("two outputs share one path; choose different output names")
+
+
+def raster_written_by_rs_seg(path: Path) -> bool:
+    """A GeoTIFF rs_seg wrote: its tags carry rs_seg's provenance."""
+    import rasterio
+
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path) as src:
+            tags = src.tags()
+    except Exception:
+        return False
+    return "rs_seg_version" in tags or {"model_id", "threshold"} <= tags.keys()
+
+
+FIELD_COLUMNS = frozenset({"field_id", "area_ha", "mean_prob", "model_id"})
+
+
+def fields_written_by_rs_seg(path: Path) -> bool:
+    """A field layer rs_seg wrote: one ``fields`` layer (plus its style) with rs_seg's columns."""
+    import pyogrio
+
+    try:
+        layers = {str(name) for name in pyogrio.list_layers(path)[:, 0]}
+        columns = set(pyogrio.read_info(path, layer="fields")["fields"])
+    except Exception:
+        return False
+    return layers <= {"fields", "layer_styles"} and columns >= FIELD_COLUMNS
+
+
+# --- staging and publication ---------------------------------------------------------------------
+
+
+def _make_parents(final: Path) -> list[Path]:
+    """Create the missing parent folders of ``final``; returns those created, deepest first."""
+    created = []
+    folder = final.parent
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RsSegError(f"cannot create the output folder ({exc.strerror})", parent) from None
-    if not os.access(parent, os.W_OK):
-        raise RsSegError("output folder is not writable", parent)
+        raise RsSegError(
+            f"cannot create the output folder ({exc.strerror})", final.parent
+        ) from None
+    if not os.access(final.parent, os.W_OK):
+        raise RsSegError("output folder is not writable", final.parent)
+    return created
 
 
-def _publish(staging: Path, final: Path) -> None:
-    """Move the finished staging copy into place, replacing an old output only at the very end."""
-    if final.exists():
-        backup = _staging_name(final)
-        final.rename(backup)
-        try:
-            staging.rename(final)
-        except BaseException:
-            backup.rename(final)
-            raise
-        _remove(backup)
-    else:
-        staging.rename(final)
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(text in str(exc).lower() for text in _DISK_FULL_TEXT):
+        return True
+    try:
+        return isinstance(exc, Exception) and shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
-def _staged(final: Path, overwrite: bool, folder: bool) -> Iterator[Path]:
-    final = Path(final)
-    check_output_free(final, overwrite)
-    _check_writable_parent(final)
-    staging = _staging_name(final)
-    if folder:
-        staging.mkdir()
+def _cleaned_up_on_failure(
+    staging: Sequence[Path], final: Path, created: list[Path]
+) -> Iterator[None]:
+    """Remove staging copies (and parents this run created) when the block fails.
+
+    A full disk is reported as one line naming the final output, never the hidden staging name.
+    """
     try:
-        yield staging
-    except BaseException:
-        _remove(staging)
+        yield
+    except BaseException as exc:
+        full = not isinstance(exc, RsSegError | KeyboardInterrupt) and _is_disk_full(
+            exc, final.parent
+        )
+        for path in staging:
+            _remove(path)
+            _remove(scratch_path(path, "tiles"))
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if full:
+            raise RsSegError(
+                "no space left on the device while writing this output; nothing was written or "
+                "replaced: free some space or choose another folder",
+                final,
+            ) from None
         raise
-    if not staging.exists():
-        raise RuntimeError(f"{staging}: nothing was written")
-    _publish(staging, final)
 
 
-def staged_dir(final: Path, overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
-    """An empty staging folder that becomes ``final`` when the ``with`` block completes."""
-    return _staged(final, overwrite, folder=True)
+def _check_free(final: Path, overwrite: bool) -> None:
+    if os.path.lexists(final) and not overwrite:
+        raise RsSegError("output already exists; pass --overwrite to replace it", final)
 
 
-def staged_file(final: Path, overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
-    """A temporary path (same folder and suffix) that becomes ``final`` on success."""
-    return _staged(final, overwrite, folder=False)
+@contextlib.contextmanager
+def staged_dir(
+    final: Path, overwrite: bool = False, kind: FolderKind | None = None
+) -> Iterator[Path]:
+    """An empty staging folder that replaces ``final`` in one step when the block completes.
+
+    ``kind`` says what may be replaced (:func:`check_folder_output`), checked before the work and
+    again just before publication (a file the user added meanwhile is not deleted). Without a
+    kind the caller vouches that ``final`` lies inside a folder it owns.
+    """
+    final = Path(final)
+    _check_folder(final, overwrite, kind)
+    created = _make_parents(final)
+    remove_leftovers(final)
+    staging = staging_path(final)
+    staging.mkdir()
+    with _cleaned_up_on_failure([staging], final, created):
+        yield staging
+        fault_point("staged")
+        _check_folder(final, overwrite, kind)
+        publish_dir(staging, final)
+        fault_point("published")
+
+
+def _check_folder(final: Path, overwrite: bool, kind: FolderKind | None) -> None:
+    if kind is not None:
+        check_folder_output(final, overwrite, kind)
+    else:
+        _check_free(final, overwrite)
+
+
+@contextlib.contextmanager
+def staged_file(final: Path, overwrite: bool = False, owned: Owned | None = None) -> Iterator[Path]:
+    """A staging path (same folder and suffix) that replaces ``final`` with one os.replace."""
+    with staged_files([final], overwrite, [owned]) as (staging,):
+        yield staging
+
+
+@contextlib.contextmanager
+def staged_files(
+    finals: Sequence[Path], overwrite: bool = False, owned: Sequence[Owned | None] | None = None
+) -> Iterator[list[Path]]:
+    """Staging paths for files that belong together, published together when the block completes.
+
+    Each file appears with one os.replace, the last one (the primary output, e.g. the fields)
+    last. For two or more files a journal listing every staged file is written first, beside each
+    output, so that a run killed between two replacements is completed by the next run on any of
+    these outputs (:func:`complete_interrupted_publications`) instead of leaving old and new mixed.
+    """
+    finals = [Path(f) for f in finals]
+    owned = list(owned) if owned is not None else [None] * len(finals)
+    check_distinct(finals)
+    for final, recognizer in zip(finals, owned, strict=True):
+        check_file_output(final, overwrite, recognizer)
+    created = [folder for final in finals for folder in _make_parents(final)]
+    for final in finals:
+        remove_leftovers(final)
+    stagings = [staging_path(final) for final in finals]
+    with _cleaned_up_on_failure(stagings, finals[-1], created):
+        yield stagings
+        for staging in stagings:
+            if not staging.exists():
+                raise RuntimeError(f"{staging}: nothing was written")
+        fault_point("staged")
+        for final, recognizer in zip(finals, owned, strict=True):
+            check_file_output(final, overwrite, recognizer)
+        _publish_files(list(zip(stagings, finals, strict=True)))
+        fault_point("published")
+
+
+def _publish_files(pairs: list[tuple[Path, Path]]) -> None:
+    journals: list[Path] = []
+    if len(pairs) > 1:
+        primary = pairs[-1][1]
+        name = f".{primary.name}.publish-{HOST_ID}-{os.getpid()}.json"
+        journals = sorted({final.parent / name for _, final in pairs})
+        document = {
+            "pairs": [[str(s.resolve()), str(f.resolve())] for s, f in pairs],
+            "journals": [str(j.resolve()) for j in journals],
+        }
+        for journal in journals:
+            write_json(journal, document)
+        fault_point("journal")
+    for number, (staging, final) in enumerate(pairs, start=1):
+        staging.replace(final)
+        if len(pairs) > 1:
+            fault_point(f"replaced-{number}")
+    for journal in journals:
+        journal.unlink(missing_ok=True)
+
+
+def complete_interrupted_publications(folder: Path) -> int:
+    """Finish file-set publications that dead runs left half-done in ``folder``.
+
+    Their staged files were complete when the journal was written, so rolling forward gives the
+    consistent new set. Returns the number of journals completed.
+    """
+    done = 0
+    for entry in Path(folder).glob(".*.publish-*.json"):
+        match = _JOURNAL.match(entry.name)
+        if not match or not _dead_owner(match["host"], match["pid"]):
+            continue
+        try:
+            document = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            entry.unlink(missing_ok=True)
+            continue
+        for staging, final in document.get("pairs", []):
+            if Path(staging).exists():
+                Path(staging).replace(final)
+        for journal in document.get("journals", [str(entry)]):
+            Path(journal).unlink(missing_ok=True)
+        log.warning("completed the publication of %s that a killed run left half-done",
+                    match["name"])  # fmt: skip
+        done += 1
+    return done
+
+
+def _libc_exchange() -> Callable[[Path, Path], bool] | None:
+    """``renameat2(RENAME_EXCHANGE)`` on Linux (glibc 2.28+); None where it does not exist."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    at_fdcwd, rename_exchange = -100, 2
+
+    def exchange(a: Path, b: Path) -> bool:
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False  # the file system cannot exchange: fall back to two renames
+        raise OSError(code, os.strerror(code), str(b))
+
+    return exchange
+
+
+_EXCHANGE = _libc_exchange()
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Put a finished staging folder at ``final``, replacing an old one in one atomic step.
+
+    Where the file system cannot exchange two entries, the old folder is renamed aside first; a
+    kill between the two renames is repaired by the next run (:func:`remove_leftovers` puts the
+    old folder back).
+    """
+    if not os.path.lexists(final):
+        staging.rename(final)
+        return
+    if _EXCHANGE is not None and _EXCHANGE(staging, final):
+        fault_point("swapped")
+        _remove(staging)  # now the old output
+        return
+    aside = staging_path(final, "replaced")
+    final.rename(aside)
+    fault_point("swapped")
+    staging.rename(final)
+    _remove(aside)
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary sibling, then rename: readers never see half a file."""
+    """Write JSON to a staging sibling, then os.replace: readers never see half a file."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    temporary.replace(path)
+    temporary = staging_path(path)
+    try:
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def check_output_free(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless the user asked for it (ownership aside)."""
+    _check_free(Path(path), overwrite)

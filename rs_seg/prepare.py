@@ -33,8 +33,15 @@ from rs_seg.chips import (
 )
 from rs_seg.config import PrepareConfig
 from rs_seg.errors import RsSegError
-from rs_seg.index import PrepareSummary, build_index, write_outputs
-from rs_seg.io import check_output_free, staged_dir
+from rs_seg.index import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    SUMMARY_FILE,
+    PrepareSummary,
+    build_index,
+    write_outputs,
+)
+from rs_seg.io import FolderKind, check_folder_output, check_not_inputs, staged_dir
 from rs_seg.labels import VectorLayer, is_vector_path
 from rs_seg.rasters import RasterInfo
 from rs_seg.split import SceneLayout, assign_splits
@@ -42,6 +49,10 @@ from rs_seg.windows import axis_offsets
 
 log = logging.getLogger(__name__)
 _WILDCARD = re.compile(r"[*?\[]")
+CHIP_FOLDER = FolderKind(
+    "rs-seg prepare", SUMMARY_FILE, ("images", "masks", INDEX_FILE, SUMMARY_FILE, CONFIG_FILE)
+)
+"""What ``rs-seg prepare`` writes: ``--overwrite`` replaces such a folder and nothing else."""
 
 
 def expand_paths(patterns: list[str], role: str = "scene") -> list[Path]:
@@ -198,10 +209,17 @@ def _check_vector_overlap(labels: VectorLabels, infos: dict[str, RasterInfo]) ->
         )
 
 
+def _input_paths(cfg: PrepareConfig, scenes: list[SceneInput]) -> list[Path]:
+    """Every file or folder the run reads: none of them may lie in the output folder."""
+    paths = [s.image for s in scenes] + [s.mask for s in scenes if s.mask is not None]
+    return paths + [Path(p) for p in (cfg.labels, cfg.aoi, cfg.chips_dir) if p is not None]
+
+
 def plan_prepare(cfg: PrepareConfig) -> PreparePlan:
     """Resolve and check all inputs; raises :class:`RsSegError` before anything is written."""
-    check_output_free(cfg.out, cfg.overwrite)
     scenes = _scene_inputs(cfg)
+    check_not_inputs([cfg.out], _input_paths(cfg, scenes))
+    check_folder_output(cfg.out, cfg.overwrite, CHIP_FOLDER)
     infos = {s.name: RasterInfo.read(s.image, "scene") for s in scenes}
     _check_bands(infos)
     labels = _label_source(cfg)
@@ -260,7 +278,7 @@ def prepare(cfg: PrepareConfig, progress: bool = False) -> PrepareSummary:
     """Run chip preparation end to end; the output appears only when everything succeeded."""
     plan = plan_prepare(cfg)
     with (
-        staged_dir(cfg.out, cfg.overwrite) as staging,
+        staged_dir(cfg.out, cfg.overwrite, CHIP_FOLDER) as staging,
         tqdm(total=plan.total_windows, unit="chip", disable=not progress, desc="chips") as bar,
     ):
         results = [chip_scene(plan, scene, staging, bar.update) for scene in plan.scenes]
@@ -280,8 +298,6 @@ def chips_up_to_date(cfg: PrepareConfig) -> tuple[bool, str]:
         ``(True, "up to date")`` or ``(False, reason)`` with a short human-readable reason.
     """
     import json
-
-    from rs_seg.index import INDEX_FILE, SUMMARY_FILE
 
     def differences(old: object, new: object, prefix: str = "") -> list[str]:
         if isinstance(old, dict) and isinstance(new, dict):

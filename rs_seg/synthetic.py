@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from rs_seg.config import SynthConfig
 from rs_seg.errors import RsSegError
-from rs_seg.io import staged_dir
+from rs_seg.io import FolderKind, check_folder_output, staged_dir
 
 __all__ = [
     "LandCover",
@@ -98,6 +98,9 @@ UTM_MAX_EASTING = 1_000_000.0
 SWATH_MIN, SWATH_MAX = 0.02, 0.06  # nodata swath width at the top/bottom, as a fraction of size
 
 LABELS_FILE = "fields.gpkg"
+SUMMARY_FILE = "summary.json"
+SYNTH_FOLDER = FolderKind("rs-seg synth", SUMMARY_FILE, ("scenes", LABELS_FILE, SUMMARY_FILE))
+"""What ``rs-seg synth`` writes: ``--overwrite`` replaces such a folder and nothing else."""
 LABEL_LAYER = "fields"
 LABEL_CRS = "EPSG:4326"
 
@@ -1296,13 +1299,14 @@ def generate_scenes(cfg: SynthConfig, progress: bool = False) -> SynthResult:
     Output appears atomically (staged folder renamed into place); an existing output is refused
     unless ``cfg.overwrite``. ``progress`` shows a bar over all strips of all scenes.
     """
+    out = Path(cfg.out)
+    check_folder_output(out, cfg.overwrite, SYNTH_FOLDER)  # before minutes of landscape work
     landscape = _landscape(cfg)
     specs = _layout(cfg, landscape)
-    out = Path(cfg.out)
     strips = len(specs) * math.ceil(cfg.size / STRIP_ROWS)
     entries: list[dict[str, Any]] = []
     with (
-        staged_dir(out, cfg.overwrite) as staging,
+        staged_dir(out, cfg.overwrite, SYNTH_FOLDER) as staging,
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
         tqdm(total=strips, unit="strip", desc="synth", disable=not progress) as bar,
     ):
@@ -1312,9 +1316,9 @@ def generate_scenes(cfg: SynthConfig, progress: bool = False) -> SynthResult:
             path = staging / "scenes" / f"{spec.scene_id}.tif"
             entries.append(_write_scene(landscape, spec, path, labels, bar.update))
         labels.flush()
-        _write_summary(staging / "summary.json", cfg, entries)
+        _write_summary(staging / SUMMARY_FILE, cfg, entries)
     return SynthResult(
         scenes=[out / "scenes" / f"{spec.scene_id}.tif" for spec in specs],
         labels=out / LABELS_FILE,
-        summary=out / "summary.json",
+        summary=out / SUMMARY_FILE,
     )

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
+
+from rs_seg.errors import RsSegError
+from rs_seg.rasters import gdal_message
 
 
 def axis_offsets(length: int, size: int, stride: int) -> list[int]:
@@ -120,7 +124,8 @@ def read_padded(
     Returns ``(image, valid, inside)``: image is (bands, h, w); ``valid`` marks pixels that are
     inside the raster and not nodata (GDAL's dataset mask, plus NaN for float rasters); ``inside``
     marks pixels within the raster bounds. Reading only the inner part is faster than a boundless
-    read through a VRT and keeps the memory to one window.
+    read through a VRT and keeps the memory to one window. A file that cannot be decoded
+    (truncated, half-copied) raises :class:`RsSegError` naming it.
     """
     bands = indexes or list(range(1, src.count + 1))
     height, width = int(window.height), int(window.width)
@@ -132,8 +137,14 @@ def read_padded(
 
     if inner.width == 0 or inner.height == 0:  # the window lies wholly outside the raster
         return blank()
-    data = src.read(bands, window=inner)
-    valid = valid_pixels(src, data, inner)
+    try:
+        data = src.read(bands, window=inner)
+        valid = valid_pixels(src, data, inner)
+    except RasterioIOError as exc:  # a truncated or corrupt file: the user's to fix, one line
+        raise RsSegError(
+            f"cannot read pixels, the file looks truncated or corrupt ({gdal_message(exc)})",
+            src.name,
+        ) from None
     data = _finite(data, valid, fill)
     if inner.width == width and inner.height == height:  # the usual case: no padding needed
         return data, valid, np.ones((height, width), dtype=bool)

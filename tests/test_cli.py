@@ -142,8 +142,13 @@ def test_existing_output_needs_overwrite(inputs) -> None:
         invoke(*prepare_args(scene, labels, out)), out, "already exists", "--overwrite"
     )
     assert (out / "keep.txt").read_text() == "precious"
-    result = invoke(*prepare_args(scene, labels, out, "--overwrite"))
-    assert result.exit_code == 0 and not (out / "keep.txt").exists()
+    refused = invoke(*prepare_args(scene, labels, out, "--overwrite"))
+    assert_clean_failure(refused, out, "'keep.txt', which rs-seg prepare did not write")
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()  # an empty folder is free to use
+    assert invoke(*prepare_args(scene, labels, out)).exit_code == 0
+    result = invoke(*prepare_args(scene, labels, out, "--overwrite"))  # its own folder: replaced
+    assert result.exit_code == 0 and (out / "index.gpkg").is_file()
 
 
 def test_scenes_with_different_band_counts(inputs) -> None:

@@ -13,6 +13,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from rs_seg.config import LabelMap, PrepareConfig
+from rs_seg.errors import RsSegError
 from rs_seg.index import read_index
 from rs_seg.labels import VectorLayer
 from rs_seg.prepare import expand_paths, pair_chip_folder, prepare, unique_names
@@ -218,11 +219,34 @@ def test_overwrite_replaces_output_completely(tmp_path, scene_factory) -> None:
     scene = scene_factory("a", 64, 64)
     labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10)])
     run(tmp_path, [scene], labels, chip_size=32)
-    (tmp_path / "chips" / "stale.txt").write_text("old")
+    stale = tmp_path / "chips" / "images" / "a" / "stale.tif"  # inside what prepare writes
+    stale.write_text("old")
     run(tmp_path, [scene], labels, chip_size=64, overwrite=True)
-    assert not (tmp_path / "chips" / "stale.txt").exists()
+    assert not stale.exists()
     assert len(read_index(tmp_path / "chips")) == 1
     assert not list(tmp_path.glob(".chips*")), "no staging folder left behind"
+
+
+def test_overwrite_refuses_a_folder_holding_anything_prepare_did_not_write(
+    tmp_path, scene_factory
+) -> None:
+    scene = scene_factory("a", 64, 64)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10)])
+    run(tmp_path, [scene], labels, chip_size=32)
+    (tmp_path / "chips" / "notes.txt").write_text("mine")
+    with pytest.raises(RsSegError, match=r"'notes\.txt', which rs-seg prepare did not write"):
+        run(tmp_path, [scene], labels, chip_size=64, overwrite=True)
+    assert (tmp_path / "chips" / "notes.txt").read_text() == "mine"
+    assert len(read_index(tmp_path / "chips")) == 4
+
+
+def test_an_output_folder_holding_the_inputs_is_refused(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 64, 64)
+    labels = write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 10, 10)])
+    cfg = PrepareConfig(scenes=[str(scene)], labels=labels, out=scene.parent, overwrite=True)
+    with pytest.raises(RsSegError, match="is \\(or holds\\) the input"):
+        prepare(cfg)
+    assert scene.exists() and labels.exists()
 
 
 def test_pixel_size_is_preserved(tmp_path, scene_factory) -> None:
