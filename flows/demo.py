@@ -7,8 +7,10 @@
    GeoPackage of all fields; a second run finds nothing new, as a schedule would.
 
 Settings come from the ``synth``, ``prepare`` and ``train`` sections of the demo config; the demo
-only wires the paths under its own folder (``data/demo``), which it owns: models, runs, arrivals
-and maps are replaced on each run, while synthetic scenes and chips are reused while current.
+only wires the paths under its own folder (``data/demo``, marked by ``demo.json``), which it owns:
+models, runs, arrivals and maps are replaced on each run, while synthetic scenes and chips are
+reused while current. The earlier results are moved aside, not deleted, until the new run has
+succeeded; a folder the demo did not make is refused.
 Without ``PREFECT_API_URL`` the flows run on Prefect's temporary local server, whose database
 (``PREFECT_HOME``) the UI of ``make serve`` later shows.
 """
@@ -16,9 +18,12 @@ Without ``PREFECT_API_URL`` the flows run on Prefect's temporary local server, w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +33,29 @@ from flows.server import run_command
 from flows.train_cropland import load_configs, synthetic_inputs, train_cropland
 from rs_seg.config import IncomingConfig, SynthConfig
 from rs_seg.errors import RsSegError
+from rs_seg.io import FolderKind, check_folder_output, remove_leftovers, staging_path, write_json
 
 NEW_SCENES = 3
 SEED_OFFSET = 1000  # new imagery: seeds far from the training scenes'
 REPLACED = ("runs", "models", "arrivals", "mapped", "fields.gpkg")
+MARKER = "demo.json"
+DEMO_FOLDER = FolderKind(
+    "make demo", MARKER, ("synthetic", "chips", *REPLACED, MARKER, ".previous.partial-*")
+)
 
 
 def run_demo(config: Path, out: Path) -> dict[str, Any]:
     """Train through ``train-cropland``, then map new scenes through ``infer-new-imagery``."""
     started = time.perf_counter()
-    for name in REPLACED:
-        _remove(out / name)
     train, prepare, synth = load_configs(config)
     if prepare is None or synth is None:
         raise RsSegError("the demo needs synth: and prepare: sections without scenes", config)
+    _check_demo_folder(out)
+    with _previous_results_aside(out):
+        return _run(train, prepare, synth, out, started)
+
+
+def _run(train: Any, prepare: Any, synth: SynthConfig, out: Path, started: float) -> dict[str, Any]:
     synth = synth.model_copy(update={"out": out / "synthetic"})
     prepare = prepare.model_copy(update={**synthetic_inputs(synth), "out": out / "chips"})
     train = train.model_copy(update={"out": out / "runs" / "cropland"})
@@ -95,6 +109,49 @@ def _print_next_steps(incoming: IncomingConfig, mapped: dict[str, Any]) -> None:
         "  flow runs with their logs and artifacts (metrics, scenes mapped).",
     ]
     _say("\n".join(lines))
+
+
+def _check_demo_folder(out: Path) -> None:
+    """The demo replaces parts of ``out``: only a folder it made (or an empty or new one).
+
+    Demo folders of rs_seg before 0.2 carry no ``demo.json``; they are recognized by their
+    synthetic scene summary and are otherwise held to the same names.
+    """
+    legacy = (out / "synthetic" / "summary.json").is_file() and not (out / MARKER).exists()
+    if legacy:
+        write_json(out / MARKER, {"created_by": "make demo", "note": "marked on a later run"})
+    check_folder_output(out, True, DEMO_FOLDER)
+
+
+@contextlib.contextmanager
+def _previous_results_aside(out: Path) -> Iterator[None]:
+    """Move the last run's results into a hidden folder; delete them only after success.
+
+    On failure the partial new results are removed and the earlier ones put back. A run killed
+    outright leaves the hidden folder, which the next demo run removes as a leftover.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out / "previous")
+    aside = staging_path(out / "previous")  # hidden: .previous.partial-<host>-<pid>-<random>
+    aside.mkdir()
+    for name in REPLACED:
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+    write_json(out / MARKER, {"created_by": "make demo", "updated": _now()})
+    try:
+        yield
+    except BaseException:
+        for name in REPLACED:
+            _remove(out / name)
+            if (aside / name).exists():
+                (aside / name).rename(out / name)
+        raise
+    finally:
+        _remove(aside)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _remove(path: Path) -> None:

@@ -32,6 +32,7 @@ def test_demo_trains_and_maps_new_scenes_through_the_flows(tmp_path: Path) -> No
     out = tmp_path / "demo"
     (out / "mapped").mkdir(parents=True)
     (out / "mapped" / "stale.txt").write_text("from an earlier demo")
+    (out / "demo.json").write_text("{}")  # the mark of a folder the demo made
     done = subprocess.run(
         [sys.executable, "-m", "flows.demo", "--config", str(config), "--out", str(out)],
         env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
