@@ -24,7 +24,13 @@ from rasterio.windows import transform as window_transform
 
 from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, LabelMap
 from rs_seg.errors import RsSegError
-from rs_seg.labels import VectorLayer, VectorWindowMasks, WindowMasks, open_raster_labels
+from rs_seg.labels import (
+    FeatureCounts,
+    VectorLayer,
+    VectorWindowMasks,
+    WindowMasks,
+    open_raster_labels,
+)
 from rs_seg.rasters import (
     GDAL_ENV,
     RasterInfo,
@@ -52,6 +58,9 @@ class LabelSource(Protocol):
     ) -> contextlib.AbstractContextManager[WindowMasks]:
         """Open the labels of ``scene`` as per-window masks."""
 
+    def feature_counts(self) -> FeatureCounts | None:
+        """What became of the label features (whole layer, each feature once); None for rasters."""
+
 
 @dataclass
 class VectorLabels:
@@ -64,6 +73,10 @@ class VectorLabels:
     ) -> contextlib.AbstractContextManager[WindowMasks]:
         """Polygons are fetched per strip; nothing stays open."""
         return contextlib.nullcontext(VectorWindowMasks(self.layer, info))
+
+    def feature_counts(self) -> FeatureCounts:
+        """Counted once when the layer was opened, so the same for every scene."""
+        return self.layer.counts
 
 
 @dataclass
@@ -81,6 +94,10 @@ class RasterLabels:
         if path is None:
             raise RsSegError("no label raster for this scene", scene.image)
         return open_raster_labels(path, self.label_map, info)
+
+    def feature_counts(self) -> None:
+        """Label rasters have no features."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -107,7 +124,11 @@ def compression_options(compression: str, predictor: int | None = None) -> dict[
 
 @dataclass
 class SceneChips:
-    """Result of chipping one scene: one record per written chip, and what was skipped."""
+    """Result of chipping one scene: one record per written chip, and what was skipped.
+
+    ``label_features`` describes the whole vector label layer, not this scene (every scene of a
+    run carries the same counts, so the summary takes them once); None for label rasters.
+    """
 
     scene: SceneInput
     info: RasterInfo
@@ -115,6 +136,7 @@ class SceneChips:
     skipped: Counter = field(default_factory=Counter)
     grid_shape: tuple[int, int] = (0, 0)
     valid_pixels: int = 0
+    label_features: FeatureCounts | None = None
 
 
 def chip_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
@@ -207,7 +229,7 @@ class SceneChipper:
     def run(self, labels: LabelSource, on_chip: Callable[[], None] | None = None) -> SceneChips:
         """Chip the whole scene; ``on_chip`` is called once per grid window (for progress bars)."""
         windows = self.windows()
-        result = SceneChips(self.scene, self.info)
+        result = SceneChips(self.scene, self.info, label_features=labels.feature_counts())
         result.grid_shape = (windows[-1].row + 1, windows[-1].col + 1)
         with (
             large_blocks_off_the_heap(),

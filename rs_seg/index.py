@@ -25,6 +25,7 @@ import yaml
 import rs_seg
 from rs_seg.config import PrepareConfig
 from rs_seg.errors import RsSegError
+from rs_seg.labels import describe_feature_counts
 from rs_seg.split import EXCLUDED, SPLITS
 
 if TYPE_CHECKING:
@@ -95,7 +96,12 @@ def split_table(chips: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class PrepareSummary:
-    """What a preparation run produced; printed by the CLI and returned by the flow."""
+    """What a preparation run produced; printed by the CLI and returned by the flow.
+
+    ``labels`` (vector labels only, else None) says what became of the label features, each
+    counted once over the whole layer: ``{"features": n, "used": n, "repaired": n, "dropped":
+    {"null": n, "empty": n, "invalid": n, "not_polygonal": n}}``; ``used`` includes ``repaired``.
+    """
 
     out: Path
     chips: int
@@ -105,6 +111,7 @@ class PrepareSummary:
     block_chips: int | None
     notes: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    labels: dict[str, Any] | None = None
 
     @property
     def index(self) -> Path:
@@ -134,6 +141,8 @@ class PrepareSummary:
             lines.append(
                 "skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
             )
+        if self.labels is not None:
+            lines.append(f"label features: {describe_feature_counts(self.labels)}")
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"index (open in QGIS): {self.index}")
         return "\n".join(lines)
@@ -181,6 +190,9 @@ def write_outputs(
         block_chips=outcome.block_chips,
         notes=notes,
         fingerprint=index_fingerprint(chips),
+        labels=next(
+            (r.label_features.to_dict() for r in results if r.label_features is not None), None
+        ),
     )
     table = chips.drop(columns=_HELPER_COLUMNS)[[*_COLUMN_ORDER, "geometry"]]
     pyogrio.write_dataframe(table, out_dir / INDEX_FILE, layer=INDEX_LAYER, driver="GPKG")

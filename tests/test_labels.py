@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import struct
+
 import numpy as np
+import pyogrio.raw
 import pytest
 import rasterio
 import shapely
@@ -14,11 +18,12 @@ from rasterio.windows import Window
 from rs_seg.config import LabelMap
 from rs_seg.errors import RsSegError
 from rs_seg.labels import (
+    STATUS_NAMES,
     VectorLayer,
     VectorWindowMasks,
     apply_label_map,
     open_raster_labels,
-    polygon_parts,
+    usable_polygons,
 )
 from rs_seg.rasters import RasterInfo
 from tests.conftest import ORIGIN, PIXEL, UTM, pixel_box, write_labels, write_scene
@@ -61,11 +66,130 @@ def test_invalid_bowtie_polygon_is_repaired_not_dropped(tmp_path) -> None:
     assert mask.sum() > 300, "both triangles of the bow-tie are kept"
 
 
-def test_polygon_parts_drops_non_polygons() -> None:
-    parts = polygon_parts(
-        np.array([shapely.LineString([(0, 0), (1, 1)]), shapely.box(0, 0, 1, 1)], dtype=object)
+def _wkb_polygon(*rings) -> bytes:
+    """Little-endian WKB of a polygon, written by hand so that broken rings can be stored."""
+    data = struct.pack("<BII", 1, 3, len(rings))
+    for ring in rings:
+        data += struct.pack("<I", len(ring)) + b"".join(struct.pack("<dd", *xy) for xy in ring)
+    return data
+
+
+SQUARE = [(0, 0), (10, 0), (10, 10), (0, 10), (0, 0)]
+BOWTIE = [(0, 0), (10, 10), (10, 0), (0, 10), (0, 0)]
+BROKEN_FEATURES = {  # WKB, what becomes of it
+    "square": (_wkb_polygon(SQUARE), "used"),
+    "null": (None, "null"),
+    "empty": (shapely.to_wkb(shapely.Polygon()), "empty"),
+    "bowtie": (_wkb_polygon(BOWTIE), "repaired"),
+    "three_point_ring": (_wkb_polygon([(0, 0), (5, 5), (0, 0)]), "invalid"),
+    "unclosed_ring": (_wkb_polygon([(0, 0), (10, 0), (10, 10)]), "repaired"),
+    "nan_coordinates": (_wkb_polygon([(0, 0), (10, 0), (float("nan"), 5), (0, 0)]), "invalid"),
+    "nan_in_one_part": (
+        shapely.to_wkb(
+            shapely.MultiPolygon(
+                [shapely.box(0, 0, 1, 1), shapely.Polygon([(5, 5), (6, 5), (6, 6), (5, 5)])]
+            )
+        ).replace(struct.pack("<dd", 6, 6), struct.pack("<dd", float("nan"), 6)),
+        "repaired",
+    ),
+    "line": (shapely.to_wkb(shapely.LineString([(0, 0), (1, 1)])), "not_polygonal"),
+    "point": (shapely.to_wkb(shapely.Point(1, 1)), "not_polygonal"),
+    "spike": (shapely.to_wkb(shapely.from_wkt("POLYGON((0 0, 10 0, 0 0))")), "invalid"),
+    "polygon_and_point": (
+        shapely.to_wkb(shapely.GeometryCollection([shapely.box(0, 0, 1, 1), shapely.Point(5, 5)])),
+        "used",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_FEATURES)
+def test_usable_polygons_keeps_repairs_or_drops_each_kind_of_geometry(name) -> None:
+    wkb, expected = BROKEN_FEATURES[name]
+    geometries, status = usable_polygons(np.array([wkb], dtype=object))
+    assert STATUS_NAMES[status[0]] == expected
+    geometry = geometries[0]
+    if expected in ("used", "repaired"):
+        assert geometry.geom_type in ("Polygon", "MultiPolygon")
+        assert geometry.is_valid and geometry.area > 0
+        assert np.isfinite(shapely.get_coordinates(geometry)).all()
+    else:
+        assert geometry is None
+
+
+def test_usable_polygons_repairs_a_bowtie_into_its_two_triangles() -> None:
+    geometries, _ = usable_polygons(np.array([_wkb_polygon(BOWTIE)], dtype=object))
+    assert len(geometries[0].geoms) == 2 and geometries[0].area == pytest.approx(50)
+
+
+def write_raw_layer(path, wkbs, crs=UTM):
+    """A GeoPackage of raw WKB geometries (broken ones included), one feature each, fid 1..n."""
+    pyogrio.raw.write(
+        path, geometry=np.array(wkbs, dtype=object), field_data=[np.arange(len(wkbs))],
+        fields=["k"], geometry_type="Unknown", crs=crs, driver="GPKG",
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_layer_counts_every_feature_once_and_warns_per_reason(
+    tmp_path, monkeypatch, caplog, streamed
+) -> None:
+    if streamed:
+        monkeypatch.setattr(VectorLayer, "in_memory_limit_bytes", 0)
+        monkeypatch.setattr(VectorLayer, "scan_batch", 4)  # batches end inside and at the end
+    wkbs = [wkb for wkb, _ in BROKEN_FEATURES.values()]
+    path = write_raw_layer(tmp_path / "broken.gpkg", wkbs)
+    with caplog.at_level(logging.INFO, logger="rs_seg.labels"):
+        layer = VectorLayer(path)
+    assert layer.counts.to_dict() == {
+        "features": 12,
+        "used": 5,
+        "repaired": 3,
+        "dropped": {"null": 1, "empty": 1, "invalid": 3, "not_polygonal": 2},
+    }
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "broken.gpkg: 1 label feature with null geometry was dropped (fid 2)",
+        "broken.gpkg: 1 label feature with empty geometry was dropped (fid 3)",
+        "broken.gpkg: 3 label features with invalid geometry and no area left after repair "
+        "were dropped (fid 5, 7, 11)",
+        "broken.gpkg: 2 label features with non-polygon geometry (points or lines) were dropped "
+        "(fid 9, 10)",
+    ]
+    assert "3 label features with invalid geometry were repaired (fid 4, 6, 8)" in caplog.text
+    # The strip path reads the same broken features again without failing or recounting.
+    assert len(layer.polygons((-100, -100, 100, 100), layer.crs)) == 5
+    assert layer.counts.features == 12
+
+
+def test_only_the_first_feature_ids_are_listed(tmp_path, caplog) -> None:
+    path = write_raw_layer(tmp_path / "nulls.gpkg", [_wkb_polygon(SQUARE)] + [None] * 8)
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        VectorLayer(path)
+    assert "8 label features with null geometry were dropped (fid 2, 3, 4, 5, 6, ...)" in (
+        caplog.text
     )
-    assert len(parts) == 1 and parts[0].geom_type == "Polygon"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_layer_without_any_usable_polygon_is_an_error(tmp_path, monkeypatch, streamed) -> None:
+    if streamed:
+        monkeypatch.setattr(VectorLayer, "in_memory_limit_bytes", 0)
+    lines = [shapely.to_wkb(shapely.LineString([(0, 0), (i, 1)])) for i in range(1, 4)]
+    path = write_raw_layer(tmp_path / "lines.gpkg", [*lines, None])
+    with pytest.raises(RsSegError, match=r"no usable polygon \(0 used of 4.*1 null, 3 not_pol"):
+        VectorLayer(path)
+
+
+def test_layer_declared_as_lines_is_rejected_before_reading(tmp_path) -> None:
+    path = tmp_path / "lines.gpkg"
+    pyogrio.raw.write(
+        path, geometry=np.array([shapely.to_wkb(shapely.LineString([(0, 0), (1, 1)]))]),
+        field_data=[np.arange(1)], fields=["k"], geometry_type="LineString", crs=UTM,
+        driver="GPKG",
+    )  # fmt: skip
+    with pytest.raises(RsSegError, match="must be polygons, found linestring"):
+        VectorLayer(path)
 
 
 def test_windows_are_slices_of_the_loaded_strip(tmp_path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
@@ -17,7 +19,7 @@ from rs_seg.errors import RsSegError
 from rs_seg.index import read_index
 from rs_seg.labels import VectorLayer
 from rs_seg.prepare import expand_paths, pair_chip_folder, prepare, unique_names
-from tests.conftest import PIXEL, pixel_box, read_chip, write_labels, write_scene
+from tests.conftest import ORIGIN, PIXEL, UTM, pixel_box, read_chip, write_labels, write_scene
 
 
 def run(tmp_path, scenes, labels, **kwargs):
@@ -255,3 +257,113 @@ def test_pixel_size_is_preserved(tmp_path, scene_factory) -> None:
     summary = run(tmp_path, [scene], labels, chip_size=32)
     with rasterio.open(read_index(summary.out).iloc[0].mask_path) as chip:
         assert chip.res == (PIXEL, PIXEL) and chip.nodata == 255
+
+
+# --- Label features with null, empty, invalid or non-polygon geometry (issue 10, item 9) ---
+
+
+def _broken_label_scenes(scene_factory):
+    """Two 128 px scenes side by side (b starts where a ends), so features can touch both."""
+    a = scene_factory("a", 128, 128)
+    b = scene_factory("b", 128, 128, origin=(ORIGIN[0] + 128 * PIXEL, ORIGIN[1]))
+    return [a, b]
+
+
+def _bowtie(row0, col0, row1, col1):
+    x0, y1, x1, y0 = pixel_box(row0, col0, row1, col1).bounds
+    return shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1), (x0, y0)])
+
+
+VALID_FIELDS = [pixel_box(0, 0, 40, 40), pixel_box(70, 100, 120, 160), pixel_box(10, 150, 50, 200)]
+BOWTIE_FIELD = _bowtie(70, 10, 110, 50)
+
+
+def _write_geometries(path, geometries):
+    frame = gpd.GeoDataFrame({"k": range(len(geometries))}, geometry=geometries, crs=UTM)
+    frame.to_file(path)
+    return path
+
+
+def _masks(summary):
+    chips = read_index(summary.out).sort_values("chip_id")
+    return {c: read_chip(p)[0] for c, p in zip(chips["chip_id"], chips["mask_path"], strict=True)}
+
+
+def test_broken_label_features_are_counted_warned_about_and_leave_masks_alone(
+    tmp_path, scene_factory, monkeypatch, caplog
+) -> None:
+    scenes = _broken_label_scenes(scene_factory)
+    x0, y0 = ORIGIN
+    line = shapely.LineString([(x0, y0 - 500), (x0 + 2500, y0 - 500)])  # crosses both scenes
+    spike = shapely.Polygon([(x0, y0), (x0 + 300, y0), (x0, y0)])  # 3-point ring: no area
+    broken = _write_geometries(
+        tmp_path / "broken.gpkg",
+        [VALID_FIELDS[0], None, BOWTIE_FIELD, shapely.Polygon(), VALID_FIELDS[1], line, spike,
+         VALID_FIELDS[2]],
+    )  # fmt: skip
+    clean = _write_geometries(tmp_path / "clean.gpkg", VALID_FIELDS)
+    repaired = _write_geometries(
+        tmp_path / "repaired.gpkg", [*VALID_FIELDS, shapely.make_valid(BOWTIE_FIELD)]
+    )
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        summary = run(tmp_path / "broken", scenes, broken, chip_size=64)
+    expected = {
+        "features": 8,
+        "used": 4,
+        "repaired": 1,
+        "dropped": {"null": 1, "empty": 1, "invalid": 1, "not_polygonal": 1},
+    }
+    assert summary.labels == expected, "each feature counted once, though some touch two scenes"
+    assert json.loads((summary.out / "summary.json").read_text())["labels"] == expected
+    assert (
+        "label features: 4 used of 8 (1 repaired), dropped: 1 null, 1 empty, 1 invalid, "
+        "1 not_polygonal"
+    ) in summary.report()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "broken.gpkg: 1 label feature with null geometry was dropped (fid 2)",
+        "broken.gpkg: 1 label feature with empty geometry was dropped (fid 4)",
+        "broken.gpkg: 1 label feature with invalid geometry and no area left after repair was "
+        "dropped (fid 7)",
+        "broken.gpkg: 1 label feature with non-polygon geometry (points or lines) was dropped "
+        "(fid 6)",
+    ]
+
+    masks = _masks(summary)
+    for chip_id, mask in _masks(run(tmp_path / "repaired", scenes, repaired, chip_size=64)).items():
+        np.testing.assert_array_equal(masks[chip_id], mask, err_msg=chip_id)
+    clean_masks = _masks(run(tmp_path / "clean", scenes, clean, chip_size=64))
+    assert masks.keys() == clean_masks.keys() and len(masks) == 8
+    for chip_id, mask in masks.items():
+        differs = mask != clean_masks[chip_id]
+        if chip_id != "a/r001_c000":  # the only chip the bow-tie (rows 70-109, cols 10-49) is in
+            assert not differs.any(), chip_id
+            continue
+        rows, cols = np.nonzero(differs)
+        assert rows.min() >= 70 - 64 and rows.max() < 110 - 64, "only the bow-tie's pixels"
+        assert cols.min() >= 10 and cols.max() < 50 and (mask[differs] == 1).all()
+        assert differs.sum() == pytest.approx(40 * 40 / 2, rel=0.1), "both triangles are kept"
+
+    monkeypatch.setattr(VectorLayer, "in_memory_limit_bytes", 0)
+    monkeypatch.setattr(VectorLayer, "scan_batch", 3)
+    streamed = run(tmp_path / "streamed", scenes, broken, chip_size=64)
+    assert streamed.labels == expected
+    for chip_id, mask in _masks(streamed).items():
+        np.testing.assert_array_equal(mask, masks[chip_id])
+
+
+def test_raster_labels_have_no_feature_counts(tmp_path, scene_factory) -> None:
+    scene = scene_factory("tile_1", 64, 64)
+    with rasterio.open(scene) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": None}
+    with rasterio.open(tmp_path / "tile_1_mask.tif", "w", **profile) as dst:
+        dst.write(np.ones((1, 64, 64), dtype=np.uint8))
+    summary = run(
+        tmp_path,
+        [scene],
+        tmp_path / "{stem}_mask.tif",
+        chip_size=64,
+        label_map=LabelMap.parse("1=1"),
+    )
+    assert summary.labels is None and "label features" not in summary.report()
+    assert json.loads((summary.out / "summary.json").read_text())["labels"] is None
