@@ -26,9 +26,11 @@ from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, LabelMap
 from rs_seg.errors import RsSegError
 from rs_seg.labels import (
     FeatureCounts,
+    LabelValueCounts,
     VectorLayer,
     VectorWindowMasks,
     WindowMasks,
+    check_label_raster,
     open_raster_labels,
 )
 from rs_seg.rasters import (
@@ -61,6 +63,9 @@ class LabelSource(Protocol):
     def feature_counts(self) -> FeatureCounts | None:
         """What became of the label features (whole layer, each feature once); None for rasters."""
 
+    def check(self, scenes: list[SceneInput]) -> None:
+        """Check what can be checked from headers for ``scenes``; raises :class:`RsSegError`."""
+
 
 @dataclass
 class VectorLabels:
@@ -78,13 +83,32 @@ class VectorLabels:
         """Counted once when the layer was opened, so the same for every scene."""
         return self.layer.counts
 
+    def check(self, scenes: list[SceneInput]) -> None:
+        """Nothing left to check: the layer was checked when it was opened."""
+
 
 @dataclass
 class RasterLabels:
-    """Label rasters with a value mapping: one for all scenes, or one per scene (``scene.mask``)."""
+    """Label rasters with a value mapping: one for all scenes, or one per scene (``scene.mask``).
+
+    Band 1 of each raster holds the labels (see :func:`rs_seg.labels.open_raster_labels`). The
+    label map is checked against a shared raster's header when this is made (in the plan, before
+    anything is written) and against a per-scene raster's header when its scene is bound, before
+    any pixel of it is read; :meth:`check` checks every scene's raster at once.
+    """
 
     label_map: LabelMap
     shared_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared_path is not None:
+            check_label_raster(self.shared_path, self.label_map)
+
+    def check(self, scenes: list[SceneInput]) -> None:
+        """Check the label map against the header of every scene's label raster (no pixels)."""
+        for path in dict.fromkeys(s.mask or self.shared_path for s in scenes):
+            if path is not None:
+                check_label_raster(path, self.label_map)
 
     def bind(
         self, scene: SceneInput, info: RasterInfo
@@ -128,6 +152,8 @@ class SceneChips:
 
     ``label_features`` describes the whole vector label layer, not this scene (every scene of a
     run carries the same counts, so the summary takes them once); None for label rasters.
+    ``label_values`` counts the raw label raster values over this scene's grid (each pixel
+    once, summed over scenes by the summary); None for vector labels.
     """
 
     scene: SceneInput
@@ -137,6 +163,7 @@ class SceneChips:
     grid_shape: tuple[int, int] = (0, 0)
     valid_pixels: int = 0
     label_features: FeatureCounts | None = None
+    label_values: LabelValueCounts | None = None
 
 
 def chip_profile(info: RasterInfo, settings: ChipSettings) -> dict[str, Any]:
@@ -249,6 +276,7 @@ class SceneChipper:
                     self._chip(src, window, masks, aoi_masks, result)
                     if on_chip is not None:
                         on_chip()
+            result.label_values = masks.label_values()
         if result.valid_pixels == 0:
             raise RsSegError("scene is entirely nodata", self.scene.image)
         return result

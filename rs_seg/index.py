@@ -25,7 +25,7 @@ import yaml
 import rs_seg
 from rs_seg.config import PrepareConfig
 from rs_seg.errors import RsSegError
-from rs_seg.labels import describe_feature_counts
+from rs_seg.labels import LabelValueCounts, describe_feature_counts, describe_label_values
 from rs_seg.split import EXCLUDED, SPLITS
 
 if TYPE_CHECKING:
@@ -101,6 +101,16 @@ class PrepareSummary:
     ``labels`` (vector labels only, else None) says what became of the label features, each
     counted once over the whole layer: ``{"features": n, "used": n, "repaired": n, "dropped":
     {"null": n, "empty": n, "invalid": n, "not_polygonal": n}}``; ``used`` includes ``repaired``.
+
+    ``label_values`` (label rasters only, else None) counts the raw label values over the grids
+    of all scenes, each pixel of a scene once (:class:`rs_seg.labels.LabelValueCounts`)::
+
+        {"pixels": n, "nodata": n,            # nodata: no label value (nodata, outside raster)
+         "cropland": {"1": n}, "ignore": {"5": n},   # label-map values found, pixels each
+         "unmapped": {"0": n, "7": n},        # values not in the map (background), top 10
+         "unmapped_other": n,                 # pixels of further unmapped values
+         "absent": {"cropland": "2-4"},       # map values found nowhere, per target
+         "multiband_rasters": n}              # label rasters with several bands (band 1 read)
     """
 
     out: Path
@@ -112,6 +122,7 @@ class PrepareSummary:
     notes: list[str] = field(default_factory=list)
     fingerprint: str = ""
     labels: dict[str, Any] | None = None
+    label_values: dict[str, Any] | None = None
 
     @property
     def index(self) -> Path:
@@ -143,6 +154,8 @@ class PrepareSummary:
             )
         if self.labels is not None:
             lines.append(f"label features: {describe_feature_counts(self.labels)}")
+        if self.label_values is not None:
+            lines.append(f"label values: {describe_label_values(self.label_values)}")
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"index (open in QGIS): {self.index}")
         return "\n".join(lines)
@@ -165,6 +178,16 @@ def _input_fingerprints(results: list[SceneChips], cfg: PrepareConfig) -> list[d
     return entries
 
 
+def _label_values(cfg: PrepareConfig, results: list[SceneChips]) -> dict[str, Any] | None:
+    """Label raster values summed over all scenes and checked; None for vector labels."""
+    parts = [r.label_values for r in results if r.label_values is not None]
+    if not parts or cfg.label_map is None:
+        return None
+    counts = LabelValueCounts.merge(parts)
+    counts.check(cfg.label_map, cfg.labels or cfg.chips_dir, len(results))
+    return counts.to_dict(cfg.label_map)
+
+
 def write_outputs(
     cfg: PrepareConfig,
     chips: gpd.GeoDataFrame,
@@ -172,7 +195,13 @@ def write_outputs(
     outcome: SplitOutcome,
     out_dir: Path,
 ) -> PrepareSummary:
-    """Write ``index.gpkg``, ``summary.json`` and ``prepare.yaml`` into ``out_dir``."""
+    """Write ``index.gpkg``, ``summary.json`` and ``prepare.yaml`` into ``out_dir``.
+
+    Label raster values are checked first (:meth:`LabelValueCounts.check`: warnings, and an
+    error for a label map whose cropland values occur in no scene), before the index is written;
+    the chips written so far lie in the staging folder, which the error discards.
+    """
+    label_values = _label_values(cfg, results)
     skipped: Counter = Counter()
     for result in results:
         skipped.update(result.skipped)
@@ -193,6 +222,7 @@ def write_outputs(
         labels=next(
             (r.label_features.to_dict() for r in results if r.label_features is not None), None
         ),
+        label_values=label_values,
     )
     table = chips.drop(columns=_HELPER_COLUMNS)[[*_COLUMN_ORDER, "geometry"]]
     pyogrio.write_dataframe(table, out_dir / INDEX_FILE, layer=INDEX_LAYER, driver="GPKG")

@@ -12,20 +12,28 @@ import rasterio
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from rs_seg import labels as labels_module
+from rs_seg.chips import strip_window
 from rs_seg.config import LabelMap
 from rs_seg.errors import RsSegError
 from rs_seg.labels import (
     STATUS_NAMES,
+    LabelValueCounts,
     VectorLayer,
     VectorWindowMasks,
     apply_label_map,
+    check_label_raster,
     open_raster_labels,
     usable_polygons,
+    value_lookup,
+    value_ranges,
 )
 from rs_seg.rasters import RasterInfo
+from rs_seg.windows import grid_rows, grid_windows
 from tests.conftest import ORIGIN, PIXEL, UTM, pixel_box, write_labels, write_scene
 
 
@@ -282,3 +290,201 @@ def test_mismatched_rasters_without_crs_are_rejected(tmp_path) -> None:
         open_raster_labels(path, LabelMap(cropland=[1]), scene),
     ):
         pass
+
+
+# --- Label raster values: counted, checked against the map, band 1 only ---
+
+
+def _strips(masks, height, width, size, stride):
+    """Load every strip of a size/stride grid, as the chipper does; masks of all windows."""
+    windows = grid_windows(height, width, size, stride)
+    out = {}
+    for row in grid_rows(windows):
+        masks.load_strip(strip_window(row))
+        out.update({(w.row, w.col): masks.mask(w.window) for w in row})
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_label_values_count_each_scene_pixel_once_while_strips_are_read(tmp_path, dtype) -> None:
+    scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 50, 45))
+    rng = np.random.default_rng(1)
+    values = rng.choice([0, 1, 3, 5, 9], size=(50, 45)).astype(dtype)
+    transform = from_origin(*ORIGIN, PIXEL, PIXEL)
+    path = _write_label_raster(tmp_path / "labels.tif", values, transform, nodata=9)
+    label_map = LabelMap(cropland=[1], ignore=[5, 7])
+    with open_raster_labels(path, label_map, scene) as masks:
+        windows = _strips(masks, 50, 45, 16, 12)  # strips and windows overlap
+        counts = masks.label_values()
+    for (row, col), mask in windows.items():  # slices of the strip = what a window read gives
+        expected = apply_label_map(values, label_map)
+        expected[values == 9] = 255
+        r, c = min(row * 12, 50 - 16), min(col * 12, 45 - 16)
+        np.testing.assert_array_equal(mask, expected[r : r + 16, c : c + 16])
+    found = dict(zip(*np.unique(values, return_counts=True), strict=True))
+    assert counts.pixels == 50 * 45 and counts.nodata == found[9]
+    assert counts.mapped == {1: found[1], 5: found[5]}
+    assert counts.unmapped == {0: found[0], 3: found[3]} and counts.unmapped_other == 0
+    assert counts.nodata_values == {9} and counts.multiband == {}
+    assert counts.absent(label_map) == {"ignore": [7]}
+    assert counts.to_dict(label_map)["absent"] == {"ignore": "7"}
+
+
+def test_label_values_outside_a_warped_mosaic_are_nodata(tmp_path) -> None:
+    scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 40, 40))
+    values = np.ones((20, 80), dtype=np.uint8)  # 5 m pixels: covers scene rows 0-9 only
+    values[:, :20] = 2
+    path = _write_label_raster(tmp_path / "mosaic.tif", values, from_origin(*ORIGIN, 5, 5))
+    with open_raster_labels(path, LabelMap(cropland=[1]), scene) as masks:
+        _strips(masks, 40, 40, 32, 32)
+        counts = masks.label_values()
+    assert counts.pixels == 40 * 40 and counts.nodata == 30 * 40
+    assert counts.mapped == {1: 10 * 30} and counts.unmapped == {2: 10 * 10}
+
+
+def test_many_distinct_values_are_counted_within_bounded_memory(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(labels_module, "_TRACKED_VALUES", 8)
+    scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 40, 40))
+    values = np.arange(40 * 40, dtype=np.float32).reshape(40, 40) / 7  # 1600 distinct values
+    values[:20, :5] = 1
+    path = _write_label_raster(tmp_path / "continuous.tif", values, from_origin(*ORIGIN, 10, 10))
+    label_map = LabelMap(cropland=[1])
+    with open_raster_labels(path, label_map, scene) as masks:
+        _strips(masks, 40, 40, 8, 8)
+        counts = masks.label_values()
+    assert counts.mapped == {1: 100 + 1}, "map values are counted exactly (1 = 7/7 occurs once)"
+    assert len(counts.unmapped) <= 2 * 8
+    assert sum(counts.unmapped.values()) + counts.unmapped_other == 1600 - 101
+    total = LabelValueCounts.merge([counts, counts])
+    assert len(total.unmapped) <= 8 and total.mapped == {1: 202}
+    assert sum(total.unmapped.values()) + total.unmapped_other == 2 * (1600 - 101)
+    summary = total.to_dict(label_map)
+    assert len(summary["unmapped"]) == 8 and summary["unmapped_other"] > 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "cropland", "ignore", "message"),
+    [
+        ("uint8", [1, 300], [], r"label map value 300 \(cropland\) cannot occur in this uint8 "
+                                r"label raster \(values 0 to 255\)"),
+        ("uint16", [1], [-1], r"value -1 \(ignore\) cannot occur in this uint16"),
+        ("uint8", [250, *range(254, 300)], [], r"values 256-299 \(cropland\)"),
+        ("int8", [128], [], r"value 128 \(cropland\) cannot occur in this int8 label raster "
+                            r"\(values -128 to 127\)"),
+        ("float32", [2**24 + 1], [], r"float32 label raster \(integers up to 16777216 exactly"),
+    ],
+)  # fmt: skip
+def test_label_map_values_the_raster_cannot_hold_are_an_error(
+    tmp_path, dtype, cropland, ignore, message
+) -> None:
+    scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 8, 8))
+    path = _write_label_raster(
+        tmp_path / "mask.tif", np.ones((8, 8), dtype=dtype), from_origin(*ORIGIN, PIXEL, PIXEL)
+    )
+    label_map = LabelMap(cropland=cropland, ignore=ignore)
+    with pytest.raises(RsSegError, match=message) as error:
+        check_label_raster(path, label_map)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+    with pytest.raises(RsSegError, match=message), open_raster_labels(path, label_map, scene):
+        pass
+
+
+def test_map_values_that_fit_the_dtype_are_accepted(tmp_path) -> None:
+    path = _write_label_raster(
+        tmp_path / "m.tif", np.ones((4, 4), dtype="int16"), from_origin(*ORIGIN, PIXEL, PIXEL)
+    )
+    assert check_label_raster(path, LabelMap(cropland=[-5, 300], ignore=[32767])) == 1
+
+
+def test_cropland_value_that_is_the_raster_nodata_is_an_error(tmp_path) -> None:
+    transform = from_origin(*ORIGIN, PIXEL, PIXEL)
+    path = _write_label_raster(tmp_path / "m.tif", np.ones((4, 4), np.uint8), transform, nodata=255)
+    with pytest.raises(RsSegError, match=r"value 255 \(cropland\) is the nodata value"):
+        check_label_raster(path, LabelMap(cropland=[255]))
+    check_label_raster(path, LabelMap(cropland=[1], ignore=[255]))  # ignore either way: fine
+
+
+def test_value_lookup_refuses_values_the_dtype_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="300 do not fit uint8"):
+        value_lookup(LabelMap(cropland=[1, 300]), np.dtype("uint8"))
+    assert value_lookup(LabelMap(cropland=[300]), np.dtype("uint16"))[300] == 1
+
+
+def test_alpha_bands_are_not_label_bands(tmp_path) -> None:
+    def write(name, count, **options):
+        path = tmp_path / name
+        with rasterio.open(
+            path, "w", driver="GTiff", width=4, height=4, count=count, dtype="uint8",
+            crs=UTM, transform=from_origin(*ORIGIN, PIXEL, PIXEL), **options,
+        ) as dst:  # fmt: skip
+            dst.write(np.ones((count, 4, 4), np.uint8))
+        return path
+
+    gray_alpha = write("la.tif", 2, photometric="MINISBLACK", alpha="YES")
+    rgb = write("rgb.tif", 3, photometric="RGB")
+    with rasterio.open(gray_alpha) as src:
+        assert src.colorinterp == (ColorInterp.gray, ColorInterp.alpha)
+    assert check_label_raster(gray_alpha, LabelMap(cropland=[1])) == 1
+    assert check_label_raster(rgb, LabelMap(cropland=[1])) == 3
+
+
+def _counts(**kwargs):
+    return LabelValueCounts(**{"pixels": 1000, **kwargs})
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_check_is_quiet_for_a_plain_binary_raster(caplog) -> None:
+    counts = _counts(mapped={1: 300}, unmapped={0: 690}, nodata=10)
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        counts.check(LabelMap(cropland=[1]), None, 2)
+    assert _warnings(caplog) == []
+
+
+def test_cropland_values_found_in_no_scene_are_an_error(tmp_path) -> None:
+    counts = _counts(unmapped={0: 700, 1: 300})
+    with pytest.raises(RsSegError) as error:
+        counts.check(LabelMap(cropland=[255]), tmp_path / "masks", 3)
+    assert str(error.value) == (
+        f"{tmp_path / 'masks'}: label map cropland value 255 occurs in none of the label "
+        "rasters of the 3 scenes (found values 0, 1), so every chip would be background; "
+        "check --label-map"
+    )
+    with pytest.raises(RsSegError, match="cropland values 2-4, 255 occurs in none"):
+        counts.check(LabelMap(cropland=[2, 3, 4, 255], ignore=[1]), None, 1)
+
+
+def test_check_warns_about_absent_map_values_and_unusual_unmapped_ones(caplog) -> None:
+    counts = _counts(
+        mapped={1: 300, 5: 10}, unmapped={0: 600, 7: 40, 8: 5}, nodata=45,
+        multiband={"/x/a.tif": 3},
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        counts.check(LabelMap(cropland=[1, 2], ignore=[5, 6]), None, 2)
+    found = "0, 1, 5, 7, 8"
+    assert _warnings(caplog) == [
+        f"label map value 2 (cropland) never occurs in the label rasters; found values {found}",
+        f"label map value 6 (ignore) never occurs in the label rasters; found values {found}",
+        "label values 7, 8 are not in the label map and became background: 4.7% of the labelled "
+        "pixels besides value 0 (taken as the background class)",
+        "1 label raster has several bands and only band 1 is read: a.tif (3 bands)",
+    ]
+
+
+def test_a_few_stray_unmapped_pixels_are_only_counted(caplog) -> None:
+    counts = _counts(mapped={1: 300}, unmapped={0: 695, 3: 5})  # 0.5 %: below the share
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        counts.check(LabelMap(cropland=[1]), None, 1)
+    assert _warnings(caplog) == []
+    assert counts.to_dict(LabelMap(cropland=[1]))["unmapped"] == {"0": 695, "3": 5}
+
+
+def test_ignore_value_declared_nodata_is_not_reported_absent() -> None:
+    counts = _counts(mapped={1: 300}, unmapped={0: 600}, nodata=100, nodata_values={255})
+    assert counts.absent(LabelMap(cropland=[1], ignore=[255])) == {}
+
+
+def test_value_ranges_join_consecutive_integers() -> None:
+    assert value_ranges([255, 3, 4, 5, 0, 7, 0.5]) == "0, 0.5, 3-5, 7, 255"

@@ -14,11 +14,12 @@ import shapely
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from rs_seg.chips import RasterLabels, SceneInput
 from rs_seg.config import LabelMap, PrepareConfig
 from rs_seg.errors import RsSegError
 from rs_seg.index import read_index
 from rs_seg.labels import VectorLayer
-from rs_seg.prepare import expand_paths, pair_chip_folder, prepare, unique_names
+from rs_seg.prepare import expand_paths, pair_chip_folder, plan_prepare, prepare, unique_names
 from tests.conftest import ORIGIN, PIXEL, UTM, pixel_box, read_chip, write_labels, write_scene
 
 
@@ -367,3 +368,178 @@ def test_raster_labels_have_no_feature_counts(tmp_path, scene_factory) -> None:
     )
     assert summary.labels is None and "label features" not in summary.report()
     assert json.loads((summary.out / "summary.json").read_text())["labels"] is None
+
+
+# --- Label raster values: counted, checked against the map, band 1 only ---
+
+
+def _label_raster_like(scene, path, bands, dtype="uint8", nodata=None):
+    """A label raster on the grid of ``scene`` holding ``bands`` (one 2-D array per band)."""
+    with rasterio.open(scene) as src:
+        profile = src.profile | {"count": len(bands), "dtype": dtype, "nodata": nodata}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.stack(bands).astype(dtype))
+    return path
+
+
+def _label_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def _two_labelled_scenes(tmp_path, scene_factory):
+    """Scenes a and b (64 px), masks {stem}_mask.tif: a is 0/1 with a block of 7, b is 0/5."""
+    a_values = np.zeros((64, 64), np.uint8)
+    a_values[:, :32] = 1
+    a_values[60:, :] = 7  # a class the map forgets: 256 px
+    b_values = np.zeros((64, 64), np.uint8)  # a region without cropland
+    b_values[:8] = 5
+    scenes = [scene_factory("a", 64, 64), scene_factory("b", 64, 64, seed=1)]
+    for scene, values in zip(scenes, [a_values, b_values], strict=True):
+        _label_raster_like(scene, tmp_path / f"{scene.stem}_mask.tif", [values])
+    return scenes, tmp_path / "{stem}_mask.tif"
+
+
+def test_raster_label_values_are_counted_over_all_scenes_and_warned_about(
+    tmp_path, scene_factory, caplog
+) -> None:
+    scenes, labels = _two_labelled_scenes(tmp_path, scene_factory)
+    label_map = LabelMap.parse("1=cropland,5|6=ignore")
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        summary = run(tmp_path, scenes, labels, chip_size=32, stride=24, label_map=label_map)
+    expected = {
+        "pixels": 2 * 64 * 64,  # each pixel once, though strips and chips overlap
+        "nodata": 0,
+        "cropland": {"1": 60 * 32},
+        "ignore": {"5": 8 * 64},
+        "unmapped": {"0": 60 * 32 + 56 * 64, "7": 4 * 64},
+        "unmapped_other": 0,
+        "absent": {"ignore": "6"},
+        "multiband_rasters": 0,
+    }
+    assert summary.label_values == expected
+    assert json.loads((summary.out / "summary.json").read_text())["label_values"] == expected
+    assert (
+        "label values: cropland 1 (1920 px), ignore 5 (512 px), unmapped (background) "
+        "0 (5504 px), 7 (256 px); no label 0 px; ignore 6 never found"
+    ) in summary.report()
+    assert _label_warnings(caplog) == [
+        "label map value 6 (ignore) never occurs in the label rasters; found values 0, 1, 5, 7",
+        "label value 7 is not in the label map and became background: 3.1% of the labelled "
+        "pixels besides value 0 (taken as the background class)",
+    ], "scene b has no cropland: legitimate, not warned about"
+    chips = read_index(summary.out).set_index("chip_id")
+    assert chips["cropland_px"].sum() > 0 and summary.labels is None
+
+
+def test_label_map_whose_cropland_occurs_in_no_scene_is_an_error_and_writes_nothing(
+    tmp_path, scene_factory
+) -> None:
+    scenes, labels = _two_labelled_scenes(tmp_path, scene_factory)
+    with pytest.raises(RsSegError) as error:
+        run(tmp_path, scenes, labels, chip_size=32, label_map=LabelMap.parse("255=cropland"))
+    assert str(error.value) == (
+        f"{labels}: label map cropland value 255 occurs in none of the label rasters of the 2 "
+        "scenes (found values 0, 1, 5, 7), so every chip would be background; check --label-map"
+    )
+    assert not (tmp_path / "chips").exists() and not list(tmp_path.glob(".chips*"))
+
+
+def test_label_map_value_a_shared_raster_cannot_hold_is_refused_by_the_plan(
+    tmp_path, scene_factory
+) -> None:
+    scene = scene_factory("a", 32, 32)
+    mask = _label_raster_like(scene, tmp_path / "mask.tif", [np.ones((32, 32))])
+    cfg = PrepareConfig(
+        scenes=[str(scene)], labels=mask, out=tmp_path / "chips", chip_size=32,
+        label_map=LabelMap(cropland=[1, 300]),
+    )  # fmt: skip
+    message = r"mask.tif: label map value 300 \(cropland\) cannot occur in this uint8 label raster"
+    with pytest.raises(RsSegError, match=message):
+        plan_prepare(cfg)  # before any output or staging folder exists
+    assert not list(tmp_path.glob("*chips*"))
+
+
+def test_label_map_value_a_per_scene_raster_cannot_hold_is_refused(tmp_path, scene_factory) -> None:
+    scenes, labels = _two_labelled_scenes(tmp_path, scene_factory)
+    _label_raster_like(scenes[1], tmp_path / "b_mask.tif", [np.ones((64, 64))], dtype="int8")
+    label_map = LabelMap(cropland=[1], ignore=[200])
+    with pytest.raises(RsSegError, match=r"b_mask.tif: label map value 200 \(ignore\) cannot occur "
+                       r"in this int8 label raster \(values -128 to 127\)"):  # fmt: skip
+        run(tmp_path, scenes, labels, chip_size=32, label_map=label_map)
+    assert not list(tmp_path.glob("*chips*"))
+    inputs = [SceneInput(s.stem, s, tmp_path / f"{s.stem}_mask.tif") for s in scenes]
+    with pytest.raises(RsSegError, match=r"b_mask\.tif: label map value 200"):
+        RasterLabels(label_map).check(inputs)  # every header at once, no pixels read
+
+
+def test_multiband_label_rasters_are_read_from_band_1_and_warned_about_once(
+    tmp_path, scene_factory, caplog
+) -> None:
+    scenes = [scene_factory("a", 64, 64), scene_factory("b", 64, 64, seed=1)]
+    values = np.zeros((64, 64), np.uint8)
+    values[:20] = 1
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64))
+    for scene in scenes:
+        _label_raster_like(scene, tmp_path / f"{scene.stem}_mask.tif", [values, noise, noise])
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        summary = run(
+            tmp_path, scenes, tmp_path / "{stem}_mask.tif", chip_size=64,
+            label_map=LabelMap.parse("1=cropland"),
+        )  # fmt: skip
+    assert _label_warnings(caplog) == [
+        "2 label rasters have several bands and only band 1 is read: a_mask.tif (3 bands), "
+        "b_mask.tif (3 bands)"
+    ]
+    assert summary.label_values["multiband_rasters"] == 2
+    assert summary.label_values["cropland"] == {"1": 2 * 20 * 64}
+    for path in read_index(summary.out)["mask_path"]:
+        mask = read_chip(path)[0]
+        assert (mask[:20] == 1).all() and (mask[20:] == 0).all()
+
+
+def test_chip_folder_masks_are_label_rasters_too(tmp_path, caplog) -> None:
+    root = tmp_path / "voc"
+    write_voc_folder(root, n=4)  # masks: 1 (farm) or 0 (town), first 4 rows 5
+    town = root / "label_gray" / "town" / "2.tif"
+    with rasterio.open(town, "r+") as dst:
+        dst.write(np.full((1, 4, 32), 7, np.uint8), window=Window(0, 28, 32, 4))
+    farm = root / "label_gray" / "farm" / "3.tif"  # a grayscale mask saved with three bands
+    with rasterio.open(farm) as src:
+        gray = src.read(1)
+        profile = src.profile | {"count": 3}
+    with rasterio.open(farm, "w", **profile) as dst:
+        dst.write(np.stack([gray] * 3))
+
+    def cfg(label_map, out="chips"):
+        return PrepareConfig(
+            chips_dir=root, image_glob="image/**/*.tif", mask_glob="label_gray/**/*.tif",
+            label_map=LabelMap.parse(label_map), out=tmp_path / out, chip_size=32,
+        )  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="rs_seg.labels"):
+        summary = prepare(cfg("1=cropland,5=ignore"))
+    assert summary.label_values == {
+        "pixels": 4 * 32 * 32, "nodata": 0, "cropland": {"1": 2 * 28 * 32},
+        "ignore": {"5": 4 * 4 * 32}, "unmapped": {"0": 28 * 32 + 24 * 32, "7": 4 * 32},
+        "unmapped_other": 0, "absent": {}, "multiband_rasters": 1,
+    }  # fmt: skip
+    assert _label_warnings(caplog) == [
+        "label value 7 is not in the label map and became background: 3.1% of the labelled "
+        "pixels besides value 0 (taken as the background class)",
+        "1 label raster has several bands and only band 1 is read: 3.tif (3 bands)",
+    ]
+    farm_mask = read_chip(read_index(summary.out).set_index("scene").loc["farm_3", "mask_path"])
+    assert (farm_mask[0, 4:] == 1).all()
+
+    with pytest.raises(RsSegError, match=r"voc: label map cropland value 2 occurs in none of the "
+                       r"label rasters of the 4 scenes \(found values 0, 1, 5, 7\)"):  # fmt: skip
+        prepare(cfg("2=cropland", "wrong"))
+    with pytest.raises(RsSegError, match=r"farm/1.tif: label map value 256 \(ignore\) cannot"):
+        prepare(cfg("1=cropland,256=ignore", "too_big"))
+    assert not list(tmp_path.glob("*wrong*")) and not list(tmp_path.glob("*too_big*"))
+
+
+def test_vector_labels_have_no_label_values(tmp_path, scene_factory) -> None:
+    scene = scene_factory("a", 32, 32)
+    summary = run(tmp_path, [scene], write_labels(tmp_path / "l.gpkg", [pixel_box(0, 0, 8, 8)]))
+    assert summary.label_values is None and "label values" not in summary.report()
