@@ -1,11 +1,13 @@
 """Prefect flows ``infer-scene`` and ``infer-new-imagery``: thin layers over rs_seg inference.
 
 ``infer-scene`` maps one scene, exactly as ``rs-seg infer`` does. ``infer-new-imagery`` is the one
-to schedule: it lists an incoming folder or glob, and each scene becomes a task that claims the
-scene in the SQLite ledger (content fingerprint x model id), maps it with the current model and
-records the outcome, so overlapping or repeated runs map every scene exactly once and failures are
-retried by the next run without blocking the others (:mod:`rs_seg.incoming`). Scene tasks run on
-the flow's task runner: threads by default, a Dask cluster for many machines.
+to schedule: it lists an incoming folder or glob, leaves scenes that are still being copied
+*waiting* for a later run (size or mtime changed within ``settle_seconds``, or not readable to the
+end), and each complete scene becomes a task that claims the scene in the SQLite ledger (content
+fingerprint x model id), maps it with the current model and records the outcome, so overlapping
+or repeated runs map every scene exactly once and failures are retried by the next run without
+blocking the others (:mod:`rs_seg.incoming`). Scene tasks run on the flow's task runner: threads
+by default, a Dask cluster for many machines.
 
 Run locally:  python -m flows.infer_scene configs/my-incoming.yaml
 """
@@ -33,11 +35,14 @@ from rs_seg.incoming import (
     claim,
     map_scene,
     mapped_outputs,
-    plan,
     record,
+    scan,
     write_merged,
 )
 from rs_seg.inference import InferSummary, run_infer
+from rs_seg.ledger import check_writable
+
+STATUSES = ("mapped", "skipped", "failed", "waiting")
 
 
 @task(
@@ -124,18 +129,24 @@ def map_scenes(config: IncomingConfig, jobs: list[SceneJob], runner: Any) -> lis
 
 @flow(name="infer-new-imagery", log_prints=True)
 def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
-    """Map every new or changed scene of the incoming folder once with the current model."""
+    """Map every new or changed scene of the incoming folder once with the current model.
+
+    Scenes still being copied are reported as waiting (with the reason) and left alone: no claim,
+    no output, not a failure; a later run maps them once they are complete.
+    """
     logger = get_run_logger()
     runner = task_runner(config.runner)  # an unreachable Dask scheduler fails before any claim
-    jobs = plan(config)
+    found = scan(config)
+    jobs = found.jobs
     model = jobs[0].model_id if jobs else "-"
-    logger.info("%d scenes in %s; model %s; %s", len(jobs), config.incoming, model,
-                describe(config.runner))  # fmt: skip
-    results = []
+    logger.info("%d complete scenes, %d waiting in %s; model %s; %s", len(jobs),
+                len(found.waiting), config.incoming, model, describe(config.runner))  # fmt: skip
+    results = list(found.waiting)
     if jobs:
         with runner:
-            results = map_scenes(config, jobs, runner)
-    counts = {s: sum(r.status == s for r in results) for s in ("mapped", "skipped", "failed")}
+            results += map_scenes(config, jobs, runner)
+    results.sort(key=lambda r: r.scene)
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     merged = None
     if config.merged is not None and (counts["mapped"] or not config.merged.exists()):
         outputs = mapped_outputs(config, jobs)
@@ -146,12 +157,16 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
     for result in results:
         if result.status == "failed":
             logger.warning("%s failed (retried next run): %s", result.scene, result.error)
+        elif result.status == "waiting":
+            logger.info("%s waiting (mapped by a later run once complete): %s", result.scene,
+                        result.reason)  # fmt: skip
         for warning in result.warnings:
             logger.warning("%s: %s", result.scene.name, warning)
     create_markdown_artifact(
         key="infer-new-imagery",
         markdown=_markdown(config, results, counts, merged),
-        description="Scenes mapped, skipped (already done) and failed (retried next run)",
+        description="Scenes mapped, skipped (already done), failed (retried next run) and "
+        "waiting (still being copied)",
     )
     return {**counts, "merged": merged, "results": [_row(r) for r in results]}
 
@@ -160,7 +175,7 @@ def _row(result: SceneResult) -> dict[str, Any]:
     return {
         "scene": str(result.scene), "status": result.status,
         "fields": str(result.fields) if result.fields else None, "polygons": result.polygons,
-        "error": result.error, "warnings": list(result.warnings),
+        "error": result.error, "warnings": list(result.warnings), "reason": result.reason,
     }  # fmt: skip
 
 
@@ -173,8 +188,8 @@ def _markdown(
     lines = [
         f"## New imagery in `{config.incoming}`",
         "",
-        f"mapped {counts['mapped']}, already done {counts['skipped']}, failed {counts['failed']}"
-        f" (ledger `{config.ledger_path}`)",
+        f"mapped {counts['mapped']}, already done {counts['skipped']}, failed {counts['failed']},"
+        f" waiting {counts['waiting']} (ledger `{config.ledger_path}`)",
         "",
     ]
     if merged:
@@ -184,11 +199,11 @@ def _markdown(
             "",
         ]
     lines += [
-        "| scene | status | fields | polygons | error or warnings |",
+        "| scene | status | fields | polygons | error, reason or warnings |",
         "|---|---|---|---:|---|",
     ]
     for r in results:
-        notes = r.error or "; ".join(r.warnings)
+        notes = "; ".join(n for n in (r.error, r.reason, *r.warnings) if n)
         polygons = r.polygons if r.status == "mapped" else ""
         lines.append(f"| {r.scene.name} | {r.status} | {r.fields or ''} | {polygons} | {notes} |")
     return "\n".join(lines) + "\n"
@@ -197,13 +212,16 @@ def _markdown(
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.infer_scene [CONFIG]``: one infer-new-imagery run, its counts as JSON.
 
-    Exit code 1 when a scene failed (the next run retries it), 2 for bad input.
+    Exit code 1 when a scene failed (the next run retries it), 2 for bad input (also a ledger
+    that cannot be written); scenes still waiting are not a failure.
     """
     args = sys.argv[1:] if argv is None else argv
 
     def run() -> int:
         config = build_config(IncomingConfig, "incoming", Path(args[0]) if args else None, {})
-        if config.runner.address:  # fail in one line before a flow run (and its log) starts
+        # fail in one line before a flow run (and its log) starts
+        check_writable(config.ledger_path, before_run=True)
+        if config.runner.address:
             check_scheduler(config.runner.address, config.runner.connect_timeout)
         result = infer_new_imagery(config)
         print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))

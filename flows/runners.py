@@ -35,13 +35,27 @@ def task_runner(config: RunnerConfig) -> Any:
     if config.address:
         check_scheduler(config.address, config.connect_timeout)
         return DaskTaskRunner(address=config.address)
-    cluster: dict[str, Any] = {"processes": True, "threads_per_worker": 1}
+    cluster: dict[str, Any] = {"processes": True, "threads_per_worker": 1, **listen_kwargs(config)}
     if config.workers:
         cluster["n_workers"] = config.workers
     api_url = _ephemeral_api_url()
     if api_url:  # workers report to the flow's temporary server instead of starting their own
         cluster["env"] = {"PREFECT_API_URL": api_url}
     return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+def listen_kwargs(config: RunnerConfig) -> dict[str, Any]:
+    """Where a local cluster listens: loopback unless configured (``runner.host``/``dashboard``).
+
+    ``distributed.LocalCluster`` puts its scheduler and workers on 127.0.0.1 but its dashboard on
+    every interface (``:8787``), so both are given explicitly; worker dashboards stay off. With
+    ``dashboard: null`` the scheduler still answers health checks on ``host``, without the pages.
+    """
+    return {
+        "host": config.host,
+        "dashboard_address": config.dashboard,
+        "worker_dashboard_address": None,
+    }
 
 
 def _ephemeral_api_url() -> str | None:
@@ -66,7 +80,8 @@ def describe(config: RunnerConfig) -> str:
     if config.address:
         return f"Dask cluster at {config.address}"
     workers = config.workers or "one per core"
-    return f"local Dask cluster ({workers} worker processes)"
+    dashboard = f", dashboard on {config.dashboard}" if config.dashboard else ""
+    return f"local Dask cluster ({workers} worker processes on {config.host}{dashboard})"
 
 
 def check_scheduler(address: str, timeout: float) -> None:

@@ -339,6 +339,16 @@ class RunnerConfig(StrictModel):
     connect_timeout: Annotated[float, Field(gt=0)] = Field(
         10.0, description="dask: seconds to wait for the scheduler before giving up"
     )
+    host: str = Field(
+        "127.0.0.1",
+        description="dask local cluster: interface its scheduler and workers listen on "
+        "[loopback only]; 0.0.0.0 opens them to the network",
+    )
+    dashboard: str | None = Field(
+        "127.0.0.1:8787",
+        description="dask local cluster: HOST:PORT of the scheduler's dashboard [loopback only; "
+        "another free port when 8787 is taken]; null: no dashboard",
+    )
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> RunnerConfig:
@@ -363,6 +373,11 @@ class IncomingConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tta: bool = False
     min_area: Annotated[float, Field(ge=0)] = 500.0
+    settle_seconds: Annotated[float, Field(ge=0)] = Field(
+        30.0,
+        description="map a scene only once its size and mtime have not changed for this long "
+        "(a copy still in progress waits for a later run); 0: as soon as it reads as a raster",
+    )
     merged: Path | None = Field(
         None, description="also write every mapped scene's fields into this one .gpkg"
     )

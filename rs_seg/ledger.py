@@ -7,12 +7,18 @@ everything again, unless that is switched off). A run *claims* a key inside an `
 transaction before working on it; SQLite's lock makes the claim atomic across processes and
 machines sharing the file. A claim older than ``stale_after`` seconds belongs to a run that died
 and may be taken over; a failed scene is retried by the next run without blocking the others.
+
+The ledger also remembers how each file looked when a scan last saw it (size, mtime, since when it
+has not changed), so a file that is still being copied can be told from a complete one without
+sleeping in the scan (:meth:`Ledger.sight`). A ledger file deleted or replaced during a run loses
+that run's claims; recording an outcome then writes the row again instead of losing it silently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import sqlite3
@@ -23,6 +29,7 @@ from pathlib import Path
 
 from rs_seg.errors import RsSegError
 
+log = logging.getLogger(__name__)
 ANY_MODEL = "*"
 _CHUNK = 8 * 1024 * 1024
 _SCHEMA = """
@@ -50,6 +57,20 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     fingerprint TEXT NOT NULL
 )
 """
+# How each file looked at the last scan, and since when it has looked like that: a file whose size
+# and mtime have not changed for the settle interval is no longer being written. ``readable``: it
+# passed the completeness read at this size and mtime (not repeated on every scan).
+_SIGHTINGS = """
+CREATE TABLE IF NOT EXISTS sightings (
+    path         TEXT PRIMARY KEY,
+    size         INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    stable_since REAL NOT NULL,
+    readable     INTEGER NOT NULL DEFAULT 0
+)
+"""
+_READ_ONLY_HINT = "make it writable, or set incoming.ledger to a file in a writable folder"
+_NOTHING_DONE = ". Nothing was claimed or written"
 
 
 def content_fingerprint(path: Path) -> str:
@@ -64,9 +85,59 @@ def content_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def check_writable(path: Path, before_run: bool = False) -> None:
+    """Raise a one-line :class:`RsSegError` when the ledger cannot be written; creates nothing.
+
+    SQLite in WAL mode writes the file and creates ``-wal`` and ``-shm`` files beside it, so the
+    folder must be writable too. ``os.access`` also reports a read-only mount to root, for whom
+    file permissions do not apply. ``before_run``: checked before a run touches anything, so the
+    message can say that nothing was claimed or written.
+    """
+    hint = _READ_ONLY_HINT + (_NOTHING_DONE if before_run else "")
+    path = Path(path)
+    if not path.exists():
+        folder = next(p for p in path.parents if p.exists())
+        if os.access(folder, os.W_OK):
+            return
+        why = _read_only_mount(folder) or f"{folder} is not writable"
+        raise RsSegError(f"cannot create the ledger ({why}); {hint}", path)
+    if not os.access(path, os.W_OK):
+        why = "the file is not writable"
+    elif not os.access(path.parent, os.W_OK):
+        why = "its folder is not writable, and SQLite writes -wal and -shm files beside it"
+    else:
+        return
+    why = _read_only_mount(path.parent) or why
+    raise RsSegError(f"ledger is read-only ({why}); {hint}", path)
+
+
+def _read_only_mount(folder: Path) -> str | None:
+    """Why writes fail when ``folder`` is on a read-only mount (None otherwise)."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    return f"{folder} is on a read-only file system" if read_only else None
+
+
 def run_owner() -> str:
     """Who holds a claim: host and process, shown when a scene is busy or stuck."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A file as this scan saw it, and since when it has looked the same."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    stable_since: float  # epoch seconds; the file has not changed since then, as far as we know
+    readable: bool  # passed the completeness read at this size and mtime
+
+    def stable_for(self, now: float | None = None) -> float:
+        """Seconds the file has been unchanged."""
+        return max(0.0, (time.time() if now is None else now) - self.stable_since)
 
 
 @dataclass(frozen=True)
@@ -91,19 +162,40 @@ class Ledger:
     def __init__(self, path: Path, stale_after: float = 6 * 3600) -> None:
         self.path = Path(path)
         self.stale_after = stale_after
+        check_writable(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.execute(_SCHEMA)
-                db.execute(_FINGERPRINTS)
-        except (sqlite3.Error, OSError) as exc:
+        except OSError as exc:
             raise RsSegError(f"cannot open the ledger database ({exc})", self.path) from None
+        with self._connect():  # creates the file and the tables
+            pass
 
-    def _connect(self) -> contextlib.closing[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=60000")
-        return contextlib.closing(db)
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection, with the tables in place; SQLite errors become one-line RsSegErrors.
+
+        Creating the tables on every connection (a no-op when they exist) means a ledger file
+        deleted during a run is made again instead of failing with "no such table".
+        """
+        db = None
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            for schema in (_SCHEMA, _FINGERPRINTS, _SIGHTINGS):
+                db.execute(schema)
+            yield db
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # a bug in a statement, not the user's file
+        except sqlite3.DatabaseError as exc:  # locked, read-only, not a database, disk I/O
+            check_writable(self.path)  # made read-only since it was opened: say so
+            if "readonly" in str(exc):
+                raise RsSegError(f"ledger is read-only ({exc}); {_READ_ONLY_HINT}",
+                                 self.path) from None  # fmt: skip
+            raise RsSegError(f"cannot use the ledger database ({exc})", self.path) from None
+        finally:
+            if db is not None:
+                db.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -141,6 +233,46 @@ class Ledger:
             )
         return fingerprint
 
+    def sight(self, path: Path, now: float | None = None) -> Sighting:
+        """Record the file's size and mtime; since when it has looked like this.
+
+        A file seen for the first time counts as unchanged since its mtime (an archive that was
+        there before the first scan is complete at once); a file whose size or mtime differ from
+        the previous scan changed just now, whatever its mtime says (a copy that preserves
+        timestamps, a clock that lags). Reads only, when nothing changed.
+        """
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise RsSegError(f"cannot read the scene ({exc.strerror})", path) from None
+        now = time.time() if now is None else now
+        key = str(path.resolve())
+        query = "SELECT size, mtime_ns, stable_since, readable FROM sightings WHERE path = ?"
+        with self._connect() as db:
+            row = db.execute(query, (key,)).fetchone()
+        if row is not None and (row[0], row[1]) == (stat.st_size, stat.st_mtime_ns):
+            return Sighting(path, stat.st_size, stat.st_mtime_ns, row[2], bool(row[3]))
+        stable_since = now if row is not None else min(now, stat.st_mtime)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO sightings (path, size, mtime_ns, stable_since) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
+                " mtime_ns = excluded.mtime_ns, stable_since = excluded.stable_since, readable = 0"
+                " WHERE size != excluded.size OR mtime_ns != excluded.mtime_ns",
+                (key, stat.st_size, stat.st_mtime_ns, stable_since),
+            )  # an overlapping run that saw the same file first keeps its stable_since
+            row = db.execute(query, (key,)).fetchone()
+        return Sighting(path, row[0], row[1], row[2], bool(row[3]))
+
+    def mark_readable(self, sighting: Sighting) -> None:
+        """The file passed the completeness read at this size and mtime: skip it next scan."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sightings SET readable = 1 WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (str(sighting.path.resolve()), sighting.size, sighting.mtime_ns),
+            )
+
     def claim(self, fingerprint: str, model_id: str, path: Path, owner: str | None = None) -> bool:
         """Take a scene for processing; False when it is done or another live run holds it."""
         now = time.time()
@@ -168,22 +300,44 @@ class Ledger:
             )
             return True
 
-    def _finish(self, fingerprint: str, model_id: str, status: str, **values: str | None) -> None:
+    def _finish(
+        self, fingerprint: str, model_id: str, status: str, path: Path | None,
+        output: str | None = None, error: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Write the outcome; True when the claim was gone and the row was written again."""
+        now = time.time()
         with self._transaction() as db:
-            db.execute(
+            updated = db.execute(
                 "UPDATE scenes SET status = ?, finished_at = ?, output = ?, error = ?"
                 " WHERE fingerprint = ? AND model_id = ?",
-                (status, time.time(), values.get("output"), values.get("error"), fingerprint,
-                 model_id),
+                (status, now, output, error, fingerprint, model_id),
+            ).rowcount
+            if not updated:  # the ledger was deleted or replaced since the claim
+                db.execute(
+                    "INSERT INTO scenes (fingerprint, model_id, path, status, owner, claimed_at,"
+                    " finished_at, output, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (fingerprint, model_id, str(path or output or ""), status, run_owner(), now,
+                     now, output, error),
+                )  # fmt: skip
+        if not updated:
+            log.warning(
+                "%s: the ledger was replaced during the run (the claim of %s is gone); its "
+                "outcome (%s) was recorded again", self.path, path or fingerprint, status,
             )  # fmt: skip
+        return not updated
 
-    def complete(self, fingerprint: str, model_id: str, output: Path) -> None:
-        """Record a scene as mapped, with where its outputs are."""
-        self._finish(fingerprint, model_id, "done", output=str(output))
+    def complete(
+        self, fingerprint: str, model_id: str, output: Path, path: Path | None = None
+    ) -> bool:
+        """Record a scene (at ``path``) as mapped, with where its outputs are.
 
-    def fail(self, fingerprint: str, model_id: str, error: str) -> None:
-        """Record a failure; the next run claims the scene again."""
-        self._finish(fingerprint, model_id, "failed", error=error[:1000])
+        True when the ledger was replaced since the claim and the row was written again.
+        """
+        return self._finish(fingerprint, model_id, "done", path, output=str(output))
+
+    def fail(self, fingerprint: str, model_id: str, error: str, path: Path | None = None) -> bool:
+        """Record a failure; the next run claims the scene again. True as for :meth:`complete`."""
+        return self._finish(fingerprint, model_id, "failed", path, error=error[:1000])
 
     def entries(self) -> list[Entry]:
         """Every row, oldest claim first (for reports and tests)."""

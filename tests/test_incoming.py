@@ -1,22 +1,37 @@
-"""New imagery: each scene mapped exactly once per model, failures retried, nothing lost."""
+"""New imagery: each scene mapped exactly once per model, failures retried, nothing lost; scenes
+still being copied wait for a later run."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from rs_seg.incoming import IncomingConfig, plan, process_scene
-from tests.conftest import write_scene
+from rs_seg.incoming import IncomingConfig, plan, process_scene, scan
+from tests.conftest import ephemeral_prefect_env, write_scene
 from tests.test_inference import make_bundle
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def run_once(cfg: IncomingConfig) -> dict[str, list[str]]:
-    outcome: dict[str, list[str]] = {"mapped": [], "skipped": [], "failed": []}
-    for job in plan(cfg):
-        result = process_scene(cfg, job)
+
+def run_once(cfg: IncomingConfig, now: float | None = None) -> dict[str, list[str]]:
+    outcome: dict[str, list[str]] = {"mapped": [], "skipped": [], "failed": [], "waiting": []}
+    found = scan(cfg, now)
+    for result in [*found.waiting, *(process_scene(cfg, job) for job in found.jobs)]:
         outcome[result.status].append(result.scene.name)
-    return outcome
+    return {k: sorted(v) for k, v in outcome.items() if v or k != "waiting"}
+
+
+def incoming(tmp_path: Path, **settings) -> IncomingConfig:
+    """Scenes the tests write are complete at once: no settle interval unless a test sets one."""
+    return IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
+                          **{"settle_seconds": 0} | settings)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -25,7 +40,7 @@ def test_new_scenes_are_mapped_once_and_again_for_a_new_model(tmp_path: Path) ->
     for i in range(3):
         write_scene(inbox / f"s{i}.tif", 64, 64, seed=i)
     first_model = make_bundle(tmp_path / "m1.pt", seed=1)
-    cfg = IncomingConfig(incoming=str(inbox), out_dir=tmp_path / "out", model=first_model)
+    cfg = incoming(tmp_path, model=first_model)
 
     assert run_once(cfg)["mapped"] == ["s0.tif", "s1.tif", "s2.tif"]
     assert run_once(cfg) == {"mapped": [], "skipped": ["s0.tif", "s1.tif", "s2.tif"], "failed": []}
@@ -49,30 +64,32 @@ def test_new_scenes_are_mapped_once_and_again_for_a_new_model(tmp_path: Path) ->
 def test_a_corrupt_scene_is_recorded_and_retried_without_blocking_others(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     write_scene(inbox / "good.tif", 64, 64)
-    (inbox / "broken.tif").write_text("half a file")
-    cfg = IncomingConfig(
-        incoming=str(inbox), out_dir=tmp_path / "out", model=make_bundle(tmp_path / "m.pt")
-    )
+    write_scene(inbox / "broken.tif", 64, 64, bands=2)  # reads, but the model needs 3 bands
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m.pt"))
     outcome = run_once(cfg)
     assert outcome["mapped"] == ["good.tif"] and outcome["failed"] == ["broken.tif"]
-    write_scene(inbox / "broken.tif", 64, 64, seed=5)  # the upload completes
+    assert not (tmp_path / "out" / "broken").exists(), "a failed scene leaves no folder behind"
+    write_scene(inbox / "broken.tif", 64, 64, seed=5)  # replaced by a good one
     assert run_once(cfg) == {"mapped": ["broken.tif"], "skipped": ["good.tif"], "failed": []}
     assert (tmp_path / "out" / "good").is_dir() and (tmp_path / "out" / "broken").is_dir()
 
 
 def test_an_empty_inbox_needs_no_model(tmp_path: Path) -> None:
-    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                         models_dir=tmp_path / "no-models")  # fmt: skip
+    cfg = incoming(tmp_path, models_dir=tmp_path / "no-models")
     (tmp_path / "inbox").mkdir()
     assert plan(cfg) == [], "a schedule set up before the first model idles quietly"
+    write_scene(tmp_path / "inbox" / "a.tif", 32, 32)
+    copying = cfg.model_copy(update={"settle_seconds": 30})
+    [waiting] = scan(copying).waiting
+    assert re.fullmatch(r"size or mtime changed \d+ s ago \(settles after 30 s\)", waiting.reason)
+    assert scan(copying).jobs == [], "nothing complete yet: no model needed either"
 
 
 def test_an_inbox_with_scenes_but_no_model_says_how_to_get_one(tmp_path: Path) -> None:
     from rs_seg.errors import RsSegError
 
     write_scene(tmp_path / "inbox" / "a.tif", 32, 32)
-    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                         models_dir=tmp_path / "no-models")  # fmt: skip
+    cfg = incoming(tmp_path, models_dir=tmp_path / "no-models")
     with pytest.raises(RsSegError, match="no-models"):
         plan(cfg)
 
@@ -125,9 +142,7 @@ def test_merged_outputs_come_from_the_ledger_for_the_current_model(tmp_path: Pat
     inbox = tmp_path / "inbox"
     for i in range(2):
         write_scene(inbox / f"s{i}.tif", 64, 64, seed=i)
-    cfg = IncomingConfig(
-        incoming=str(inbox), out_dir=tmp_path / "out", model=make_bundle(tmp_path / "m1.pt")
-    )
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m1.pt"))
     run_once(cfg)
     first = mapped_outputs(cfg, plan(cfg))
     assert [p.parts[-3] for p in first] == ["s0", "s1"]
@@ -136,3 +151,234 @@ def test_merged_outputs_come_from_the_ledger_for_the_current_model(tmp_path: Pat
     run_once(newer)
     assert len(mapped_outputs(newer, plan(newer))) == 2
     assert set(mapped_outputs(newer, plan(newer))).isdisjoint(first)
+
+
+# --- scenes still being copied: settle interval and completeness read ---------------------------
+
+
+def half_copied(source: Path, target: Path, fraction: float, preallocate: bool = False) -> None:
+    """``target`` as a copy of ``source`` stopped at ``fraction``: truncated, or at full size
+    with a zero tail (a copier that pre-allocates the file, then fills it)."""
+    data = source.read_bytes()
+    done = data[: int(len(data) * fraction)]
+    target.write_bytes(done + (b"\0" * (len(data) - len(done)) if preallocate else b""))
+
+
+def out_entries(cfg: IncomingConfig) -> list[str]:
+    return sorted(p.name for p in cfg.out_dir.iterdir() if p.name != "ledger.sqlite")
+
+
+@pytest.mark.slow
+def test_a_scene_copied_in_two_steps_waits_until_complete(tmp_path: Path) -> None:
+    """Truncated, then completed: waits while changing, waits while unreadable, then maps once."""
+    from rs_seg.ledger import Ledger, content_fingerprint
+
+    source = write_scene(tmp_path / "source" / "late.tif", 96, 96, seed=4)
+    write_scene(tmp_path / "inbox" / "early.tif", 64, 64)
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m.pt"), settle_seconds=30)
+    late = tmp_path / "inbox" / "late.tif"
+    half_copied(source, late, 0.5)
+    t0 = time.time()
+    for scene in (late, tmp_path / "inbox" / "early.tif"):
+        os.utime(scene, (t0, t0))
+    found = scan(cfg, now=t0)
+    assert [w.reason for w in found.waiting] == [
+        "size or mtime changed 0 s ago (settles after 30 s)"
+    ] * 2, "both just written"
+    assert run_once(cfg, now=t0 + 31) == {
+        "mapped": ["early.tif"], "skipped": [], "failed": [], "waiting": ["late.tif"]
+    }  # fmt: skip
+    [waiting] = scan(cfg, now=t0 + 32).waiting
+    assert waiting.reason.startswith("cannot be read to the end (last block of band 1): ")
+    assert "if the copy has finished, the file is damaged" in waiting.reason
+    assert out_entries(cfg) == ["early"], "nothing under out_dir for the waiting scene"
+    assert [Path(e.path).name for e in Ledger(cfg.ledger_path).entries()] == ["early.tif"]
+
+    late.write_bytes(source.read_bytes())  # the copy completes
+    [waiting] = scan(cfg, now=t0 + 40).waiting
+    assert waiting.reason == "size or mtime changed 0 s ago (settles after 30 s)", (
+        "changed since the last scan: the settle interval starts again"
+    )
+    assert run_once(cfg, now=t0 + 71) == {"mapped": ["late.tif"], "skipped": ["early.tif"],
+                                          "failed": []}  # fmt: skip
+    entries = {Path(e.path).name: e for e in Ledger(cfg.ledger_path).entries()}
+    assert entries["late.tif"].fingerprint == content_fingerprint(source), "the complete file"
+    assert (entries["late.tif"].status, entries["late.tif"].attempts) == ("done", 1)
+    assert sorted(p.name for p in (cfg.out_dir / "late").rglob("*")) == [
+        entries["late.tif"].model_id, "fields.gpkg", "fields_prob.tif"
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_preallocated_scene_waits_while_its_writer_keeps_changing_it(tmp_path: Path) -> None:
+    """Full size from the start, tail still zeros: only the settle rule can tell, so it must."""
+    from rs_seg.incoming import read_problem
+    from rs_seg.ledger import Ledger, content_fingerprint
+
+    source = write_scene(tmp_path / "source" / "big.tif", 96, 96, seed=6)
+    scene = tmp_path / "inbox" / "big.tif"
+    scene.parent.mkdir()
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m.pt"), settle_seconds=30)
+    t0 = time.time()
+
+    def written(fraction: float, at: float) -> None:
+        half_copied(source, scene, fraction, preallocate=True)
+        os.utime(scene, (at, at))  # the writer's clock, as an NFS server would stamp it
+
+    written(0.3, t0)
+    assert scene.stat().st_size == source.stat().st_size
+    assert read_problem(scene) is None, "uncompressed zeros read fine: the read alone can't tell"
+    assert [w.reason for w in scan(cfg, now=t0 + 1).waiting] == [
+        "size or mtime changed 1 s ago (settles after 30 s)"
+    ]
+    written(0.6, t0 + 20)
+    assert [w.reason for w in scan(cfg, now=t0 + 35).waiting] == [
+        "size or mtime changed 0 s ago (settles after 30 s)"
+    ], "first seen 35 s ago, but it changed since: not settled"
+    written(1.0, t0 + 40)
+    assert scan(cfg, now=t0 + 45).jobs == []
+    assert Ledger(cfg.ledger_path).entries() == [], "waiting is no claim"
+    assert out_entries(cfg) == []
+    assert run_once(cfg, now=t0 + 76) == {"mapped": ["big.tif"], "skipped": [], "failed": []}
+    [entry] = Ledger(cfg.ledger_path).entries()
+    assert entry.fingerprint == content_fingerprint(source) and entry.status == "done"
+
+
+def test_the_completeness_read_catches_truncated_and_zero_filled_compressed_scenes(
+    tmp_path: Path,
+) -> None:
+    import rasterio
+
+    from rs_seg.incoming import read_problem
+
+    plain = write_scene(tmp_path / "plain.tif", 300, 300, seed=2)
+    with rasterio.open(plain) as src:
+        profile, data = src.profile, src.read()
+    tiled = tmp_path / "tiled.tif"
+    with rasterio.open(
+        tiled,
+        "w",
+        **profile | {"compress": "deflate", "tiled": True, "blockxsize": 128, "blockysize": 128},
+    ) as dst:
+        dst.write(data)  # fmt: skip
+    assert read_problem(plain) is None and read_problem(tiled) is None
+    for source in (plain, tiled):
+        half_copied(source, tmp_path / "cut.tif", 0.9)
+        assert read_problem(tmp_path / "cut.tif").startswith("cannot be read to the end")
+    half_copied(tiled, tmp_path / "zeros.tif", 0.6, preallocate=True)
+    assert read_problem(tmp_path / "zeros.tif").startswith("cannot be read to the end")
+    half_copied(plain, tmp_path / "stub.tif", 0.001)  # not even the whole header yet
+    assert read_problem(tmp_path / "stub.tif").startswith("cannot be opened as a raster: ")
+    (tmp_path / "notes.tif").write_text("not a raster")
+    assert read_problem(tmp_path / "notes.tif").startswith("cannot be opened as a raster: ")
+
+
+def test_an_archive_older_than_the_settle_interval_maps_at_the_first_scan(tmp_path: Path) -> None:
+    from rs_seg.ledger import Ledger
+
+    scene = write_scene(tmp_path / "inbox" / "old.tif", 32, 32)
+    os.utime(scene, (time.time() - 3600, time.time() - 3600))
+    cfg = incoming(tmp_path, settle_seconds=30, model=make_bundle(tmp_path / "m.pt"))
+    found = scan(cfg)
+    assert [job.scene for job in found.jobs] == [scene] and found.waiting == []
+    reads: list[Path] = []
+    import rs_seg.incoming as incoming_module
+
+    real = incoming_module.read_problem
+    incoming_module.read_problem = lambda p: reads.append(p) or real(p)
+    try:
+        scan(cfg)
+    finally:
+        incoming_module.read_problem = real
+    assert reads == [], "read once per size and mtime, not on every scan"
+    assert Ledger(cfg.ledger_path).entries() == [], "scanning claims nothing"
+
+
+@pytest.mark.slow
+def test_a_scene_folder_appears_whole_and_failures_leave_nothing(tmp_path: Path, monkeypatch):
+    import pyogrio
+
+    import rs_seg.inference as inference
+    from rs_seg.errors import RsSegError
+    from rs_seg.incoming import map_scene, scene_outputs
+
+    write_scene(tmp_path / "inbox" / "a.tif", 64, 64)
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m.pt"), device="cpu")
+    [job] = plan(cfg)
+    final = scene_outputs(cfg, job)
+    seen = []
+    real = inference.run_infer
+
+    def watched(infer_cfg):
+        seen.append((final.exists(), infer_cfg.out.parent.name))
+        return real(infer_cfg)
+
+    monkeypatch.setattr(inference, "run_infer", watched)
+    result = map_scene(cfg, job)
+    [(existed, staging)] = seen
+    assert not existed and staging.startswith(f".{job.model_id}.partial-"), "built aside"
+    assert sorted(p.name for p in final.iterdir()) == ["fields.gpkg", "fields_prob.tif"]
+    assert sorted(p.name for p in final.parent.iterdir()) == [job.model_id], "no staging left"
+    meta = pyogrio.read_info(result.fields, layer="fields")["layer_metadata"]
+    assert meta["probability_raster"] == str(final / "fields_prob.tif"), "the published path"
+    assert map_scene(cfg, job).status == "mapped", "mapping again replaces its own folder"
+
+    (final / "notes.txt").write_text("mine")
+    with pytest.raises(RsSegError, match=r"notes\.txt"):
+        map_scene(cfg, job)
+    assert (final / "notes.txt").read_text() == "mine", "a folder holding user files is kept"
+
+    source = write_scene(tmp_path / "source.tif", 64, 64, seed=9)
+    half_copied(source, tmp_path / "inbox" / "cut.tif", 0.6)
+    cut = job.__class__(tmp_path / "inbox" / "cut.tif", "f" * 20, job.model, job.model_id,
+                        job.ledger_key)  # fmt: skip
+    with pytest.raises(RsSegError, match=r"cut\.tif"):
+        map_scene(cfg, cut)  # mapped without the scan's checks, as a retry or a race would
+    assert not (cfg.out_dir / "cut").exists(), "no empty <scene> folder left behind"
+
+
+FLOW_SCRIPT = """
+import json, sys
+from prefect.client.orchestration import get_client
+from rs_seg.config import IncomingConfig
+from flows.infer_scene import infer_new_imagery
+result = infer_new_imagery(IncomingConfig.model_validate_json(sys.argv[1]))
+with get_client(sync_client=True) as client:
+    artifacts = [a.data for a in client.read_artifacts() if a.key == "infer-new-imagery"]
+print("RESULT " + json.dumps({"result": result, "artifacts": artifacts}))
+"""
+
+
+@pytest.mark.slow
+def test_the_flow_reports_waiting_scenes_and_maps_them_later(tmp_path: Path) -> None:
+    source = write_scene(tmp_path / "source.tif", 96, 96, seed=3)
+    old = time.time() - 600
+    for name in ("done.tif", "cut.tif"):
+        if name == "done.tif":
+            write_scene(tmp_path / "inbox" / name, 64, 64)
+        else:
+            half_copied(source, tmp_path / "inbox" / name, 0.5)
+        os.utime(tmp_path / "inbox" / name, (old, old))  # settled, long ago
+    half_copied(source, tmp_path / "inbox" / "fresh.tif", 0.5, preallocate=True)
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m.pt"), device="cpu",
+                   settle_seconds=60, merged=tmp_path / "all.gpkg")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", FLOW_SCRIPT, cfg.model_dump_json()],
+        env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = json.loads(done.stdout.split("RESULT ", 1)[1])
+    result, [artifact] = output["result"], output["artifacts"]
+    assert (result["mapped"], result["waiting"], result["failed"]) == (1, 2, 0)
+    rows = {Path(r["scene"]).name: r for r in result["results"]}
+    assert rows["done.tif"]["status"] == "mapped"
+    assert rows["cut.tif"]["reason"].startswith("cannot be read to the end")
+    assert rows["fresh.tif"]["reason"].startswith("size or mtime changed ")
+    assert rows["fresh.tif"]["reason"].endswith(" s ago (settles after 60 s)")
+    assert "waiting 2" in artifact and "| fresh.tif | waiting |" in artifact
+    assert "cannot be read to the end" in artifact
+    logs = done.stdout + done.stderr
+    assert "fresh.tif waiting (mapped by a later run once complete)" in logs
+    assert sorted(p.name for p in cfg.out_dir.iterdir()) == ["done", "ledger.sqlite"]
+    assert result["merged"]["scenes"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -103,3 +104,170 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None
     assert ledger.fingerprint(scene) == real(scene) and len(reads) == 3
     with pytest.raises(RsSegError, match=r"missing.tif: cannot read the scene"):
         ledger.fingerprint(tmp_path / "missing.tif")
+
+
+def test_sightings_tell_a_settled_file_from_one_still_being_written(tmp_path: Path) -> None:
+    import os
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"part")
+    t0 = time.time()
+    os.utime(scene, (t0 - 100, t0 - 100))
+    first = ledger.sight(scene, now=t0)
+    assert first.stable_since == t0 - 100, "first seen: unchanged since its mtime"
+    assert not first.readable
+    ledger.mark_readable(first)
+    again = Ledger(tmp_path / "ledger.sqlite").sight(scene, now=t0 + 5)
+    assert (again.stable_since, again.readable) == (t0 - 100, True), "kept across restarts"
+    scene.write_bytes(b"part and more")
+    os.utime(scene, (t0 - 100, t0 - 100))  # a copier that restores the source's old mtime
+    changed = ledger.sight(scene, now=t0 + 10)
+    assert (changed.stable_for(t0 + 10), changed.readable) == (0, False), "changed since last scan"
+    assert ledger.sight(scene, now=t0 + 40).stable_for(t0 + 40) == 30
+    future = tmp_path / "future.tif"
+    future.write_bytes(b"x")
+    os.utime(future, (t0 + 3600, t0 + 3600))  # a file server whose clock runs ahead
+    assert ledger.sight(future, now=t0).stable_since == t0
+    with pytest.raises(RsSegError, match=r"missing.tif: cannot read the scene"):
+        ledger.sight(tmp_path / "missing.tif")
+
+
+def test_a_ledger_deleted_during_a_run_keeps_the_outcome(tmp_path: Path, caplog) -> None:
+    from rs_seg.config import IncomingConfig
+    from rs_seg.incoming import SceneJob, SceneResult, claim, record
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    assert ledger.claim("abc", "m1", Path("a.tif"))
+    for leftover in tmp_path.glob("ledger.sqlite*"):
+        leftover.unlink()  # deleted between claim and complete (or replaced by a fresh copy)
+    with caplog.at_level("WARNING", logger="rs_seg.ledger"):
+        assert ledger.complete("abc", "m1", Path("out/a.gpkg"), Path("a.tif")) is True
+    assert "the ledger was replaced during the run" in caplog.text
+    [entry] = Ledger(path).entries()
+    assert (entry.status, entry.output, entry.path) == ("done", "out/a.gpkg", "a.tif")
+    assert not ledger.claim("abc", "m1", Path("a.tif")), "done, not mapped again"
+    assert ledger.claim("abc", "m2", Path("a.tif"))
+    assert ledger.complete("abc", "m2", Path("out/b.gpkg")) is False, "an ordinary completion"
+
+    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path, ledger=path)
+    jobs = [SceneJob(Path(f"{n}.tif"), n * 4, Path("m.pt"), "m3", "m3") for n in ("b", "c")]
+    assert all(claim(cfg, job) for job in jobs)
+    path.unlink()
+    mapped = record(cfg, jobs[0], SceneResult(jobs[0].scene, "mapped", Path("out/b.gpkg")))
+    failed = record(cfg, jobs[1], OSError("disk gone"))
+    assert all("ledger was replaced during the run" in r.warnings[-1] for r in (mapped, failed))
+    statuses = {e.path: e.status for e in Ledger(path).entries()}
+    assert statuses == {"b.tif": "done", "c.tif": "failed"}, "both outcomes kept"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_a_read_only_ledger_file_or_folder_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "ledger.sqlite"
+    Ledger(path)
+    path.chmod(0o444)
+    try:
+        with pytest.raises(RsSegError, match=r"ledger.sqlite: ledger is read-only \(the file is"):
+            Ledger(path)
+    finally:
+        path.chmod(0o644)
+    path.parent.chmod(0o555)
+    try:
+        with pytest.raises(RsSegError, match=r"ledger is read-only \(its folder is not writable"):
+            Ledger(path)
+    finally:
+        path.parent.chmod(0o755)
+
+
+def test_read_only_checks_name_the_file_or_the_folder(tmp_path: Path, monkeypatch) -> None:
+    """What an unprivileged user sees (os.access stands in for permissions root ignores)."""
+    from rs_seg import ledger as ledger_module
+
+    path = tmp_path / "db" / "ledger.sqlite"
+    Ledger(path)
+    denied: set[Path] = set()
+    monkeypatch.setattr(ledger_module.os, "access", lambda p, mode: Path(p) not in denied)
+    denied.add(path)
+    with pytest.raises(RsSegError, match=r"ledger.sqlite: ledger is read-only \(the file is not"):
+        Ledger(path)
+    denied.clear()
+    denied.add(path.parent)
+    with pytest.raises(RsSegError, match=r"read-only \(its folder is not writable, and SQLite"):
+        Ledger(path)
+    with pytest.raises(RsSegError, match=r"cannot create the ledger \(.*db is not writable\)"):
+        Ledger(path.parent / "new" / "ledger.sqlite")
+    with pytest.raises(RsSegError, match=r"Nothing was claimed or written$"):
+        ledger_module.check_writable(path, before_run=True)
+
+
+READ_ONLY_MOUNT = """
+set -e
+mount --bind "$1" "$1"
+mount -o remount,ro,bind "$1"
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.slow
+def test_a_ledger_on_a_read_only_mount_stops_the_flow_in_one_line(tmp_path: Path) -> None:
+    """A read-only mount stops root too: simulated with a private mount namespace (unshare)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ephemeral_prefect_env, write_scene
+
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "-rm", "sh", "-c", READ_ONLY_MOUNT, "sh",
+                            str(tmp_path), "true"], capture_output=True)  # fmt: skip
+    if unshare is None or probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here ({probe.stderr.decode().strip()})")
+    mapped = tmp_path / "mapped"
+    Ledger(mapped / "ledger.sqlite")
+    write_scene(tmp_path / "inbox" / "a.tif", 32, 32)
+    config = tmp_path / "incoming.yaml"
+    config.write_text(f"incoming: {{incoming: {tmp_path / 'inbox'}, out_dir: {mapped}}}\n")
+    before = sorted(mapped.rglob("*"))
+    done = subprocess.run(
+        [unshare, "-rm", "sh", "-c", READ_ONLY_MOUNT, "sh", str(mapped),
+         sys.executable, "-m", "flows.infer_scene", str(config)],
+        env=ephemeral_prefect_env(tmp_path), cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        f"error: {mapped / 'ledger.sqlite'}: ledger is read-only ({mapped} is on a read-only "
+        "file system); make it writable, or set incoming.ledger to a file in a writable folder. "
+        "Nothing was claimed or written"
+    ]
+    assert sorted(mapped.rglob("*")) == before
+
+    midway = subprocess.run(
+        [unshare, "-rm", sys.executable, "-c", MADE_READ_ONLY_MIDWAY, str(mapped)],
+        env=ephemeral_prefect_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert midway.returncode == 0, midway.stderr[-2000:]
+    assert midway.stdout.strip() == (
+        f"{mapped / 'ledger.sqlite'}: ledger is read-only ({mapped} is on a read-only file "
+        "system); make it writable, or set incoming.ledger to a file in a writable folder"
+    )
+
+
+# Inside a private mount namespace: claim, then the folder turns read-only before the completion.
+MADE_READ_ONLY_MIDWAY = """
+import subprocess, sys
+from pathlib import Path
+from rs_seg.errors import RsSegError
+from rs_seg.ledger import Ledger
+folder = sys.argv[1]
+ledger = Ledger(Path(folder) / "ledger.sqlite")
+ledger.claim("abc", "m1", Path("a.tif"))
+subprocess.run(["mount", "--bind", folder, folder], check=True)
+subprocess.run(["mount", "-o", "remount,ro,bind", folder], check=True)
+try:
+    ledger.complete("abc", "m1", Path("a.gpkg"))
+except RsSegError as exc:
+    print(exc)
+"""
