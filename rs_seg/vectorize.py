@@ -7,7 +7,9 @@ uses), and regions that continue across a boundary are joined through their pixe
 equals polygonizing the whole raster at once. The parts of such a field are unioned in pixel
 coordinates, where every vertex is an exact integer and the shared edges match exactly, and move
 into the raster's CRS only when the field is complete. Labels also give each field's exact pixel
-sum for ``mean_prob``.
+sum for ``mean_prob``. Regions that lie inside a strip and whose bounding box is smaller than the
+minimum area are removed from the label image before polygonizing: on noisy rasters they are
+millions, and they could never become fields.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ _LAYER_OPTIONS = {
 _GPKG_BATCH = 5000  # features per append: one transaction each, bounded memory
 _SUM_ROWS = 128  # rows per bincount chunk: float64 weights of a whole strip would cost 8 B/px
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+_PREFILTER = True  # drop regions that cannot reach min_area before polygonizing (tests: off)
 _CoordinateFunction = Callable[[np.ndarray], np.ndarray]  # (n, 2) coordinates -> (n, 2)
 
 
@@ -164,6 +167,7 @@ def vectorize(
             writer = _Writer(staging, info, metres)
             for records in _field_records(src, settings, metres, progress):
                 writer.add(records, settings.simplify)
+                del records  # not kept alive while the next strip is polygonized
             writer.close()
             if driver == "GPKG":
                 add_default_style(staging, LAYER)
@@ -248,14 +252,16 @@ def _layer_metadata(
 # --- strips: label cropland regions and polygonize them in pixel coordinates -----------------
 
 
-@dataclass
+@dataclass(slots=True)  # millions on noisy scenes: no per-instance dict
 class _Field:
     """One 4-connected cropland region, possibly still continuing into the next strip.
 
-    ``parts`` are pixel-space polygons, one per strip the region touches; ``first`` is its first
-    pixel in raster order and ``last_row`` its lowest row: together they order fields stably.
-    ``left`` and ``right`` bound its columns (right exclusive). ``crs`` is the single part already
-    in CRS coordinates (transforming each field on its own costs more than polygonizing it).
+    ``parts`` are pixel-space polygons, one per strip the region touches, made only for regions
+    on a strip's first or last row (only those can be joined); ``first`` is its first pixel in
+    raster order and ``last_row`` its lowest row: together they order fields stably. ``left`` and
+    ``right`` bound its columns (right exclusive). ``crs`` is the single part already in CRS
+    coordinates (transforming each field on its own costs more than polygonizing it), None once
+    parts from several strips were joined.
     """
 
     parts: list[shapely.Polygon]
@@ -291,23 +297,37 @@ def _read_cropland(
 
 
 def _strip_fields(
-    values: np.ndarray, cropland: np.ndarray, row0: int, to_crs: _CoordinateFunction
+    values: np.ndarray,
+    cropland: np.ndarray,
+    row0: int,
+    to_crs: _CoordinateFunction,
+    too_small: _TooSmall | None = None,
 ) -> tuple[np.ndarray, list[_Field]]:
     """Label the strip's regions (4-connected, like GDAL) and polygonize each one.
+
+    With ``too_small``, regions that can never reach the minimum area are removed from the label
+    image first (see :class:`_TooSmall`), so they cost no polygon and no Python object.
 
     Returns the label image (0 = not cropland, label ``i`` = ``fields[i - 1]``) and the fields.
     """
     labels = np.zeros(cropland.shape, dtype=np.int32)
     count = ndimage.label(cropland, structure=_FOUR_CONNECTED, output=labels)
+    if count and too_small is not None:
+        labels, count = too_small.remove(labels, count)
+        cropland = labels > 0
     if count == 0:
         return labels, []
     totals, pixels = _label_sums(values, labels, cropland, count)
     parts: list[list[shapely.Polygon]] = [[] for _ in range(count)]
     crs_parts: list[shapely.Polygon | None] = [None] * count
+    # only regions on the strip's first or last row can be joined with other strips' regions
+    joinable = np.zeros(count + 1, dtype=bool)
+    joinable[labels[0]] = joinable[labels[-1]] = True
     pixel_space = Affine.translation(0, row0)  # x = column, y = raster row: exact integers
     found = shapes(labels, mask=cropland, connectivity=4, transform=pixel_space)
-    for value, pixel, crs in _shapes_to_polygons(found, to_crs):
-        parts[value - 1].append(pixel)
+    for value, pixel, crs in _shapes_to_polygons(found, to_crs, joinable):
+        if pixel is not None:
+            parts[value - 1].append(pixel)
         crs_parts[value - 1] = crs
     fields = []
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels)):
@@ -322,12 +342,14 @@ def _strip_fields(
 
 
 def _shapes_to_polygons(
-    found: Iterator[tuple[dict, float]], to_crs: _CoordinateFunction
-) -> Iterator[tuple[int, shapely.Polygon, shapely.Polygon]]:
+    found: Iterator[tuple[dict, float]], to_crs: _CoordinateFunction, joinable: np.ndarray
+) -> Iterator[tuple[int, shapely.Polygon | None, shapely.Polygon]]:
     """(value, pixel-space polygon, CRS polygon) from GeoJSON-like ``shapes`` output.
 
     Built with vectorized calls: ``shapely.geometry.shape`` walks every vertex in Python, and
     ``shapely.transform`` per field is slower than transforming all vertices of a strip at once.
+    The pixel-space polygon, needed only to join a region with its parts in other strips, is None
+    unless ``joinable[value]``: most regions of a noisy strip lie inside it.
     """
     rings, values, ring_counts = [], [], []
     for geometry, value in found:
@@ -340,11 +362,83 @@ def _shapes_to_polygons(
     coords = np.concatenate(rings)
     ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
     polygon_index = np.repeat(np.arange(len(values)), ring_counts)
-    pixel, crs = (
-        shapely.polygons(shapely.linearrings(xy, indices=ring_index), indices=polygon_index)
-        for xy in (coords, to_crs(coords))
+    crs = shapely.polygons(
+        shapely.linearrings(to_crs(coords), indices=ring_index), indices=polygon_index
     )
-    return zip(values, pixel.tolist(), crs.tolist(), strict=True)
+    values = np.array(values, dtype=np.int64)
+    # GDAL gives one polygon per 4-connected region; should a label ever come in several, its
+    # polygons are joined from pixel space like a field spanning strips
+    repeated = np.bincount(values, minlength=len(joinable)) > 1
+    crs[repeated[values]] = None
+    pixel = np.full(len(values), None, dtype=object)
+    wanted = (joinable | repeated)[values]
+    if wanted.any():
+        ring_wanted = wanted[polygon_index]
+        coord_wanted = ring_wanted[ring_index]
+        # consecutive ring and polygon numbers for the wanted subset, in the same order
+        rings_kept = np.cumsum(ring_wanted) - 1
+        polygons_kept = np.cumsum(wanted) - 1
+        pixel[wanted] = shapely.polygons(
+            shapely.linearrings(coords[coord_wanted], indices=rings_kept[ring_index[coord_wanted]]),
+            indices=polygons_kept[polygon_index[ring_wanted]],
+        )
+    return zip(values.tolist(), pixel.tolist(), crs.tolist(), strict=True)
+
+
+@dataclass(frozen=True)
+class _TooSmall:
+    """Finds the regions of a strip that cannot become a field of at least the minimum area.
+
+    A region that touches neither the strip's first row (unless that is the raster's first row)
+    nor its last row (unless that is the raster's last row) is complete within the strip. Its
+    area, even after hole filling, is at most that of its bounding box, so when the box is below
+    the minimum area, :class:`_Assembler` would drop it anyway. Removing it before polygonizing
+    changes no other field: each field's polygon, holes included, follows only its own pixels;
+    its pixel sums come from its own label; and fields below the minimum area are never written,
+    held back or used to drop islands. Regions touching such a boundary may continue in the next
+    strip and are always kept.
+
+    Bounding boxes are computed with numpy over row chunks (``ndimage.find_objects`` would build
+    a tuple of slices per region: millions on noisy rasters), so memory stays at one strip.
+    """
+
+    min_area: float  # in CRS units squared, as the assembler compares it
+    pixel_area: float  # |determinant| of the raster transform
+    first: bool  # the strip starts at the raster's first row
+    last: bool  # the strip ends at the raster's last row
+
+    def remove(self, labels: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+        """Labels without the too-small regions, survivors renumbered 1..n in their old order."""
+        height, width = labels.shape
+        top = np.full(count + 1, height, dtype=np.int32)
+        bottom = np.full(count + 1, -1, dtype=np.int32)
+        left = np.full(count + 1, width, dtype=np.int32)
+        right = np.full(count + 1, -1, dtype=np.int32)
+        for start in range(0, height, _SUM_ROWS):
+            chunk = labels[start : start + _SUM_ROWS]
+            rows, cols = (index.astype(np.int32) for index in np.nonzero(chunk))
+            label = chunk[rows, cols]
+            rows += start
+            np.minimum.at(top, label, rows)
+            np.maximum.at(bottom, label, rows)
+            np.minimum.at(left, label, cols)
+            np.maximum.at(right, label, cols)
+        box_pixels = (bottom - top + 1).astype(np.int64) * (right - left + 1)
+        # a relative margin far above float error: geometry areas are computed in CRS coordinates
+        small = box_pixels * self.pixel_area * (1 + 1e-9) < self.min_area
+        if not self.first:
+            small &= top > 0
+        if not self.last:
+            small &= bottom < height - 1
+        small[0] = False  # background stays 0
+        if not small.any():
+            return labels, count
+        keep = ~small
+        keep[0] = False
+        new = np.zeros(count + 1, dtype=np.int32)
+        survivors = int(keep.sum())
+        new[keep] = np.arange(1, survivors + 1, dtype=np.int32)
+        return new[labels], survivors
 
 
 def _label_sums(
@@ -438,7 +532,7 @@ def _union(parent: dict[int, int], a: int, b: int) -> None:
 # --- completed fields: CRS geometry, hole filling, ordering ------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     """A completed field in CRS coordinates, holes filled, ready to be written."""
 
@@ -485,7 +579,7 @@ class _Assembler:
     def _records(self, fields: list[_Field]) -> Iterator[_Record]:
         """Join each field's strip parts (exact, in pixel space), move to the CRS, fill holes."""
         for item in fields:
-            geometry = item.crs if len(item.parts) == 1 else self._join(item.parts)
+            geometry = item.crs if item.crs is not None else self._join(item.parts)
             geometry, filled = _fill_holes(geometry, self._fill_below)
             outer = _outer_area(geometry) if self._fill_below > 0 else 0.0
             key = (item.last_row, *item.first)
@@ -537,8 +631,10 @@ def _fill_holes(
     geometry: shapely.Geometry, below: float
 ) -> tuple[shapely.Geometry, list[shapely.Polygon]]:
     """Fill interior rings smaller than ``below``; return the geometry and the filled holes."""
+    if below <= 0:
+        return geometry, []
     parts = shapely.get_parts(geometry)
-    if below <= 0 or not shapely.get_num_interior_rings(parts).any():
+    if not shapely.get_num_interior_rings(parts).any():
         return geometry, []
     polygons, filled = [], []
     for polygon in parts:
@@ -565,16 +661,27 @@ def _field_records(
     joiner = _Joiner()
     assembler = _Assembler(src.transform, settings, metres)
     to_crs = _affine_function(src.transform)
+    min_area = settings.min_area / metres**2
+    pixel_area = abs(src.transform.determinant)
     starts = range(0, src.height, settings.strip_rows)
     bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
     for row0 in bar:
         rows = min(settings.strip_rows, src.height - row0)
-        values, cropland = _read_cropland(src, Window(0, row0, src.width, rows), level)
-        labels, fields = _strip_fields(values, cropland, row0, to_crs)
-        del values, cropland
         final = row0 + rows >= src.height
+        values, cropland = _read_cropland(src, Window(0, row0, src.width, rows), level)
+        too_small = None  # with no minimum area, every region can be a field
+        if _PREFILTER and min_area > 0:
+            too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=final)
+        labels, fields = _strip_fields(values, cropland, row0, to_crs, too_small)
+        del values, cropland
         completed = joiner.add(labels, fields, final)
-        yield assembler.add(completed, joiner.open_boxes(), final)
+        del labels, fields
+        ready = assembler.add(completed, joiner.open_boxes(), final)
+        del completed
+        # nothing of this strip stays referenced here while the next one is polygonized, else
+        # two strips' fields are alive at once (on noise, 100 000+ polygons per strip)
+        yield ready
+        del ready
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -606,9 +713,15 @@ class _Writer:
         self.area_ha = 0.0
 
     def add(self, records: list[_Record], tolerance: float) -> None:
-        """Simplify, validate and queue ``records``; flush a GeoPackage batch when it is full."""
-        if not records:
-            return
+        """Simplify, validate and queue ``records``; flush a GeoPackage batch when it is full.
+
+        A noisy strip completes 100 000 fields or more at once: they are prepared and written a
+        batch at a time, so the simplified copies and WKB of only one batch exist at a time.
+        """
+        for start in range(0, len(records), _GPKG_BATCH):
+            self._add_batch(records[start : start + _GPKG_BATCH], tolerance)
+
+    def _add_batch(self, records: list[_Record], tolerance: float) -> None:
         geometries = _final_geometries([r.geometry for r in records], tolerance)
         kept = np.not_equal(geometries, None)  # a field that collapsed entirely is no field
         geometries, records = geometries[kept], [r for r, k in zip(records, kept, strict=True) if k]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from rasterio.features import shapes
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+import rs_seg.vectorize as vectorize_module
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import threshold_to_level
 from rs_seg.vectorize import LAYER, VectorizeSettings, vectorize
@@ -233,6 +237,187 @@ def test_simplify_keeps_fields_valid(tmp_path: Path) -> None:
     assert shapely.get_num_coordinates(simple.geometry).sum() < (
         shapely.get_num_coordinates(exact.geometry).sum()
     )
+
+
+# --- small regions dropped before polygonizing ------------------------------------------------
+
+
+def without_prefilter(prob: Path, out: Path, settings: VectorizeSettings) -> None:
+    """Vectorize with every region polygonized, as before the pre-filter existed."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vectorize_module, "_PREFILTER", False)
+        vectorize(prob, out, settings)
+
+
+def assert_identical_layers(left, right) -> None:
+    """Same features in the same order, geometries vertex for vertex, attributes bit for bit."""
+    assert list(left.columns) == list(right.columns)
+    assert shapely.to_wkb(left.geometry.values).tolist() == (
+        shapely.to_wkb(right.geometry.values).tolist()
+    )
+    attributes = [c for c in left.columns if c != "geometry"]
+    assert left[attributes].equals(right[attributes])
+
+
+def count_polygonized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the polygons rasterio's ``shapes`` hands to the vectorizer (one entry per strip)."""
+    counts: list[int] = []
+
+    def counting(*args, **kwargs):
+        counts.append(0)
+        for item in shapes(*args, **kwargs):
+            counts[-1] += 1
+            yield item
+
+    monkeypatch.setattr(vectorize_module, "shapes", counting)
+    return counts
+
+
+def checkerboard(height: int, width: int) -> np.ndarray:
+    rows, cols = np.indices((height, width))
+    return np.where((rows + cols) % 2 == 0, 230, 20).astype(np.uint8)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["blobs", "noise", "binary"]),
+    density=st.floats(0.1, 0.7),
+    strip_rows=st.integers(1, 31),
+    min_area=st.sampled_from([50.0, 100.0, 150.0, 400.0, 500.0, 1000.0, 3000.0]),
+    fill_holes_below=st.sampled_from([0.0, 250.0, 500.0, 2500.0, 10_000.0]),
+    with_mask=st.booleans(),
+)
+def test_prefilter_changes_nothing(
+    seed: int,
+    kind: str,
+    density: float,
+    strip_rows: int,
+    min_area: float,
+    fill_holes_below: float,
+    with_mask: bool,
+) -> None:
+    """Dropping regions whose bounding box is below min_area gives exactly the same layer."""
+    rng = np.random.default_rng(seed)
+    if kind == "blobs":
+        values = random_blobs(rng, 30, 40, density)
+    else:  # isolated pixels, diagonal contacts, islands in holes: what the filter removes
+        crop = rng.random((30, 40)) < density
+        levels = rng.integers(128, 256, crop.shape) if kind == "noise" else 255
+        values = np.where(crop, levels, 0)
+    valid = rng.random(values.shape) > 0.05 if with_mask else None
+    config = VectorizeSettings(
+        min_area=min_area, fill_holes_below=fill_holes_below, strip_rows=strip_rows
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        prob = write_prob(root / "prob.tif", values, valid=valid)
+        vectorize(prob, root / "filtered.gpkg", config)
+        without_prefilter(prob, root / "all.gpkg", config)
+        filtered, everything = read_fields(root / "filtered.gpkg"), read_fields(root / "all.gpkg")
+    assert_identical_layers(filtered, everything)
+
+
+def test_checkerboard_polygonizes_only_strip_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = checkerboard(64, 64)  # 2048 one-pixel regions of 100 m², none can reach 500 m²
+    prob = write_prob(tmp_path / "prob.tif", values)
+    config = VectorizeSettings(min_area=500, fill_holes_below=500, strip_rows=16)
+    counts = count_polygonized(monkeypatch)
+    assert vectorize(prob, tmp_path / "f.gpkg", config).polygons == 0
+    assert len(read_fields(tmp_path / "f.gpkg")) == 0
+    # only pixels on the rows where strips meet may continue: 32 per row, first and last strip
+    # have one such row, the middle ones two (the raster's own first and last rows never do)
+    assert counts == [32, 64, 64, 32]
+    counts.clear()
+    without_prefilter(prob, tmp_path / "all.gpkg", config)
+    assert counts == [512] * 4
+
+
+def test_regions_continuing_across_strips_are_kept(tmp_path: Path) -> None:
+    values = np.zeros((40, 10), dtype=np.uint8)
+    values[:, 4] = 255  # one pixel wide: 400 m² in each 4-row strip, 4000 m² in all
+    values[10:12, 7] = 255  # 200 m² inside one strip: dropped early
+    values[3:5, 1] = 255  # 200 m² across the first strip boundary: kept until complete, dropped
+    prob = write_prob(tmp_path / "prob.tif", values)
+    config = VectorizeSettings(min_area=500, strip_rows=4)
+    vectorize(prob, tmp_path / "f.gpkg", config)
+    fields = read_fields(tmp_path / "f.gpkg")
+    assert list(fields.area_ha) == [pytest.approx(0.4)]
+    assert fields.geometry[0].equals(shapely.MultiPolygon([pixel_box(0, 4, 40, 5)]))
+
+
+@pytest.mark.parametrize("strip_rows", [3, 1000])
+def test_dropping_an_island_keeps_the_field_around_it(tmp_path: Path, strip_rows: int) -> None:
+    values = np.zeros((24, 24), dtype=np.uint8)
+    values[1:23, 1:23] = 220
+    values[5:12, 5:12] = 0  # a 4900 m² hole ...
+    values[7, 7] = 200  # ... with a 100 m² island (below min_area) ...
+    values[8:10, 8:10] = 240  # ... touching a 400 m² island at a corner
+    values[16, 16] = 0  # a 100 m² hole
+    prob = write_prob(tmp_path / "prob.tif", values)
+    expected = {  # fill_holes_below: (field areas in ha, holes left in the large field)
+        0.0: ([0.04, 4.34], 2),
+        1000.0: ([0.04, 4.35], 1),
+        6000.0: ([4.84], 0),  # the large hole is filled and the 400 m² island in it dropped
+    }
+    for fill, (areas, holes) in expected.items():
+        config = VectorizeSettings(min_area=150, fill_holes_below=fill, strip_rows=strip_rows)
+        vectorize(prob, tmp_path / f"f{fill}.gpkg", config)
+        without_prefilter(prob, tmp_path / f"all{fill}.gpkg", config)
+        fields = read_fields(tmp_path / f"f{fill}.gpkg")
+        assert_identical_layers(fields, read_fields(tmp_path / f"all{fill}.gpkg"))
+        assert sorted(fields.area_ha) == pytest.approx(areas)
+        (polygon,) = fields.geometry[fields.area_ha.idxmax()].geoms
+        assert len(polygon.interiors) == holes
+        if fill == 0:
+            assert fields.mean_prob[fields.area_ha.idxmin()] == pytest.approx(240 / 255)
+
+
+# The real CLI (``python -m rs_seg``) in a fresh process that reports its own peak RSS at exit:
+# ``wait4``'s ru_maxrss of a child forked from pytest would include pytest's own size at the fork.
+CLI_WITH_PEAK_RSS = """
+import atexit, runpy, sys
+def peak():
+    status = open("/proc/self/status").read()
+    sys.stderr.write("VmHWM:" + status.split("VmHWM:")[1].split("\\n")[0] + "\\n")
+atexit.register(peak)
+sys.argv = ["rs-seg", *sys.argv[1:]]
+runpy.run_module("rs_seg", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_cli_vectorizes_a_2048_checkerboard_quickly_in_little_memory(tmp_path: Path) -> None:
+    """Issue 10: 4.2 M one-pixel regions took 118 s and 3.7 GB; now they are never polygonized.
+
+    Measured here at about 1.5 s and 260 MB (the interpreter and imports are 170 MB of it); the
+    limits leave room for a loaded 2-core machine.
+    """
+    size = 2048
+    prob = tmp_path / "prob.tif"
+    profile = {
+        "driver": "GTiff", "height": size, "width": size, "count": 1, "dtype": "uint8",
+        "crs": UTM, "transform": from_origin(*ORIGIN, 1.0, 1.0), "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+    }  # fmt: skip
+    with rasterio.open(prob, "w", **profile) as dst:
+        dst.write(checkerboard(size, size), 1)
+        dst.update_tags(threshold_used="0.500000")  # as rs-seg infer writes it
+    out = tmp_path / "out.gpkg"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_WITH_PEAK_RSS, "vectorize", str(prob), "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("0 fields"), done.stdout
+    peak_mb = int(done.stderr.split("VmHWM:")[1].split()[0]) / 1024  # KiB in /proc
+    assert seconds < 10
+    assert peak_mb < 500
+    assert len(read_fields(out)) == 0
 
 
 # --- attributes --------------------------------------------------------------------------------
