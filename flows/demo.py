@@ -114,7 +114,7 @@ def _print_next_steps(incoming: IncomingConfig, mapped: dict[str, Any]) -> None:
 def _check_demo_folder(out: Path) -> None:
     """The demo replaces parts of ``out``: only a folder it made (or an empty or new one).
 
-    Demo folders of rs_seg before 0.2 carry no ``demo.json``; they are recognized by their
+    Demo folders of earlier rs_seg releases carry no ``demo.json``; they are recognized by their
     synthetic scene summary and are otherwise held to the same names.
     """
     legacy = (out / "synthetic" / "summary.json").is_file() and not (out / MARKER).exists()

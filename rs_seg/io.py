@@ -57,27 +57,41 @@ _LEFTOVER = re.compile(
     r"^\.(?P<stem>.+?)\.(?P<tag>partial|replaced)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{6}"
     r"(?P<tail>.*)$"
 )
-# Staging names of rs_seg before 0.2 carried no process id: removed once they are an hour old.
+# Staging names of earlier rs_seg releases carried no process id: removed once an hour old.
 _LEGACY_LEFTOVER = re.compile(r"^\.{1,2}(?P<stem>.+?)\.partial-[0-9a-f]{8}(?P<tail>.*)$")
 _LEGACY_AGE_S = 3600.0
 _JOURNAL = re.compile(r"^\.(?P<name>.+)\.publish-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.json$")
-_DISK_FULL_TEXT = ("no space left", "disk is full", "disk quota", "database or disk is full")
+_DISK_FULL_TEXT = ("no space left", "disk is full", "disk quota", "free disk space")
 _LOW_SPACE_BYTES = 1 << 20  # after a failed write, less than this free means the disk filled up
 
 Owned = Callable[[Path], bool]
 
 
 def fault_point(step: str) -> None:
-    """Test hook: SIGKILL this process when ``RS_SEG_KILL_AT`` names ``step``.
+    """Test hook: signal this process when ``RS_SEG_KILL_AT`` names ``step``.
 
-    Steps: ``staged`` (work complete, nothing published), ``journal`` (a file set's journal
-    written), ``replaced-<n>`` (n files of a set published), ``swapped`` (a folder exchanged, the
-    old one not yet removed), ``published``.
+    ``RS_SEG_KILL_AT=step[#n][:SIGNAL]`` sends SIGNAL (default SIGKILL; SIGINT and SIGTERM test
+    the clean-up path) the n-th time (default first) the step is reached. Steps: ``staged`` (work
+    complete, nothing published), ``journal`` (a file set's journal written), ``replaced-<k>``
+    (k files of a set published), ``swapped`` (a folder exchanged, the old one not yet removed),
+    ``published``.
     """
-    if os.environ.get(KILL_AT_ENV) == step:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+    wanted = os.environ.get(KILL_AT_ENV)
+    if not wanted:
+        return
+    target, _, name = wanted.partition(":")
+    target, _, nth = target.partition("#")
+    if target != step:
+        return
+    _FAULT_COUNTS[step] = _FAULT_COUNTS.get(step, 0) + 1
+    if _FAULT_COUNTS[step] != int(nth or 1):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), getattr(signal, name or "SIGKILL"))
+
+
+_FAULT_COUNTS: dict[str, int] = {}
 
 
 # --- names of staging copies and their leftovers -------------------------------------------------

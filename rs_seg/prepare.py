@@ -223,6 +223,7 @@ def plan_prepare(cfg: PrepareConfig) -> PreparePlan:
     infos = {s.name: RasterInfo.read(s.image, "scene") for s in scenes}
     _check_bands(infos)
     labels = _label_source(cfg)
+    labels.check(scenes)  # label rasters: header checks, before anything is written
     if isinstance(labels, VectorLabels):
         _check_vector_overlap(labels, infos)
     aoi = VectorLayer(cfg.aoi, "AOI", None, None) if cfg.aoi is not None else None
