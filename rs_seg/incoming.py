@@ -93,12 +93,16 @@ def scan(cfg: IncomingConfig, now: float | None = None) -> Scan:
     every scene is still waiting, needs no model, so a schedule set up before the first training
     run idles quietly instead of failing every interval.
     """
+    scenes = list_scenes(cfg.incoming)
+    ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
+    with ledger.scanning():
+        return _scan(cfg, ledger, scenes, time.time() if now is None else now)
+
+
+def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -> Scan:
     from rs_seg.bundle import ModelBundle
     from rs_seg.registry import latest_bundle
 
-    scenes = list_scenes(cfg.incoming)
-    ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
-    now = time.time() if now is None else now
     ready: list[Path] = []
     waiting: list[SceneResult] = []
     for scene in scenes:

@@ -131,6 +131,11 @@ def test_sightings_tell_a_settled_file_from_one_still_being_written(tmp_path: Pa
     assert ledger.sight(future, now=t0).stable_since == t0
     with pytest.raises(RsSegError, match=r"missing.tif: cannot read the scene"):
         ledger.sight(tmp_path / "missing.tif")
+    with ledger.scanning() as held:  # a scan's one connection: its writes are seen by others
+        scene.write_bytes(b"complete now")
+        seen = held.sight(scene, now=t0 + 50)
+        assert Ledger(tmp_path / "ledger.sqlite").sight(scene, now=t0 + 60) == seen
+    assert ledger._held is None
 
 
 def test_a_ledger_deleted_during_a_run_keeps_the_outcome(tmp_path: Path, caplog) -> None:
