@@ -70,6 +70,7 @@ def _run(train: Any, prepare: Any, synth: SynthConfig, out: Path, started: float
     incoming = IncomingConfig(
         incoming=str(arrivals / "scenes" / "*.tif"), out_dir=out / "mapped",
         models_dir=out / "models", merged=out / "fields.gpkg", device="cpu",
+        settle_seconds=0,  # the demo wrote these scenes itself: complete, no copy to wait for
     )  # fmt: skip
     _say(f"[3/3] flow infer-new-imagery over {incoming.incoming}")
     mapped = infer_new_imagery(incoming)
