@@ -308,18 +308,20 @@ def mapped_outputs(cfg: IncomingConfig, jobs: list[SceneJob]) -> list[Path]:
 def write_merged(outputs: list[Path], out: Path, crs: str | None = None) -> int:
     """All scenes' fields in one GeoPackage layer ``fields``, one scene in memory at a time.
 
-    Written to a temporary name and renamed, so readers never see half a layer. Scenes in other
-    CRSs are reprojected to ``crs`` (default: the first scene's). Returns the number of fields.
+    Written to a temporary name and renamed, so readers never see half a layer; an existing file
+    is replaced only if it is an rs_seg field layer. Scenes in other CRSs are reprojected to
+    ``crs`` (default: the first scene's). Returns the number of fields.
     """
     import pyogrio
 
-    from rs_seg.io import staged_file
+    from rs_seg.io import check_not_inputs, fields_written_by_rs_seg, staged_file
     from rs_seg.vectorize import add_default_style
 
     if not outputs:
         return 0
+    check_not_inputs([out], outputs)
     total = 0
-    with staged_file(out, overwrite=True) as staging:
+    with staged_file(out, overwrite=True, owned=fields_written_by_rs_seg) as staging:
         for source in outputs:
             fields = pyogrio.read_dataframe(source, layer="fields")
             crs = crs or fields.crs.to_string()

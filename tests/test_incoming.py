@@ -102,8 +102,15 @@ def write_fields(path: Path, scene: str, epsg: int, count: int) -> Path:
     step = 100 if epsg != 4326 else 0.001
     polygons = [MultiPolygon([box(x0 + i * step, x0, x0 + (i + 0.5) * step, x0 + step / 2)])
                 for i in range(count)]  # fmt: skip
-    table = gpd.GeoDataFrame({"field_id": range(1, count + 1), "scene": scene},
-                             geometry=polygons, crs=epsg)  # fmt: skip
+    columns = {
+        "field_id": range(1, count + 1),
+        "area_ha": 0.5,
+        "perimeter_m": 300.0,
+        "mean_prob": 0.8,
+        "scene": scene,
+        "model_id": "m",
+    }  # what rs-seg infer writes
+    table = gpd.GeoDataFrame(columns, geometry=polygons, crs=epsg)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_file(path, layer="fields", driver="GPKG")
     return path
@@ -133,6 +140,24 @@ def test_merged_layer_holds_every_mapped_scene_in_one_crs(tmp_path: Path) -> Non
     assert pyogrio.read_info(merged, layer="fields")["crs"] == "EPSG:4326"
     assert write_merged([], tmp_path / "none.gpkg") == 0
     assert not (tmp_path / "none.gpkg").exists()
+
+
+def test_merged_layer_never_replaces_a_users_file_or_an_input(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from rs_seg.errors import RsSegError
+    from rs_seg.incoming import write_merged
+
+    outputs = [write_fields(tmp_path / "north" / "fields.gpkg", "north", 32633, 3)]
+    roads = tmp_path / "roads.gpkg"
+    gpd.GeoDataFrame({"name": ["A1"]}, geometry=[box(0, 0, 1, 1)], crs=32633).to_file(roads)
+    before = roads.read_bytes()
+    with pytest.raises(RsSegError, match="was not written by rs-seg"):
+        write_merged(outputs, roads)
+    assert roads.read_bytes() == before
+    with pytest.raises(RsSegError, match=r"is \(or holds\) the input"):
+        write_merged(outputs, outputs[0])
 
 
 @pytest.mark.slow
