@@ -6,7 +6,8 @@ is not mapped twice and a changed file is mapped again) and by the model id (so 
 everything again, unless that is switched off). A run *claims* a key inside an ``IMMEDIATE``
 transaction before working on it; SQLite's lock makes the claim atomic across processes and
 machines sharing the file. A claim older than ``stale_after`` seconds belongs to a run that died
-and may be taken over; a failed scene is retried by the next run without blocking the others.
+and may be taken over, and so may at once a claim whose process on this host has ended; a failed
+scene is retried by the next run without blocking the others.
 
 The ledger also remembers how each file looked when a scan last saw it (size, mtime, since when it
 has not changed), so a file that is still being copied can be told from a complete one without
@@ -138,6 +139,17 @@ class Sighting:
     def stable_for(self, now: float | None = None) -> float:
         """Seconds the file has been unchanged."""
         return max(0.0, (time.time() if now is None else now) - self.stable_since)
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """A claim's process ran on this host and has ended (SIGKILL, power cut): take it over now.
+
+    Claims of other hosts cannot be checked from here; they wait for ``stale_after``.
+    """
+    from rs_seg.io import process_alive
+
+    host, _, pid = (owner or "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 @dataclass(frozen=True)
@@ -309,7 +321,8 @@ class Ledger:
         owner = owner or run_owner()
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, claimed_at FROM scenes WHERE fingerprint = ? AND model_id = ?",
+                "SELECT status, claimed_at, owner FROM scenes"
+                " WHERE fingerprint = ? AND model_id = ?",
                 (fingerprint, model_id),
             ).fetchone()
             if row is None:
@@ -319,8 +332,9 @@ class Ledger:
                     (fingerprint, model_id, str(path), owner, now),
                 )
                 return True
-            status, claimed_at = row
-            if status == "done" or (status == "running" and now - claimed_at < self.stale_after):
+            status, claimed_at, holder = row
+            held = status == "running" and now - claimed_at < self.stale_after
+            if status == "done" or (held and not owner_is_gone(holder)):
                 return False
             db.execute(
                 "UPDATE scenes SET status = 'running', attempts = attempts + 1, owner = ?,"

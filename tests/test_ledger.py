@@ -45,9 +45,27 @@ def test_a_claim_of_a_dead_run_is_taken_over_after_it_goes_stale(tmp_path: Path)
     assert ledger.entries()[0].owner == "next"
 
 
-def _claim_all(path: str, keys: list[str], queue: multiprocessing.Queue) -> None:
+def test_a_claim_whose_process_on_this_host_ended_is_taken_over_at_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    host = socket.gethostname()
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # claims stay valid for the default 6 hours
+    assert ledger.claim("abc", "m1", Path("a.tif"), owner=f"{host}:{int(ended.stdout)}")
+    assert ledger.claim("abc", "m1", Path("a.tif")), "a SIGKILLed run's claim is free at once"
+    assert ledger.claim("live", "m1", Path("b.tif"), owner=f"{host}:{os.getppid()}")
+    assert not ledger.claim("live", "m1", Path("b.tif")), "a live process keeps its claim"
+    assert ledger.claim("far", "m1", Path("c.tif"), owner="other-host:1")
+    assert not ledger.claim("far", "m1", Path("c.tif")), "another host's claim waits to go stale"
+
+
+def _claim_all(path: str, keys: list[str], queue: multiprocessing.Queue, done) -> None:
     ledger = Ledger(Path(path))
     queue.put([key for key in keys if ledger.claim(key, "m1", Path(f"{key}.tif"))])
+    done.wait(60)  # a run keeps its claims while it lives (a dead run's claims are free)
 
 
 def test_overlapping_runs_never_claim_the_same_scene(tmp_path: Path) -> None:
@@ -55,10 +73,13 @@ def test_overlapping_runs_never_claim_the_same_scene(tmp_path: Path) -> None:
     Ledger(Path(path))
     keys = [f"scene{i:03d}" for i in range(60)]
     queue: multiprocessing.Queue = multiprocessing.Queue()
-    runs = [multiprocessing.Process(target=_claim_all, args=(path, keys, queue)) for _ in range(4)]
+    done = multiprocessing.Event()
+    runs = [multiprocessing.Process(target=_claim_all, args=(path, keys, queue, done))
+            for _ in range(4)]  # fmt: skip
     for run in runs:
         run.start()
     claimed = [queue.get(timeout=60) for _ in runs]
+    done.set()
     for run in runs:
         run.join(timeout=60)
     flat = [key for part in claimed for key in part]
