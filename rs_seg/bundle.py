@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from rs_seg.config import ModelConfig
@@ -65,6 +66,7 @@ class ModelBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    source: Path | None = field(default=None, repr=False, compare=False)  # the file it came from
 
     @property
     def in_channels(self) -> int:
@@ -78,7 +80,7 @@ class ModelBundle:
 
     def meta(self) -> dict[str, Any]:
         """Everything except the weights, JSON-ready."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "state_dict"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_META}
         data["normalization"] = self.normalization.to_dict()
         data["classes"] = {str(k): v for k, v in self.classes.items()}
         data["in_channels"] = self.in_channels
@@ -87,11 +89,42 @@ class ModelBundle:
 
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
         """The network with the bundle's weights, in eval mode; never downloads anything."""
-        from rs_seg.models import build_model
-
-        net = build_model(ModelConfig.model_validate(self.model), self.in_channels, False)
+        net = self._network()
+        self.check_weights(net)
         net.load_state_dict(self.state_dict)
         return net.to(device).eval()
+
+    def check_weights(self, net: nn.Module | None = None) -> None:
+        """Refuse weights that do not fit the model the metadata describes, in one line.
+
+        Another encoder, another band count, missing or extra tensors: the message names the
+        bundle and the first misfits. Without ``net`` the model is built on the meta device
+        (shapes only, no memory, ~0.1 s), which is what :meth:`load` does.
+        """
+        if net is None:
+            with torch.device("meta"):
+                net = self._network()
+        misfits = weight_misfits(net.state_dict(), self.state_dict)
+        if misfits:
+            model = self.model
+            raise RsSegError(
+                f"the weights do not fit the model its metadata describes ({model.get('arch')}/"
+                f"{model.get('encoder')}, {self.in_channels} input bands): {misfits}; the bundle "
+                "was edited or assembled wrongly, export it again from its run",
+                self.source or "model bundle",
+            )
+
+    def _network(self) -> nn.Module:
+        from rs_seg.models import build_model
+
+        try:
+            return build_model(ModelConfig.model_validate(self.model), self.in_channels, False)
+        except (RsSegError, ValidationError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise RsSegError(
+                f"the model its metadata describes cannot be built ({detail})",
+                self.source or "model bundle",
+            ) from None
 
     def save(self, path: Path, overwrite: bool = False) -> Path:
         """Write the bundle atomically (a temporary file renamed into place)."""
@@ -107,10 +140,14 @@ class ModelBundle:
 
     @classmethod
     def load(cls, path: Path) -> ModelBundle:
-        """Read a bundle; one-line errors for other files and unsupported format versions."""
+        """Read a bundle, with one-line errors for what cannot be used.
+
+        Other files, unsupported format versions and weights that do not fit the model the
+        metadata describes (:meth:`check_weights`) are refused.
+        """
         payload = _read_payload(Path(path))
         meta = upgrade(payload["meta"], int(payload["format_version"]), Path(path))
-        return cls(
+        bundle = cls(
             model=meta["model"],
             bands=[int(b) for b in meta["bands"]],
             band_names=list(meta["band_names"]),
@@ -128,11 +165,40 @@ class ModelBundle:
             metrics=meta.get("metrics", {}),
             provenance=meta.get("provenance", {}),
             state_dict=payload["state_dict"],
+            source=Path(path),
         )
+        bundle.check_weights()
+        return bundle
 
     def describe(self) -> str:
         """The human-readable summary ``rs-seg model info`` prints."""
         return describe(self.meta(), self.state_dict)
+
+
+_NOT_META = {"state_dict", "source"}
+
+
+def weight_misfits(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], shown: int = 3
+) -> str:
+    """How ``found`` differs from the state dict a model expects ("" when it fits exactly)."""
+    if not isinstance(found, dict):
+        return f"the weights are a {type(found).__name__}, not a state dict"
+    shapes = [
+        f"{key} is {tuple(found[key].shape)}, the model needs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in found and tuple(getattr(found[key], "shape", ())) != tuple(value.shape)
+    ]
+    missing = [key for key in expected if key not in found]
+    extra = [key for key in found if key not in expected]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensors of another shape ({'; '.join(shapes[:shown])})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:shown])})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected ({', '.join(extra[:shown])})")
+    return "; ".join(parts)
 
 
 def weights_id(state_dict: dict[str, torch.Tensor]) -> str:

@@ -110,3 +110,51 @@ def test_trained_bundle_reproduces_evaluation_predictions_exactly(tiny_chips, tm
     assert bundle.provenance["chip_index_fingerprint"] == splits.fingerprint
     assert bundle.metrics["test"] == evaluation.metrics["test"]
     assert bundle.pixel_size == [10.0, 10.0] and bundle.crs == "EPSG:32633"
+
+
+def _mismatched(tmp_path: Path, **meta) -> Path:
+    """A bundle whose metadata says one model while its weights are tiny_bundle's resnet18."""
+    bundle = tiny_bundle()
+    for key, value in meta.items():
+        setattr(bundle, key, value)
+    return bundle.save(tmp_path / "m.pt")
+
+
+def test_weights_of_another_encoder_are_refused_in_one_line(tmp_path: Path) -> None:
+    path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34").model_dump())
+    with pytest.raises(RsSegError) as caught:
+        ModelBundle.load(path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{path}: the weights do not fit the model its metadata describes (Unet/resnet34, 3 "
+        "input bands): "
+    )
+    assert "missing (encoder.layer1.2.conv1.weight" in message and "\n" not in message
+
+
+def test_weights_for_other_bands_name_the_first_misfit_and_fail_build_too(tmp_path: Path) -> None:
+    bands = {"bands": [1, 2, 3, 4], "band_names": ["b", "g", "r", "nir"]}
+    path = _mismatched(tmp_path, **bands)
+    shape = r"encoder.conv1.weight is \(64, 3, 7, 7\), the model needs \(64, 4, 7, 7\)"
+    with pytest.raises(RsSegError, match=rf"\(Unet/resnet18, 4 input bands\): 1 tensors .*{shape}"):
+        ModelBundle.load(path)
+    in_memory = tiny_bundle()
+    in_memory.bands, in_memory.band_names = bands["bands"], bands["band_names"]
+    with pytest.raises(RsSegError, match=rf"^model bundle: the weights do not fit .*{shape}"):
+        in_memory.build()
+
+
+@pytest.mark.slow
+def test_model_info_reports_mismatched_weights_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34").model_dump())
+    result = subprocess.run(
+        [sys.executable, "-m", "rs_seg", "model", "info", str(path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {path}: the weights do not fit")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
