@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ import numpy as np
 import pandas as pd
 import rasterio
 import torch
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rs_seg.config import AugmentConfig
 from rs_seg.errors import RsSegError
@@ -55,18 +57,59 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
+class ChipReadError(RsSegError):
+    """A chip file that cannot be read; stays one line across DataLoader workers.
+
+    torch re-raises an exception from a loader worker as ``type(exc)(text)``, where ``text`` is
+    "Caught ChipReadError in DataLoader worker process N. Original Traceback ..." ending in this
+    error's own line; that line is recovered, so the command line still prints one ``error:`` line.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        if path is None and "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message, path)
+
+
+def _detail(exc: BaseException) -> str:
+    # rasterio says "Read failed. See previous exception for details."; GDAL's chained errors
+    # below it say why (e.g. "ZSTDDecode: ... Unknown frame descriptor").
+    for _ in range(8):
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            break
+        exc = cause
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _unreadable(path: Path, exc: Exception) -> ChipReadError:
+    detail = _detail(exc)
+    return ChipReadError(
+        f"chip cannot be read ({detail}); the chip folder changed or is damaged: prepare the chips "
+        "again (rs-seg prepare --overwrite)",
+        path,
+    )
+
+
 def read_chip(path: Path, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """The chosen bands of an image chip and its valid-pixel mask."""
-    with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
-        data = src.read(list(bands))
-        window = Window(0, 0, src.width, src.height)
-        return data, valid_pixels(src, data, window)
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+            data = src.read(list(bands))
+            window = Window(0, 0, src.width, src.height)
+            return data, valid_pixels(src, data, window)
+    except (RasterioError, OSError) as exc:
+        raise _unreadable(Path(path), exc) from None
 
 
 def read_mask(path: Path) -> np.ndarray:
     """A 0/1/255 mask chip."""
-    with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
-        return src.read(1)
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+            return src.read(1)
+    except (RasterioError, OSError) as exc:
+        raise _unreadable(Path(path), exc) from None
 
 
 def band_statistics(paths: Sequence[Path], bands: Sequence[int]) -> Normalization:
@@ -98,7 +141,22 @@ def build_augmentation(cfg: AugmentConfig, seed: int | None = None) -> A.Compose
         steps.append(A.VerticalFlip(p=cfg.vflip))
     if cfg.rot90:
         steps.append(A.RandomRotate90(p=cfg.rot90))
-    return A.Compose(steps, seed=seed) if steps else None
+    if not steps:
+        return None
+    compose = A.Compose(steps, seed=seed)
+    if seed is not None:
+        reseed(compose, seed)
+    return compose
+
+
+def reseed(augment: A.Compose, seed: int) -> None:
+    """Restart ``augment``'s random stream from ``seed``, one stream shared by all its steps.
+
+    ``Compose.set_random_seed`` gives every step its own generator with the *same* seed, so steps
+    with the same probability (hflip and vflip at 0.5) always fire together; shared generators
+    draw one after another and are independent.
+    """
+    augment.set_random_state(np.random.default_rng(seed % 2**32), random.Random(seed))
 
 
 class ChipDataset(Dataset):
@@ -121,10 +179,22 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chip; ``(index, seed)`` (from :class:`EpochSampler`) also seeds its augmentation."""
+        if isinstance(index, tuple):
+            index, seed = index
+            if self.augment is not None:
+                reseed(self.augment, seed)
         raw, valid = read_chip(self.images[index], self.bands)
+        mask_path = self.masks[index]
+        mask = read_mask(mask_path)
+        if mask.shape != raw.shape[1:]:
+            raise ChipReadError(
+                f"mask is {mask.shape[1]} x {mask.shape[0]} px but its image chip is "
+                f"{raw.shape[2]} x {raw.shape[1]}; prepare the chips again",
+                mask_path,
+            )
         image = self.normalization.apply(raw, valid)
-        mask = read_mask(self.masks[index])
         if self.augment is not None:
             out = self.augment(image=image.transpose(1, 2, 0), mask=mask)
             image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
@@ -140,7 +210,33 @@ def seed_augmentation(worker_id: int) -> None:
     """
     info = torch.utils.data.get_worker_info()
     if info is not None and getattr(info.dataset, "augment", None) is not None:
-        info.dataset.augment.set_random_seed(info.seed % 2**32)
+        reseed(info.dataset.augment, info.seed % 2**32)
+
+
+class EpochSampler(DistributedSampler):
+    """Training order and augmentation seeds that depend only on the run's seed and the epoch.
+
+    Yields ``(index, augmentation_seed)`` pairs: the order is a permutation seeded with
+    ``seed + epoch`` and every chip's augmentation seed is drawn from ``(seed, epoch)``. Nothing
+    carries over from earlier epochs, so an epoch after ``--resume`` sees exactly the chips and
+    flips it would have seen in an uninterrupted run, whatever the number of loader workers
+    (their own random state is never used). Being a ``DistributedSampler``, Lightning keeps it
+    under DDP (each rank reads its share of the same permutation) and calls :meth:`set_epoch`
+    before every epoch.
+    """
+
+    def __init__(
+        self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0, epoch: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        count = len(self.dataset)  # type: ignore[arg-type]
+        rng = np.random.default_rng([self.seed % 2**32, self.epoch])
+        seeds = rng.integers(0, 2**32, size=count).tolist()
+        for index in super().__iter__():
+            yield int(index), int(seeds[index])
 
 
 @dataclass(frozen=True)
@@ -206,8 +302,78 @@ def _chip_size(table: pd.DataFrame, chips_dir: Path) -> int:
     return int(sizes[0])
 
 
-def load_chip_splits(chips_dir: Path, bands: Sequence[int] | None = None) -> ChipSplits:
-    """Read and check a chip folder; ``bands`` (1-based) selects and orders model inputs."""
+def _last_block_end(src: rasterio.DatasetReader) -> int | None:
+    """Where the last block of a GeoTIFF ends in the file (None: not known, e.g. not a GeoTIFF)."""
+    rows, cols = src.block_shapes[-1]
+    y, x = (src.height - 1) // rows, (src.width - 1) // cols
+    try:
+        offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=src.count)
+        size = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=src.count)
+    except (RasterioError, ValueError):
+        return None
+    return int(offset) + int(size) if offset is not None and size is not None else None
+
+
+def _chip_file_problem(
+    path: Path, src: rasterio.DatasetReader, size: int, count: int, dtype: str | None
+) -> str | None:
+    if (src.width, src.height) != (size, size):
+        return f"is {src.width} x {src.height} px, the index says {size} x {size}"
+    if src.count != count:
+        return f"has {src.count} bands, the index says {count}"
+    if dtype and src.dtypes[0] != dtype:
+        return f"is {src.dtypes[0]}, the index says {dtype}"
+    # GDAL writes blocks in order, so a truncated file lacks (part of) its last block.
+    end = _last_block_end(src)
+    if end is None:
+        src.read(window=Window(0, src.height - 1, src.width, 1))  # a truncated file fails here
+    elif end > path.stat().st_size:
+        return f"is truncated ({path.stat().st_size} bytes, its data reaches to byte {end})"
+    return None
+
+
+def check_chip_files(splits: ChipSplits) -> None:
+    """Every image and mask chip that training and evaluation read opens, and fits the index.
+
+    Checks size, band count and data type from the file header, and that the file is as long as
+    its last data block says (a truncated file is not): about 1 s per 1000 chips (image + mask).
+    Refuses with the first bad chip and how many are bad, so a damaged chip folder ends before
+    anything is written, not deep inside an epoch.
+    """
+    table = splits.table
+    rows = table[table["split"].isin(SPLITS) & (table["labelled_px"] > 0)]
+    dtypes = rows["dtype"] if "dtype" in rows else [None] * len(rows)
+    expected = [
+        *((Path(p), splits.band_count, d) for p, d in zip(rows["image_path"], dtypes, strict=True)),
+        *((Path(p), 1, "uint8") for p in rows["mask_path"]),
+    ]
+    bad: list[tuple[Path, str]] = []
+    # Chip folders hold thousands of files: do not list them for side-car files on every open.
+    with rasterio.Env(**GDAL_ENV, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        for path, count, dtype in expected:
+            try:
+                with rasterio.open(path) as src:
+                    problem = _chip_file_problem(path, src, splits.chip_size, count, dtype)
+            except (RasterioError, OSError) as exc:
+                problem = f"cannot be read ({_detail(exc)})"
+            if problem:
+                bad.append((path, problem))
+    if bad:
+        path, problem = bad[0]
+        raise RsSegError(
+            f"chip {problem} ({len(bad)} of {len(expected)} chip files are bad); prepare the "
+            "chips again (rs-seg prepare --overwrite)",
+            path,
+        )
+
+
+def load_chip_splits(
+    chips_dir: Path, bands: Sequence[int] | None = None, check_files: bool = True
+) -> ChipSplits:
+    """Read and check a chip folder; ``bands`` (1-based) selects and orders model inputs.
+
+    ``check_files`` also opens every chip file that will be read (:func:`check_chip_files`).
+    """
     from rs_seg.index import index_fingerprint
 
     chips_dir = Path(chips_dir)
@@ -220,7 +386,7 @@ def load_chip_splits(chips_dir: Path, bands: Sequence[int] | None = None) -> Chi
     if wrong:
         raise RsSegError(f"bands {wrong} do not exist: chips have {band_count} bands", chips_dir)
     _check_splits(table, chips_dir)
-    return ChipSplits(
+    splits = ChipSplits(
         chips_dir=chips_dir,
         table=pd.DataFrame(table.drop(columns="geometry")),
         band_count=band_count,
@@ -228,6 +394,9 @@ def load_chip_splits(chips_dir: Path, bands: Sequence[int] | None = None) -> Chi
         chip_size=_chip_size(table, chips_dir),
         fingerprint=index_fingerprint(table),
     )
+    if check_files:
+        check_chip_files(splits)
+    return splits
 
 
 def chip_metadata(image_path: Path, bands: Sequence[int]) -> dict[str, Any]:
@@ -273,6 +442,7 @@ class ChipDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
+        self._start_epoch = 0
 
     def dataset(self, split: str, augment: bool = False) -> ChipDataset:
         """The chips of one split; augmentation only when asked (train)."""
@@ -280,13 +450,44 @@ class ChipDataModule(L.LightningDataModule):
         transform = build_augmentation(self.augment, seed=self.seed) if augment else None
         return ChipDataset(images, masks, self.splits.bands, self.normalization, transform)
 
+    def train_sampler(self, dataset: ChipDataset) -> EpochSampler:
+        """The training order for the trainer's rank, starting at the epoch training continues at.
+
+        Lightning calls ``set_epoch`` before every epoch, but on ``--resume`` it creates the loader
+        iterator (and hands loader workers their first chips) before that, while the trainer's own
+        epoch counters are not restored yet: the starting epoch comes from the checkpoint through
+        :meth:`load_state_dict`.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return EpochSampler(dataset, self.seed, epoch=self._start_epoch)
+        return EpochSampler(
+            dataset, self.seed, num_replicas=trainer.world_size, rank=trainer.global_rank,
+            epoch=self._start_epoch,
+        )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the epoch the sampler continues at after ``--resume``.
+
+        That is the epoch Lightning passes to ``set_epoch`` next (``processed`` is already counted
+        up when checkpoints are written at the end of an epoch).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        return {"sampler_epoch": int(trainer.fit_loop.epoch_progress.current.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the sampler's starting epoch from a checkpoint."""
+        self._start_epoch = int(state_dict.get("sampler_epoch", 0))
+
     def _loader(self, dataset: ChipDataset, train: bool) -> DataLoader:
         # A last batch of one sample breaks BatchNorm (e.g. DeepLabV3+ pooling); drop only that.
         drop_last = train and len(dataset) % self.batch_size == 1 and len(dataset) > 1
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=self.train_sampler(dataset) if train else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -16,13 +16,16 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -180,17 +183,36 @@ def _finite(value: float) -> float:
 
 
 class EpochHistory(Callback):
-    """One row per finished epoch in ``history.json``, restored with the checkpoint on resume."""
+    """One row per finished epoch in ``history.json``, restored with the checkpoint on resume.
 
-    def __init__(self, path: Path, epochs: int) -> None:
+    It also starts every epoch's optimisation steps from a global torch random state that depends
+    only on the run's seed and the epoch (:func:`epoch_seed`), so dropout and anything else drawing
+    from it continue after ``--resume`` exactly as in an uninterrupted run. (The chip order and the
+    augmentation are seeded per epoch by :class:`rs_seg.dataset.EpochSampler`.)
+    """
+
+    def __init__(self, path: Path, epochs: int, seed: int | None = None) -> None:
         self.path = path
         self.epochs = epochs
+        # The seed train() gave seed_everything, which runs before the trainer is built.
+        self.seed = seed if seed is not None else _global_seed()
         self.rows: list[dict[str, float]] = []
         self._started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Start the epoch clock."""
         self._started = time.perf_counter()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Reseed the global random state before the epoch's first step.
+
+        Not at epoch start: the loader iterator draws from it when it is created, which happens
+        after the epoch-start hooks in an uninterrupted run but before them after ``--resume``.
+        """
+        if batch_idx == 0:
+            torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch))
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Record losses, validation IoU and learning rate; log one readable line."""
@@ -223,6 +245,18 @@ class EpochHistory(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the rows of the epochs before the checkpoint."""
         self.rows = list(state_dict.get("rows", []))
+
+
+def _global_seed() -> int:
+    """The seed of the last ``seed_everything`` (Lightning keeps it in ``PL_GLOBAL_SEED``)."""
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value else int(torch.initial_seed())
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The global torch seed of an epoch's optimisation steps: a function of seed and epoch."""
+    state = np.random.SeedSequence([seed % 2**32, 0x5EED, epoch]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) | (int(state[1]) >> 1)
 
 
 @dataclass(frozen=True)
@@ -290,10 +324,28 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
-    """The checkpoint to resume from; refuses a run trained with other settings or chips."""
+    """The checkpoint to resume from.
+
+    Refuses a run that is still training, a checkpoint that is damaged or incomplete (e.g. cut
+    short by a kill while it was written), and a run trained with other settings or chips.
+    """
     last = run / CHECKPOINTS / "last.ckpt"
     if not last.exists():
         raise RsSegError("nothing to resume: no checkpoints/last.ckpt in the run folder", run)
+    status = read_status(run)
+    if status.get("status") == "running" and status.get("host") == socket.gethostname():
+        raise RsSegError(
+            f"the run is still training (pid {status.get('pid')}); wait for it to end or stop it "
+            "before resuming",
+            run,
+        )
+    problem = checkpoint_problem(last)
+    if problem:
+        raise RsSegError(
+            f"cannot resume: the checkpoint is {problem}; start the run again with --overwrite "
+            "(or train into another --out)",
+            last,
+        )
     saved = yaml.safe_load((run / CONFIG_FILE).read_text())
     old_key = saved.get("resume_key", {})
     changed = _differences(old_key, _resume_key(cfg, fingerprint))
@@ -307,13 +359,133 @@ def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
     return last
 
 
+# A checkpoint must hold these to be resumed from (Lightning writes them every epoch).
+_CHECKPOINT_KEYS = ("state_dict", "optimizer_states", "epoch", "loops")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a Lightning checkpoint cannot be resumed from, or None when it reads back whole.
+
+    A checkpoint is a zip file: its directory sits at the end (a truncated file has none) and
+    every member carries a CRC that :meth:`zipfile.ZipFile.testzip` verifies; the pickled
+    structure is then opened with ``mmap`` so no tensor data is copied into memory.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            return f"damaged (CRC error in {bad})"
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        return f"incomplete or damaged ({' '.join(str(exc).split())[:120]})"
+    except Exception as exc:  # torch.load raises many types for damaged files
+        return f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    if not isinstance(checkpoint, dict):
+        return "not a Lightning checkpoint"
+    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    return None
+
+
 def write_status(run: Path, status: str, **extra: Any) -> None:
-    """``run.json``: what state the run folder is in (running, failed, trained, evaluated)."""
+    """``run.json``: what state the run folder is in (running, failed, trained, evaluated).
+
+    A ``running`` status also records who runs it (``host``, ``pid`` and the process start time),
+    so that :func:`read_status` can tell a live run from one that was killed.
+    """
     path = run / STATUS_FILE
     data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(status=status, updated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if status == "running":
+        for stale in ("error", "resumable"):  # from an earlier attempt this one resumes
+            data.pop(stale, None)
+        pid = int(extra.get("pid") or os.getpid())
+        data.update(
+            pid=pid,
+            host=socket.gethostname(),
+            process_started=process_start_time(pid),
+            started=now,
+        )
+    data.update(status=status, updated=now)
     data.update(extra)
     write_json(path, data)
+
+
+def read_status(run: Path) -> dict[str, Any]:
+    """``run.json`` of a run folder ({} when there is none), with dead runs told apart.
+
+    A ``running`` status whose process is gone (same host, and no process with that pid, or one
+    started at another time: a reused pid) is reported as ``interrupted`` with ``resumable``
+    saying whether ``--resume`` has a checkpoint to continue from. A run on another host is
+    reported as written, since its process cannot be checked from here.
+    """
+    path = Path(run) / STATUS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RsSegError(f"unreadable run status ({type(exc).__name__})", path) from None
+    if not isinstance(data, dict):
+        raise RsSegError("unreadable run status (not a JSON object)", path)
+    if data.get("status") == "running" and _run_process_gone(data):
+        resumable = (Path(run) / CHECKPOINTS / "last.ckpt").exists()
+        data.update(
+            status="interrupted",
+            resumable=resumable,
+            error=f"the training process (pid {data.get('pid')}) ended without recording why "
+            "(killed?)",
+        )
+    return data
+
+
+def _run_process_gone(status: dict[str, Any]) -> bool:
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False  # another machine's run, or written by an older rs_seg: cannot tell
+    from rs_seg.io import process_alive
+
+    if not process_alive(pid):  # no such process, or a zombie
+        return True
+    started, recorded = process_start_time(pid), status.get("process_started")
+    # The pid lives, but a process started at another time is one that reused it.
+    return started is not None and isinstance(recorded, int | float) and abs(started - recorded) > 1
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from psutil or else ``/proc``.
+
+    None when the process is gone or a zombie, or where neither psutil nor ``/proc`` can tell.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return _proc_start_time(pid)
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return round(process.create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.Error:
+        return _proc_start_time(pid)
+
+
+def _proc_start_time(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return round(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 @dataclass(frozen=True)

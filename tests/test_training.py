@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +22,17 @@ import yaml
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import evaluate_run
-from rs_seg.training import CroplandModule, bce_dice_loss, lr_factor, train
+from rs_seg.training import (
+    CroplandModule,
+    bce_dice_loss,
+    check_resumable,
+    lr_factor,
+    read_status,
+    train,
+    write_status,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def config(chips: Path, out: Path, **overrides) -> TrainConfig:
@@ -307,3 +323,220 @@ def test_only_global_rank_zero_sets_up_and_evaluates(monkeypatch, env, child) ->
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert is_ddp_child() is child
+
+
+# A training run that stalls at the start of epoch ``kill_at`` (every earlier epoch is in
+# last.ckpt) and says so with a marker file, for the parent to SIGKILL it there.
+STALLING_RUN = """
+import sys, time
+from pathlib import Path
+import tests.conftest  # offline settings, torchvision shim
+from rs_seg.training import CroplandModule, train
+from tests.test_training import config
+chips, out, marker = (Path(a) for a in sys.argv[1:4])
+kill_at, epochs, workers = (int(a) for a in sys.argv[4:7])
+start = CroplandModule.on_train_epoch_start
+def stall(self):
+    if self.current_epoch == kill_at:
+        marker.write_text(str(self.current_epoch))
+        time.sleep(600)
+    start(self)
+CroplandModule.on_train_epoch_start = stall
+train(config(chips, out, epochs=epochs, num_workers=workers))
+"""
+
+
+def _wait_for(condition, what: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
+    tiny_chips: Path, tmp_path: Path
+) -> None:
+    """Kill -9 after epoch 1 of 2, resume (with a loader worker this time): same weights, same
+    losses as one uninterrupted run without workers. Also: run.json of the live run, and of the
+    killed one, as read_status reports them."""
+    epochs = 2
+    train(config(tiny_chips, tmp_path / "full", epochs=epochs))
+    out, marker = tmp_path / "killed", tmp_path / "stalled"
+    args = [tiny_chips, out, marker, 1, epochs, 1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", STALLING_RUN, *map(str, args)], cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: marker.exists() or child.poll() is not None, "epoch 1 to end")
+        assert child.poll() is None, "the stalling run ended by itself"
+        live = read_status(out)
+        assert (live["status"], live["pid"], live["host"]) == (
+            "running",
+            child.pid,
+            socket.gethostname(),
+        )
+        with pytest.raises(RsSegError, match=rf"still training \(pid {child.pid}\)"):
+            train(config(tiny_chips, out, epochs=epochs), resume=True)
+        os.kill(child.pid, signal.SIGKILL)
+        # Not reaped yet (a zombie): already gone as far as read_status is concerned.
+        _wait_for(lambda: read_status(out)["status"] == "interrupted", "the kill")
+    finally:
+        child.kill()
+        child.wait()
+    assert json.loads((out / "run.json").read_text())["status"] == "running", "kill -9: no trace"
+    status = read_status(out)
+    assert status["status"] == "interrupted" and status["resumable"] is True
+    assert f"pid {child.pid}" in status["error"]
+    train(config(tiny_chips, out, epochs=epochs, num_workers=1), resume=True)
+
+    keys = ("epoch", "train_loss", "val_loss", "val_iou", "val_mean_iou", "lr")
+    rows = [json.loads((tmp_path / n / "history.json").read_text()) for n in ("full", "killed")]
+    assert [[r[k] for k in keys] for r in rows[0]] == [[r[k] for k in keys] for r in rows[1]]
+    ckpts = [
+        torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)
+        for n in ("full", "killed")
+    ]
+    weights = [c["state_dict"] for c in ckpts]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "bit-identical"
+    moments = [c["optimizer_states"][0]["state"] for c in ckpts]
+    assert all(torch.equal(moments[0][i]["exp_avg"], moments[1][i]["exp_avg"]) for i in moments[0])
+    assert read_status(out)["status"] == "trained"
+
+
+def _fake_run(tmp_path: Path) -> tuple[Path, TrainConfig, Path]:
+    """A run folder with a small but real torch zip checkpoint holding Lightning's keys."""
+    from rs_seg.training import _resume_key
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = config(tmp_path / "chips", run)
+    document = {"train": {}, "resume_key": _resume_key(cfg, "fingerprint")}
+    (run / "train.yaml").write_text(yaml.safe_dump(document))
+    last = run / "checkpoints" / "last.ckpt"
+    state = {"w": torch.arange(4096, dtype=torch.float32)}
+    torch.save({"state_dict": state, "optimizer_states": [], "epoch": 0, "loops": {}}, last)
+    return run, cfg, last
+
+
+def test_a_truncated_or_damaged_checkpoint_is_not_resumable(tmp_path: Path) -> None:
+    run, cfg, last = _fake_run(tmp_path)
+    assert check_resumable(run, cfg, "fingerprint") == last
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RsSegError) as caught:
+        check_resumable(run, cfg, "fingerprint")
+    assert str(caught.value).startswith(
+        f"{last}: cannot resume: the checkpoint is incomplete or damaged ("
+    )
+    assert "start the run again with --overwrite" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    flipped = bytearray(whole)
+    flipped[whole.index(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[400:432])] ^= 1
+    last.write_bytes(bytes(flipped))
+    with pytest.raises(RsSegError, match=r"checkpoint is damaged \(CRC error in .*data/0\)"):
+        check_resumable(run, cfg, "fingerprint")
+    torch.save({"state_dict": {}}, last)
+    with pytest.raises(RsSegError, match="missing optimizer_states, epoch, loops"):
+        check_resumable(run, cfg, "fingerprint")
+
+
+def test_read_status_tells_a_killed_run_from_a_live_one(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert read_status(run) == {}
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        write_status(run, "running", pid=child.pid)
+        status = read_status(run)
+        assert (status["status"], status["host"]) == ("running", socket.gethostname())
+        assert isinstance(status["process_started"], float)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        child.kill()
+        child.wait()
+    status = read_status(run)
+    assert status["status"] == "interrupted" and status["resumable"] is False
+    assert json.loads((run / "run.json").read_text())["status"] == "running", "only read"
+
+
+def test_read_status_tells_a_reused_pid_and_cannot_judge_other_hosts(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_status(run, "failed", error="RuntimeError: boom", resumable=True)
+    write_status(run, "running", pid=os.getpid())
+    data = json.loads((run / "run.json").read_text())
+    assert "error" not in data and "resumable" not in data, "a new attempt drops the old error"
+    assert read_status(run)["status"] == "running"
+    (run / "run.json").write_text(json.dumps({**data, "process_started": 1000.0}))
+    assert read_status(run)["status"] == "interrupted", (
+        "same pid, other process: the pid was reused"
+    )
+    (run / "run.json").write_text(json.dumps({**data, "host": "elsewhere", "pid": 2**22 + 1}))
+    assert read_status(run)["status"] == "running", "another host's process cannot be checked"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_process_start_time_from_proc_matches_psutil() -> None:
+    from rs_seg.training import _proc_start_time, process_start_time
+
+    assert _proc_start_time(os.getpid()) == pytest.approx(process_start_time(os.getpid()), abs=1)
+    assert process_start_time(2**22 + 1) is None and _proc_start_time(2**22 + 1) is None
+
+
+def _damage_strip(path: Path) -> None:
+    """Overwrite the frame header of the chip's compressed data: same size, unreadable data."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_cli_train_reports_damaged_chips_in_one_line(tiny_chips: Path, tmp_path: Path) -> None:
+    """Up front for a truncated chip; from inside a loader worker (validation of epoch 1) for a
+    damaged one that the cheap check cannot see."""
+    from rs_seg.dataset import load_chip_splits
+
+    chips = _copy_chips(tiny_chips, tmp_path / "chips")
+    images, _ = load_chip_splits(chips, check_files=False).paths("train")
+    settings = {
+        "model": {"arch": "Unet", "encoder": "resnet18"}, "epochs": 1, "batch_size": 8,
+        "accelerator": "cpu", "num_workers": 1,
+    }  # fmt: skip
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"train": settings}))
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "rs_seg", "train", "--chips", str(chips), "--out", str(out),
+        "--config", str(tmp_path / "train.yaml"),
+    ]  # fmt: skip
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
+        )
+
+    truncated = Path(images[0])
+    whole = truncated.read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    result = run()
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {truncated}: chip is truncated (")
+    assert len(result.stderr.splitlines()) == 1 and not out.exists()
+
+    truncated.write_bytes(whole)
+    damaged = Path(load_chip_splits(chips).paths("val")[0][0])  # read by a worker after epoch 1
+    _damage_strip(damaged)
+    result = run()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith(f"error: {damaged}: chip cannot be read (ZSTDDecode"), lines[-1]
+    assert "Traceback" not in result.stderr
+    assert [line for line in lines if line.startswith("error")] == lines[-1:]
+    assert not out.exists(), "no checkpoint yet: nothing is left behind"
