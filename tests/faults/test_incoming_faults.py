@@ -1,0 +1,103 @@
+"""Fault injection on the ``infer-new-imagery`` flow: a SIGKILLed run never leaves a half-written
+scene folder, the next run maps what is left exactly once, and the user's files stay as they are."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyogrio
+import pytest
+import rasterio
+
+from rs_seg.ledger import Ledger
+from tests.conftest import ephemeral_prefect_env, write_scene
+from tests.helpers import ROOT, digest, hidden_leftovers, make_bundle, truncated_copy
+
+SCENES = ["s0", "s1", "s2"]
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    for seed, name in enumerate(SCENES):
+        write_scene(tmp_path / "inbox" / f"{name}.tif", 192, 192, seed=seed)
+    make_bundle(tmp_path / "model-bundle.pt", chip=64)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "README-mine.txt").write_text("the user's own notes")
+    (tmp_path / "incoming.yaml").write_text(
+        "incoming:\n"
+        f"  incoming: {tmp_path / 'inbox'}\n"
+        f"  out_dir: {tmp_path / 'out'}\n"
+        f"  model: {tmp_path / 'model-bundle.pt'}\n"
+        f"  merged: {tmp_path / 'out' / 'all.gpkg'}\n"
+        "  settle_seconds: 0\n  device: cpu\n  min_area: 0\n  batch_size: 4\n"
+    )
+    return tmp_path
+
+
+def flow_command(root: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.infer_scene", str(root / "incoming.yaml")]
+
+
+def scene_folders(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "out").glob("*/*") if p.is_dir() and p.name[0] != ".")
+
+
+def assert_complete(folder: Path) -> None:
+    """A published scene folder holds both outputs, whole and of one run."""
+    assert sorted(p.name for p in folder.iterdir()) == ["fields.gpkg", "fields_prob.tif"]
+    with rasterio.open(folder / "fields_prob.tif") as src:
+        src.read(1)
+        prob_run = src.tags()["run_id"]
+    meta = pyogrio.read_info(folder / "fields.gpkg", layer="fields")["layer_metadata"]
+    assert meta["run_id"] == prob_run
+
+
+@pytest.mark.slow
+def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path) -> None:
+    env = ephemeral_prefect_env(inbox)
+    notes = digest(inbox / "out" / "README-mine.txt")
+    child = subprocess.Popen(
+        flow_command(inbox), cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not scene_folders(inbox):
+        assert child.poll() is None, child.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no scene was mapped"
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)  # the flow, its Prefect server, everything it started
+    child.wait(timeout=60)
+    first = scene_folders(inbox)
+    for folder in first:
+        assert_complete(folder)
+    done = [e for e in Ledger(inbox / "out" / "ledger.sqlite").entries() if e.status == "done"]
+
+    truncated_copy(inbox / "inbox" / "s0.tif", inbox / "inbox" / "s3.tif")  # a copy in progress
+    again = subprocess.run(flow_command(inbox), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    counts = json.loads(again.stdout[again.stdout.index("{") :])
+    # Scenes recorded done are skipped; the killed run's claims are taken over at once. A scene
+    # published but not yet recorded when the kill came is mapped again (its folder replaced
+    # whole), so every scene ends mapped, none twice in the ledger.
+    assert counts["skipped"] == len(done) and counts["failed"] == 0
+    assert counts["mapped"] == len(SCENES) - len(done)
+    assert counts["waiting"] == 1, "the half-copied scene waits; it is not mapped or failed"
+    folders = scene_folders(inbox)
+    assert [f.parent.name for f in folders] == SCENES, "every complete scene mapped exactly once"
+    for folder in folders:
+        assert_complete(folder)
+    merged = pyogrio.read_info(inbox / "out" / "all.gpkg", layer="fields")["features"]
+    assert merged == sum(
+        pyogrio.read_info(f / "fields.gpkg", layer="fields")["features"] for f in folders
+    )
+    assert digest(inbox / "out" / "README-mine.txt") == notes
+    for folder in [inbox / "out", *(inbox / "out").iterdir()]:
+        if folder.is_dir():
+            assert hidden_leftovers(folder) == [], folder
