@@ -73,3 +73,11 @@ lock:
 
 clean-demo:
 	rm -rf data/demo
+
+## test-loaded: `make test` while two busy loops keep both cores busy (a loaded 2-core CI machine);
+## LOAD_BURNERS=N for another count, LOADED_TARGET=... for another target (python tests/tools/cpu_load.py --help)
+LOAD_BURNERS ?= 2
+LOADED_TARGET ?= test
+.PHONY: test-loaded
+test-loaded: $(STAMP)
+	$(PY) tests/tools/cpu_load.py --burners $(LOAD_BURNERS) -- $(MAKE) $(LOADED_TARGET)
