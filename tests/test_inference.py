@@ -132,9 +132,16 @@ def test_translation_consistency_away_from_the_borders(tmp_path: Path, trained_t
     bundle = ModelBundle.load(trained_tiny_run[1].bundle)
     blended = _inconsistency(tmp_path, bundle, overlap=0.5)
     tiled = _inconsistency(tmp_path, bundle, overlap=0.0)
-    assert blended.mean() < 3.0, "mean difference under 3/255 in probability"
-    assert np.percentile(blended, 99) <= 40, "99 % of pixels within 40/255"
-    assert blended.mean() < 0.7 * tiled.mean(), (blended.mean(), tiled.mean())
+    # The model comes from 6 epochs of training, and its weights depend on torch's thread count
+    # there (float sums in another order, amplified by the optimiser); inference's thread count
+    # changes nothing here. Fixture models trained on 1, 2 and 4 threads: mean 2.48, 2.40, 2.93
+    # (3.02 in a CI run), 99th percentile 34.6, 33, 42.6, ratio to tiles 0.49, 0.44, 0.42. A plain
+    # average of the overlapping windows instead of the Hann weight (2- and 4-thread models): mean
+    # 4.85-5.12, 99th percentile 61-70, ratio 0.79-0.94. The bounds sit between the two.
+    stats = (blended.mean(), np.percentile(blended, 99), tiled.mean())
+    assert blended.mean() < 4.0, ("mean difference under 4/255 in probability", stats)
+    assert np.percentile(blended, 99) <= 52, ("99 % of pixels within 52/255", stats)
+    assert blended.mean() < 0.65 * tiled.mean(), ("Hann blending: 35 % below tiles", stats)
 
 
 def test_georeferencing_and_cog_layout_are_kept(tmp_path: Path, bundle_path: Path) -> None:
