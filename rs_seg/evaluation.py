@@ -278,7 +278,13 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     Runs in one process on one device in fp32, so results do not depend on how training was
     distributed, and a bundle reproduces exactly the predictions scored here.
     """
-    from rs_seg.training import CHECKPOINTS, HISTORY_FILE, CroplandModule, write_status
+    from rs_seg.training import (
+        CHECKPOINTS,
+        HISTORY_FILE,
+        CroplandModule,
+        publish_replacement,
+        write_status,
+    )
 
     run = Path(run)
     cfg, splits, normalization = _load_run(run)
@@ -311,8 +317,11 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
         net, test, test_scores.chips, level, rgb_band_indices(meta["band_names"]), device
     )
     report = _write_report(run, history, metrics, test_scores.chips, splits, worst, best)
-    write_status(run, "evaluated", model_id=bundle.model_id, bundle=str(bundle_path))
-    return EvaluationOutcome(run, bundle_path, metrics, report)
+    write_status(run, "evaluated", model_id=bundle.model_id, bundle=BUNDLE_FILE)
+    final = publish_replacement(run)  # a run replacing an earlier one takes its place only now
+    if final != run:
+        bundle_path, report = final / BUNDLE_FILE, final / REPORT_DIR
+    return EvaluationOutcome(final, bundle_path, metrics, report)
 
 
 def _ids(splits: ChipSplits, split: str) -> list[str]:

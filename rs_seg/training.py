@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from torchmetrics.classification import BinaryStatScores
 
@@ -43,7 +44,15 @@ from rs_seg.dataset import (
 )
 from rs_seg.errors import RsSegError
 from rs_seg.evaluation import metrics_from_counts
-from rs_seg.io import check_output_free, write_json
+from rs_seg.io import (
+    FolderKind,
+    check_folder_output,
+    check_not_inputs,
+    process_alive,
+    publish_dir,
+    staging_path,
+    write_json,
+)
 from rs_seg.models import build_model, check_names, count_parameters
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,15 @@ CHECKPOINTS = "checkpoints"
 MONITOR = "val/iou"
 # Settings that define what a run learns; resuming with any of them changed is refused.
 RESUME_KEYS = ("model", "loss", "optimizer", "augment", "batch_size", "seed")
+RUN_FOLDER = FolderKind(
+    "rs-seg train",
+    CONFIG_FILE,
+    (CONFIG_FILE, NORMALIZATION_FILE, HISTORY_FILE, STATUS_FILE, CHECKPOINTS,
+     "model-bundle.pt", "metrics.json", "report"),
+)  # fmt: skip
+"""What a run folder holds (training, then evaluation): ``--overwrite`` replaces only such a one."""
+# Rank 0 tells the DDP processes Lightning starts which folder this run trains in.
+RUN_DIR_ENV = "RS_SEG_RUN_DIR"
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -444,7 +462,6 @@ def _run_process_gone(status: dict[str, Any]) -> bool:
     pid = status.get("pid")
     if status.get("host") != socket.gethostname() or not isinstance(pid, int):
         return False  # another machine's run, or written by an older rs_seg: cannot tell
-    from rs_seg.io import process_alive
 
     if not process_alive(pid):  # no such process, or a zombie
         return True
@@ -497,26 +514,139 @@ class TrainOutcome:
     epochs_run: int
     best_epoch: int | None
     stopped_early: bool
+    out: Path | None = None  # where the run goes once evaluated, when ``run`` is a replacement
+
+
+def replacement_folder(out: Path) -> Path:
+    """Where a new run that will replace the run in ``out`` trains: a hidden sibling.
+
+    The name is fixed, so ``--resume`` finds an interrupted replacement and the DDP processes of
+    a torchrun launch find the folder rank 0 trains in. It takes ``out``'s place only once the
+    new run is trained and evaluated (:func:`publish_replacement`).
+    """
+    return out.with_name(f".{out.name}.next")
+
+
+def work_folder(cfg: TrainConfig, resume: bool) -> Path:
+    """The folder this run trains in: ``out`` itself, or its replacement beside it.
+
+    A new run trains in ``out`` when that is free (a killed run there is resumable). When
+    ``--overwrite`` replaces an earlier run, the new one trains beside it and the earlier one stays
+    untouched until the new one has succeeded. ``--resume`` continues an interrupted replacement
+    if there is one, otherwise the run in ``out``. What a dead earlier attempt left beside ``out``
+    is removed (rank 0 only, after the inputs were checked); a live one is never touched.
+    """
+    if is_ddp_child():
+        return _ddp_work_folder(cfg)
+    out = Path(cfg.out)
+    replacement = replacement_folder(out)
+    state, status = _replacement_state(out)
+    if state == "live":
+        raise RsSegError(
+            f"another training run (pid {status.get('pid')}) is replacing this run right now in "
+            f"{replacement.name}",
+            out,
+        )
+    if resume and state == "resumable":
+        return replacement
+    if resume and status.get("replaces"):
+        raise RsSegError(
+            f"the new run in {replacement.name} was interrupted before its first checkpoint, so "
+            "there is nothing to resume; start it again with --overwrite",
+            out,
+        )
+    if state != "none":
+        if state == "resumable":
+            log.warning("discarding the interrupted new run in %s (--resume would continue it)",
+                        replacement)  # fmt: skip
+        shutil.rmtree(replacement)  # a dead attempt's folder, or an old run a swap moved aside
+    if not resume and out.is_dir() and any(out.iterdir()):
+        return replacement
+    return out
+
+
+def _replacement_state(out: Path) -> tuple[str, dict[str, Any]]:
+    """What the replacement folder beside ``out`` holds: none, live, resumable or stale.
+
+    ``resumable`` is a replacement (its run.json says whom it ``replaces``) with a checkpoint;
+    ``stale`` is anything else left there: a replacement killed before its first checkpoint, or
+    the earlier run that a swap moved aside before a kill.
+    """
+    folder = replacement_folder(out)
+    if not folder.exists():
+        return "none", {}
+    try:
+        status = read_status(folder)  # a dead run's "running" reads as "interrupted"
+    except RsSegError:
+        status = {}
+    if status.get("status") == "running":
+        return "live", status
+    if status.get("replaces") and (folder / CHECKPOINTS / "last.ckpt").exists():
+        return "resumable", status
+    return "stale", status
+
+
+def _ddp_work_folder(cfg: TrainConfig) -> Path:
+    """Rank 0's choice: from the environment (Lightning's launcher), else where it appears."""
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    out = Path(cfg.out)
+    replacement = replacement_folder(out)
+    deadline = time.monotonic() + 120.0
+    while time.monotonic() < deadline:  # torchrun / srun start every rank at once
+        for folder in (replacement, out):
+            if (folder / NORMALIZATION_FILE).exists():
+                return folder
+        time.sleep(0.5)
+    raise RsSegError("DDP worker: rank 0 never wrote normalization.json", out)
+
+
+def _check_out(cfg: TrainConfig) -> None:
+    """Before any work: ``out`` is not the chips, and is free or a run folder we may replace."""
+    out = Path(cfg.out)
+    check_not_inputs([out], [cfg.chips])
+    check_folder_output(out, cfg.overwrite, RUN_FOLDER)
+
+
+def replaced_by(run: Path) -> Path | None:
+    """The run folder that ``run`` is the replacement of (None for a run trained in place)."""
+    name = Path(run).name
+    if name.startswith(".") and name.endswith(".next"):
+        return Path(run).with_name(name[1 : -len(".next")])
+    return None
+
+
+def publish_replacement(run: Path) -> Path:
+    """Put an evaluated replacement where the run it replaces is, in one atomic exchange.
+
+    Returns where the run is now. The earlier run is removed only after the exchange; if it was
+    given foreign files meanwhile, nothing is replaced and the new run stays where it trained.
+    """
+    out = replaced_by(run)
+    if out is None:
+        return Path(run)
+    if os.path.lexists(out):
+        check_folder_output(out, True, RUN_FOLDER)
+    publish_dir(Path(run), out)
+    write_status(out, read_status(out).get("status", "evaluated"), replaces=None)
+    log.info("%s now holds the new run (the earlier one is removed)", out)
+    return out
 
 
 def _prepare_run(
-    cfg: TrainConfig, resume: bool, splits: ChipSplits
+    cfg: TrainConfig, run: Path, resume: bool, splits: ChipSplits
 ) -> tuple[Normalization, Path | None]:
-    """Create (or re-open) the run folder; returns normalization and the checkpoint to resume."""
-    run = cfg.out
+    """Create (or re-open) the work folder ``run``; returns normalization and the checkpoint."""
     if is_ddp_child():
         return _wait_for_normalization(run), None
     if resume:
         checkpoint = check_resumable(run, cfg, splits.fingerprint)
         stats = json.loads((run / NORMALIZATION_FILE).read_text())
         return Normalization(tuple(stats["mean"]), tuple(stats["std"])), checkpoint
-    check_output_free(run, cfg.overwrite)
     train_images, _ = splits.paths("train")
     log.info("normalization statistics from %d train chips ...", len(train_images))
     normalization = band_statistics(train_images, splits.bands)
-    if run.exists():
-        shutil.rmtree(run)
-    (run / CHECKPOINTS).mkdir(parents=True)
+    (run / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     document = {
         "train": cfg.model_dump(mode="json"),
         "resume_key": _resume_key(cfg, splits.fingerprint),
@@ -535,6 +665,31 @@ def _wait_for_normalization(run: Path, timeout: float = 120.0) -> Normalization:
         time.sleep(0.5)
     stats = json.loads(path.read_text())
     return Normalization(tuple(stats["mean"]), tuple(stats["std"]))
+
+
+class CheckpointsBesideTheRun(TorchCheckpointIO):
+    """Checkpoints written to a staging file in their own folder, then renamed into place.
+
+    Lightning's own atomic save stages in the system temp folder and moves the file over; where
+    that is another file system the move is a copy, and a kill or a full disk during it leaves a
+    truncated ``last.ckpt``. One rename in the same folder cannot be seen half done.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Save ``checkpoint`` at ``path`` in one rename; a failure leaves the old file."""
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported by rs_seg's checkpoint writer")
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = staging_path(final)
+        try:
+            torch.save(checkpoint, temporary)
+            temporary.replace(final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Trainer:
@@ -572,18 +727,28 @@ def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Tra
         deterministic=True if not hardware.on_gpu else None,
         num_sanity_val_steps=0,
         default_root_dir=run,
+        plugins=[CheckpointsBesideTheRun()],
     )
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> TrainOutcome | None:
     """Train a model on a prepared chip folder; ``None`` in DDP worker processes.
 
-    Inputs are checked before anything is written. GPU out-of-memory ends in a one-line hint.
+    Inputs and the output folder are checked before anything is written. A run that replaces an
+    earlier one trains beside it (:func:`work_folder`); :func:`rs_seg.evaluation.evaluate_run`
+    puts it in place once it is evaluated. GPU out-of-memory ends in a one-line hint.
     """
     check_names(cfg.model)
+    rank_zero = not is_ddp_child()
+    if rank_zero and not resume:
+        _check_out(cfg)
     splits = load_chip_splits(cfg.chips, cfg.model.bands)
     hardware = resolve_hardware(cfg)
-    normalization, checkpoint = _prepare_run(cfg, resume, splits)
+    work = work_folder(cfg, resume)
+    normalization, checkpoint = _prepare_run(cfg, work, resume, splits)
+    if rank_zero:
+        os.environ[RUN_DIR_ENV] = str(work)  # inherited by the processes Lightning launches
+    running = cfg.model_copy(update={"out": work})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = CroplandModule(
         model=cfg.model.model_dump(mode="json"),
@@ -597,20 +762,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
         splits, normalization, cfg.augment, cfg.batch_size, hardware.num_workers, cfg.seed,
         pin_memory=hardware.on_gpu,
     )  # fmt: skip
-    _log_start(cfg, splits, hardware, module, resume)
-    trainer = build_trainer(cfg, hardware, progress)
-    if not is_ddp_child():
-        write_status(cfg.out, "running", pid=os.getpid())
+    _log_start(running, splits, hardware, module, resume)
+    trainer = build_trainer(running, hardware, progress)
+    if rank_zero:
+        write_status(work, "running", pid=os.getpid(), replaces=str(cfg.out) if work != cfg.out
+                     else None)  # fmt: skip
     try:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
     except BaseException as exc:
-        _record_failure(cfg, exc)
+        _record_failure(running, exc, Path(cfg.out))
         if _is_oom(exc):
             raise _out_of_memory(cfg) from None
         raise
     if not trainer.is_global_zero or is_ddp_child():
         return None
-    return _finish(cfg, trainer)
+    return _finish(running, trainer, Path(cfg.out))
 
 
 def _log_start(
@@ -641,10 +807,16 @@ def _out_of_memory(cfg: TrainConfig) -> RsSegError:
     )
 
 
-def _record_failure(cfg: TrainConfig, exc: BaseException) -> None:
-    """A run without any checkpoint is removed; otherwise it is marked resumable."""
+def _record_failure(cfg: TrainConfig, exc: BaseException, out: Path) -> None:
+    """A run without any checkpoint is removed; otherwise it is marked resumable.
+
+    ``cfg.out`` is the work folder; when it is a replacement, the earlier run in ``out`` was never
+    touched, and the log says so.
+    """
     if is_ddp_child() or not cfg.out.exists():
         return
+    if cfg.out != out:
+        log.warning("%s: the new run failed; the earlier run there is untouched", out)
     if not (cfg.out / CHECKPOINTS / "last.ckpt").exists():
         shutil.rmtree(cfg.out, ignore_errors=True)
         return
@@ -653,7 +825,7 @@ def _record_failure(cfg: TrainConfig, exc: BaseException) -> None:
     write_status(cfg.out, status, error=f"{type(exc).__name__}: {exc}"[:500], resumable=True)
 
 
-def _finish(cfg: TrainConfig, trainer: L.Trainer) -> TrainOutcome:
+def _finish(cfg: TrainConfig, trainer: L.Trainer, out: Path) -> TrainOutcome:
     checkpoint = trainer.checkpoint_callback
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
     if best is None or not best.exists():
@@ -662,4 +834,4 @@ def _finish(cfg: TrainConfig, trainer: L.Trainer) -> TrainOutcome:
     best_epoch = best_epoch_of(history)
     stopped = trainer.current_epoch < cfg.epochs and bool(trainer.should_stop)
     write_status(cfg.out, "trained", epochs_run=len(history), best_epoch=best_epoch)
-    return TrainOutcome(cfg.out, best, len(history), best_epoch, stopped)
+    return TrainOutcome(cfg.out, best, len(history), best_epoch, stopped, out)

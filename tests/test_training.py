@@ -151,6 +151,7 @@ def test_resume_without_a_run_says_so(tiny_chips: Path, tmp_path: Path) -> None:
 
 def test_existing_run_needs_overwrite(tiny_chips: Path, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.yaml").write_text("train: {}\n")
     with pytest.raises(RsSegError, match="--overwrite"):
         train(config(tiny_chips, tmp_path / "run"))
 
