@@ -33,7 +33,11 @@ from rs_seg.errors import RsSegError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-START_TIMEOUT_S = 120.0  # fresh SQLite database: ~12 s on a laptop, more on a busy 2-core CI box
+# `prefect server start` on a fresh SQLite database until /api/health answers: ~12 s on a laptop,
+# 22-30 s on a 2-core machine kept busy by two other processes. 4x that leaves room for more load.
+START_TIMEOUT_S = 120.0
+# One health probe: a starting or busy server may need seconds to answer (probes are retried).
+HEALTH_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 15.0
 
 
@@ -153,7 +157,7 @@ def check_port(port: int, host: str = HOST) -> bool:
     """
     if not port_in_use(host, port):
         return False
-    if api_problem(f"http://{host}:{port}/api", timeout=2.0) is None:
+    if api_problem(f"http://{host}:{port}/api", timeout=HEALTH_TIMEOUT_S) is None:
         return True
     raise RsSegError(
         f"port {port} on {host} is in use by another program that is not a Prefect server: "
@@ -208,7 +212,7 @@ def _wait_healthy(
                 f"the Prefect server exited during start-up (exit code {process.returncode})"
                 f"{': ' + tail if tail else ''}; full log: {log}"
             )
-        if api_problem(api_url, timeout=2.0) is None:
+        if api_problem(api_url, timeout=HEALTH_TIMEOUT_S) is None:
             return
         time.sleep(0.25)
     raise RsSegError(

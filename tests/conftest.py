@@ -153,13 +153,26 @@ def tiny_chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare(cfg).out
 
 
+# How long a child waits for its ephemeral Prefect server (Prefect's default: 20 s). Start-up on a
+# fresh SQLite database, 2 cores: 12 s with two other busy processes (load 3), 18-27 s with four
+# (load 5; tests/tools/cpu_load.py), and for two servers starting at once as in
+# test_two_overlapping_flow_runs_map_every_scene_exactly_once 18-19 s at load 3, 43-55 s at load
+# 6-9. Prefect counts only its 0.1 s poll sleeps against the limit, so the wall-clock wait is
+# longer still. A value set in the environment wins.
+PREFECT_STARTUP_TIMEOUT_S = 180
+
+
 def ephemeral_prefect_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a child process that runs flows on a private, temporary Prefect home
     (no server configured, so Prefect starts its ephemeral one) with the repo importable."""
     # Unset, not empty: Prefect 3.8 reads an empty PREFECT_API_URL as a server when sending events.
+    timeout = os.environ.get(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_TIMEOUT_S)
+    )
     return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": timeout,
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
 

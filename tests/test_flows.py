@@ -131,7 +131,7 @@ print("RESULT " + json.dumps([infer_new_imagery(IncomingConfig.model_validate_js
 """
 
 
-def run_flows(tmp_path: Path, configs: list, timeout: int = 300) -> list[dict]:
+def run_flows(tmp_path: Path, configs: list, timeout: int = 600) -> list[dict]:
     """Run infer-new-imagery once per config in one child process (one ephemeral server)."""
     import json
 
@@ -312,7 +312,13 @@ def test_two_overlapping_flow_runs_map_every_scene_exactly_once(tmp_path) -> Non
         )
         for k in range(2)
     ]
-    outputs = [run.communicate(timeout=300) for run in runs]
+    try:  # each start-up alone took 43-55 s with two busy loops beside them (conftest)
+        outputs = [run.communicate(timeout=600) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
     results = [json.loads(out.split("RESULT ", 1)[1]) for out, _ in outputs]
     mapped_names = sorted(name for r in results for name in mapped(r))
@@ -327,7 +333,6 @@ def test_an_existing_dask_cluster_started_as_documented_maps_the_scenes(tmp_path
     import os
     import signal
     import socket
-    import time
 
     from rs_seg.config import IncomingConfig, RunnerConfig
     from tests.test_inference import make_bundle
@@ -337,7 +342,9 @@ def test_an_existing_dask_cluster_started_as_documented_maps_the_scenes(tmp_path
         port = probe.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     dask = Path(sys.executable).parent / "dask"
-    env = ephemeral_prefect_env(tmp_path)
+    # The cluster's own Prefect home, as on another machine: the worker starts an ephemeral
+    # server on its first task, which must not migrate the flow's fresh database at the same time.
+    env = ephemeral_prefect_env(tmp_path / "cluster")
     started = [
         subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                           "--no-dashboard"], cwd=ROOT, env=env, start_new_session=True,
@@ -352,9 +359,10 @@ def test_an_existing_dask_cluster_started_as_documented_maps_the_scenes(tmp_path
         cfg = IncomingConfig(
             incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", device="cpu",
             model=make_bundle(tmp_path / "m.pt"),
-            runner=RunnerConfig(kind="dask", address=address, connect_timeout=60),
+            # Also waits for the scheduler, still starting (a refused connection is retried):
+            # it answered after 4-6 s here, idle or with two busy loops beside it.
+            runner=RunnerConfig(kind="dask", address=address, connect_timeout=120),
         )  # fmt: skip
-        time.sleep(2)
         (result,) = run_flows(tmp_path, [cfg])
         assert result["mapped"] == 2 and result["failed"] == 0
         assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 2
