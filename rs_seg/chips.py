@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import rasterio
 import shapely
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -36,7 +36,6 @@ from rs_seg.labels import (
 from rs_seg.rasters import (
     GDAL_ENV,
     RasterInfo,
-    gdal_message,
     large_blocks_off_the_heap,
     open_raster,
 )
@@ -281,15 +280,6 @@ class SceneChipper:
             raise RsSegError("scene is entirely nodata", self.scene.image)
         return result
 
-    def _read(self, src: rasterio.io.DatasetReader, window: Window) -> tuple[np.ndarray, ...]:
-        try:
-            return read_padded(src, window, fill=self.fill)
-        except RasterioIOError as exc:
-            raise RsSegError(
-                f"cannot read pixels, the file looks truncated or corrupt ({gdal_message(exc)})",
-                self.scene.image,
-            ) from None
-
     def _chip(
         self,
         src: rasterio.io.DatasetReader,
@@ -298,7 +288,7 @@ class SceneChipper:
         aoi_masks: VectorWindowMasks | None,
         result: SceneChips,
     ) -> None:
-        image, valid, inside = self._read(src, window.window)
+        image, valid, inside = read_padded(src, window.window, fill=self.fill)
         inside_count = int(inside.sum())
         valid_count = int(valid.sum())
         result.valid_pixels += valid_count

@@ -596,7 +596,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         }
         vectorized = vectorize(
             prob, fields, settings, scene=cfg.scene.stem, model_id=bundle.model_id,
-            progress=progress, metadata=metadata,
+            progress=progress, metadata=metadata, publish=False,
         )  # fmt: skip
     return InferSummary(
         fields=cfg.out,

@@ -37,10 +37,10 @@ from tqdm import tqdm
 
 import rs_seg
 from rs_seg.errors import RsSegError
-from rs_seg.io import staged_file
+from rs_seg.io import check_not_inputs, fields_written_by_rs_seg, staged_file
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
-from rs_seg.windows import valid_pixels
+from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ def vectorize(
     overwrite: bool = False,
     progress: bool = False,
     metadata: dict[str, str] | None = None,
+    publish: bool = True,
 ) -> VectorizeSummary:
     """Polygonize a uint8 probability raster into a field layer that opens styled in QGIS.
 
@@ -136,16 +137,19 @@ def vectorize(
         settings: Threshold and polygon clean-up.
         scene: Scene name stored in every feature.
         model_id: Model identifier stored in every feature.
-        overwrite: Replace an existing output (only once the new one is complete).
+        overwrite: Replace an existing output (only an rs_seg field layer, and only once the
+            new one is complete).
         progress: Show a progress bar over the strips.
         metadata: Extra key/value pairs stored as layer metadata (GPKG and FlatGeobuf).
+        publish: Stage ``out_path`` and put it in place at the end (the default); False when
+            ``out_path`` is itself a staging path its caller publishes (``rs-seg infer``).
 
     Returns:
         Counts, total area and timing of the run.
 
     Raises:
-        RsSegError: Unsupported extension, unusable raster, or an existing output without
-            ``overwrite``.
+        RsSegError: Unsupported extension, unusable raster, an existing output without
+            ``overwrite`` or not written by rs_seg, or an output that is the input.
     """
     started = time.perf_counter()
     prob_path, out_path = Path(prob_path), Path(out_path)
@@ -163,14 +167,12 @@ def vectorize(
             model_id=model_id,
             metadata=_layer_metadata(prob_path, settings, scene, model_id, metadata),
         )
-        with staged_file(out_path, overwrite) as staging:
-            writer = _Writer(staging, info, metres)
-            for records in _field_records(src, settings, metres, progress):
-                writer.add(records, settings.simplify)
-                del records  # not kept alive while the next strip is polygonized
-            writer.close()
-            if driver == "GPKG":
-                add_default_style(staging, LAYER)
+        if publish:
+            check_not_inputs([out_path], [prob_path])
+            with staged_file(out_path, overwrite, owned=fields_written_by_rs_seg) as staging:
+                writer = _write_layer(src, staging, info, settings, metres, progress)
+        else:
+            writer = _write_layer(src, out_path, info, settings, metres, progress)
         megapixels = src.width * src.height / 1e6
     if writer.count == 0:
         level = threshold_to_level(settings.threshold)
@@ -184,6 +186,25 @@ def vectorize(
         megapixels=megapixels,
         layer=LAYER,
     )
+
+
+def _write_layer(
+    src: rasterio.io.DatasetReader,
+    path: Path,
+    info: _LayerInfo,
+    settings: VectorizeSettings,
+    metres: float,
+    progress: bool,
+) -> _Writer:
+    """Polygonize ``src`` strip by strip into the layer at ``path``, styled for QGIS."""
+    writer = _Writer(path, info, metres)
+    for records in _field_records(src, settings, metres, progress):
+        writer.add(records, settings.simplify)
+        del records  # not kept alive while the next strip is polygonized
+    writer.close()
+    if info.driver == "GPKG":
+        add_default_style(path, LAYER)
+    return writer
 
 
 def output_driver(path: Path) -> str:
@@ -289,10 +310,11 @@ def _read_cropland(
     src: rasterio.io.DatasetReader, window: Window, level: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values and the cropland mask (``value >= level`` on valid pixels) of one strip."""
-    values = src.read(1, window=window)
-    cropland = values >= level
-    if cropland.any():
-        cropland &= valid_pixels(src, values[np.newaxis], window)
+    with unreadable_pixels_in_one_line(src):
+        values = src.read(1, window=window)
+        cropland = values >= level
+        if cropland.any():
+            cropland &= valid_pixels(src, values[np.newaxis], window)
     return values, cropland
 
 

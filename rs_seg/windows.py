@@ -8,6 +8,7 @@ extends past the scene and is padded by the reader.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,6 +114,18 @@ def valid_pixels(
     return src.dataset_mask(window=window) > 0
 
 
+@contextlib.contextmanager
+def unreadable_pixels_in_one_line(src: rasterio.io.DatasetReaderBase) -> Iterator[None]:
+    """A truncated or corrupt file is the user's to fix: one line naming it, not a traceback."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        raise RsSegError(
+            f"cannot read pixels, the file looks truncated or corrupt ({gdal_message(exc)})",
+            src.name,
+        ) from None
+
+
 def read_padded(
     src: rasterio.io.DatasetReaderBase,
     window: Window,
@@ -137,14 +150,9 @@ def read_padded(
 
     if inner.width == 0 or inner.height == 0:  # the window lies wholly outside the raster
         return blank()
-    try:
+    with unreadable_pixels_in_one_line(src):
         data = src.read(bands, window=inner)
         valid = valid_pixels(src, data, inner)
-    except RasterioIOError as exc:  # a truncated or corrupt file: the user's to fix, one line
-        raise RsSegError(
-            f"cannot read pixels, the file looks truncated or corrupt ({gdal_message(exc)})",
-            src.name,
-        ) from None
     data = _finite(data, valid, fill)
     if inner.width == width and inner.height == height:  # the usual case: no padding needed
         return data, valid, np.ones((height, width), dtype=bool)

@@ -583,9 +583,13 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out.write_bytes(b"old")
     with pytest.raises(RsSegError, match="--overwrite"):
         vectorize(prob, out, VectorizeSettings())
+    with pytest.raises(RsSegError, match="was not written by rs-seg"):
+        vectorize(prob, out, VectorizeSettings(), overwrite=True)
     assert out.read_bytes() == b"old"
     assert not list(tmp_path.glob(".*partial*"))
-    vectorize(prob, out, VectorizeSettings(), overwrite=True)
+    out.unlink()
+    vectorize(prob, out, VectorizeSettings(threshold=0.9))
+    vectorize(prob, out, VectorizeSettings(), overwrite=True)  # its own output: replaced
     assert len(read_fields(out)) == 2
     assert not list(tmp_path.glob(".*partial*"))
 
