@@ -97,7 +97,7 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     (tmp_path / "inbox" / "bad.tif").write_text("not a raster")
     cfg = IncomingConfig(
         incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", merged=tmp_path / "all.gpkg",
-        model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0,
+        model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0, settle_seconds=0,
     )  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", NEW_IMAGERY_SCRIPT, str(tmp_path), cfg.model_dump_json()],
@@ -107,11 +107,12 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout.split("RESULT ", 1)[1])
     first, second, fourth, new_model = (runs[k] for k in ("first", "second", "fourth", "new_model"))
-    assert mapped(first) == ["s0.tif", "s1.tif", "s2.tif"] and first["failed"] == 1
-    (bad,) = [r for r in first["results"] if r["status"] == "failed"]
-    assert bad["scene"].endswith("bad.tif") and "bad.tif" in bad["error"]
+    assert mapped(first) == ["s0.tif", "s1.tif", "s2.tif"] and first["waiting"] == 1
+    (bad,) = [r for r in first["results"] if r["status"] == "waiting"]
+    assert bad["scene"].endswith("bad.tif") and "cannot be opened as a raster" in bad["reason"]
     assert (second["mapped"], second["skipped"]) == (0, 3), "nothing new: nothing mapped"
-    assert second["failed"] == 1, "the corrupt scene is retried every run, and fails alone"
+    assert second["waiting"] == 1, "the unreadable file waits every run, alone, never claimed"
+    assert first["failed"] == second["failed"] == 0
     assert mapped(fourth) == ["s3.tif"] and fourth["skipped"] == 3
     assert mapped(new_model) == ["s0.tif", "s1.tif", "s2.tif", "s3.tif"], "a new model maps all"
     assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 8, "4 scenes x 2 models"
@@ -158,7 +159,7 @@ def test_a_local_dask_cluster_gives_the_outputs_of_a_sequential_run(tmp_path) ->
         write_learnable_scene(tmp_path / "inbox" / f"s{i}.tif", 192, LEARNABLE_BOXES, seed=i)
     base = IncomingConfig(
         incoming=str(tmp_path / "inbox"), model=make_bundle(tmp_path / "m.pt", seed=3),
-        device="cpu", min_area=0,
+        device="cpu", min_area=0, settle_seconds=0,
     )  # fmt: skip
     sequential = base.model_copy(
         update={"out_dir": tmp_path / "seq", "merged": tmp_path / "seq.gpkg"}
@@ -195,7 +196,8 @@ def test_unreachable_dask_scheduler_and_flaky_reads(tmp_path) -> None:
 
     write_scene(tmp_path / "inbox" / "a.tif", 64, 64)
     cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                         model=make_bundle(tmp_path / "m.pt"), device="cpu")  # fmt: skip
+                         model=make_bundle(tmp_path / "m.pt"), device="cpu",
+                         settle_seconds=0)  # fmt: skip
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -298,7 +300,8 @@ def test_two_overlapping_flow_runs_map_every_scene_exactly_once(tmp_path) -> Non
     for i in range(4):
         write_scene(tmp_path / "inbox" / f"s{i}.tif", 128, 128, seed=i)
     cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                         model=make_bundle(tmp_path / "m.pt"), device="cpu")  # fmt: skip
+                         model=make_bundle(tmp_path / "m.pt"), device="cpu",
+                         settle_seconds=0)  # fmt: skip
     for k in range(2):
         (tmp_path / f"run{k}").mkdir()
     runs = [
@@ -358,7 +361,7 @@ def test_an_existing_dask_cluster_started_as_documented_maps_the_scenes(tmp_path
             write_scene(tmp_path / "inbox" / f"s{i}.tif", 64, 64, seed=i)
         cfg = IncomingConfig(
             incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", device="cpu",
-            model=make_bundle(tmp_path / "m.pt"),
+            model=make_bundle(tmp_path / "m.pt"), settle_seconds=0,
             # Also waits for the scheduler, still starting (a refused connection is retried):
             # it answered after 4-6 s here, idle or with two busy loops beside it.
             runner=RunnerConfig(kind="dask", address=address, connect_timeout=120),
