@@ -200,6 +200,24 @@ def _finite(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+class InterruptSeen(Callback):
+    """Remembers a Ctrl-C or SIGTERM during ``fit``.
+
+    Lightning turns both into ``sys.exit(1)`` after its graceful shutdown; re-raising the interrupt
+    lets the command line report it as such (exit 130 or 143, nothing partial kept).
+    """
+
+    def __init__(self) -> None:
+        self.seen: KeyboardInterrupt | None = None
+
+    def on_exception(
+        self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Keep the interrupt; other exceptions propagate on their own."""
+        if isinstance(exception, KeyboardInterrupt):
+            self.seen = exception
+
+
 class EpochHistory(Callback):
     """One row per finished epoch in ``history.json``, restored with the checkpoint on resume.
 
@@ -767,12 +785,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     if rank_zero:
         write_status(work, "running", pid=os.getpid(), replaces=str(cfg.out) if work != cfg.out
                      else None)  # fmt: skip
+    interrupts = InterruptSeen()
+    trainer.callbacks.append(interrupts)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
     except BaseException as exc:
         _record_failure(running, exc, Path(cfg.out))
         if _is_oom(exc):
             raise _out_of_memory(cfg) from None
+        if isinstance(exc, SystemExit) and interrupts.seen is not None:
+            raise interrupts.seen from None  # Ctrl-C / SIGTERM, not Lightning's exit(1)
         raise
     if not trainer.is_global_zero or is_ddp_child():
         return None
