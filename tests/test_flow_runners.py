@@ -90,10 +90,12 @@ def test_an_unreachable_scheduler_fails_within_the_timeout() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    import distributed  # noqa: F401 - imported before the clock starts: seconds under load
+
     started = time.perf_counter()
     with pytest.raises(RsSegError, match=rf"no Dask scheduler answers at tcp://127.0.0.1:{port}"):
         task_runner(RunnerConfig(kind="dask", address=f"tcp://127.0.0.1:{port}", connect_timeout=1))
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 20, "the 1 s timeout holds, not distributed's 30 s"
 
 
 @pytest.mark.parametrize(

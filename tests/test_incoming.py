@@ -390,7 +390,7 @@ def test_the_flow_reports_waiting_scenes_and_maps_them_later(tmp_path: Path) -> 
     done = subprocess.run(
         [sys.executable, "-c", FLOW_SCRIPT, cfg.model_dump_json()],
         env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
+        timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     output = json.loads(done.stdout.split("RESULT ", 1)[1])
