@@ -135,3 +135,19 @@ def test_an_output_over_the_inputs_or_the_working_folder_is_refused(work: Path, 
     refused = prepare(work, "--overwrite", out=out)
     assert_one_line_error(refused)
     assert untouched_inputs(work) == inputs and (work / "chips").is_dir()
+
+
+def test_synth_replaces_only_its_own_folder(tmp_path: Path) -> None:
+    made = rs_seg("synth", "--out", "synth", "--size", "64", "--scenes", "1", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    again = rs_seg("synth", "--out", "synth", "--size", "64", "--scenes", "1", "--seed", "2",
+                   "--overwrite", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    (home / "thesis.docx").write_text("years of work")
+    before = digest(home)
+    refused = rs_seg("synth", "--out", "home", "--size", "64", "--overwrite", cwd=tmp_path)
+    assert_one_line_error(refused, "which rs-seg synth did not write")
+    assert_one_line_error(rs_seg("synth", "--out", ".", "--overwrite", cwd=home), "working folder")
+    assert digest(home) == before and hidden_leftovers(tmp_path) == []
