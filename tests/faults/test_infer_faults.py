@@ -3,6 +3,7 @@ mask of one run appear together or not at all, and never over an input or a user
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,14 +34,21 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("model") / "model-bundle.pt", chip=64)
 
 
-@pytest.fixture
-def work(tmp_path: Path, bundle: Path) -> Path:
-    """A scene, the outputs of an earlier run, and a user's file beside them."""
-    write_scene(tmp_path / "scene.tif", 160, 160)
-    (tmp_path / "notes.txt").write_text("the user's own file")
-    done = infer(tmp_path, bundle)
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory, bundle: Path) -> Path:
+    """A scene, the outputs of an earlier run, and a user's file beside them (made once)."""
+    root = tmp_path_factory.mktemp("earlier")
+    write_scene(root / "scene.tif", 160, 160)
+    (root / "notes.txt").write_text("the user's own file")
+    done = infer(root, bundle)
     assert done.returncode == 0, done.stderr
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def work(tmp_path: Path, earlier: Path) -> Path:
+    """A fresh copy of ``earlier`` for one test."""
+    return Path(shutil.copytree(earlier, tmp_path / "work"))
 
 
 def infer(root: Path, bundle: Path, *extra: str, env: dict[str, str] | None = None):
