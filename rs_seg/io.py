@@ -193,7 +193,9 @@ class FolderKind:
     names: tuple[str, ...]
 
     def owns(self, name: str) -> bool:
-        """Whether a top-level entry is one this command writes."""
+        """Whether a top-level entry is one this command writes (or a staging copy of one)."""
+        if _LEFTOVER.match(name) or _LEGACY_LEFTOVER.match(name) or _JOURNAL.match(name):
+            return True  # rs_seg's own staging names, e.g. a run.json write a kill cut short
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.names)
 
 
@@ -336,13 +338,19 @@ def _make_parents(final: Path) -> list[Path]:
     return created
 
 
-def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+def is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` means the device holding ``folder`` is full (errno, message, free space).
+
+    Interrupts and rs_seg's own errors never are: they already say what happened.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, RsSegError):
+        return False
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     if any(text in str(exc).lower() for text in _DISK_FULL_TEXT):
         return True
     try:
-        return isinstance(exc, Exception) and shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+        return shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
     except OSError:
         return False
 
@@ -358,9 +366,7 @@ def _cleaned_up_on_failure(
     try:
         yield
     except BaseException as exc:
-        full = not isinstance(exc, RsSegError | KeyboardInterrupt) and _is_disk_full(
-            exc, final.parent
-        )
+        full = is_disk_full(exc, final.parent)
         for path in staging:
             _remove(path)
             _remove(scratch_path(path, "tiles"))

@@ -48,6 +48,7 @@ from rs_seg.io import (
     FolderKind,
     check_folder_output,
     check_not_inputs,
+    is_disk_full,
     process_alive,
     publish_dir,
     staging_path,
@@ -790,9 +791,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     try:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
     except BaseException as exc:
+        full = is_disk_full(exc, work.parent)  # before a failed run's folder frees the space
         _record_failure(running, exc, Path(cfg.out))
         if _is_oom(exc):
             raise _out_of_memory(cfg) from None
+        if full:
+            raise RsSegError(
+                "no space left on the device while writing the run; free some space or train "
+                "into another --out"
+                + (" (the earlier run there is untouched)" if work != cfg.out else ""),
+                cfg.out,
+            ) from None
         if isinstance(exc, SystemExit) and interrupts.seen is not None:
             raise interrupts.seen from None  # Ctrl-C / SIGTERM, not Lightning's exit(1)
         raise

@@ -3,6 +3,7 @@ scene folder, the next run maps what is left exactly once, and the user's files 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,20 +60,27 @@ def assert_complete(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path) -> None:
-    env = ephemeral_prefect_env(inbox)
+@pytest.mark.parametrize(
+    "kill_at",
+    [None, "published#2"],
+    ids=["after-the-first-scene-appears", "scene-published-not-yet-recorded"],
+)
+def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path, kill_at: str | None) -> None:
+    env = ephemeral_prefect_env(inbox) | ({"RS_SEG_KILL_AT": kill_at} if kill_at else {})
     notes = digest(inbox / "out" / "README-mine.txt")
     child = subprocess.Popen(
         flow_command(inbox), cwd=ROOT, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while not scene_folders(inbox):
-        assert child.poll() is None, child.communicate()[1][-3000:]
+    while not scene_folders(inbox) and child.poll() is None:
         assert time.monotonic() < deadline, "no scene was mapped"
         time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)  # the flow, its Prefect server, everything it started
+    with contextlib.suppress(ProcessLookupError):  # the flow, its Prefect server, all it started
+        os.killpg(child.pid, signal.SIGKILL)
     child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read()[-3000:]
+    env.pop("RS_SEG_KILL_AT", None)
     first = scene_folders(inbox)
     for folder in first:
         assert_complete(folder)
@@ -101,3 +109,21 @@ def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path) -> None:
     for folder in [inbox / "out", *(inbox / "out").iterdir()]:
         if folder.is_dir():
             assert hidden_leftovers(folder) == [], folder
+
+
+def test_a_full_disk_fails_the_scene_in_one_line_and_writes_nothing(inbox: Path) -> None:
+    from rs_seg.config import IncomingConfig
+    from rs_seg.incoming import plan, process_scene
+    from tests.helpers import small_disk
+
+    with small_disk(inbox / "disk", "64k") as disk:
+        cfg = IncomingConfig(
+            incoming=str(inbox / "inbox"), out_dir=disk / "out", ledger=inbox / "ledger.sqlite",
+            model=inbox / "model-bundle.pt", settle_seconds=0, device="cpu", min_area=0,
+        )  # fmt: skip
+        result = process_scene(cfg, plan(cfg)[0])
+        assert result.status == "failed"
+        assert "no space left on the device" in result.error and "\n" not in result.error
+        assert list(disk.iterdir()) == [], "no scene folder, no staging copy"
+        entry = Ledger(cfg.ledger_path).entries()[0]
+        assert entry.status == "failed", "recorded, so the next run retries it"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rs_seg.training import replacement_folder
-from tests.helpers import assert_one_line_error, digest, hidden_leftovers, rs_seg
+from tests.helpers import assert_one_line_error, digest, hidden_leftovers, rs_seg, small_disk
 
 CONFIG = """
 train:
@@ -112,3 +112,12 @@ def test_the_run_folder_may_not_be_the_chips(work: Path, tiny_chips: Path) -> No
                      "train.yaml", "--overwrite", cwd=work)  # fmt: skip
     assert_one_line_error(refused, "is (or holds) the input")
     assert digest(tiny_chips) == before
+
+
+def test_a_full_disk_is_one_line_and_keeps_nothing_half_written(work: Path, tiny_chips) -> None:
+    with small_disk(work / "disk", "2m") as disk:
+        (disk / "keep.txt").write_text("already on the disk")
+        full = rs_seg("train", "--chips", tiny_chips, "--out", "disk/run", "--config",
+                      "train.yaml", cwd=work)  # fmt: skip
+        assert_one_line_error(full, "disk/run: no space left on the device")
+        assert sorted(p.name for p in disk.iterdir()) == ["keep.txt"]
