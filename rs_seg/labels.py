@@ -362,6 +362,18 @@ class VectorLayer:
         return len(frame)
 
 
+def strip_slices(
+    strip: Window, window: Window, shape: tuple[int, ...]
+) -> tuple[slice, slice] | None:
+    """Where ``window`` lies in an array loaded for ``strip``; None where it sticks out of it."""
+    row = int(window.row_off - strip.row_off)
+    col = int(window.col_off - strip.col_off)
+    height, width = int(window.height), int(window.width)
+    if row < 0 or col < 0 or row + height > shape[0] or col + width > shape[1]:
+        return None
+    return slice(row, row + height), slice(col, col + width)
+
+
 class VectorWindowMasks:
     """Rasterizes the polygons of one strip at once; windows inside the strip are slices of it.
 
@@ -402,17 +414,10 @@ class VectorWindowMasks:
 
     def cover(self, window: Window) -> np.ndarray:
         """uint8 view of ``window`` (inside the loaded strip): 1 (cropland) inside any polygon."""
-        row = int(window.row_off - self._strip.row_off)
-        col = int(window.col_off - self._strip.col_off)
-        height, width = int(window.height), int(window.width)
-        if (
-            row < 0
-            or col < 0
-            or row + height > self._cover.shape[0]
-            or col + width > self._cover.shape[1]
-        ):
+        place = strip_slices(self._strip, window, self._cover.shape)
+        if place is None:
             raise ValueError(f"window {window} lies outside the loaded strip {self._strip}")
-        return self._cover[row : row + height, col : col + width]
+        return self._cover[place]
 
     def mask(self, window: Window) -> np.ndarray:
         """Cropland inside polygons, background elsewhere (the scene is taken as fully labelled)."""
@@ -833,17 +838,10 @@ class RasterWindowMasks:
 
         A slice of the loaded strip; a window outside it is read on its own (and not counted).
         """
-        row = int(window.row_off - self._strip.row_off)
-        col = int(window.col_off - self._strip.col_off)
-        height, width = int(window.height), int(window.width)
-        if (
-            row < 0
-            or col < 0
-            or row + height > self._mask.shape[0]
-            or col + width > self._mask.shape[1]
-        ):
+        place = strip_slices(self._strip, window, self._mask.shape)
+        if place is None:
             return self._read(window)[0]
-        return self._mask[row : row + height, col : col + width].copy()
+        return self._mask[place].copy()
 
     def label_values(self) -> LabelValueCounts:
         """What the strips loaded so far held, value by value."""

@@ -7,7 +7,8 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rs_seg.config import ModelConfig
@@ -59,6 +60,32 @@ def rs_seg(*args: str | Path, cwd: Path, env: dict[str, str] | None = None, time
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
+
+
+def signal_when_ready(
+    args: list[str | Path],
+    cwd: Path,
+    ready: Callable[[], bool],
+    signum: int,
+    settle: float = 0.0,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess | None:
+    """Run ``python -m rs_seg ARGS``, send ``signum`` once ``ready()`` holds (after ``settle`` s).
+
+    Returns the finished process, or None when it ended before the signal could be sent.
+    """
+    child = subprocess.Popen([sys.executable, "-m", "rs_seg", *map(str, args)], cwd=cwd,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if child.poll() is not None:
+            return None
+        assert time.monotonic() < deadline, "the command never got to the point to signal"
+        time.sleep(0.05)
+    time.sleep(settle)
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(child.args, child.returncode, "", stderr)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

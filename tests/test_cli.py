@@ -198,7 +198,7 @@ def test_model_register_stores_a_bundle_and_moves_latest(tmp_path) -> None:
     import json
 
     from rs_seg.bundle import ModelBundle
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     unscored = make_bundle(tmp_path / "unscored.pt")
     models = tmp_path / "models"

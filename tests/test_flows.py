@@ -67,7 +67,7 @@ from pathlib import Path
 from rs_seg.config import IncomingConfig, InferConfig
 from flows.infer_scene import infer_new_imagery, infer_scene
 from tests.conftest import write_scene
-from tests.test_inference import make_bundle
+from tests.helpers import make_bundle
 tmp, cfg = Path(sys.argv[1]), IncomingConfig.model_validate_json(sys.argv[2])
 runs = {"first": infer_new_imagery(cfg), "second": infer_new_imagery(cfg)}
 write_scene(tmp / "inbox" / "s3.tif", 64, 64, seed=3)
@@ -90,7 +90,7 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     import pyogrio
 
     from rs_seg.config import IncomingConfig
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     for i in range(3):
         write_scene(tmp_path / "inbox" / f"s{i}.tif", 64, 64, seed=i)
@@ -153,7 +153,7 @@ def test_a_local_dask_cluster_gives_the_outputs_of_a_sequential_run(tmp_path) ->
 
     from rs_seg.config import IncomingConfig, RunnerConfig
     from tests.conftest import LEARNABLE_BOXES, write_learnable_scene
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     for i in range(3):
         write_learnable_scene(tmp_path / "inbox" / f"s{i}.tif", 192, LEARNABLE_BOXES, seed=i)
@@ -192,7 +192,7 @@ def test_unreachable_dask_scheduler_and_flaky_reads(tmp_path) -> None:
 
     from rs_seg.config import IncomingConfig, RunnerConfig
     from rs_seg.ledger import Ledger
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     write_scene(tmp_path / "inbox" / "a.tif", 64, 64)
     cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
@@ -295,7 +295,7 @@ print("RESULT " + json.dumps(result))
 def test_two_overlapping_flow_runs_map_every_scene_exactly_once(tmp_path) -> None:
     """Two schedules firing at once (two processes, two Prefect servers, one ledger)."""
     from rs_seg.config import IncomingConfig
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     for i in range(4):
         write_scene(tmp_path / "inbox" / f"s{i}.tif", 128, 128, seed=i)
@@ -338,7 +338,7 @@ def test_an_existing_dask_cluster_started_as_documented_maps_the_scenes(tmp_path
     import socket
 
     from rs_seg.config import IncomingConfig, RunnerConfig
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

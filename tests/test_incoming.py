@@ -15,7 +15,7 @@ import pytest
 
 from rs_seg.incoming import IncomingConfig, plan, process_scene, scan
 from tests.conftest import ephemeral_prefect_env, write_scene
-from tests.test_inference import make_bundle
+from tests.helpers import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,34 +14,13 @@ import rasterio
 from rasterio.transform import from_origin
 
 from rs_seg.bundle import ModelBundle
-from rs_seg.config import InferConfig, ModelConfig
-from rs_seg.dataset import Normalization
+from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.inference import WindowPredictor, hann_weight, predict_scene, run_infer
-from rs_seg.models import build_model
 from tests.conftest import LEARNABLE_BOXES, ORIGIN, PIXEL, UTM, write_learnable_scene, write_scene
+from tests.helpers import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_bundle(path: Path, bands: int = 3, chip: int = 64, seed: int = 0) -> Path:
-    import torch
-
-    torch.manual_seed(seed)
-    model = ModelConfig(arch="Unet", encoder="resnet18")
-    net = build_model(model, bands)
-    return ModelBundle(
-        model=model.model_dump(mode="json"),
-        bands=list(range(1, bands + 1)),
-        band_names=[f"b{i}" for i in range(1, bands + 1)],
-        normalization=Normalization((1000.0,) * bands, (300.0,) * bands),
-        chip_size=chip,
-        threshold=0.5,
-        pixel_size=[PIXEL, PIXEL],
-        band_count=bands,
-        crs=UTM,
-        state_dict=net.state_dict(),
-    ).save(path)
 
 
 @pytest.fixture(scope="module")

@@ -372,7 +372,7 @@ def test_pool_needs_a_configured_server(tmp_path) -> None:
 @pytest.mark.slow
 def test_deployments_registered_on_a_work_pool_run_on_a_worker(tmp_path) -> None:
     """What a second machine does: a worker polls the pool and runs the flow from the checkout."""
-    from tests.test_inference import make_bundle
+    from tests.helpers import make_bundle
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

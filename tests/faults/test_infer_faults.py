@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,6 +21,7 @@ from tests.helpers import (
     hidden_leftovers,
     make_bundle,
     rs_seg,
+    signal_when_ready,
     small_disk,
     truncated_copy,
 )
@@ -117,18 +115,11 @@ def test_ctrl_c_in_the_middle_of_a_scene(work: Path, bundle: Path) -> None:
     old = {**digest(work / "f.gpkg"), **digest(work / "f_prob.tif")}
     args = ["infer", "big.tif", "-o", "f.gpkg", "--prob-out", "f_prob.tif", "--model",
             str(bundle), "--overwrite", "--batch-size", "4"]  # fmt: skip
-    child = subprocess.Popen([sys.executable, "-m", "rs_seg", *args], cwd=work,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not any(".tiles." in p.name for p in work.iterdir()):
-        assert child.poll() is None and time.monotonic() < deadline, "inference never started"
-        time.sleep(0.05)
-    time.sleep(1.0)
-    child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=180)
-    if child.returncode == 0:
+    predicting = lambda: any(".tiles." in p.name for p in work.iterdir())  # noqa: E731
+    stopped = signal_when_ready(args, work, predicting, signal.SIGINT, settle=1.0)
+    if stopped is None or stopped.returncode == 0:
         pytest.skip("inference finished before the signal arrived")
-    assert child.returncode == 130, stderr
+    assert stopped.returncode == 130, stopped.stderr
     assert {**digest(work / "f.gpkg"), **digest(work / "f_prob.tif")} == old
     assert hidden_leftovers(work) == []
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from tests.helpers import (
     digest,
     hidden_leftovers,
     rs_seg,
+    signal_when_ready,
     small_disk,
     truncated_copy,
 )
@@ -87,18 +85,11 @@ def test_ctrl_c_while_chips_are_being_written(work: Path) -> None:
     old, inputs = digest(work / "chips"), untouched_inputs(work)
     args = ["prepare", "--scenes", "scenes/*.tif", "--labels", "labels.gpkg", "--out", "chips",
             "--chip-size", "16", "--overwrite"]  # fmt: skip
-    child = subprocess.Popen([sys.executable, "-m", "rs_seg", *args], cwd=work,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not any(".chips.partial-" in p.name for p in work.iterdir()):
-        assert child.poll() is None and time.monotonic() < deadline, "chipping never started"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=120)
-    if child.returncode == 0:
+    staging = lambda: any(".chips.partial-" in p.name for p in work.iterdir())  # noqa: E731
+    stopped = signal_when_ready(args, work, staging, signal.SIGINT, settle=0.5)
+    if stopped is None or stopped.returncode == 0:
         pytest.skip("chipping finished before the signal arrived")
-    assert child.returncode == 130, stderr
+    assert stopped.returncode == 130, stopped.stderr
     assert digest(work / "chips") == old and untouched_inputs(work) == inputs
     assert hidden_leftovers(work) == []
 

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from rs_seg.training import replacement_folder
-from tests.helpers import assert_one_line_error, digest, hidden_leftovers, rs_seg, small_disk
+from tests.helpers import (
+    assert_one_line_error,
+    digest,
+    hidden_leftovers,
+    rs_seg,
+    signal_when_ready,
+    small_disk,
+)
 
 CONFIG = """
 train:
@@ -83,14 +90,12 @@ def test_sigkill_while_the_new_run_takes_the_place(work: Path, tiny_chips: Path)
 def test_a_signal_during_training_keeps_the_good_run(work: Path, tiny_chips: Path, name) -> None:
     good = work / "runs" / "good"
     before = digest(good)
-    child = subprocess.Popen(
-        [sys.executable, "-m", "rs_seg", *train_args(work, tiny_chips, "--overwrite")],
-        cwd=work, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for(replacement_folder(good) / "run.json", child)
-    child.send_signal(getattr(signal, name))
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == (130 if name == "SIGINT" else 143), stderr[-2000:]
+    started = (replacement_folder(good) / "run.json").exists
+    stopped = signal_when_ready(train_args(work, tiny_chips, "--overwrite"), work, started,
+                                getattr(signal, name))  # fmt: skip
+    assert stopped is not None, "training ended before the signal"
+    stderr = stopped.stderr
+    assert stopped.returncode == (130 if name == "SIGINT" else 143), stderr[-2000:]
     assert "no partial output was kept" in stderr
     assert "Traceback" not in stderr, stderr[-2000:]
     assert digest(good) == before
