@@ -81,3 +81,8 @@ LOADED_TARGET ?= test
 .PHONY: test-loaded
 test-loaded: $(STAMP)
 	$(PY) tests/tools/cpu_load.py --burners $(LOAD_BURNERS) -- $(MAKE) $(LOADED_TARGET)
+
+## bench-vectorize: rs-seg vectorize on a checkerboard and on noise against a bare strip read (about 10 minutes)
+.PHONY: bench-vectorize
+bench-vectorize: $(STAMP)
+	$(PY) benchmarks/bench_vectorize.py
