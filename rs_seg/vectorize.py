@@ -52,6 +52,7 @@ _LAYER_OPTIONS = {
     "FlatGeobuf": {"SPATIAL_INDEX": "YES"},
     "GeoJSON": {"RFC7946": "YES"},
 }
+STRIP_PIXELS = 2048 * 1024  # pixels per strip at most: bounds memory for any scene width
 _GPKG_BATCH = 5000  # features per append: one transaction each, bounded memory
 _SUM_ROWS = 128  # rows per bincount chunk: float64 weights of a whole strip would cost 8 B/px
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -71,7 +72,8 @@ class VectorizeSettings:
             pixel outlines.
         fill_holes_below: Holes smaller than this (m²) are filled; fields lying wholly inside a
             filled hole are then dropped, so fields never overlap.
-        strip_rows: Rows read and polygonized at a time; bounds memory, not the result.
+        strip_rows: Rows read and polygonized at a time (fewer for scenes wider than 2048 px, see
+            :func:`rows_per_strip`); bounds memory, not the result.
     """
 
     threshold: float = 0.5
@@ -675,6 +677,15 @@ def _outer_area(geometry: shapely.Geometry) -> float:
     return float(shapely.area(shapely.polygons(shapely.get_exterior_ring(parts))).sum())
 
 
+def rows_per_strip(strip_rows: int, width: int) -> int:
+    """``strip_rows``, fewer for wide rasters: a strip holds at most ``STRIP_PIXELS`` pixels.
+
+    Memory per strip is about 170 bytes per pixel on noise, so a fixed row count would let a
+    16384 px wide scene need 2.9 GB; the result does not depend on the strip height.
+    """
+    return max(1, min(strip_rows, STRIP_PIXELS // max(1, width)))
+
+
 def _field_records(
     src: rasterio.io.DatasetReader, settings: VectorizeSettings, metres: float, progress: bool
 ) -> Iterator[list[_Record]]:
@@ -685,10 +696,11 @@ def _field_records(
     to_crs = _affine_function(src.transform)
     min_area = settings.min_area / metres**2
     pixel_area = abs(src.transform.determinant)
-    starts = range(0, src.height, settings.strip_rows)
+    strip_rows = rows_per_strip(settings.strip_rows, src.width)
+    starts = range(0, src.height, strip_rows)
     bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
     for row0 in bar:
-        rows = min(settings.strip_rows, src.height - row0)
+        rows = min(strip_rows, src.height - row0)
         final = row0 + rows >= src.height
         values, cropland = _read_cropland(src, Window(0, row0, src.width, rows), level)
         too_small = None  # with no minimum area, every region can be a field

@@ -637,3 +637,12 @@ def test_not_a_raster_is_refused(tmp_path: Path) -> None:
 def test_bad_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(RsSegError):
         VectorizeSettings(**kwargs)
+
+
+def test_wide_rasters_get_shorter_strips_so_memory_does_not_grow_with_width() -> None:
+    from rs_seg.vectorize import STRIP_PIXELS, rows_per_strip
+
+    assert rows_per_strip(1024, 2048) == 1024
+    assert rows_per_strip(1024, 16384) * 16384 <= STRIP_PIXELS
+    assert rows_per_strip(1024, 10**7) == 1, "never zero rows"
+    assert rows_per_strip(64, 100) == 64, "a smaller setting is kept"
