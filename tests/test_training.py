@@ -21,7 +21,6 @@ import yaml
 
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
-from rs_seg.evaluation import evaluate_run
 from rs_seg.training import (
     CroplandModule,
     bce_dice_loss,
@@ -156,13 +155,32 @@ def test_existing_run_needs_overwrite(tiny_chips: Path, tmp_path: Path) -> None:
         train(config(tiny_chips, tmp_path / "run"))
 
 
+_DDP_SCRIPT = """
+import json, sys
+import rs_seg
+from rs_seg.config import TrainConfig
+from rs_seg.evaluation import evaluate_run
+from rs_seg.training import train
+outcome = train(TrainConfig.model_validate_json(sys.argv[1]))
+if outcome is not None:
+    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    print(json.dumps({"epochs": outcome.epochs_run, "chips": evaluation.metrics["test"]["chips"]}))
+"""
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_completes(tiny_chips: Path, tmp_path: Path) -> None:
+    # In a fresh process: ddp_fork forks its caller, and forking pytest after hundreds of tests
+    # (threads of in-process flows among them) can deadlock the ranks in their first collective.
+    import subprocess
+    import sys
+
     cfg = config(tiny_chips, tmp_path / "ddp", epochs=2, devices=2, strategy="ddp_fork")
-    outcome = train(cfg)
-    assert outcome is not None and outcome.epochs_run == 2
-    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
-    assert evaluation.metrics["test"]["chips"] == 3
+    done = subprocess.run([sys.executable, "-c", _DDP_SCRIPT, cfg.model_dump_json()],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"epochs": 2, "chips": 3}
 
 
 def _copy_chips(source: Path, target: Path) -> Path:
