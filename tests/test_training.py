@@ -365,6 +365,29 @@ train(config(chips, out, epochs=epochs, num_workers=workers))
 """
 
 
+# The same run in a fresh process: torch's thread count and global state in the pytest process
+# depend on the tests before, and bit-identity holds for one thread count.
+TRAIN_RUN = """
+import sys
+from pathlib import Path
+import tests.conftest  # offline settings, torchvision shim
+from rs_seg.training import train
+from tests.test_training import config
+chips, out = (Path(a) for a in sys.argv[1:3])
+epochs, workers, resume = (int(a) for a in sys.argv[3:6])
+train(config(chips, out, epochs=epochs, num_workers=workers), resume=bool(resume))
+"""
+
+
+def _train_in_child(chips: Path, out: Path, epochs: int, workers: int, resume: bool) -> None:
+    args = [chips, out, epochs, workers, int(resume)]
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_RUN, *map(str, args)], cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def _wait_for(condition, what: str, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -380,7 +403,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
     losses as one uninterrupted run without workers. Also: run.json of the live run, and of the
     killed one, as read_status reports them."""
     epochs = 2
-    train(config(tiny_chips, tmp_path / "full", epochs=epochs))
+    _train_in_child(tiny_chips, tmp_path / "full", epochs, workers=0, resume=False)
     out, marker = tmp_path / "killed", tmp_path / "stalled"
     args = [tiny_chips, out, marker, 1, epochs, 1]
     child = subprocess.Popen(
@@ -408,7 +431,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
     status = read_status(out)
     assert status["status"] == "interrupted" and status["resumable"] is True
     assert f"pid {child.pid}" in status["error"]
-    train(config(tiny_chips, out, epochs=epochs, num_workers=1), resume=True)
+    _train_in_child(tiny_chips, out, epochs, workers=1, resume=True)
 
     keys = ("epoch", "train_loss", "val_loss", "val_iou", "val_mean_iou", "lr")
     rows = [json.loads((tmp_path / n / "history.json").read_text()) for n in ("full", "killed")]

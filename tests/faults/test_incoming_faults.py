@@ -60,13 +60,9 @@ def assert_complete(folder: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kill_at",
-    [None, "published#2"],
-    ids=["after-the-first-scene-appears", "scene-published-not-yet-recorded"],
-)
-def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path, kill_at: str | None) -> None:
-    env = ephemeral_prefect_env(inbox) | ({"RS_SEG_KILL_AT": kill_at} if kill_at else {})
+def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path) -> None:
+    """SIGKILL right after the first scene's folder is published, before the flow records it."""
+    env = ephemeral_prefect_env(inbox) | {"RS_SEG_KILL_AT": "published#2"}
     notes = digest(inbox / "out" / "README-mine.txt")
     child = subprocess.Popen(
         flow_command(inbox), cwd=ROOT, env=env, start_new_session=True,
