@@ -99,7 +99,10 @@ def synthetic_inputs(synth: SynthConfig) -> dict[str, Any]:
 def train_task(config: TrainConfig, resume: bool) -> TrainOutcome:
     """Train into ``config.out``; the extra DDP processes rebuild this config from the env."""
     os.environ[_DDP_CONFIG_ENV] = config.model_dump_json()
-    outcome = train_model(config, resume=resume)
+    try:
+        outcome = train_model(config, resume=resume)
+    finally:  # later processes this one starts are not DDP ranks of this run
+        os.environ.pop(_DDP_CONFIG_ENV, None)
     if outcome is None:  # only the extra DDP processes get None, and they never run the flow
         raise RuntimeError("training returned no outcome in the flow's own process")
     get_run_logger().info(

@@ -715,13 +715,23 @@ def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Tra
     """A Lightning trainer with checkpoints, early stopping, history and the chosen devices."""
     run = cfg.out
     callbacks: list[Callback] = [
+        # Two writers: Lightning's save_last only refreshes last.ckpt on epochs that improve the
+        # best, and a resume must continue from the latest epoch, not the best one.
         ModelCheckpoint(
             dirpath=run / CHECKPOINTS,
             filename="best",
             monitor=MONITOR,
             mode="max",
-            save_last=True,
             auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        ModelCheckpoint(
+            dirpath=run / CHECKPOINTS,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
         ),
         EpochHistory(run / HISTORY_FILE, cfg.epochs),
     ]

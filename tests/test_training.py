@@ -379,11 +379,18 @@ train(config(chips, out, epochs=epochs, num_workers=workers), resume=bool(resume
 """
 
 
+def _child_env() -> dict[str, str]:
+    """One compute thread, fixed: identity holds for one thread count, and MKL (dynamic by
+    default) may pick fewer threads for a call when the machine is busy."""
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
+    return {**os.environ, **threads, "PYTHONPATH": str(REPO)}
+
+
 def _train_in_child(chips: Path, out: Path, epochs: int, workers: int, resume: bool) -> None:
     args = [chips, out, epochs, workers, int(resume)]
     done = subprocess.run(
         [sys.executable, "-c", TRAIN_RUN, *map(str, args)], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+        env=_child_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -408,7 +415,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
     args = [tiny_chips, out, marker, 1, epochs, 1]
     child = subprocess.Popen(
         [sys.executable, "-c", STALLING_RUN, *map(str, args)], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=_child_env(),
     )  # fmt: skip
     try:
         _wait_for(lambda: marker.exists() or child.poll() is not None, "epoch 1 to end")
@@ -440,9 +447,18 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
         torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)
         for n in ("full", "killed")
     ]
+    # last.ckpt is the final epoch even where it is not the best (this run's best is its first).
+    assert max(rows[0], key=lambda r: r["val_iou"])["epoch"] == 1
+    assert [(c["epoch"], c["global_step"]) for c in ckpts] == [(epochs - 1, epochs * 4)] * 2
     weights = [c["state_dict"] for c in ckpts]
     assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "bit-identical"
+    differ = {
+        k: float((weights[0][k].double() - weights[1][k].double()).abs().max())
+        for k in weights[0]
+        if not torch.equal(weights[0][k], weights[1][k])
+    }
+    some = dict(list(differ.items())[:4])
+    assert not differ, f"{len(differ)} of {len(weights[0])} tensors differ, e.g. {some}"
     moments = [c["optimizer_states"][0]["state"] for c in ckpts]
     assert all(torch.equal(moments[0][i]["exp_avg"], moments[1][i]["exp_avg"]) for i in moments[0])
     assert read_status(out)["status"] == "trained"
