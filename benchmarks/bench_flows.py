@@ -8,9 +8,9 @@ It generates N synthetic scenes once (default 6 scenes of 1024 x 1024 px, 4 band
 ephemeral mode), alternating the kinds within each repeat, each run into a fresh output folder
 (and so a fresh ledger) so that every scene is mapped every time:
 
-* ``direct`` (the limit): ``rs_seg.incoming.plan(cfg)`` and a loop calling
-  ``rs_seg.incoming.map_scene(cfg, job)`` for each job; no Prefect, no ledger claims. Timed: the
-  ``plan`` call and the loop, after importing ``rs_seg.incoming`` and ``rs_seg.inference``.
+* ``direct`` (the limit): ``rs_seg.ops.incoming.plan(cfg)`` and a loop calling
+  ``rs_seg.ops.incoming.map_scene(cfg, job)`` for each job; no Prefect, no ledger claims. Timed: the
+  ``plan`` call and the loop, after importing ``rs_seg.ops.incoming`` and ``rs_seg.infer.predict``.
 * ``flow``: ``flows.infer_scene.infer_new_imagery(cfg)`` on Prefect's ephemeral server, default
   runner (one thread: scenes one after another, like ``direct``). Before the timed call the same
   child imports the flow module (``import_seconds``) and runs the flow twice on an empty inbox:
@@ -111,9 +111,9 @@ def child_bundle(**arguments) -> dict:
 
 def child_direct(incoming: str, bundle: str, out_dir: str, device: str) -> dict:
     started = time.perf_counter()
-    import rs_seg.inference  # noqa: F401 - imported by the flow module too; not part of the run
+    import rs_seg.infer.predict  # noqa: F401 - imported by the flow module too; not part of the run
     from rs_seg.config import IncomingConfig
-    from rs_seg.incoming import map_scene, plan
+    from rs_seg.ops.incoming import map_scene, plan
 
     import_seconds = time.perf_counter() - started
     cfg = IncomingConfig(
@@ -200,7 +200,7 @@ def _probe_dask_cluster(workers: int, cfg) -> dict:
     """
     from distributed import Client, LocalCluster
 
-    from rs_seg.incoming import map_scene, plan
+    from rs_seg.ops.incoming import map_scene, plan
 
     started = time.perf_counter()
     with (

@@ -6,7 +6,7 @@ once (kept in ``--workdir`` and reused), builds a model bundle with random weigh
 scene's valid pixels, threshold 0.5; training does not change throughput), then measures in fresh
 child processes, alternating the kinds within each repeat:
 
-* ``rs_seg``: ``rs_seg.inference.predict_scene`` end to end at overlap 0.25, batch 16: windowed
+* ``rs_seg``: ``rs_seg.infer.predict.predict_scene`` end to end at overlap 0.25, batch 16: windowed
   strip reads (one strip read ahead in a thread), band selection and normalization, the model
   (channels_last, bf16 autocast on CUDA), Hann blending, strip writes of a tiled GeoTIFF and the
   copy to a COG with overviews. Timed: the ``predict_scene`` call, which includes opening the
@@ -24,7 +24,7 @@ child processes, alternating the kinds within each repeat:
   with the source profile (no COG, no overviews, no nodata mask). Timed: from opening the scene to
   closing the output. Skipped, with the reason recorded, where its estimated memory exceeds 70 %
   of the machine's RAM.
-* ``vectorize``: ``rs_seg.vectorize.vectorize`` on the probability COG ``rs_seg`` wrote
+* ``vectorize``: ``rs_seg.infer.vectorize.vectorize`` on the probability COG ``rs_seg`` wrote
   (threshold 0.5, min_area 500, simplify one pixel). Timed: the ``vectorize`` call.
 
 Throughput is scene megapixels per second measured inside the child (imports, bundle loading and
@@ -94,10 +94,10 @@ def child_bundle(scene: str, out: str, arch: str, encoder: str, device: str) -> 
     import rs_seg
     from rs_seg.bundle import ModelBundle
     from rs_seg.config import ModelConfig
-    from rs_seg.dataset import Normalization
-    from rs_seg.inference import resolve_device
-    from rs_seg.models import build_model
+    from rs_seg.infer.predict import resolve_device
     from rs_seg.synthetic import band_names
+    from rs_seg.train.dataset import Normalization
+    from rs_seg.train.models import build_model
     from rs_seg.windows import read_padded
 
     with rasterio.open(scene) as src:
@@ -154,7 +154,7 @@ def child_rs_seg(scene: str, bundle_path: str, prob: str, device: str) -> dict:
     import torch
 
     from rs_seg.bundle import ModelBundle
-    from rs_seg.inference import predict_scene, resolve_device
+    from rs_seg.infer.predict import predict_scene, resolve_device
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
@@ -186,7 +186,7 @@ def child_bare(height: int, width: int, bundle_path: str, device: str) -> dict:
     import torch
 
     from rs_seg.bundle import ModelBundle
-    from rs_seg.inference import WindowPredictor, resolve_device, window_count
+    from rs_seg.infer.predict import WindowPredictor, resolve_device, window_count
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
@@ -238,7 +238,7 @@ def child_naive(scene: str, bundle_path: str, out: str, device: str) -> dict:
     import torch
 
     from rs_seg.bundle import ModelBundle
-    from rs_seg.inference import resolve_device
+    from rs_seg.infer.predict import resolve_device
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
@@ -280,9 +280,9 @@ def child_naive(scene: str, bundle_path: str, out: str, device: str) -> dict:
 
 def child_vectorize(prob: str, out: str, scene: str) -> dict:
     try:
-        from rs_seg.vectorize import VectorizeSettings, vectorize
+        from rs_seg.infer.vectorize import VectorizeSettings, vectorize
     except ImportError as exc:
-        return {"skipped": f"rs_seg.vectorize not importable: {exc}"}
+        return {"skipped": f"rs_seg.infer.vectorize not importable: {exc}"}
     import rasterio
 
     with rasterio.open(prob) as src:

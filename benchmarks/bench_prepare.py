@@ -3,7 +3,7 @@
 For each scene size (default 4096 and 16384 px, 4 bands, uint16) it generates a synthetic scene with
 its cropland polygons, then measures in fresh child processes:
 
-* ``rs_seg``: ``rs_seg.prepare.prepare`` end to end (labels reprojected and rasterized, nodata
+* ``rs_seg``: ``rs_seg.prepare.run.prepare`` end to end (labels reprojected and rasterized, nodata
   handling, chip GeoTIFFs, spatial split, index), and
 * ``bare``: the lower bound on the same machine in the same run: for exactly the chips rs_seg wrote,
   read the window and write an image chip and a mask chip with the same GeoTIFF profiles, nothing
@@ -54,7 +54,7 @@ def child_synth(size: int, out: Path) -> dict:
 
 def child_prepare(scene: str, labels: str, out: Path) -> dict:
     from rs_seg.config import PrepareConfig
-    from rs_seg.prepare import prepare
+    from rs_seg.prepare.run import prepare
 
     cfg = PrepareConfig(scenes=[scene], labels=labels, out=out, overwrite=True)
     started, cpu = time.perf_counter(), time.process_time()
@@ -74,8 +74,8 @@ def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
-    from rs_seg.chips import ChipSettings, chip_profile, mask_profile
     from rs_seg.config import PrepareConfig
+    from rs_seg.prepare.chips import ChipSettings, chip_profile, mask_profile
     from rs_seg.rasters import GDAL_ENV, RasterInfo
 
     chips = pyogrio.read_dataframe(index_dir / "index.gpkg", read_geometry=False)

@@ -6,9 +6,9 @@ machine state:
 
 * ``bare``: the lower bound: batches already normalized and in memory; each step is forward,
   BCE + Dice loss, backward and an AdamW step, nothing else.
-* ``rs_seg``: ``lightning.Trainer.fit`` with :class:`rs_seg.training.CroplandModule` and
-  :class:`rs_seg.dataset.ChipDataModule` (chips read from GeoTIFF, normalized, flipped and rotated
-  by albumentations, batched by the DataLoader, Lightning's loop, logging and LR schedule).
+* ``rs_seg``: ``lightning.Trainer.fit`` with :class:`rs_seg.train.fit.CroplandModule` and
+  :class:`rs_seg.train.dataset.ChipDataModule` (chips read from GeoTIFF, normalized, flipped and
+  rotated by albumentations, batched by the DataLoader, Lightning's loop, logging and LR schedule).
   Only the training epoch is timed (from the first to the last batch), not trainer set-up.
 
 Overhead is ``1 - rs_seg / bare`` in chips per second, the median of ``--repeats`` alternating
@@ -39,7 +39,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def make_chips(workdir: Path) -> Path:
     from rs_seg.config import PrepareConfig, SplitConfig, SynthConfig
-    from rs_seg.prepare import prepare
+    from rs_seg.prepare.run import prepare
     from rs_seg.synthetic import generate_scenes
 
     scenes = generate_scenes(
@@ -56,8 +56,8 @@ def make_chips(workdir: Path) -> Path:
 
 def build(chips: Path, encoder: str, batch: int, workers: int):
     from rs_seg.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig
-    from rs_seg.dataset import ChipDataModule, band_statistics, load_chip_splits
-    from rs_seg.training import CroplandModule
+    from rs_seg.train.dataset import ChipDataModule, band_statistics, load_chip_splits
+    from rs_seg.train.fit import CroplandModule
 
     splits = load_chip_splits(chips)
     norm = band_statistics(splits.paths("train")[0], splits.bands)
@@ -75,7 +75,7 @@ def bare_steps(data, module, batches: int) -> float:
     """Chips per second of forward + loss + backward + AdamW on batches already in memory."""
     import torch
 
-    from rs_seg.training import bce_dice_loss
+    from rs_seg.train.fit import bce_dice_loss
 
     loader = iter(data.train_dataloader())
     cached = [next(loader) for _ in range(batches)]

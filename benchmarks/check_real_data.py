@@ -1,7 +1,7 @@
 """Real-data check of chip preparation on ../shared/data (skips cleanly when the data is absent).
 
-For each dataset it runs ``rs_seg.prepare.prepare`` and reports chips per split, and compares the
-cropland fraction found in the mask chips (each scene pixel counted once, even where edge chips
+For each dataset it runs ``rs_seg.prepare.run.prepare`` and reports chips per split, and compares
+the cropland fraction found in the mask chips (each scene pixel counted once, even where edge chips
 overlap) with the fraction computed from the label polygons with vector geometry alone (area of
 the polygons inside each scene footprint). The two must agree within 1 percentage point.
 
@@ -22,9 +22,9 @@ import numpy as np
 import rasterio
 
 from rs_seg.config import LabelMap, PrepareConfig, SplitConfig
-from rs_seg.index import read_index
-from rs_seg.labels import VectorLayer, polygon_cover_fraction
-from rs_seg.prepare import prepare
+from rs_seg.prepare.index import read_index
+from rs_seg.prepare.labels import VectorLayer, polygon_cover_fraction
+from rs_seg.prepare.run import prepare
 from rs_seg.rasters import RasterInfo
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -33,7 +33,13 @@ from flows.server import run_command
 from flows.train_cropland import load_configs, synthetic_inputs, train_cropland
 from rs_seg.config import IncomingConfig, SynthConfig
 from rs_seg.errors import RsSegError
-from rs_seg.io import FolderKind, check_folder_output, remove_leftovers, staging_path, write_json
+from rs_seg.staging import (
+    FolderKind,
+    check_folder_output,
+    remove_leftovers,
+    staging_path,
+    write_json,
+)
 
 NEW_SCENES = 3
 SEED_OFFSET = 1000  # new imagery: seeds far from the training scenes'

@@ -6,7 +6,7 @@ to schedule: it lists an incoming folder or glob, leaves scenes that are still b
 end), and each complete scene becomes a task that claims the scene in the SQLite ledger (content
 fingerprint x model id), maps it with the current model and records the outcome, so overlapping
 or repeated runs map every scene exactly once and failures are retried by the next run without
-blocking the others (:mod:`rs_seg.incoming`). Scene tasks run on the flow's task runner: threads
+blocking the others (:mod:`rs_seg.ops.incoming`). Scene tasks run on the flow's task runner: threads
 by default, a Dask cluster for many machines.
 
 Run locally:  python -m flows.infer_scene configs/my-incoming.yaml
@@ -28,7 +28,8 @@ import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries a
 from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
 from flows.server import run_command
 from rs_seg.config import InferConfig, build_config
-from rs_seg.incoming import (
+from rs_seg.infer.predict import InferSummary, run_infer
+from rs_seg.ops.incoming import (
     IncomingConfig,
     SceneJob,
     SceneResult,
@@ -39,8 +40,7 @@ from rs_seg.incoming import (
     scan,
     write_merged,
 )
-from rs_seg.inference import InferSummary, run_infer
-from rs_seg.ledger import check_writable
+from rs_seg.ops.ledger import check_writable
 
 STATUSES = ("mapped", "skipped", "failed", "waiting")
 

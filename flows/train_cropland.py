@@ -2,9 +2,9 @@
 
 A thin layer over the same functions the CLI uses, so a scheduled run and ``rs-seg train`` give the
 same run folder, bundle and report. Made for schedules: preparation is skipped while the chips are
-current (:func:`rs_seg.prepare.chips_up_to_date`), an existing run folder gets a timestamped
+current (:func:`rs_seg.prepare.run.chips_up_to_date`), an existing run folder gets a timestamped
 sibling instead of an error, and the registry's ``latest`` pointer moves only for a model that is at
-least as good on the same test split (:func:`rs_seg.registry.register`). A Markdown artifact
+least as good on the same test split (:func:`rs_seg.ops.registry.register`). A Markdown artifact
 ``train-cropland-report`` records the outcome. Runs without a Prefect server (ephemeral mode) or
 against the one ``PREFECT_API_URL`` points to.
 
@@ -36,14 +36,14 @@ import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetric
 from flows.runners import retry_io_errors
 from flows.server import run_command
 from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config, read_yaml
-from rs_seg.evaluation import EvaluationOutcome, evaluate_run
-from rs_seg.index import SUMMARY_FILE
-from rs_seg.prepare import chips_up_to_date
-from rs_seg.prepare import prepare as prepare_chips
-from rs_seg.registry import Registration, register
+from rs_seg.ops.registry import Registration, register
+from rs_seg.prepare.index import SUMMARY_FILE
+from rs_seg.prepare.run import chips_up_to_date
+from rs_seg.prepare.run import prepare as prepare_chips
 from rs_seg.synthetic import LABELS_FILE
-from rs_seg.training import TrainOutcome, is_ddp_child
-from rs_seg.training import train as train_model
+from rs_seg.train.evaluation import EvaluationOutcome, evaluate_run
+from rs_seg.train.fit import TrainOutcome, is_ddp_child
+from rs_seg.train.fit import train as train_model
 
 ARTIFACT_KEY = "train-cropland-report"
 # Rank 0 hands its resolved train config to the extra DDP processes Lightning starts.
@@ -198,7 +198,7 @@ def train_cropland(
         train: training settings; ``train.chips`` is replaced by ``prepare.out`` when ``prepare``
             is given, and a taken ``train.out`` becomes a timestamped sibling (unless resuming).
         prepare: chip preparation, skipped while ``prepare.out`` is up to date.
-        models_dir: the model registry (see ``rs_seg.registry``).
+        models_dir: the model registry (see ``rs_seg.ops.registry``).
         promote: when ``latest`` moves: ``if_better`` (at least as good on the same test split),
             ``always`` or ``never``.
         resume: continue the run in ``train.out`` from its last checkpoint.

@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from rs_seg.config import ModelConfig
-from rs_seg.dataset import Normalization
 from rs_seg.errors import RsSegError
-from rs_seg.io import staged_file
+from rs_seg.staging import staged_file
+from rs_seg.train.dataset import Normalization
 
 BUNDLE_FORMAT = "rs_seg.model-bundle"
 FORMAT_VERSION = 1
@@ -115,7 +115,7 @@ class ModelBundle:
             )
 
     def _network(self) -> nn.Module:
-        from rs_seg.models import build_model
+        from rs_seg.train.models import build_model
 
         try:
             return build_model(ModelConfig.model_validate(self.model), self.in_channels, False)

@@ -198,7 +198,7 @@ def prepare(
     config: ConfigOption = None,
 ) -> None:
     """Cut scenes into chips with 0/1/255 masks, split them 8:1:1 and write a chip index."""
-    from rs_seg.prepare import prepare as run_prepare
+    from rs_seg.prepare.run import prepare as run_prepare
 
     block = int(block_chips) if block_chips and block_chips.isdigit() else block_chips
     cfg = build_config(
@@ -261,8 +261,8 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train a cropland model on prepared chips; writes a model bundle and a report."""
-    from rs_seg.evaluation import evaluate_run
-    from rs_seg.training import train as run_train
+    from rs_seg.train.evaluation import evaluate_run
+    from rs_seg.train.fit import train as run_train
 
     cfg = build_config(
         TrainConfig,
@@ -333,7 +333,7 @@ def infer(
     config: ConfigOption = None,
 ) -> None:
     """Map cropland in a whole scene: probability COG and field polygons for QGIS."""
-    from rs_seg.inference import run_infer
+    from rs_seg.infer.predict import run_infer
 
     cfg = build_config(
         InferConfig,
@@ -369,9 +369,9 @@ def vectorize(
     overwrite: OverwriteOption = None,
 ) -> None:
     """Re-polygonize a saved probability raster with other settings, without the model."""
+    from rs_seg.infer.vectorize import VectorizeSettings
+    from rs_seg.infer.vectorize import vectorize as run_vectorize
     from rs_seg.rasters import open_raster
-    from rs_seg.vectorize import VectorizeSettings
-    from rs_seg.vectorize import vectorize as run_vectorize
 
     with open_raster(prob, "probability raster") as src:
         tags = src.tags()
@@ -427,7 +427,7 @@ def model_register(
     ] = "if_better",
 ) -> None:
     """Store a model in the registry; ``latest`` moves only if it is at least as good."""
-    from rs_seg.registry import register
+    from rs_seg.ops.registry import register
 
     if promote not in ("if_better", "always", "never"):
         raise RsSegError(f"--promote must be if_better, always or never, not {promote!r}")

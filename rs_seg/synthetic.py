@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from rs_seg.config import SynthConfig
 from rs_seg.errors import RsSegError
-from rs_seg.io import FolderKind, check_folder_output, staged_dir
+from rs_seg.staging import FolderKind, check_folder_output, staged_dir
 
 __all__ = [
     "LandCover",

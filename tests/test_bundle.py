@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from rs_seg.bundle import FORMAT_VERSION, ModelBundle
 from rs_seg.cli import app
 from rs_seg.config import ModelConfig
-from rs_seg.dataset import ChipDataset, Normalization
 from rs_seg.errors import RsSegError
-from rs_seg.evaluation import predict_levels
-from rs_seg.models import build_model
-from rs_seg.training import CroplandModule
+from rs_seg.train.dataset import ChipDataset, Normalization
+from rs_seg.train.evaluation import predict_levels
+from rs_seg.train.fit import CroplandModule
+from rs_seg.train.models import build_model
 
 
 def tiny_bundle() -> ModelBundle:
@@ -90,12 +90,12 @@ def test_model_info_prints_what_inference_needs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trained_bundle_reproduces_evaluation_predictions_exactly(tiny_chips, tmp_path) -> None:
-    from rs_seg.dataset import load_chip_splits
-    from rs_seg.evaluation import evaluate_run
-    from rs_seg.training import train
-    from tests.test_training import config
+    from rs_seg.train.dataset import load_chip_splits
+    from rs_seg.train.evaluation import evaluate_run
+    from rs_seg.train.fit import train
+    from tests.helpers import ROOT, train_config
 
-    outcome = train(config(tiny_chips, tmp_path / "run", epochs=2))
+    outcome = train(train_config(tiny_chips, tmp_path / "run", epochs=2))
     evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
     bundle = ModelBundle.load(evaluation.bundle)
     module = CroplandModule.load_from_checkpoint(outcome.best_checkpoint, load_weights=False)
@@ -152,7 +152,7 @@ def test_model_info_reports_mismatched_weights_in_one_line(tmp_path: Path) -> No
     path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34").model_dump())
     result = subprocess.run(
         [sys.executable, "-m", "rs_seg", "model", "info", str(path)],
-        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: {path}: the weights do not fit")

@@ -8,7 +8,7 @@ import shapely
 from typer.testing import CliRunner
 
 from rs_seg.cli import app
-from tests.conftest import UTM, pixel_box, write_labels, write_scene
+from tests.helpers import UTM, pixel_box, write_labels, write_scene
 
 runner = CliRunner()
 

@@ -38,7 +38,7 @@ def test_shim_does_nothing_when_torchvision_ops_exist() -> None:
 
 def test_importing_rs_seg_and_its_cli_does_not_import_torch() -> None:
     done = run_python(
-        "import sys, rs_seg, rs_seg.cli, rs_seg.prepare; print('torch' in sys.modules)"
+        "import sys, rs_seg, rs_seg.cli, rs_seg.prepare.run; print('torch' in sys.modules)"
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"

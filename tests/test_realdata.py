@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from rs_seg.config import PrepareConfig
-from rs_seg.index import read_index
-from rs_seg.labels import VectorLayer, polygon_cover_fraction
-from rs_seg.prepare import prepare
+from rs_seg.prepare.index import read_index
+from rs_seg.prepare.labels import VectorLayer, polygon_cover_fraction
+from rs_seg.prepare.run import prepare
 from rs_seg.rasters import RasterInfo
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 NAIP = SHARED_DATA / "naip-fields"
 

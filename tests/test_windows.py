@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rasterio.windows import Window
 
 from rs_seg.windows import axis_offsets, grid_rows, grid_windows, inside_slices, read_padded
-from tests.conftest import write_scene
+from tests.helpers import write_scene
 
 
 def coverage(height: int, width: int, size: int, stride: int) -> np.ndarray:

@@ -16,9 +16,16 @@ import pyogrio
 import pytest
 import rasterio
 
-from rs_seg.ledger import Ledger
-from tests.conftest import ephemeral_prefect_env, write_scene
-from tests.helpers import ROOT, digest, hidden_leftovers, make_bundle, truncated_copy
+from rs_seg.ops.ledger import Ledger
+from tests.helpers import (
+    ROOT,
+    digest,
+    ephemeral_prefect_env,
+    hidden_leftovers,
+    make_bundle,
+    truncated_copy,
+    write_scene,
+)
 
 SCENES = ["s0", "s1", "s2"]
 
@@ -109,7 +116,7 @@ def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path) -> None:
 
 def test_a_full_disk_fails_the_scene_in_one_line_and_writes_nothing(inbox: Path) -> None:
     from rs_seg.config import IncomingConfig
-    from rs_seg.incoming import plan, process_scene
+    from rs_seg.ops.incoming import plan, process_scene
     from tests.helpers import small_disk
 
     with small_disk(inbox / "disk", "64k") as disk:

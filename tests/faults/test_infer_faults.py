@@ -13,9 +13,9 @@ import pytest
 import rasterio
 import shapely
 
-from rs_seg.io import complete_interrupted_publications
-from tests.conftest import UTM, write_scene
+from rs_seg.staging import complete_interrupted_publications
 from tests.helpers import (
+    UTM,
     assert_one_line_error,
     digest,
     hidden_leftovers,
@@ -24,6 +24,7 @@ from tests.helpers import (
     signal_when_ready,
     small_disk,
     truncated_copy,
+    write_scene,
 )
 
 
@@ -144,7 +145,7 @@ def test_a_truncated_scene_is_one_line_naming_it(work: Path, bundle: Path) -> No
 
 
 def test_an_output_over_the_input_scene_is_refused(work: Path, bundle: Path) -> None:
-    before = inputs(work)  # --mask-out goes through the same check (tests/test_io.py)
+    before = inputs(work)  # --mask-out goes through the same check (tests/test_staging.py)
     refused = infer(work, bundle, "--mask-out", "scene.tif", "--overwrite")
     assert_one_line_error(refused, "is (or holds) the input")
     assert inputs(work) == before

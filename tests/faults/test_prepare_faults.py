@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from rs_seg.index import read_index
-from tests.conftest import pixel_box, write_labels, write_scene
+from rs_seg.prepare.index import read_index
 from tests.helpers import (
     assert_one_line_error,
     digest,
     hidden_leftovers,
+    pixel_box,
     rs_seg,
     signal_when_ready,
     small_disk,
     truncated_copy,
+    write_labels,
+    write_scene,
 )
 
 

@@ -1,0 +1,1 @@
+"""Operations: the model registry, the ledger and the mapping of incoming imagery."""

@@ -1,0 +1,334 @@
+"""Mapping new imagery as it arrives: scan, claim in the ledger, infer, record.
+
+A scheduled run lists the scenes matching a folder or glob and keeps only the complete ones
+(:func:`scan`): a file must have kept its size and mtime for ``settle_seconds`` and must read as a
+raster to its last block; any other file is *waiting* (with the reason) for a later run, and is
+neither claimed nor counted as failed. For each complete scene it claims its key (content
+fingerprint x model id) in the :mod:`rs_seg.ops.ledger`; only a successful claim leads to inference,
+so overlapping runs share the work instead of repeating it. Each scene's folder
+``<out_dir>/<scene>/<model id>/`` is built in a staging folder and published with one rename, so
+its fields and probability raster appear together or not at all; a failure is recorded and
+retried by the next run while the other scenes go on. :func:`process_scene` does all of it for
+one scene in this process; an orchestrator (the ``infer-new-imagery`` flow) calls its parts
+instead: :func:`scan`, :func:`claim` and :func:`record` in its own process, :func:`map_scene` on
+any worker (threads, a Dask cluster), which needs the scenes and the output folder but never the
+ledger.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import sqlite3
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+from xml.sax.saxutils import escape
+
+from rs_seg.config import IncomingConfig, InferConfig
+from rs_seg.errors import RsSegError
+from rs_seg.ops.ledger import ANY_MODEL, Ledger
+from rs_seg.staging import FolderKind
+
+log = logging.getLogger(__name__)
+# What a bad scene or a failed read raises; anything else is a bug and propagates.
+SCENE_ERRORS = (RsSegError, OSError, ValueError, RuntimeError)
+SCENE_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
+# A per-scene folder holds these and nothing else, so re-mapping replaces only rs_seg's own.
+SCENE_FOLDER = FolderKind(
+    command="infer-new-imagery",
+    marker="fields.gpkg",
+    names=("fields.gpkg", "fields_prob.tif", ".fields*"),
+)
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to consider: where it is, what it contains, which model maps it."""
+
+    scene: Path
+    fingerprint: str
+    model: Path
+    model_id: str
+    ledger_key: str
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What happened to one scene in this run."""
+
+    scene: Path
+    status: Literal["mapped", "skipped", "failed", "waiting"]
+    fields: Path | None = None
+    polygons: int = 0
+    error: str | None = None
+    warnings: tuple[str, ...] = ()  # input checks, e.g. drift from the training statistics
+    reason: str | None = None  # waiting: why the scene is not complete yet
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The scenes of one run: complete ones to claim, and the ones still waiting."""
+
+    jobs: list[SceneJob] = field(default_factory=list)
+    waiting: list[SceneResult] = field(default_factory=list)
+
+
+def list_scenes(incoming: str) -> list[Path]:
+    """Scenes in a folder (non-recursive) or matching a glob, in a stable order."""
+    path = Path(incoming)
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES]
+    else:
+        found = [Path(p) for p in glob.glob(incoming, recursive=True)]  # noqa: PTH207 - absolute globs
+    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+
+
+def scan(cfg: IncomingConfig, now: float | None = None) -> Scan:
+    """The complete scenes as jobs (fingerprinted, with the run's model), the others waiting.
+
+    Complete means settled and readable (:func:`waiting_reason`). An empty inbox, or one where
+    every scene is still waiting, needs no model, so a schedule set up before the first training
+    run idles quietly instead of failing every interval.
+    """
+    scenes = list_scenes(cfg.incoming)
+    ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
+    with ledger.scanning():
+        return _scan(cfg, ledger, scenes, time.time() if now is None else now)
+
+
+def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -> Scan:
+    from rs_seg.bundle import ModelBundle
+    from rs_seg.ops.registry import latest_bundle
+
+    ready: list[Path] = []
+    waiting: list[SceneResult] = []
+    for scene in scenes:
+        reason = waiting_reason(ledger, scene, cfg.settle_seconds, now)
+        if reason is None:
+            ready.append(scene)
+        else:
+            waiting.append(SceneResult(scene, "waiting", reason=reason))
+    if not ready:
+        return Scan([], waiting)
+    model = cfg.model or latest_bundle(cfg.models_dir)
+    model_id = ModelBundle.load(model).model_id
+    key = model_id if cfg.reprocess_on_model_change else ANY_MODEL
+    jobs = []
+    for scene in ready:
+        try:
+            before = scene.stat()
+            fingerprint = ledger.fingerprint(scene)
+            after = scene.stat()
+        except (OSError, RsSegError) as exc:  # removed or renamed meanwhile
+            waiting.append(SceneResult(scene, "waiting", reason=f"cannot be read: {exc}"))
+            continue
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            reason = "size or mtime changed while it was being read"
+            waiting.append(SceneResult(scene, "waiting", reason=reason))
+            continue
+        jobs.append(SceneJob(scene, fingerprint, Path(model), model_id, key))
+    return Scan(jobs, sorted(waiting, key=lambda r: r.scene))
+
+
+def plan(cfg: IncomingConfig) -> list[SceneJob]:
+    """The jobs of :func:`scan`: every complete scene, fingerprinted, with the run's model."""
+    return scan(cfg).jobs
+
+
+def waiting_reason(ledger: Ledger, scene: Path, settle_seconds: float, now: float) -> str | None:
+    """Why ``scene`` is not complete yet (None when it is): still changing, or not readable.
+
+    A copy in progress changes the size or the mtime (also a pre-allocated file, whose size is
+    final from the start while its tail is still zeros), so a file must keep both unchanged for
+    ``settle_seconds``, measured from its mtime or from the first scan that saw it so
+    (:meth:`Ledger.sight`): no scan sleeps. A settled file must then open and read to the end
+    (:func:`read_problem`); the result is remembered until the file changes.
+    """
+    try:
+        sighting = ledger.sight(scene, now)
+    except RsSegError as exc:  # removed or renamed since it was listed
+        return f"cannot be read: {exc}"
+    stable = sighting.stable_for(now)
+    if stable < settle_seconds:
+        return f"size or mtime changed {stable:.0f} s ago (settles after {settle_seconds:g} s)"
+    if sighting.readable:
+        return None
+    problem = read_problem(scene)
+    if problem is not None:
+        return (
+            f"{problem} (unchanged for {stable:.0f} s: if the copy has finished, the file is "
+            "damaged)"
+        )
+    ledger.mark_readable(sighting)
+    return None
+
+
+def read_problem(scene: Path) -> str | None:
+    """Why ``scene`` does not read as a complete raster (None when it does).
+
+    Opening reads only the header, which a half-copied file already has, so the last block (the
+    last strip or tile) of every band is read as well: a copy writes a file front to back, GDAL
+    writes each band's last block after its others (and a COG puts the full-resolution blocks
+    after its overviews), so a truncated file fails there with a short read, and a pre-allocated
+    file with a zero tail fails to decompress. That costs one block per band instead of the
+    whole scene. An uncompressed pre-allocated file reads zeros without error; the settle rule
+    covers it.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.windows import Window
+
+    from rs_seg.rasters import GDAL_ENV, gdal_message
+
+    with rasterio.Env(**GDAL_ENV), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(scene)
+        except (RasterioError, OSError) as exc:
+            return f"cannot be opened as a raster: {gdal_message(exc)}"
+        with src:
+            for band in range(1, src.count + 1):
+                block_rows, block_cols = src.block_shapes[band - 1]
+                row = (src.height - 1) // block_rows * block_rows
+                col = (src.width - 1) // block_cols * block_cols
+                window = Window(col, row, src.width - col, src.height - row)
+                try:
+                    src.read(band, window=window)
+                except (RasterioError, OSError, ValueError) as exc:
+                    return (
+                        f"cannot be read to the end (last block of band {band}): "
+                        f"{gdal_message(exc)}"
+                    )
+    return None
+
+
+def scene_outputs(cfg: IncomingConfig, job: SceneJob) -> Path:
+    """Per-scene folder: ``<out_dir>/<scene stem>/<model id>/``."""
+    return cfg.out_dir / job.scene.stem / job.model_id
+
+
+def claim(cfg: IncomingConfig, job: SceneJob) -> bool:
+    """Take the scene in the ledger; False when it is done or another live run holds it."""
+    return Ledger(cfg.ledger_path).claim(job.fingerprint, job.ledger_key, job.scene)
+
+
+def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
+    """Map one claimed scene into its own folder (published whole; raises on failure).
+
+    ``<out_dir>/<scene>/<model id>/`` is built as a hidden staging folder beside its final place
+    and renamed into place once the fields and the probability raster are both written; a failure
+    removes the staging folder and a ``<scene>`` folder this call created. Needs no ledger, so it
+    can run on a worker that only sees the scenes and the outputs.
+    """
+    from rs_seg.infer.predict import run_infer
+    from rs_seg.staging import staged_dir
+
+    final = scene_outputs(cfg, job)
+    with staged_dir(final, overwrite=True, kind=SCENE_FOLDER) as staging:
+        infer = InferConfig(
+            scene=job.scene, out=staging / "fields.gpkg", model=job.model,
+            overlap=cfg.overlap, batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta,
+            min_area=cfg.min_area,
+        )  # fmt: skip
+        summary = run_infer(infer)
+        _rename_in_metadata(staging / "fields.gpkg", staging, final)
+    return SceneResult(
+        job.scene, "mapped", final / "fields.gpkg", summary.polygons,
+        warnings=tuple(summary.warnings),
+    )  # fmt: skip
+
+
+def _rename_in_metadata(gpkg: Path, staging: Path, final: Path) -> None:
+    """Point the layer metadata (``probability_raster``) at the published folder.
+
+    The fields were written inside the staging folder, so their metadata names its hidden path;
+    GDAL keeps GeoPackage layer metadata as XML in the ``gpkg_metadata`` table.
+    """
+    replacements = {(str(staging), str(final)), (escape(str(staging)), escape(str(final)))}
+    db = sqlite3.connect(gpkg)
+    try:
+        with db:
+            for old, new in replacements:
+                sql = "UPDATE gpkg_metadata SET metadata = replace(metadata, ?, ?)"
+                db.execute(sql, (old, new))
+    except sqlite3.Error as exc:  # a GeoPackage without metadata: nothing names the staging path
+        log.debug("%s: metadata left as written (%s)", gpkg, exc)
+    finally:
+        db.close()
+
+
+def record(cfg: IncomingConfig, job: SceneJob, outcome: SceneResult | BaseException) -> SceneResult:
+    """Write the outcome of a claimed scene to the ledger; a failure is retried next run.
+
+    A ledger deleted or replaced since the claim gets the row written again, and the result says
+    so in its warnings.
+    """
+    ledger = Ledger(cfg.ledger_path)
+    replaced = (
+        "the ledger was replaced during the run (this scene's claim was gone); its outcome was "
+        "recorded again"
+    )
+    if isinstance(outcome, SceneResult):
+        if ledger.complete(job.fingerprint, job.ledger_key, outcome.fields or Path(), job.scene):
+            outcome = replace(outcome, warnings=(*outcome.warnings, replaced))
+        return outcome
+    message = str(outcome) or type(outcome).__name__
+    again = ledger.fail(job.fingerprint, job.ledger_key, message, job.scene)
+    log.warning("%s: failed, will be retried by the next run: %s", job.scene, message)
+    return SceneResult(job.scene, "failed", error=message, warnings=(replaced,) if again else ())
+
+
+def process_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
+    """Claim, map and record one scene; never raises for a bad scene (it is recorded instead)."""
+    if not claim(cfg, job):
+        return SceneResult(job.scene, "skipped")
+    try:
+        return record(cfg, job, map_scene(cfg, job))
+    except SCENE_ERRORS as exc:
+        return record(cfg, job, exc)
+    except BaseException:
+        record(cfg, job, RuntimeError("interrupted"))
+        raise
+
+
+def mapped_outputs(cfg: IncomingConfig, jobs: list[SceneJob]) -> list[Path]:
+    """Fields files of every scene the ledger holds as done under this run's model key."""
+    keys = {job.ledger_key for job in jobs}
+    done = [
+        Path(e.output)
+        for e in Ledger(cfg.ledger_path).entries()
+        if e.status == "done" and e.model_id in keys and e.output
+    ]
+    return sorted({p for p in done if p.is_file()})
+
+
+def write_merged(outputs: list[Path], out: Path, crs: str | None = None) -> int:
+    """All scenes' fields in one GeoPackage layer ``fields``, one scene in memory at a time.
+
+    Written to a temporary name and renamed, so readers never see half a layer; an existing file
+    is replaced only if it is an rs_seg field layer. Scenes in other CRSs are reprojected to
+    ``crs`` (default: the first scene's). Returns the number of fields.
+    """
+    import pyogrio
+
+    from rs_seg.infer.vectorize import add_default_style
+    from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file
+
+    if not outputs:
+        return 0
+    check_not_inputs([out], outputs)
+    total = 0
+    with staged_file(out, overwrite=True, owned=fields_written_by_rs_seg) as staging:
+        for source in outputs:
+            fields = pyogrio.read_dataframe(source, layer="fields")
+            crs = crs or fields.crs.to_string()
+            pyogrio.write_dataframe(
+                fields.to_crs(crs), staging, layer="fields", driver="GPKG", append=total > 0,
+                promote_to_multi=True,
+            )  # fmt: skip
+            total += len(fields)
+        add_default_style(staging, "fields")
+    return total

@@ -1,0 +1,200 @@
+"""The model registry: storing bundles, moving ``latest`` only for models that earn it.
+
+Bundles are built directly from an untrained network with made-up metrics, so no test trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rs_seg.bundle import BUNDLE_FILE, ModelBundle
+from rs_seg.config import ModelConfig, PrepareConfig, SplitConfig
+from rs_seg.errors import RsSegError
+from rs_seg.ops.registry import LATEST_FILE, LOG_FILE, latest_bundle, list_models, register
+from rs_seg.prepare.run import prepare
+from rs_seg.train.dataset import Normalization, load_chip_splits
+from rs_seg.train.models import build_model
+from tests.helpers import pixel_box, write_labels, write_scene
+
+MODEL = ModelConfig(arch="Unet", encoder="resnet18")
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict:
+    return build_model(MODEL, in_channels=3, load_weights=False).state_dict()
+
+
+def make_bundle(
+    path: Path,
+    weights: dict,
+    model_id: str,
+    score: float,
+    fingerprint: str = "fp-a",
+    chips_dir: Path | None = None,
+    bands: int = 3,
+) -> Path:
+    """A bundle with fixed test metrics; ``model_id`` stands in for the weight hash."""
+    test = {"mean_iou": score, "cropland_iou": score, "chips": 2}
+    bundle = ModelBundle(
+        model=MODEL.model_dump(mode="json"),
+        bands=list(range(1, bands + 1)),
+        band_names=[f"band_{b}" for b in range(1, bands + 1)],
+        normalization=Normalization((2000.0,) * bands, (1000.0,) * bands),
+        chip_size=32,
+        threshold=0.5,
+        metrics={"validation": test, "test": test},
+        provenance={
+            "model_id": model_id,
+            "chip_index_fingerprint": fingerprint,
+            "chips_dir": str(chips_dir) if chips_dir else None,
+        },
+        state_dict=weights if bands == 3 else build_model(MODEL, bands, False).state_dict(),
+    )
+    return bundle.save(path)
+
+
+def latest(models: Path) -> dict:
+    return json.loads((models / LATEST_FILE).read_text())
+
+
+def decisions(models: Path) -> list[dict]:
+    return [json.loads(line) for line in (models / LOG_FILE).read_text().splitlines()]
+
+
+def test_first_model_becomes_latest(tmp_path, weights) -> None:
+    models = tmp_path / "models"
+    reg = register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
+    assert reg.promoted and reg.incumbent is None and reg.reason == "first registered model"
+    assert reg.bundle == models / "m-a" / BUNDLE_FILE and reg.bundle.is_file()
+    pointer = latest(models)
+    assert pointer["model_id"] == "m-a" and pointer["bundle"] == f"m-a/{BUNDLE_FILE}"
+    assert pointer["metric"] == "mean_iou" and pointer["score"] == 0.7
+    assert pointer["chip_index_fingerprint"] == "fp-a" and pointer["promoted_at"]
+    assert latest_bundle(models) == models / "m-a" / BUNDLE_FILE
+    assert json.loads((models / "m-a" / "metrics.json").read_text())["model_id"] == "m-a"
+
+
+def test_same_split_moves_latest_only_for_an_equal_or_better_model(tmp_path, weights) -> None:
+    models = tmp_path / "models"
+    register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
+    worse = register(make_bundle(tmp_path / "b.pt", weights, "m-b", 0.6), models)
+    assert not worse.promoted and worse.incumbent == "m-a" and worse.incumbent_score == 0.7
+    assert "0.6000 < 0.7000" in worse.reason and "same test split" in worse.reason
+    assert latest(models)["model_id"] == "m-a"
+    assert (models / "m-b" / BUNDLE_FILE).is_file(), "a model that is not promoted is still stored"
+    equal = register(make_bundle(tmp_path / "c.pt", weights, "m-c", 0.7), models)
+    assert equal.promoted and latest(models)["model_id"] == "m-c"
+    better = register(make_bundle(tmp_path / "d.pt", weights, "m-d", 0.8), models)
+    assert better.promoted and better.incumbent == "m-c"
+    assert [d["promoted"] for d in decisions(models)] == [True, False, True, True]
+    assert [d["model_id"] for d in decisions(models)] == ["m-a", "m-b", "m-c", "m-d"]
+    assert decisions(models)[1]["incumbent_score"] == 0.7
+
+
+def test_promote_always_and_never(tmp_path, weights) -> None:
+    models = tmp_path / "models"
+    register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
+    forced = register(make_bundle(tmp_path / "b.pt", weights, "m-b", 0.1), models, "always")
+    assert forced.promoted and "always" in forced.reason and latest(models)["model_id"] == "m-b"
+    kept = register(make_bundle(tmp_path / "c.pt", weights, "m-c", 0.9), models, "never")
+    assert not kept.promoted and "never" in kept.reason and latest(models)["model_id"] == "m-b"
+    assert {m["model_id"]: m["latest"] for m in list_models(models)} == {
+        "m-a": False,
+        "m-b": True,
+        "m-c": False,
+    }
+
+
+def test_registering_twice_is_idempotent(tmp_path, weights) -> None:
+    models = tmp_path / "models"
+    bundle = make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7)
+    first = register(bundle, models)
+    again = register(bundle, models)
+    assert again.bundle == first.bundle and not again.promoted
+    assert again.reason == "already the latest model"
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["m-a"]
+    assert len(decisions(models)) == 2
+    assert len(list_models(models)) == 1
+
+
+def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights) -> None:
+    run = tmp_path / "runs" / "r1"
+    make_bundle(run / BUNDLE_FILE, weights, "m-run", 0.5)
+    (run / "metrics.json").write_text(json.dumps({"model_id": "m-run", "threshold": 0.4}))
+    (run / "report").mkdir()
+    (run / "report" / "README.md").write_text("# report\n")
+    reg = register(run, tmp_path / "models", metric="cropland_iou")
+    stored = reg.bundle.parent
+    assert json.loads((stored / "metrics.json").read_text())["threshold"] == 0.4
+    assert (stored / "report" / "README.md").read_text() == "# report\n"
+    assert latest(tmp_path / "models")["metric"] == "cropland_iou"
+
+
+def test_missing_things_give_one_line_errors(tmp_path, weights) -> None:
+    empty = tmp_path / "models"
+    with pytest.raises(RsSegError, match="no registered model; train one") as info:
+        latest_bundle(empty)
+    assert str(empty) in str(info.value)
+    assert list_models(empty) == []
+    with pytest.raises(RsSegError, match="evaluate the run first"):
+        register(tmp_path, empty)
+    bundle = make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7)
+    with pytest.raises(RsSegError, match="no test metric 'dice'"):
+        register(bundle, empty, metric="dice")
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> tuple[Path, str]:
+    """A tiny chip folder (25 chips of 32 px, one block each) and its index fingerprint.
+
+    160 px rather than 128: the test split must hold more than one chip, because
+    ``evaluation.score_split`` cannot yet score a batch of a single chip.
+    """
+    root = tmp_path_factory.mktemp("chips")
+    scene = write_scene(root / "scene.tif", 160, 160)
+    labels = write_labels(
+        root / "fields.gpkg", [pixel_box(8, 8, 70, 90), pixel_box(90, 0, 128, 50)]
+    )
+    cfg = PrepareConfig(
+        scenes=[str(scene)],
+        labels=labels,
+        out=root / "chips",
+        chip_size=32,
+        split=SplitConfig(block_chips=1),
+    )
+    prepare(cfg)
+    return cfg.out, load_chip_splits(cfg.out).fingerprint
+
+
+def test_another_split_rescores_the_incumbent_on_the_new_test_split(
+    tmp_path, weights, chips
+) -> None:
+    chips_dir, fingerprint = chips
+    models = tmp_path / "models"
+    register(make_bundle(tmp_path / "old.pt", weights, "m-old", 0.99, "fp-old"), models)
+    worse = make_bundle(tmp_path / "w.pt", weights, "m-w", 0.0, fingerprint, chips_dir)
+    reg = register(worse, models)
+    assert reg.incumbent_score is not None and 0 < reg.incumbent_score <= 1
+    assert not reg.promoted and "re-scored" in reg.reason
+    better = make_bundle(tmp_path / "b.pt", weights, "m-b", 1.0, fingerprint, chips_dir)
+    reg = register(better, models)
+    assert reg.promoted and reg.incumbent == "m-old" and latest(models)["model_id"] == "m-b"
+
+
+def test_an_incumbent_that_cannot_read_the_new_chips_is_not_replaced(
+    tmp_path, weights, chips
+) -> None:
+    chips_dir, fingerprint = chips
+    models = tmp_path / "models"
+    four_bands = make_bundle(tmp_path / "old.pt", weights, "m-old", 0.5, "fp-old", bands=4)
+    register(four_bands, models)
+    new = make_bundle(tmp_path / "n.pt", weights, "m-n", 0.9, fingerprint, chips_dir)
+    reg = register(new, models)
+    assert not reg.promoted and "cannot be scored" in reg.reason and "bands" in reg.reason
+    assert "promote='always'" in reg.reason and latest(models)["model_id"] == "m-old"
+    stale = make_bundle(tmp_path / "s.pt", weights, "m-s", 0.9, "fp-other", chips_dir)
+    reg = register(stale, models)
+    assert not reg.promoted and "re-prepared" in reg.reason

@@ -1,0 +1,72 @@
+"""Metrics and the decision threshold: exact confusion counts at every uint8 level."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rs_seg.train.evaluation import (
+    Batch,
+    ThresholdSweep,
+    level_to_threshold,
+    metrics_from_counts,
+    quantize,
+    score_split,
+    threshold_to_level,
+)
+
+
+def test_metrics_from_a_known_confusion_matrix() -> None:
+    m = metrics_from_counts(tp=6, fp=2, tn=10, fn=2)
+    assert m["cropland_iou"] == pytest.approx(0.6)
+    assert m["background_iou"] == pytest.approx(10 / 14)
+    assert m["mean_iou"] == pytest.approx((0.6 + 10 / 14) / 2)
+    assert m["f1"] == pytest.approx(0.75) and m["precision"] == m["recall"] == 0.75
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert math.isnan(metrics_from_counts(0, 0, 5, 0)["cropland_iou"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    level=st.integers(1, 255),
+    ignore=st.floats(0, 0.5),
+)
+def test_sweep_counts_equal_brute_force_at_every_level(seed: int, level: int, ignore: float):
+    rng = np.random.default_rng(seed)
+    levels = torch.from_numpy(rng.integers(0, 256, size=(3, 9, 9)).astype(np.uint8))
+    target = torch.from_numpy(rng.integers(0, 2, size=(3, 9, 9)).astype(np.uint8))
+    target[torch.from_numpy(rng.random((3, 9, 9)) < ignore)] = 255
+    sweep = ThresholdSweep()
+    sweep.update(levels, target)
+    valid = target != 255
+    pred, truth = (levels >= level)[valid], (target == 1)[valid]
+    expected = (
+        int((pred & truth).sum()), int((pred & ~truth).sum()),
+        int((~pred & ~truth).sum()), int((~pred & truth).sum()),
+    )  # fmt: skip
+    assert sweep.counts(level) == expected
+    scores = score_split(iter([Batch(levels, target, 0)]), level, ["a", "b", "c"])
+    totals = tuple(int(scores.chips[k].sum()) for k in ("tp", "fp", "tn", "fn"))
+    assert totals == expected, "torchmetrics per-chip counts agree with the sweep"
+
+
+def test_best_level_maximises_mean_iou() -> None:
+    levels = torch.tensor([[10, 60, 100, 200, 220, 250]], dtype=torch.uint8)
+    target = torch.tensor([[0, 0, 1, 1, 1, 1]], dtype=torch.uint8)
+    sweep = ThresholdSweep()
+    sweep.update(levels, target)
+    best = sweep.best_level()
+    assert 61 <= best <= 100
+    assert sweep.counts(best) == (4, 0, 2, 0)
+
+
+def test_threshold_and_level_round_trip() -> None:
+    for level in range(1, 256):
+        assert threshold_to_level(level_to_threshold(level)) == level
+    assert quantize(torch.tensor([0.0, 0.5, 1.0, 1.2])).tolist() == [0, 128, 255, 255]
