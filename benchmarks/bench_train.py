@@ -6,7 +6,7 @@ machine state:
 
 * ``bare``: the lower bound: batches already normalized and in memory; each step is forward,
   BCE + Dice loss, backward and an AdamW step, nothing else.
-* ``rs_seg``: ``lightning.Trainer.fit`` with :class:`rs_seg.train.fit.CroplandModule` and
+* ``rs_seg``: ``lightning.Trainer.fit`` with :class:`rs_seg.train.module.CroplandModule` and
   :class:`rs_seg.train.dataset.ChipDataModule` (chips read from GeoTIFF, normalized, flipped and
   rotated by albumentations, batched by the DataLoader, Lightning's loop, logging and LR schedule).
   Only the training epoch is timed (from the first to the last batch), not trainer set-up.
@@ -57,7 +57,7 @@ def make_chips(workdir: Path) -> Path:
 def build(chips: Path, encoder: str, batch: int, workers: int):
     from rs_seg.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig
     from rs_seg.train.dataset import ChipDataModule, band_statistics, load_chip_splits
-    from rs_seg.train.fit import CroplandModule
+    from rs_seg.train.module import CroplandModule
 
     splits = load_chip_splits(chips)
     norm = band_statistics(splits.paths("train")[0], splits.bands)
@@ -75,7 +75,7 @@ def bare_steps(data, module, batches: int) -> float:
     """Chips per second of forward + loss + backward + AdamW on batches already in memory."""
     import torch
 
-    from rs_seg.train.fit import bce_dice_loss
+    from rs_seg.train.module import bce_dice_loss
 
     loader = iter(data.train_dataloader())
     cached = [next(loader) for _ in range(batches)]

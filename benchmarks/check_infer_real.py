@@ -1,7 +1,7 @@
 """Real-data check of scene inference: NAIP test scenes against their field polygons.
 
 For every scene of the chip index's **test** split (whole scenes, never seen in training), run
-``rs_seg.infer.predict.run_infer`` with the given bundle, then compare with the labelled fields:
+``rs_seg.infer.run.run_infer`` with the given bundle, then compare with the labelled fields:
 
 * pixel IoU: the probability raster thresholded at the bundle's threshold against the field
   polygons rasterized onto the scene grid (cropland IoU, background IoU, mean IoU, summed over
@@ -36,8 +36,9 @@ from rasterio.features import rasterize
 
 import rs_seg  # noqa: F401
 from rs_seg.config import InferConfig
-from rs_seg.infer.predict import run_infer
-from rs_seg.train.evaluation import metrics_from_counts, threshold_to_level
+from rs_seg.infer.run import run_infer
+from rs_seg.levels import threshold_to_level
+from rs_seg.train.metrics import metrics_from_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -333,7 +333,7 @@ def infer(
     config: ConfigOption = None,
 ) -> None:
     """Map cropland in a whole scene: probability COG and field polygons for QGIS."""
-    from rs_seg.infer.predict import run_infer
+    from rs_seg.infer.run import run_infer
 
     cfg = build_config(
         InferConfig,
@@ -379,12 +379,8 @@ def vectorize(
     stored = tags.get("threshold_used") or tags.get("threshold")
     if threshold is None and stored is None:
         raise RsSegError("no threshold stored in the raster; pass --threshold", prob)
-    settings = VectorizeSettings(
-        threshold=threshold if threshold is not None else float(stored),
-        min_area=min_area,
-        simplify=pixel if simplify is None else simplify,
-        fill_holes_below=min_area if fill_holes_below is None else fill_holes_below,
-    )
+    chosen = threshold if threshold is not None else float(stored)
+    settings = VectorizeSettings.for_raster(chosen, pixel, min_area, simplify, fill_holes_below)
     summary = run_vectorize(
         prob, out, settings, scene=Path(tags.get("scene", prob.stem)).stem,
         model_id=tags.get("model_id", ""), overwrite=bool(overwrite),

@@ -76,7 +76,7 @@ def _train(config: Path, chips: Path, run: Path, progress: bool) -> Path | None:
 
 def _map_unseen_scene(synth: SynthConfig, bundle: Path, out: Path, progress: bool) -> None:
     """Generate one more scene with another seed (never seen in training) and map its fields."""
-    from rs_seg.infer.predict import run_infer
+    from rs_seg.infer.run import run_infer
 
     unseen = synth.model_copy(
         update={"out": out / "unseen", "seed": synth.seed + 1000, "scenes": 1, "overwrite": True}

@@ -14,8 +14,9 @@ from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
 from rs_seg.train.dataset import ChipDataset, Normalization
 from rs_seg.train.evaluation import predict_levels
-from rs_seg.train.fit import CroplandModule
 from rs_seg.train.models import build_model
+from rs_seg.train.module import CroplandModule
+from tests.helpers import ROOT
 
 
 def tiny_bundle() -> ModelBundle:
@@ -93,7 +94,7 @@ def test_trained_bundle_reproduces_evaluation_predictions_exactly(tiny_chips, tm
     from rs_seg.train.dataset import load_chip_splits
     from rs_seg.train.evaluation import evaluate_run
     from rs_seg.train.fit import train
-    from tests.helpers import ROOT, train_config
+    from tests.helpers import train_config
 
     outcome = train(train_config(tiny_chips, tmp_path / "run", epochs=2))
     evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)

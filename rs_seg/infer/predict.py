@@ -19,9 +19,8 @@ import datetime as dt
 import logging
 import math
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ from tqdm import tqdm
 
 import rs_seg
 from rs_seg.bundle import ModelBundle
-from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
+from rs_seg.infer.checks import Compatibility, check_compatibility
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.staging import scratch_path
@@ -54,9 +53,6 @@ COG_OPTIONS = {
     "overview_resampling": "AVERAGE",
     "bigtiff": "IF_SAFER",
 }
-DRIFT_Z = 1.0  # warn when a band's scene mean is more than this many training stds away
-DRIFT_STD_RATIO = 2.0  # ... or its spread differs by more than this factor
-DRIFT_SAMPLE_LATTICE = 4  # drift statistics from a 4 x 4 lattice of windows
 
 
 def window_stride(size: int, overlap: float) -> int:
@@ -77,103 +73,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RsSegError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
-
-
-@dataclass
-class Compatibility:
-    """What the scene looks like next to the training data, and what to warn about."""
-
-    warnings: list[str] = field(default_factory=list)
-    band_mean: list[float] = field(default_factory=list)
-    band_std: list[float] = field(default_factory=list)
-    drift_z: list[float] = field(default_factory=list)
-
-    def metadata(self) -> dict[str, str]:
-        """Flat strings for GeoTIFF tags and GeoPackage metadata."""
-        return {
-            "input_band_mean": ",".join(f"{v:.2f}" for v in self.band_mean),
-            "input_band_std": ",".join(f"{v:.2f}" for v in self.band_std),
-            "input_drift_z": ",".join(f"{v:.2f}" for v in self.drift_z),
-            "input_warnings": " | ".join(self.warnings) or "none",
-        }
-
-
-def check_bands(src: rasterio.io.DatasetReader, bundle: ModelBundle, path: Path) -> None:
-    """The scene must have the band count the model was trained on."""
-    expected = bundle.band_count or max(bundle.bands)
-    if src.count != expected:
-        raise RsSegError(
-            f"scene has {src.count} bands, the model was trained on {expected}-band imagery "
-            f"(it reads bands {bundle.bands}: {', '.join(bundle.band_names)})",
-            path,
-        )
-
-
-def _pixel_size_warning(src: rasterio.io.DatasetReader, bundle: ModelBundle) -> str | None:
-    if not bundle.pixel_size:
-        return None
-    trained = float(np.mean(bundle.pixel_size))
-    if src.crs is not None and src.crs.is_geographic:
-        return f"scene CRS {src.crs} is geographic; the model was trained on {trained:g} m pixels"
-    scene = float(np.mean(np.abs(src.res)))
-    if max(scene / trained, trained / scene) > 1.5:
-        return (
-            f"pixel size {scene:g} differs from the training pixel size {trained:g}; "
-            "fields will look larger or smaller to the model than in training"
-        )
-    return None
-
-
-def _sample_windows(height: int, width: int, size: int) -> list[Window]:
-    """Up to 16 windows spread evenly over the scene (a 4 x 4 lattice of window centres)."""
-    rows = sorted({int(v) for v in np.linspace(0, max(0, height - size), DRIFT_SAMPLE_LATTICE)})
-    cols = sorted({int(v) for v in np.linspace(0, max(0, width - size), DRIFT_SAMPLE_LATTICE)})
-    return [Window(c, r, min(size, width), min(size, height)) for r in rows for c in cols]
-
-
-def check_compatibility(
-    src: rasterio.io.DatasetReader, bundle: ModelBundle, path: Path, size: int
-) -> Compatibility:
-    """Band count (error), pixel size and radiometric drift from the training data (warnings).
-
-    New imagery whose values drift (a new processing baseline, another sensor, haze) silently
-    ruins predictions, so the band means and spreads of a sample of windows are compared with the
-    normalization the model was trained with, in units of the training standard deviation.
-    """
-    check_bands(src, bundle, path)
-    result = Compatibility()
-    warning = _pixel_size_warning(src, bundle)
-    if warning:
-        result.warnings.append(warning)
-    total = np.zeros(len(bundle.bands))
-    squares = np.zeros(len(bundle.bands))
-    count = 0
-    for window in _sample_windows(src.height, src.width, size):
-        image, valid, _ = read_padded(src, window)
-        pixels = image[np.asarray(bundle.bands) - 1][:, valid].astype(np.float64)
-        total += pixels.sum(axis=1)
-        squares += (pixels**2).sum(axis=1)
-        count += pixels.shape[1]
-    if count == 0:
-        return result
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0))
-    train_mean = np.asarray(bundle.normalization.mean)
-    train_std = np.asarray(bundle.normalization.std)
-    z = np.abs(mean - train_mean) / train_std
-    ratio = np.maximum(std / train_std, train_std / np.maximum(std, 1e-12))
-    result.band_mean, result.band_std, result.drift_z = list(mean), list(std), list(z)
-    drifted = [
-        f"{name} (mean {m:.1f} vs {tm:.1f} in training = {d:.1f} std; spread x{r:.1f})"
-        for name, m, tm, d, r in zip(bundle.band_names, mean, train_mean, z, ratio, strict=True)
-        if d > DRIFT_Z or r > DRIFT_STD_RATIO
-    ]
-    if drifted:
-        result.warnings.append(
-            "input values differ from the training data in " + "; ".join(drifted)
-            + ": check the processing baseline, scaling and band order"
-        )  # fmt: skip
-    return result
 
 
 class WindowPredictor:
@@ -510,121 +409,3 @@ def window_count(height: int, width: int, size: int, overlap: float) -> int:
 def megapixels_per_second(summary: PredictSummary) -> float:
     """Scene throughput of a prediction pass."""
     return summary.megapixels / summary.seconds if summary.seconds else math.nan
-
-
-# --- The whole command: scene -> probability COG (+ mask) -> field polygons ----------------------
-
-
-@dataclass(frozen=True)
-class InferSummary:
-    """Where the outputs are and what it took."""
-
-    fields: Path
-    prob: Path
-    mask: Path | None
-    polygons: int
-    area_ha: float
-    predict: PredictSummary
-    vectorize_seconds: float
-    warnings: list[str]
-
-    def report(self) -> str:
-        """What the CLI prints."""
-        p = self.predict
-        lines = [
-            f"{self.polygons} fields ({self.area_ha:,.1f} ha) -> {self.fields}",
-            f"probability COG: {self.prob}" + (f"   mask: {self.mask}" if self.mask else ""),
-            f"{p.windows} windows ({p.skipped_windows} all nodata), {p.megapixels:.1f} Mpx in "
-            f"{p.seconds:.1f} s ({megapixels_per_second(p):.2f} Mpx/s); "
-            f"polygons in {self.vectorize_seconds:.1f} s",
-        ]
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
-
-
-def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
-    """The given bundle, or the registry's latest model."""
-    if model is None:
-        from rs_seg.ops.registry import latest_bundle
-
-        model = latest_bundle(models_dir)
-        log.info("model: %s (latest in %s)", model, models_dir)
-    return ModelBundle.load(model)
-
-
-def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
-    """Predict a scene and vectorize it; the outputs appear together, complete, or not at all.
-
-    Nothing is read or computed before the outputs are known to be free or rs_seg's own, and
-    none of them is an input. The probability raster (and mask) and the fields are published as
-    one set (:func:`rs_seg.staging.staged_files`, fields last), and all of them carry the same
-    ``run_id``, so a reader can tell files of one run from a mix.
-    """
-    from rs_seg.infer.vectorize import VectorizeSettings, vectorize
-    from rs_seg.staging import staged_files
-
-    outputs, owned = _outputs(cfg)
-    check_infer_outputs(cfg)
-    bundle = load_model(cfg.model, cfg.models_dir)
-    threshold = cfg.threshold or bundle.threshold
-    run_id = uuid.uuid4().hex[:12]
-    with staged_files(outputs, cfg.overwrite, owned) as staged:
-        prob, fields = staged[0], staged[-1]
-        mask = staged[1] if cfg.mask_out else None
-        predicted = predict_scene(
-            cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
-            batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
-            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id},
-        )  # fmt: skip
-        if mask is not None:
-            write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
-        pixel = predicted.pixel_size
-        settings = VectorizeSettings(
-            threshold=threshold,
-            min_area=cfg.min_area,
-            simplify=pixel if cfg.simplify is None else cfg.simplify,
-            fill_holes_below=cfg.min_area if cfg.fill_holes_below is None else cfg.fill_holes_below,
-        )
-        metadata = {
-            "model_id": bundle.model_id,
-            "threshold": f"{threshold:.6f}",
-            "scene": str(cfg.scene),
-            "probability_raster": str(cfg.prob_path),
-            "source": cfg.prob_path.name,
-            "run_id": run_id,
-            **predicted.compatibility.metadata(),
-        }
-        vectorized = vectorize(
-            prob, fields, settings, scene=cfg.scene.stem, model_id=bundle.model_id,
-            progress=progress, metadata=metadata, publish=False,
-        )  # fmt: skip
-    return InferSummary(
-        fields=cfg.out,
-        prob=cfg.prob_path,
-        mask=cfg.mask_out,
-        polygons=vectorized.polygons,
-        area_ha=vectorized.area_ha,
-        predict=predicted,
-        vectorize_seconds=vectorized.seconds,
-        warnings=predicted.compatibility.warnings,
-    )
-
-
-def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]]:
-    """Outputs in publication order (fields last) with the recognizer of each one's owner."""
-    from rs_seg.staging import fields_written_by_rs_seg, raster_written_by_rs_seg
-
-    rasters = [cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
-    outputs = [Path(p) for p in [*rasters, cfg.out]]
-    return outputs, [raster_written_by_rs_seg] * len(rasters) + [fields_written_by_rs_seg]
-
-
-def check_infer_outputs(cfg: InferConfig) -> None:
-    """Refuse before any work: outputs that collide, replace an input, or are not rs_seg's own."""
-    from rs_seg.staging import check_distinct, check_file_output, check_not_inputs
-
-    outputs, owned = _outputs(cfg)
-    check_distinct(outputs)
-    check_not_inputs(outputs, [cfg.scene, cfg.model])
-    for path, recognizer in zip(outputs, owned, strict=True):
-        check_file_output(path, cfg.overwrite, recognizer)

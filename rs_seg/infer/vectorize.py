@@ -82,6 +82,27 @@ class VectorizeSettings:
     fill_holes_below: float = 0.0
     strip_rows: int = 1024
 
+    @classmethod
+    def for_raster(
+        cls,
+        threshold: float,
+        pixel_size: float,
+        min_area: float,
+        simplify: float | None = None,
+        fill_holes_below: float | None = None,
+    ) -> VectorizeSettings:
+        """The settings ``rs-seg infer`` and ``rs-seg vectorize`` both use.
+
+        Unless given, outlines are simplified by one pixel and holes up to the minimum field area
+        are filled.
+        """
+        return cls(
+            threshold=threshold,
+            min_area=min_area,
+            simplify=pixel_size if simplify is None else simplify,
+            fill_holes_below=min_area if fill_holes_below is None else fill_holes_below,
+        )
+
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
             raise RsSegError(f"threshold must lie between 0 and 1, got {self.threshold}")

@@ -223,7 +223,7 @@ def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
     removes the staging folder and a ``<scene>`` folder this call created. Needs no ledger, so it
     can run on a worker that only sees the scenes and the outputs.
     """
-    from rs_seg.infer.predict import run_infer
+    from rs_seg.infer.run import run_infer
     from rs_seg.staging import staged_dir
 
     final = scene_outputs(cfg, job)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso
 from rs_seg.errors import RsSegError
+from rs_seg.run_folder import RunFolder
 from rs_seg.staging import staged_dir, write_json
 
 try:  # POSIX only; elsewhere registrations are not serialised
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 LATEST_FILE = "latest.json"
 LOG_FILE = "registry.jsonl"
-METRICS_FILE = "metrics.json"
-REPORT_DIR = "report"
 _LOCK_FILE = ".registry.lock"
 NO_MODEL_HINT = "no registered model; train one with rs-seg train / the train-cropland flow"
 
@@ -101,7 +100,7 @@ def _source_bundle(run_or_bundle: Path) -> tuple[Path, Path | None]:
         return bundle, path
     if not path.is_file():
         raise RsSegError("model bundle or run folder not found", path)
-    return path, path.parent if (path.parent / METRICS_FILE).is_file() else None
+    return path, path.parent if (RunFolder(path.parent).metrics).is_file() else None
 
 
 def _test_score(metrics: dict[str, Any], metric: str, where: Path) -> float:
@@ -126,10 +125,10 @@ def _run_files(run: Path | None, bundle: ModelBundle) -> tuple[dict[str, Any], P
     A run folder evaluated again holds a newer bundle than one copied out earlier, so its files
     are used only when its metrics name the same model id.
     """
-    if run is not None and (run / METRICS_FILE).is_file():
-        metrics = json.loads((run / METRICS_FILE).read_text())
+    if run is not None and RunFolder(run).metrics.is_file():
+        metrics = json.loads(RunFolder(run).metrics.read_text())
         if metrics.get("model_id") == bundle.model_id:
-            report = run / REPORT_DIR
+            report = RunFolder(run).report
             return metrics, report if report.is_dir() else None
     metrics = {
         **bundle.metrics,
@@ -149,9 +148,9 @@ def _store(bundle_path: Path, run: Path | None, bundle: ModelBundle, models_dir:
     metrics, report = _run_files(run, bundle)
     with staged_dir(target, overwrite=True) as staging:  # overwrite: only an incomplete folder
         shutil.copy2(bundle_path, staging / BUNDLE_FILE)
-        write_json(staging / METRICS_FILE, metrics)
+        write_json(RunFolder(staging).metrics, metrics)
         if report is not None:
-            shutil.copytree(report, staging / REPORT_DIR)
+            shutil.copytree(report, RunFolder(staging).report)
     return target / BUNDLE_FILE
 
 
@@ -169,7 +168,7 @@ def _incumbent_stored_score(models_dir: Path, latest: dict[str, Any], metric: st
     """The incumbent's own test score: from latest.json, or its metrics.json for other metrics."""
     if latest.get("metric") == metric and isinstance(latest.get("score"), int | float):
         return float(latest["score"])
-    path = models_dir / latest["model_id"] / METRICS_FILE
+    path = RunFolder(models_dir / latest["model_id"]).metrics
     if path.is_file():
         return _test_score(json.loads(path.read_text()), metric, path)
     bundle = models_dir / latest["bundle"]
@@ -364,7 +363,7 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
     rows = []
     folders = [p for p in models_dir.iterdir() if not p.name.startswith(".")]  # skip staging
     for folder in sorted(p for p in folders if (p / BUNDLE_FILE).is_file()):
-        metrics_path = folder / METRICS_FILE
+        metrics_path = RunFolder(folder).metrics
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         rows.append(
             {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from torchmetrics.classification import BinaryStatScores
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, weights_id
 from rs_seg.config import MASK_IGNORE, TrainConfig
 from rs_seg.errors import RsSegError
-from rs_seg.levels import LEVELS, level_to_threshold, threshold_to_level
+from rs_seg.levels import level_to_threshold, threshold_to_level
+from rs_seg.run_folder import RunFolder, best_epoch_of, publish_replacement, write_status
 from rs_seg.staging import staged_dir, write_json
 from rs_seg.train.dataset import (
     ChipDataModule,
@@ -38,76 +38,11 @@ from rs_seg.train.dataset import (
     load_chip_splits,
     read_chip,
 )
+from rs_seg.train.metrics import ThresholdSweep, metrics_from_counts, quantize, ratio
+from rs_seg.train.module import CroplandModule
 from rs_seg.train.report import ChipExample, write_report
 
 log = logging.getLogger(__name__)
-
-METRIC_NAMES = (
-    "cropland_iou", "background_iou", "mean_iou", "f1", "precision", "recall", "accuracy",
-)  # fmt: skip
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else math.nan
-
-
-def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
-    """All reported pixel metrics from one confusion matrix (cropland = positive class)."""
-    cropland_iou = _ratio(tp, tp + fp + fn)
-    background_iou = _ratio(tn, tn + fn + fp)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    return {
-        "cropland_iou": cropland_iou,
-        "background_iou": background_iou,
-        "mean_iou": float(np.nanmean([cropland_iou, background_iou]))
-        if not (math.isnan(cropland_iou) and math.isnan(background_iou))
-        else math.nan,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "precision": precision,
-        "recall": recall,
-        "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
-    }
-
-
-def quantize(probabilities: torch.Tensor) -> torch.Tensor:
-    """Probabilities in [0, 1] -> uint8 levels 0-255, as the probability rasters store them."""
-    return torch.round(probabilities.float().clamp(0, 1) * 255).to(torch.uint8)
-
-
-class ThresholdSweep:
-    """Confusion matrices for every uint8 threshold at once, from two 256-bin histograms."""
-
-    def __init__(self) -> None:
-        self.positive = torch.zeros(LEVELS, dtype=torch.float64)
-        self.negative = torch.zeros(LEVELS, dtype=torch.float64)
-
-    def update(self, levels: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of quantized probabilities and 0/1/255 targets."""
-        levels, target = levels.cpu().long(), target.cpu()
-        valid = target != MASK_IGNORE
-        crop = valid & (target == 1)
-        self.positive += torch.bincount(levels[crop], minlength=LEVELS).double()
-        self.negative += torch.bincount(levels[valid & ~crop], minlength=LEVELS).double()
-
-    def counts(self, level: int) -> tuple[float, float, float, float]:
-        """(tp, fp, tn, fn) when pixels at ``level`` or above are called cropland."""
-        tp = float(self.positive[level:].sum())
-        fp = float(self.negative[level:].sum())
-        return tp, fp, float(self.negative.sum()) - fp, float(self.positive.sum()) - tp
-
-    def best_level(self) -> int:
-        """The level (1-255) with the best mean IoU; ties go to the level nearest the middle."""
-        pos_above = self.positive.flip(0).cumsum(0).flip(0)
-        neg_above = self.negative.flip(0).cumsum(0).flip(0)
-        tp, fp = pos_above[1:], neg_above[1:]
-        fn, tn = self.positive.sum() - tp, self.negative.sum() - fp
-        crop = tp / (tp + fp + fn).clamp(min=1)
-        back = tn / (tn + fn + fp).clamp(min=1)
-        score = (crop + back) / 2
-        best = score.max()
-        candidates = torch.nonzero(score >= best - 1e-12).flatten() + 1
-        return int(candidates[torch.argmin((candidates - 128).abs())])
 
 
 @dataclass
@@ -170,8 +105,8 @@ def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> Sp
                     "chip_id": chip_ids[batch.start + offset],
                     "iou": chip["cropland_iou"],
                     "mean_iou": chip["mean_iou"],
-                    "label_fraction": _ratio(tp + fn, tp + fp + tn + fn),
-                    "predicted_fraction": _ratio(tp + fp, tp + fp + tn + fn),
+                    "label_fraction": ratio(tp + fn, tp + fp + tn + fn),
+                    "predicted_fraction": ratio(tp + fp, tp + fp + tn + fn),
                     "tp": tp,
                     "fp": fp,
                     "tn": tn,
@@ -191,8 +126,6 @@ def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> Sp
 # --- Evaluating a finished training run -------------------------------------------------------
 
 WORST_BEST = 6
-METRICS_FILE = "metrics.json"
-REPORT_DIR = "report"
 
 
 @dataclass(frozen=True)
@@ -262,12 +195,11 @@ def _examples(
 
 
 def _load_run(run: Path) -> tuple[TrainConfig, ChipSplits, Normalization]:
-    from rs_seg.train.fit import CONFIG_FILE, NORMALIZATION_FILE
-
-    if not (run / CONFIG_FILE).exists():
-        raise RsSegError(f"not a training run folder (no {CONFIG_FILE})", run)
-    cfg = TrainConfig.model_validate(yaml.safe_load((run / CONFIG_FILE).read_text())["train"])
-    stats = json.loads((run / NORMALIZATION_FILE).read_text())
+    folder = RunFolder(run)
+    if not folder.config.exists():
+        raise RsSegError(f"not a training run folder (no {folder.config.name})", run)
+    cfg = TrainConfig.model_validate(yaml.safe_load(folder.config.read_text())["train"])
+    stats = json.loads(folder.normalization.read_text())
     splits = load_chip_splits(cfg.chips, stats["bands"])
     return cfg, splits, Normalization(tuple(stats["mean"]), tuple(stats["std"]))
 
@@ -278,17 +210,9 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     Runs in one process on one device in fp32, so results do not depend on how training was
     distributed, and a bundle reproduces exactly the predictions scored here.
     """
-    from rs_seg.train.fit import (
-        CHECKPOINTS,
-        HISTORY_FILE,
-        CroplandModule,
-        publish_replacement,
-        write_status,
-    )
-
     run = Path(run)
     cfg, splits, normalization = _load_run(run)
-    checkpoint = checkpoint or run / CHECKPOINTS / "best.ckpt"
+    checkpoint = checkpoint or RunFolder(run).best_checkpoint
     if not checkpoint.exists():
         raise RsSegError("no best.ckpt: has this run finished an epoch?", run)
     device = torch.device(
@@ -306,7 +230,9 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     log.info("scoring %d test chips ...", len(test))
     test_ids = _ids(splits, "test")
     test_scores = score_split(predict_levels(net, test, device, cfg.batch_size), level, test_ids)
-    history = json.loads((run / HISTORY_FILE).read_text()) if (run / HISTORY_FILE).exists() else []
+    history = (
+        json.loads(RunFolder(run).history.read_text()) if RunFolder(run).history.exists() else []
+    )
     metrics = _metrics_document(cfg, splits, level, val_scores, test_scores, history, checkpoint)
     meta = chip_metadata(Path(splits.paths("train")[0][0]), splits.bands)
     bundle = _bundle(cfg, splits, normalization, net, meta, metrics, history)
@@ -320,7 +246,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     write_status(run, "evaluated", model_id=bundle.model_id, bundle=BUNDLE_FILE)
     final = publish_replacement(run)  # a run replacing an earlier one takes its place only now
     if final != run:
-        bundle_path, report = final / BUNDLE_FILE, final / REPORT_DIR
+        bundle_path, report = final / BUNDLE_FILE, RunFolder(final).report
     return EvaluationOutcome(final, bundle_path, metrics, report)
 
 
@@ -337,8 +263,6 @@ def _metrics_document(
     history: list[dict[str, float]],
     checkpoint: Path,
 ) -> dict[str, Any]:
-    from rs_seg.train.fit import best_epoch_of
-
     best_epoch = best_epoch_of(history)
     counts = splits.counts()
     return {
@@ -400,7 +324,7 @@ def _bundle(
 
 
 def _write_metrics(run: Path, metrics: dict[str, Any]) -> None:
-    write_json(run / METRICS_FILE, metrics)
+    write_json(RunFolder(run).metrics, metrics)
 
 
 def _write_report(
@@ -415,7 +339,7 @@ def _write_report(
     scenes = splits.table.set_index("chip_id")["scene"]
     table = chips.assign(scene=[str(scenes.get(c, "")) for c in chips["chip_id"]])
     columns = ["chip_id", "scene", "iou", "mean_iou", "label_fraction", "predicted_fraction"]
-    with staged_dir(run / REPORT_DIR, overwrite=True) as folder:
+    with staged_dir(RunFolder(run).report, overwrite=True) as folder:
         write_report(
             folder,
             history=history,
@@ -424,7 +348,7 @@ def _write_report(
             worst=worst,
             best=best,
         )
-    return run / REPORT_DIR
+    return RunFolder(run).report
 
 
 def score_bundle(bundle: ModelBundle, chips_dir: Path, split: str = "test") -> SplitScores:

@@ -1,7 +1,8 @@
-"""Training with Lightning: the cropland module, its loss and schedule, and the run folder.
+"""Training with Lightning: trainer, callbacks, devices, resume and the work folder of a run.
 
-A run folder holds ``train.yaml`` (the config), ``normalization.json`` (train-split statistics),
-``checkpoints/{best,last}.ckpt``, ``history.json`` (one row per epoch) and ``run.json`` (status).
+A run folder (:class:`rs_seg.run_folder.RunFolder`) holds ``train.yaml`` (the config),
+``normalization.json`` (train-split statistics), ``checkpoints/{best,last}.ckpt``,
+``history.json`` (one row per epoch) and ``run.json`` (status).
 :func:`rs_seg.train.evaluation.evaluate_run` then adds the model bundle, metrics and report. A run
 that fails before its first checkpoint is removed; a later failure leaves a consistent folder that
 ``--resume`` continues from ``last.ckpt`` at the right epoch with optimizer and schedule state.
@@ -9,8 +10,6 @@ that fails before its first checkpoint is removed; a later failure leaves a cons
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import json
 import logging
 import math
@@ -19,7 +18,6 @@ import shutil
 import socket
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,21 +25,25 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from torchmetrics.classification import BinaryStatScores
 
-from rs_seg.config import MASK_IGNORE, LossConfig, ModelConfig, OptimizerConfig, TrainConfig
+from rs_seg.config import TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.run_folder import (
+    RUN_FOLDER,
+    RunFolder,
+    best_epoch_of,
+    checkpoint_problem,
+    read_status,
+    replacement_folder,
+    write_status,
+)
 from rs_seg.staging import (
-    FolderKind,
     check_folder_output,
     check_not_inputs,
     is_disk_full,
-    process_alive,
-    publish_dir,
     staging_path,
     write_json,
 )
@@ -53,8 +55,8 @@ from rs_seg.train.dataset import (
     band_statistics,
     load_chip_splits,
 )
-from rs_seg.train.evaluation import metrics_from_counts
-from rs_seg.train.models import build_model, check_names, count_parameters
+from rs_seg.train.models import check_names, count_parameters
+from rs_seg.train.module import CroplandModule
 
 log = logging.getLogger(__name__)
 # Lightning sets its loggers to INFO when imported; its start-up banner and tips are noise in our
@@ -64,141 +66,11 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
-CONFIG_FILE = "train.yaml"
-NORMALIZATION_FILE = "normalization.json"
-HISTORY_FILE = "history.json"
-STATUS_FILE = "run.json"
-CHECKPOINTS = "checkpoints"
 MONITOR = "val/iou"
 # Settings that define what a run learns; resuming with any of them changed is refused.
 RESUME_KEYS = ("model", "loss", "optimizer", "augment", "batch_size", "seed")
-RUN_FOLDER = FolderKind(
-    "rs-seg train",
-    CONFIG_FILE,
-    (CONFIG_FILE, NORMALIZATION_FILE, HISTORY_FILE, STATUS_FILE, CHECKPOINTS,
-     "model-bundle.pt", "metrics.json", "report"),
-)  # fmt: skip
-"""What a run folder holds (training, then evaluation): ``--overwrite`` replaces only such a one."""
 # Rank 0 tells the DDP processes Lightning starts which folder this run trains in.
 RUN_DIR_ENV = "RS_SEG_RUN_DIR"
-
-
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """BCE + soft Dice over labelled pixels only: ignore (255) adds nothing to loss or gradient.
-
-    Dice is computed over the whole batch rather than per chip, so chips without cropland do not
-    produce an undefined or maximal Dice term.
-    """
-    valid = (target != MASK_IGNORE).float()
-    positive = (target == 1).float()
-    logits = logits.float()
-    labelled = valid.sum().clamp(min=1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, positive, reduction="none") * valid).sum()
-    prob = torch.sigmoid(logits) * valid
-    overlap = (prob * positive).sum()
-    dice = 1.0 - (2.0 * overlap + 1.0) / (prob.sum() + positive.sum() + 1.0)
-    return cfg.bce_weight * bce / labelled + cfg.dice_weight * dice
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float, frozen: int = 0) -> float:
-    """Linear warm-up then cosine decay; 0 while a parameter group is frozen (encoder warm-up)."""
-    if step < frozen:
-        return 0.0
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class CroplandModule(L.LightningModule):
-    """A binary cropland segmentation network with its loss, metrics and optimizer."""
-
-    def __init__(
-        self,
-        model: dict[str, Any],
-        in_channels: int,
-        loss: dict[str, Any],
-        optimizer: dict[str, Any],
-        channels_last: bool = True,
-        load_weights: bool = True,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["load_weights"])
-        self.model_cfg = ModelConfig.model_validate(model)
-        self.loss_cfg = LossConfig.model_validate(loss)
-        self.optim_cfg = OptimizerConfig.model_validate(optimizer)
-        self.channels_last = channels_last
-        self.net = build_model(self.model_cfg, in_channels, load_weights=load_weights)
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.val_stats = BinaryStatScores(threshold=0.5, ignore_index=MASK_IGNORE)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Cropland logits, (N, H, W)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)[:, 0]
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        """One optimisation step on an augmented batch."""
-        images, target = batch
-        loss = bce_dice_loss(self(images), target, self.loss_cfg)
-        self.log(
-            "train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(images)
-        )
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
-        """Loss and confusion counts at 0.5 (the threshold is tuned after training)."""
-        images, target = batch
-        logits = self(images)
-        loss = bce_dice_loss(logits, target, self.loss_cfg)
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(images))
-        self.val_stats.update(torch.sigmoid(logits.float()), target.long())
-
-    def on_validation_epoch_end(self) -> None:
-        """Cropland and mean IoU of the epoch, synchronised across processes by torchmetrics."""
-        tp, fp, tn, fn, _ = (float(v) for v in self.val_stats.compute())
-        self.val_stats.reset()
-        scores = metrics_from_counts(tp, fp, tn, fn)
-        # Already global (torchmetrics synchronised the counts); sync_dist keeps Lightning quiet.
-        self.log("val/iou", _finite(scores["cropland_iou"]), sync_dist=True)
-        self.log("val/mean_iou", _finite(scores["mean_iou"]), sync_dist=True)
-
-    def on_train_epoch_start(self) -> None:
-        """Keep encoder batch-norm statistics fixed while the encoder is frozen."""
-        if self.current_epoch < self.optim_cfg.freeze_encoder_epochs:
-            self.net.encoder.eval()
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW, encoder and head as separate groups so the encoder can be frozen first."""
-        cfg = self.optim_cfg
-        encoder = list(self.net.encoder.parameters())
-        ids = {id(p) for p in encoder}
-        head = [p for p in self.net.parameters() if id(p) not in ids]
-        optimizer = torch.optim.AdamW(
-            [{"params": encoder}, {"params": head}], lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        common = {
-            "warmup": round(cfg.warmup_epochs * per_epoch),
-            "total": total,
-            "min_ratio": cfg.min_lr_ratio,
-        }
-        frozen = cfg.freeze_encoder_epochs * per_epoch
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            [
-                functools.partial(lr_factor, **common, frozen=frozen),
-                functools.partial(lr_factor, **common),
-            ],
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def _finite(value: float) -> float:
-    return 0.0 if math.isnan(value) else value
 
 
 class InterruptSeen(Callback):
@@ -328,11 +200,6 @@ def resolve_hardware(cfg: TrainConfig) -> Hardware:
     return Hardware(accelerator, precision, int(workers))
 
 
-def best_epoch_of(history: list[dict[str, float]]) -> int | None:
-    """The epoch with the best validation IoU (what best.ckpt holds); None before any epoch."""
-    return int(max(history, key=lambda r: r["val_iou"])["epoch"]) if history else None
-
-
 # Rank variables of Lightning's own launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, GROUP_RANK)
 # and SLURM's srun (SLURM_PROCID): any of them above 0 marks a process other than global rank 0.
 _RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "SLURM_PROCID")
@@ -366,7 +233,7 @@ def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
     Refuses a run that is still training, a checkpoint that is damaged or incomplete (e.g. cut
     short by a kill while it was written), and a run trained with other settings or chips.
     """
-    last = run / CHECKPOINTS / "last.ckpt"
+    last = RunFolder(run).last_checkpoint
     if not last.exists():
         raise RsSegError("nothing to resume: no checkpoints/last.ckpt in the run folder", run)
     status = read_status(run)
@@ -383,7 +250,7 @@ def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
             "(or train into another --out)",
             last,
         )
-    saved = yaml.safe_load((run / CONFIG_FILE).read_text())
+    saved = yaml.safe_load((RunFolder(run).config).read_text())
     old_key = saved.get("resume_key", {})
     changed = _differences(old_key, _resume_key(cfg, fingerprint))
     if changed:
@@ -396,134 +263,6 @@ def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
     return last
 
 
-# A checkpoint must hold these to be resumed from (Lightning writes them every epoch).
-_CHECKPOINT_KEYS = ("state_dict", "optimizer_states", "epoch", "loops")
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a Lightning checkpoint cannot be resumed from, or None when it reads back whole.
-
-    A checkpoint is a zip file: its directory sits at the end (a truncated file has none) and
-    every member carries a CRC that :meth:`zipfile.ZipFile.testzip` verifies; the pickled
-    structure is then opened with ``mmap`` so no tensor data is copied into memory.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            return f"damaged (CRC error in {bad})"
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except (zipfile.BadZipFile, EOFError) as exc:
-        return f"incomplete or damaged ({' '.join(str(exc).split())[:120]})"
-    except Exception as exc:  # torch.load raises many types for damaged files
-        return f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
-    if not isinstance(checkpoint, dict):
-        return "not a Lightning checkpoint"
-    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    return None
-
-
-def write_status(run: Path, status: str, **extra: Any) -> None:
-    """``run.json``: what state the run folder is in (running, failed, trained, evaluated).
-
-    A ``running`` status also records who runs it (``host``, ``pid`` and the process start time),
-    so that :func:`read_status` can tell a live run from one that was killed.
-    """
-    path = run / STATUS_FILE
-    data = json.loads(path.read_text()) if path.exists() else {}
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    if status == "running":
-        for stale in ("error", "resumable"):  # from an earlier attempt this one resumes
-            data.pop(stale, None)
-        pid = int(extra.get("pid") or os.getpid())
-        data.update(
-            pid=pid,
-            host=socket.gethostname(),
-            process_started=process_start_time(pid),
-            started=now,
-        )
-    data.update(status=status, updated=now)
-    data.update(extra)
-    write_json(path, data)
-
-
-def read_status(run: Path) -> dict[str, Any]:
-    """``run.json`` of a run folder ({} when there is none), with dead runs told apart.
-
-    A ``running`` status whose process is gone (same host, and no process with that pid, or one
-    started at another time: a reused pid) is reported as ``interrupted`` with ``resumable``
-    saying whether ``--resume`` has a checkpoint to continue from. A run on another host is
-    reported as written, since its process cannot be checked from here.
-    """
-    path = Path(run) / STATUS_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RsSegError(f"unreadable run status ({type(exc).__name__})", path) from None
-    if not isinstance(data, dict):
-        raise RsSegError("unreadable run status (not a JSON object)", path)
-    if data.get("status") == "running" and _run_process_gone(data):
-        resumable = (Path(run) / CHECKPOINTS / "last.ckpt").exists()
-        data.update(
-            status="interrupted",
-            resumable=resumable,
-            error=f"the training process (pid {data.get('pid')}) ended without recording why "
-            "(killed?)",
-        )
-    return data
-
-
-def _run_process_gone(status: dict[str, Any]) -> bool:
-    pid = status.get("pid")
-    if status.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False  # another machine's run, or written by an older rs_seg: cannot tell
-
-    if not process_alive(pid):  # no such process, or a zombie
-        return True
-    started, recorded = process_start_time(pid), status.get("process_started")
-    # The pid lives, but a process started at another time is one that reused it.
-    return started is not None and isinstance(recorded, int | float) and abs(started - recorded) > 1
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), from psutil or else ``/proc``.
-
-    None when the process is gone or a zombie, or where neither psutil nor ``/proc`` can tell.
-    """
-    try:
-        import psutil
-    except ImportError:
-        return _proc_start_time(pid)
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return round(process.create_time(), 2)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.Error:
-        return _proc_start_time(pid)
-
-
-def _proc_start_time(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime")
-        )
-    except (OSError, IndexError, StopIteration, ValueError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return round(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"), 2)
-
-
 @dataclass(frozen=True)
 class TrainOutcome:
     """What :func:`train` leaves behind for evaluation."""
@@ -534,16 +273,6 @@ class TrainOutcome:
     best_epoch: int | None
     stopped_early: bool
     out: Path | None = None  # where the run goes once evaluated, when ``run`` is a replacement
-
-
-def replacement_folder(out: Path) -> Path:
-    """Where a new run that will replace the run in ``out`` trains: a hidden sibling.
-
-    The name is fixed, so ``--resume`` finds an interrupted replacement and the DDP processes of
-    a torchrun launch find the folder rank 0 trains in. It takes ``out``'s place only once the
-    new run is trained and evaluated (:func:`publish_replacement`).
-    """
-    return out.with_name(f".{out.name}.next")
 
 
 def work_folder(cfg: TrainConfig, resume: bool) -> Path:
@@ -600,7 +329,7 @@ def _replacement_state(out: Path) -> tuple[str, dict[str, Any]]:
         status = {}
     if status.get("status") == "running":
         return "live", status
-    if status.get("replaces") and (folder / CHECKPOINTS / "last.ckpt").exists():
+    if status.get("replaces") and (RunFolder(folder).last_checkpoint).exists():
         return "resumable", status
     return "stale", status
 
@@ -614,7 +343,7 @@ def _ddp_work_folder(cfg: TrainConfig) -> Path:
     deadline = time.monotonic() + 120.0
     while time.monotonic() < deadline:  # torchrun / srun start every rank at once
         for folder in (replacement, out):
-            if (folder / NORMALIZATION_FILE).exists():
+            if (RunFolder(folder).normalization).exists():
                 return folder
         time.sleep(0.5)
     raise RsSegError("DDP worker: rank 0 never wrote normalization.json", out)
@@ -627,31 +356,6 @@ def _check_out(cfg: TrainConfig) -> None:
     check_folder_output(out, cfg.overwrite, RUN_FOLDER)
 
 
-def replaced_by(run: Path) -> Path | None:
-    """The run folder that ``run`` is the replacement of (None for a run trained in place)."""
-    name = Path(run).name
-    if name.startswith(".") and name.endswith(".next"):
-        return Path(run).with_name(name[1 : -len(".next")])
-    return None
-
-
-def publish_replacement(run: Path) -> Path:
-    """Put an evaluated replacement where the run it replaces is, in one atomic exchange.
-
-    Returns where the run is now. The earlier run is removed only after the exchange; if it was
-    given foreign files meanwhile, nothing is replaced and the new run stays where it trained.
-    """
-    out = replaced_by(run)
-    if out is None:
-        return Path(run)
-    if os.path.lexists(out):
-        check_folder_output(out, True, RUN_FOLDER)
-    publish_dir(Path(run), out)
-    write_status(out, read_status(out).get("status", "evaluated"), replaces=None)
-    log.info("%s now holds the new run (the earlier one is removed)", out)
-    return out
-
-
 def _prepare_run(
     cfg: TrainConfig, run: Path, resume: bool, splits: ChipSplits
 ) -> tuple[Normalization, Path | None]:
@@ -660,23 +364,25 @@ def _prepare_run(
         return _wait_for_normalization(run), None
     if resume:
         checkpoint = check_resumable(run, cfg, splits.fingerprint)
-        stats = json.loads((run / NORMALIZATION_FILE).read_text())
+        stats = json.loads((RunFolder(run).normalization).read_text())
         return Normalization(tuple(stats["mean"]), tuple(stats["std"])), checkpoint
     train_images, _ = splits.paths("train")
     log.info("normalization statistics from %d train chips ...", len(train_images))
     normalization = band_statistics(train_images, splits.bands)
-    (run / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    (RunFolder(run).checkpoints).mkdir(parents=True, exist_ok=True)
     document = {
         "train": cfg.model_dump(mode="json"),
         "resume_key": _resume_key(cfg, splits.fingerprint),
     }
-    (run / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
-    write_json(run / NORMALIZATION_FILE, {**normalization.to_dict(), "bands": list(splits.bands)})
+    (RunFolder(run).config).write_text(yaml.safe_dump(document, sort_keys=False))
+    write_json(
+        RunFolder(run).normalization, {**normalization.to_dict(), "bands": list(splits.bands)}
+    )
     return normalization, None
 
 
 def _wait_for_normalization(run: Path, timeout: float = 120.0) -> Normalization:
-    path = run / NORMALIZATION_FILE
+    path = RunFolder(run).normalization
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -718,7 +424,7 @@ def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Tra
         # Two writers: Lightning's save_last only refreshes last.ckpt on epochs that improve the
         # best, and a resume must continue from the latest epoch, not the best one.
         ModelCheckpoint(
-            dirpath=run / CHECKPOINTS,
+            dirpath=RunFolder(run).checkpoints,
             filename="best",
             monitor=MONITOR,
             mode="max",
@@ -726,14 +432,14 @@ def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Tra
             enable_version_counter=False,
         ),
         ModelCheckpoint(
-            dirpath=run / CHECKPOINTS,
+            dirpath=RunFolder(run).checkpoints,
             filename="last",
             monitor=None,
             save_top_k=1,
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        EpochHistory(run / HISTORY_FILE, cfg.epochs),
+        EpochHistory(RunFolder(run).history, cfg.epochs),
     ]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(MONITOR, mode="max", patience=cfg.early_stopping_patience))
@@ -858,7 +564,7 @@ def _record_failure(cfg: TrainConfig, exc: BaseException, out: Path) -> None:
         return
     if cfg.out != out:
         log.warning("%s: the new run failed; the earlier run there is untouched", out)
-    if not (cfg.out / CHECKPOINTS / "last.ckpt").exists():
+    if not (RunFolder(cfg.out).last_checkpoint).exists():
         shutil.rmtree(cfg.out, ignore_errors=True)
         return
     # Lightning turns Ctrl-C into SystemExit after a graceful shutdown.
@@ -870,8 +576,8 @@ def _finish(cfg: TrainConfig, trainer: L.Trainer, out: Path) -> TrainOutcome:
     checkpoint = trainer.checkpoint_callback
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
     if best is None or not best.exists():
-        best = cfg.out / CHECKPOINTS / "last.ckpt"
-    history = json.loads((cfg.out / HISTORY_FILE).read_text())
+        best = RunFolder(cfg.out).last_checkpoint
+    history = json.loads((RunFolder(cfg.out).history).read_text())
     best_epoch = best_epoch_of(history)
     stopped = trainer.current_epoch < cfg.epochs and bool(trainer.should_stop)
     write_status(cfg.out, "trained", epochs_run=len(history), best_epoch=best_epoch)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rs_seg.train.fit import replacement_folder
+from rs_seg.run_folder import replacement_folder
 from tests.helpers import (
     assert_one_line_error,
     digest,

@@ -16,7 +16,8 @@ from rasterio.transform import from_origin
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
-from rs_seg.infer.predict import WindowPredictor, hann_weight, predict_scene, run_infer
+from rs_seg.infer.predict import WindowPredictor, hann_weight, predict_scene
+from rs_seg.infer.run import run_infer
 from tests.helpers import (
     LEARNABLE_BOXES,
     ORIGIN,

@@ -24,7 +24,7 @@ from scipy import ndimage
 import rs_seg.infer.vectorize as vectorize_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
-from rs_seg.train.evaluation import threshold_to_level
+from rs_seg.levels import threshold_to_level
 from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box
 
 TRANSFORM = from_origin(*ORIGIN, PIXEL, PIXEL)

@@ -10,15 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rs_seg.train.evaluation import (
-    Batch,
-    ThresholdSweep,
-    level_to_threshold,
-    metrics_from_counts,
-    quantize,
-    score_split,
-    threshold_to_level,
-)
+from rs_seg.levels import level_to_threshold, threshold_to_level
+from rs_seg.train.evaluation import Batch, score_split
+from rs_seg.train.metrics import ThresholdSweep, metrics_from_counts, quantize
 
 
 def test_metrics_from_a_known_confusion_matrix() -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from rs_seg.config import TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.run_folder import replacement_folder
 from rs_seg.train.evaluation import evaluate_run
-from rs_seg.train.fit import EpochHistory, replacement_folder, train
+from rs_seg.train.fit import EpochHistory, train
 from tests.helpers import digest, train_config
 
 

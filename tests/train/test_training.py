@@ -21,18 +21,10 @@ import yaml
 
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
-from rs_seg.train.fit import (
-    CroplandModule,
-    bce_dice_loss,
-    check_resumable,
-    lr_factor,
-    read_status,
-    train,
-    write_status,
-)
+from rs_seg.run_folder import read_status, write_status
+from rs_seg.train.fit import check_resumable, train
+from rs_seg.train.module import CroplandModule, bce_dice_loss, lr_factor
 from tests.helpers import ROOT, train_config
-
-REPO = ROOT
 
 
 @pytest.fixture
@@ -335,7 +327,8 @@ STALLING_RUN = """
 import sys, time
 from pathlib import Path
 import tests.helpers  # offline settings, torchvision shim
-from rs_seg.train.fit import CroplandModule, train
+from rs_seg.train.fit import train
+from rs_seg.train.module import CroplandModule
 from tests.helpers import train_config
 chips, out, marker = (Path(a) for a in sys.argv[1:4])
 kill_at, epochs, workers = (int(a) for a in sys.argv[4:7])
@@ -368,13 +361,13 @@ def _child_env() -> dict[str, str]:
     """One compute thread, fixed: identity holds for one thread count, and MKL (dynamic by
     default) may pick fewer threads for a call when the machine is busy."""
     threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
-    return {**os.environ, **threads, "PYTHONPATH": str(REPO)}
+    return {**os.environ, **threads, "PYTHONPATH": str(ROOT)}
 
 
 def _train_in_child(chips: Path, out: Path, epochs: int, workers: int, resume: bool) -> None:
     args = [chips, out, epochs, workers, int(resume)]
     done = subprocess.run(
-        [sys.executable, "-c", TRAIN_RUN, *map(str, args)], cwd=REPO,
+        [sys.executable, "-c", TRAIN_RUN, *map(str, args)], cwd=ROOT,
         env=_child_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -399,7 +392,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
     out, marker = tmp_path / "killed", tmp_path / "stalled"
     args = [tiny_chips, out, marker, 1, epochs, 1]
     child = subprocess.Popen(
-        [sys.executable, "-c", STALLING_RUN, *map(str, args)], cwd=REPO,
+        [sys.executable, "-c", STALLING_RUN, *map(str, args)], cwd=ROOT,
         env=_child_env(),
     )  # fmt: skip
     try:
@@ -524,7 +517,7 @@ def test_read_status_tells_a_reused_pid_and_cannot_judge_other_hosts(tmp_path: P
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_process_start_time_from_proc_matches_psutil() -> None:
-    from rs_seg.train.fit import _proc_start_time, process_start_time
+    from rs_seg.run_folder import _proc_start_time, process_start_time
 
     assert _proc_start_time(os.getpid()) == pytest.approx(process_start_time(os.getpid()), abs=1)
     assert process_start_time(2**22 + 1) is None and _proc_start_time(2**22 + 1) is None
@@ -562,7 +555,7 @@ def test_cli_train_reports_damaged_chips_in_one_line(tiny_chips: Path, tmp_path:
 
     def run() -> subprocess.CompletedProcess:
         return subprocess.run(
-            command, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
+            command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT
         )
 
     truncated = Path(images[0])

@@ -1,0 +1,132 @@
+"""The whole ``rs-seg infer`` command: scene -> probability COG (+ mask) -> field polygons."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rs_seg.bundle import ModelBundle
+from rs_seg.config import InferConfig
+from rs_seg.infer.predict import (
+    PredictSummary,
+    megapixels_per_second,
+    predict_scene,
+    write_binary_mask,
+)
+from rs_seg.levels import threshold_to_level
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferSummary:
+    """Where the outputs are and what it took."""
+
+    fields: Path
+    prob: Path
+    mask: Path | None
+    polygons: int
+    area_ha: float
+    predict: PredictSummary
+    vectorize_seconds: float
+    warnings: list[str]
+
+    def report(self) -> str:
+        """What the CLI prints."""
+        p = self.predict
+        lines = [
+            f"{self.polygons} fields ({self.area_ha:,.1f} ha) -> {self.fields}",
+            f"probability COG: {self.prob}" + (f"   mask: {self.mask}" if self.mask else ""),
+            f"{p.windows} windows ({p.skipped_windows} all nodata), {p.megapixels:.1f} Mpx in "
+            f"{p.seconds:.1f} s ({megapixels_per_second(p):.2f} Mpx/s); "
+            f"polygons in {self.vectorize_seconds:.1f} s",
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
+    """The given bundle, or the registry's latest model."""
+    if model is None:
+        from rs_seg.ops.registry import latest_bundle
+
+        model = latest_bundle(models_dir)
+        log.info("model: %s (latest in %s)", model, models_dir)
+    return ModelBundle.load(model)
+
+
+def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
+    """Predict a scene and vectorize it; the outputs appear together, complete, or not at all.
+
+    Nothing is read or computed before the outputs are known to be free or rs_seg's own, and
+    none of them is an input. The probability raster (and mask) and the fields are published as
+    one set (:func:`rs_seg.staging.staged_files`, fields last), and all of them carry the same
+    ``run_id``, so a reader can tell files of one run from a mix.
+    """
+    from rs_seg.infer.vectorize import VectorizeSettings, vectorize
+    from rs_seg.staging import staged_files
+
+    outputs, owned = _outputs(cfg)
+    check_infer_outputs(cfg)
+    bundle = load_model(cfg.model, cfg.models_dir)
+    threshold = cfg.threshold or bundle.threshold
+    run_id = uuid.uuid4().hex[:12]
+    with staged_files(outputs, cfg.overwrite, owned) as staged:
+        prob, fields = staged[0], staged[-1]
+        mask = staged[1] if cfg.mask_out else None
+        predicted = predict_scene(
+            cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
+            batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
+            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id},
+        )  # fmt: skip
+        if mask is not None:
+            write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
+        settings = VectorizeSettings.for_raster(
+            threshold, predicted.pixel_size, cfg.min_area, cfg.simplify, cfg.fill_holes_below
+        )
+        metadata = {
+            "model_id": bundle.model_id,
+            "threshold": f"{threshold:.6f}",
+            "scene": str(cfg.scene),
+            "probability_raster": str(cfg.prob_path),
+            "source": cfg.prob_path.name,
+            "run_id": run_id,
+            **predicted.compatibility.metadata(),
+        }
+        vectorized = vectorize(
+            prob, fields, settings, scene=cfg.scene.stem, model_id=bundle.model_id,
+            progress=progress, metadata=metadata, publish=False,
+        )  # fmt: skip
+    return InferSummary(
+        fields=cfg.out,
+        prob=cfg.prob_path,
+        mask=cfg.mask_out,
+        polygons=vectorized.polygons,
+        area_ha=vectorized.area_ha,
+        predict=predicted,
+        vectorize_seconds=vectorized.seconds,
+        warnings=predicted.compatibility.warnings,
+    )
+
+
+def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]]:
+    """Outputs in publication order (fields last) with the recognizer of each one's owner."""
+    from rs_seg.staging import fields_written_by_rs_seg, raster_written_by_rs_seg
+
+    rasters = [cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
+    outputs = [Path(p) for p in [*rasters, cfg.out]]
+    return outputs, [raster_written_by_rs_seg] * len(rasters) + [fields_written_by_rs_seg]
+
+
+def check_infer_outputs(cfg: InferConfig) -> None:
+    """Refuse before any work: outputs that collide, replace an input, or are not rs_seg's own."""
+    from rs_seg.staging import check_distinct, check_file_output, check_not_inputs
+
+    outputs, owned = _outputs(cfg)
+    check_distinct(outputs)
+    check_not_inputs(outputs, [cfg.scene, cfg.model])
+    for path, recognizer in zip(outputs, owned, strict=True):
+        check_file_output(path, cfg.overwrite, recognizer)

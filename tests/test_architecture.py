@@ -1,0 +1,112 @@
+"""The package layout as a checked contract: no import cycles, stage packages stay apart.
+
+Imports inside functions count too: they hide a cycle from Python's import machinery, not from a
+reader, and two modules that import each other cannot be understood (or moved) one at a time.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+PACKAGES = ("rs_seg", "flows")
+# The pipeline's order; ``ops`` (registry, ledger, incoming imagery) runs the stages and is
+# looked up by them (the registry's latest model), so it is outside this order.
+STAGES = ("prepare", "train", "infer")
+# Modules above ~700 lines, each with the reason it is still one file.
+LONG_MODULES = {
+    "rs_seg/prepare/labels.py": "vector and raster label readers share the geometry checks",
+    "rs_seg/infer/vectorize.py": "one streaming algorithm: strips, seams, hole filling, writer",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def sources() -> dict[str, Path]:
+    """Every module of the project's packages by dotted name."""
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def imported(path: Path, name: str, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports anywhere; ``from a import b`` counts ``a.b`` if a module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    # A package's own __init__ runs first for any of its modules; it is not an edge of its own.
+    return {m for m in found if m in known and m != name and not name.startswith(m + ".")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = sources()
+    known = set(modules)
+    return {name: imported(path, name, known) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = import_graph()
+    assert "rs_seg.train.fit" in graph and "rs_seg.run_folder" in graph["rs_seg.train.fit"]
+    assert find_cycle(graph) is None
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_does_not_import_a_later_stage(stage: str) -> None:
+    """prepare -> train -> infer: a stage may use an earlier one, never a later one."""
+    later = STAGES[STAGES.index(stage) + 1 :]
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith(f"rs_seg.{stage}."):
+            bad = sorted(d for d in deps if d.split(".")[1:2] and d.split(".")[1] in later)
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_modules_stay_short_or_say_why() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in sorted((ROOT / "rs_seg").rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 700
+    }
+    assert set(long) <= set(LONG_MODULES), f"over 700 lines without a reason: {long}"
