@@ -12,8 +12,10 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import rasterio
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
@@ -96,8 +98,8 @@ def inside_slices(window: Window, height: int, width: int) -> tuple[Window, slic
 
 
 def valid_pixels(
-    src: rasterio.io.DatasetReaderBase, data: np.ndarray, window: Window
-) -> np.ndarray:
+    src: rasterio.io.DatasetReaderBase, data: npt.NDArray[Any], window: Window
+) -> npt.NDArray[np.bool_]:
     """GDAL's dataset mask (valid where any band is valid) for pixels already read into ``data``.
 
     For the common nodata-value case the mask follows from the data itself; asking GDAL for it
@@ -108,10 +110,13 @@ def valid_pixels(
         return np.ones(data.shape[1:], dtype=bool)
     nodata = src.nodata
     if nodata is not None and all(band == [MaskFlags.nodata] for band in flags):
+        # numpy's stubs type ufuncs on an array of unknown dtype (and rasterio's reads) as Any.
         if np.isnan(nodata):
-            return ~np.isnan(data).all(axis=0)
-        return (data != np.asarray(nodata, dtype=data.dtype)).any(axis=0)
-    return src.dataset_mask(window=window) > 0
+            return cast("npt.NDArray[np.bool_]", ~np.isnan(data).all(axis=0))
+        return cast(
+            "npt.NDArray[np.bool_]", (data != np.asarray(nodata, dtype=data.dtype)).any(axis=0)
+        )
+    return cast("npt.NDArray[np.bool_]", src.dataset_mask(window=window) > 0)
 
 
 @contextlib.contextmanager

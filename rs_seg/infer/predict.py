@@ -82,7 +82,9 @@ class WindowPredictor:
         self.bundle = bundle
         self.device = device
         self.tta = tta
-        self.net = bundle.build(device).to(memory_format=torch.channels_last)
+        net = bundle.build(device)
+        # Module.to takes memory_format at runtime; torch's overloads for it leave it out.
+        self.net: torch.nn.Module = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.autocast = torch.bfloat16 if device.type == "cuda" else None
         self.band_index = np.asarray(bundle.bands) - 1
 

@@ -118,7 +118,8 @@ def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]
 
     rasters = [cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
     outputs = [Path(p) for p in [*rasters, cfg.out]]
-    return outputs, [raster_written_by_rs_seg] * len(rasters) + [fields_written_by_rs_seg]
+    owners: list[Callable[[Path], bool]] = [raster_written_by_rs_seg] * len(rasters)
+    return outputs, [*owners, fields_written_by_rs_seg]
 
 
 def check_infer_outputs(cfg: InferConfig) -> None:

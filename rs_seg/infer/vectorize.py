@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import rasterio
 import shapely
 from affine import Affine
@@ -33,6 +35,7 @@ from rasterio.errors import CRSError
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
+from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 import rs_seg
@@ -58,6 +61,7 @@ _SUM_ROWS = 128  # rows per bincount chunk: float64 weights of a whole strip wou
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 _PREFILTER = True  # drop regions that cannot reach min_area before polygonizing (tests: off)
 _CoordinateFunction = Callable[[np.ndarray], np.ndarray]  # (n, 2) coordinates -> (n, 2)
+_GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,9 @@ def _strip_fields(
 
 
 def _shapes_to_polygons(
-    found: Iterator[tuple[dict, float]], to_crs: _CoordinateFunction, joinable: np.ndarray
+    found: Iterator[tuple[dict[str, Any], float]],
+    to_crs: _CoordinateFunction,
+    joinable: np.ndarray,
 ) -> Iterator[tuple[int, shapely.Polygon | None, shapely.Polygon]]:
     """(value, pixel-space polygon, CRS polygon) from GeoJSON-like ``shapes`` output.
 
@@ -396,21 +402,29 @@ def _shapes_to_polygons(
     The pixel-space polygon, needed only to join a region with its parts in other strips, is None
     unless ``joinable[value]``: most regions of a noisy strip lie inside it.
     """
-    rings, values, ring_counts = [], [], []
+    rings: list[npt.NDArray[np.float64]] = []
+    value_list: list[int] = []
+    ring_counts: list[int] = []
     for geometry, value in found:
         coordinates = geometry["coordinates"]
         rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
         ring_counts.append(len(coordinates))
-        values.append(int(value))
+        value_list.append(int(value))
     if not rings:
         return zip([], [], [], strict=True)
     coords = np.concatenate(rings)
     ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    polygon_index = np.repeat(np.arange(len(values)), ring_counts)
-    crs = shapely.polygons(
-        shapely.linearrings(to_crs(coords), indices=ring_index), indices=polygon_index
+    polygon_index = np.repeat(np.arange(len(value_list)), ring_counts)
+    # With ``indices`` the shapely constructors return arrays; the stubs' overloads also allow
+    # a single geometry.
+    crs = cast(
+        _GeoArray,
+        shapely.polygons(
+            cast(_GeoArray, shapely.linearrings(to_crs(coords), indices=ring_index)),
+            indices=polygon_index,
+        ),
     )
-    values = np.array(values, dtype=np.int64)
+    values = np.array(value_list, dtype=np.int64)
     # GDAL gives one polygon per 4-connected region; should a label ever come in several, its
     # polygons are joined from pixel space like a field spanning strips
     repeated = np.bincount(values, minlength=len(joinable)) > 1
@@ -423,9 +437,11 @@ def _shapes_to_polygons(
         # consecutive ring and polygon numbers for the wanted subset, in the same order
         rings_kept = np.cumsum(ring_wanted) - 1
         polygons_kept = np.cumsum(wanted) - 1
+        wanted_rings = shapely.linearrings(
+            coords[coord_wanted], indices=rings_kept[ring_index[coord_wanted]]
+        )
         pixel[wanted] = shapely.polygons(
-            shapely.linearrings(coords[coord_wanted], indices=rings_kept[ring_index[coord_wanted]]),
-            indices=polygons_kept[polygon_index[ring_wanted]],
+            cast(_GeoArray, wanted_rings), indices=polygons_kept[polygon_index[ring_wanted]]
         )
     return zip(values.tolist(), pixel.tolist(), crs.tolist(), strict=True)
 
@@ -583,7 +599,7 @@ class _Record:
 
     key: tuple[int, int, int]  # (last row, first pixel row, first pixel column): output order
     box: tuple[int, int, int, int]  # pixel rows top..last and columns left..right (exclusive)
-    geometry: shapely.Geometry
+    geometry: BaseGeometry
     mean_prob: float
     outer_area: float  # area inside the outer rings: only a smaller field can be an island
     filled: list[shapely.Polygon] = field(default_factory=list)
@@ -614,7 +630,7 @@ class _Assembler:
         ready = [r for r in records if r.outer_area >= self._fill_below]
         self._held.extend(r for r in records if r.outer_area < self._fill_below)
         self._drop_islands([hole for r in records for hole in r.filled])
-        still_held = []
+        still_held: list[_Record] = []
         for record in self._held:
             waiting = not final and _may_be_enclosed(record.box, open_boxes)
             (still_held if waiting else ready).append(record)
@@ -631,7 +647,7 @@ class _Assembler:
             box = (item.first[0], item.last_row, item.left, item.right)
             yield _Record(key, box, geometry, item.total / item.pixels / 255.0, outer, filled)
 
-    def _join(self, parts: list[shapely.Polygon]) -> shapely.Geometry:
+    def _join(self, parts: list[shapely.Polygon]) -> BaseGeometry:
         """Union of strip parts, exact in pixel space (integer vertices), then moved to the CRS."""
         return shapely.transform(shapely.union_all(parts), self._to_crs)
 
@@ -672,9 +688,7 @@ def _affine_function(transform: Affine) -> _CoordinateFunction:
     return apply
 
 
-def _fill_holes(
-    geometry: shapely.Geometry, below: float
-) -> tuple[shapely.Geometry, list[shapely.Polygon]]:
+def _fill_holes(geometry: BaseGeometry, below: float) -> tuple[BaseGeometry, list[shapely.Polygon]]:
     """Fill interior rings smaller than ``below``; return the geometry and the filled holes."""
     if below <= 0:
         return geometry, []
@@ -692,7 +706,7 @@ def _fill_holes(
     return (polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)), filled
 
 
-def _outer_area(geometry: shapely.Geometry) -> float:
+def _outer_area(geometry: BaseGeometry) -> float:
     """Area with all holes filled (the parts of a valid MultiPolygon do not overlap)."""
     parts = shapely.get_parts(geometry)
     return float(shapely.area(shapely.polygons(shapely.get_exterior_ring(parts))).sum())
@@ -778,7 +792,9 @@ class _Writer:
 
     def _add_batch(self, records: list[_Record], tolerance: float) -> None:
         geometries = _final_geometries([r.geometry for r in records], tolerance)
-        kept = np.not_equal(geometries, None)  # a field that collapsed entirely is no field
+        # a field that collapsed entirely is no field; numpy's stubs refuse None as an operand,
+        # though on an object array it compares element-wise
+        kept = np.not_equal(geometries, None)  # type: ignore[call-overload]
         geometries, records = geometries[kept], [r for r, k in zip(records, kept, strict=True) if k]
         area_ha = shapely.area(geometries) * self._metres**2 / 10_000
         self._geometries.extend(shapely.to_wkb(geometries).tolist())
@@ -820,7 +836,7 @@ class _Writer:
         self._geometries = []
         self._columns = {k: [] for k in self._columns}
 
-    def _creation_options(self) -> dict:
+    def _creation_options(self) -> dict[str, Any]:
         if self._created:
             return {}
         options = {
@@ -833,7 +849,7 @@ class _Writer:
         return options
 
 
-def _final_geometries(geometries: list[shapely.Geometry], tolerance: float) -> np.ndarray:
+def _final_geometries(geometries: list[BaseGeometry], tolerance: float) -> _GeoArray:
     """Simplified, valid MultiPolygons (one geometry type for the layer); None where none is left.
 
     ``make_valid`` with the "structure" method keeps only polygonal parts, so a simplification
@@ -851,7 +867,7 @@ def _final_geometries(geometries: list[shapely.Geometry], tolerance: float) -> n
     polygon = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
     keep = polygon & ~shapely.is_empty(parts)
     out = np.full(len(array), None, dtype=object)
-    return shapely.multipolygons(parts[keep], indices=index[keep], out=out)
+    return cast(_GeoArray, shapely.multipolygons(parts[keep], indices=index[keep], out=out))
 
 
 # --- QGIS style --------------------------------------------------------------------------------

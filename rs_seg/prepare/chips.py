@@ -158,7 +158,7 @@ class SceneChips:
     scene: SceneInput
     info: RasterInfo
     records: list[dict[str, Any]] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
     grid_shape: tuple[int, int] = (0, 0)
     valid_pixels: int = 0
     label_features: FeatureCounts | None = None

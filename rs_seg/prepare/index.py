@@ -202,7 +202,7 @@ def write_outputs(
     the chips written so far lie in the staging folder, which the error discards.
     """
     label_values = _label_values(cfg, results)
-    skipped: Counter = Counter()
+    skipped: Counter[str] = Counter()
     for result in results:
         skipped.update(result.skipped)
     notes = list(outcome.notes)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import geopandas as gpd
 import numpy as np
+import numpy.typing as npt
 import pyogrio
 import pyogrio.raw
 import rasterio
@@ -176,7 +177,7 @@ class FeatureCounts:
             if totals[code] and len(examples) < _EXAMPLE_FIDS:
                 examples += [int(f) for f in fids[status == code][: _EXAMPLE_FIDS - len(examples)]]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: features, used, repaired and dropped per reason."""
         return {
             "features": self.features,
@@ -218,7 +219,7 @@ def _features(count: int) -> str:
     return "feature" if count == 1 else "features"
 
 
-def describe_feature_counts(counts: dict) -> str:
+def describe_feature_counts(counts: dict[str, Any]) -> str:
     """``10 used of 13 (1 repaired), dropped: 1 null, 2 not_polygonal`` from :meth:`to_dict`."""
     text = f"{counts['used']} used of {counts['features']} ({counts['repaired']} repaired)"
     dropped = [f"{n} {reason}" for reason, n in counts["dropped"].items() if n]
@@ -283,11 +284,11 @@ class VectorLayer:
         suffix = f" matching {self.where!r}" if self.where else ""
         return f"{self.role} file has no features{suffix}"
 
-    def _read_info(self) -> dict:
+    def _read_info(self) -> dict[str, Any]:
         if not self.path.exists():
             raise RsSegError(f"{self.role} file not found", self.path)
         try:
-            info = pyogrio.read_info(self.path, layer=self.layer)
+            info: dict[str, Any] = pyogrio.read_info(self.path, layer=self.layer)
         except Exception as exc:  # pyogrio raises several DataSourceError flavours
             message = f"cannot read {self.role} as vector data ({gdal_message(exc)})"
             raise RsSegError(message, self.path) from None
@@ -343,6 +344,7 @@ class VectorLayer:
         """The whole (small) layer in ``crs`` with a spatial index, computed once per CRS."""
         key = crs.to_wkt()
         if key not in self._by_crs:
+            assert self._geometries is not None  # only called for a layer read into memory
             geometries = self._project(self._geometries, crs)
             self._by_crs[key] = (geometries, shapely.STRtree(geometries))
         return self._by_crs[key]
@@ -440,10 +442,10 @@ labelled pixels are warned about."""
 
 def _number(value: Any) -> Value:
     """A raster value as a plain int (integral values) or float, as summaries show it."""
-    value = value.item() if isinstance(value, np.generic) else value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    number: Value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    return number
 
 
 def value_ranges(values: Iterable[Value]) -> str:
@@ -500,7 +502,7 @@ def check_label_map_fits(label_map: LabelMap, dtype: Any, nodata: float | None, 
         )
 
 
-def _values_word(values: list[Value]) -> str:
+def _values_word(values: Sequence[Value]) -> str:
     return "value" if len(values) == 1 else "values"
 
 
@@ -516,7 +518,7 @@ def check_label_raster(path: Path, label_map: LabelMap) -> int:
         return label_bands(label)
 
 
-def value_lookup(label_map: LabelMap, dtype: np.dtype) -> np.ndarray | None:
+def value_lookup(label_map: LabelMap, dtype: np.dtype) -> npt.NDArray[np.uint8] | None:
     """A lookup table from label values to 0/1/255 for 8/16-bit integer rasters, else None.
 
     Raises ValueError for a label-map value the dtype cannot hold: nothing is skipped quietly
@@ -534,11 +536,12 @@ def value_lookup(label_map: LabelMap, dtype: np.dtype) -> np.ndarray | None:
     return table
 
 
-def apply_label_map(values: np.ndarray, label_map: LabelMap) -> np.ndarray:
+def apply_label_map(values: np.ndarray, label_map: LabelMap) -> npt.NDArray[np.uint8]:
     """Map raw label values to 0 background / 1 cropland / 255 ignore."""
     table = value_lookup(label_map, values.dtype)
     if table is not None:
-        return table[values]
+        # numpy's stubs type fancy indexing as Any; a uint8 table gives uint8.
+        return cast("npt.NDArray[np.uint8]", table[values])
     out = np.full(values.shape, MASK_BACKGROUND, dtype=np.uint8)
     out[np.isin(values, label_map.cropland)] = MASK_CROPLAND
     out[np.isin(values, label_map.ignore)] = MASK_IGNORE
@@ -768,7 +771,7 @@ class _ValueTally:
             return self.mapped, self.unmapped, self.unmapped_other
         present = np.flatnonzero(self.bins)
         is_mapped = np.isin(present, self.mapped_values)
-        mapped = {int(v): int(self.bins[v]) for v in present[is_mapped]}
+        mapped: dict[Value, int] = {int(v): int(self.bins[v]) for v in present[is_mapped]}
         unmapped, rest = _top(
             {int(v): int(self.bins[v]) for v in present[~is_mapped]}, _TRACKED_VALUES
         )
@@ -776,7 +779,7 @@ class _ValueTally:
 
 
 def _aligned(label: rasterio.io.DatasetReader, scene: RasterInfo) -> bool:
-    same_grid = label.width == scene.width and label.height == scene.height
+    same_grid: bool = label.width == scene.width and label.height == scene.height
     if label.crs is None or scene.crs is None:
         return same_grid
     return same_grid and label.crs == scene.crs and label.transform.almost_equals(scene.transform)

@@ -265,7 +265,7 @@ def finish(plan: PreparePlan, results: list[SceneChips], out_dir: Path) -> Prepa
     """Split the chips of all scenes and write the index, summary and config into ``out_dir``."""
     chips = build_index(results)
     if len(chips) == 0:
-        skipped = Counter()
+        skipped: Counter[str] = Counter()
         for result in results:
             skipped.update(result.skipped)
         raise RsSegError(f"no chips were produced (skipped: {dict(skipped)})", plan.config.out)

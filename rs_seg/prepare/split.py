@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
 import shapely
+from shapely.geometry.base import BaseGeometry
 
 from rs_seg.config import SplitConfig
 
@@ -68,7 +70,7 @@ def scene_groups(layouts: list[SceneLayout]) -> dict[str, str]:
     return {name: find(name) for name in parent}
 
 
-def _overlap_ratio(a: shapely.Geometry, b: shapely.Geometry) -> float:
+def _overlap_ratio(a: BaseGeometry, b: BaseGeometry) -> float:
     smaller = min(a.area, b.area)
     return a.intersection(b).area / smaller if smaller > 0 else 0.0
 
@@ -78,7 +80,8 @@ def block_keys(
 ) -> pd.Series:
     """The block of every chip for a block side of ``block_chips`` chips."""
     keys = pd.Series(index=chips.index, dtype=object)
-    for scene, rows in chips.groupby("scene", sort=False):
+    for key, rows in chips.groupby("scene", sort=False):
+        scene = cast(str, key)  # pandas-stubs type a group key as any scalar; scene names are str
         layout = layouts[scene]
         if layout.grid_rows <= block_chips and layout.grid_cols <= block_chips:
             keys[rows.index] = "group:" + groups[scene]

@@ -15,8 +15,10 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -86,7 +88,9 @@ def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
 
 def _oriented_extent(poly: shapely.Polygon) -> tuple[float, float, float]:
     """Length, width and long-axis angle of the minimum rotated rectangle."""
-    coords = np.asarray(shapely.minimum_rotated_rectangle(poly).exterior.coords)
+    # The stubs type it as any geometry; of a non-degenerate polygon it is a Polygon.
+    rectangle = cast("shapely.Polygon", shapely.minimum_rotated_rectangle(poly))
+    coords = np.asarray(rectangle.exterior.coords)
     if len(coords) < 4:
         return 0.0, 0.0, 0.0
     e1, e2 = coords[1] - coords[0], coords[2] - coords[1]
@@ -151,14 +155,17 @@ def _blob(rng: np.random.Generator, centre: shapely.Point, radius: float) -> sha
     )
 
 
-def _rectangles(centres: np.ndarray, sizes: np.ndarray, angles: np.ndarray) -> np.ndarray:
+def _rectangles(
+    centres: np.ndarray, sizes: np.ndarray, angles: np.ndarray
+) -> npt.NDArray[np.object_]:
     """Rotated rectangles (buildings) in one vectorised call."""
     corners = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
     local = corners[None, :, :] * sizes[:, None, :]
     cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
     x = centres[:, None, 0] + local[..., 0] * cos - local[..., 1] * sin
     y = centres[:, None, 1] + local[..., 0] * sin + local[..., 1] * cos
-    return shapely.polygons(np.stack([x, y], axis=-1))
+    # The stubs allow a single Polygon for array input; an (n, 4, 2) array gives n polygons.
+    return cast("npt.NDArray[np.object_]", shapely.polygons(np.stack([x, y], axis=-1)))
 
 
 # ----------------------------------------------------------------------------------- cells
@@ -387,7 +394,9 @@ class _Landscape:
         for building in _rectangles(pts, sizes, angles):
             objects.add(building, _DETAIL, _roof_look(rng))
 
-    def _river(self, quad: shapely.Polygon, objects: _ObjectList, blockers: list) -> None:
+    def _river(
+        self, quad: shapely.Polygon, objects: _ObjectList, blockers: list[BaseGeometry]
+    ) -> None:
         """Paint the parts of any meandering river (and its banks) that cross this cell."""
         for band, bank, water in self._river_pieces(quad):
             looks = np.random.default_rng([self.keys["river"], band + (1 << 32)])

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Any, cast, overload
 
 import numpy as np
+import numpy.typing as npt
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -24,7 +25,7 @@ def _seed_key(seed: int, salt: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _mix64(h: np.ndarray) -> np.ndarray:
+def _mix64(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """SplitMix64 finaliser: cheap, vectorised, and good enough to look like white noise."""
     h = h ^ (h >> np.uint64(30))
     h = h * _MIX1
@@ -33,7 +34,7 @@ def _mix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def _hash(key: int, *coords: Any) -> np.ndarray:
+def _hash(key: int, *coords: Any) -> npt.NDArray[np.uint64]:
     """Hash integer coordinates (broadcast together) with a key into uint64 values."""
     arrays = [np.asarray(c, dtype=np.int64).astype(np.uint64) for c in coords]
     h = np.full(np.broadcast_shapes(*(a.shape for a in arrays)), key, dtype=np.uint64)
@@ -43,12 +44,16 @@ def _hash(key: int, *coords: Any) -> np.ndarray:
     return h
 
 
-def _unit(h: np.ndarray) -> np.ndarray:
+def _unit(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
     """Uniform floats in [0, 1) from hash values."""
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _smoothstep(t: np.ndarray) -> np.ndarray:
+@overload
+def _smoothstep(t: float) -> float: ...
+@overload
+def _smoothstep(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+def _smoothstep(t: float | npt.NDArray[np.float64]) -> float | npt.NDArray[np.float64]:
     return t * t * (3.0 - 2.0 * t)
 
 
@@ -62,7 +67,9 @@ def _noise_at(key: int, x: float, y: float) -> float:
     return float(top * (1 - ty) + bottom * ty)
 
 
-def _value_noise(key: int, x0: int, y0: int, w: int, h: int, spacing: int) -> np.ndarray:
+def _value_noise(
+    key: int, x0: int, y0: int, w: int, h: int, spacing: int
+) -> npt.NDArray[np.float32]:
     """Smooth value noise over a window, separably interpolated (cheap: ~4 passes per pixel).
 
     The lattice and the interpolation weights depend on global coordinates only, so every pixel
@@ -78,4 +85,5 @@ def _value_noise(key: int, x0: int, y0: int, w: int, h: int, spacing: int) -> np
     lattice = _unit(_hash(key, ly[:, None], lx[None, :])).astype(np.float32)
     cx, cy = ix - ix[0], iy - iy[0]
     along_x = lattice[:, cx] * (1 - tx) + lattice[:, cx + 1] * tx
-    return along_x[cy] * (1 - ty) + along_x[cy + 1] * ty
+    # numpy's stubs type integer-array indexing as Any; the result is float32 throughout.
+    return cast("npt.NDArray[np.float32]", along_x[cy] * (1 - ty) + along_x[cy + 1] * ty)

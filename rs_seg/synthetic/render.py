@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from affine import Affine
 from rasterio.features import rasterize
 from rasterio.windows import Window
@@ -72,7 +74,9 @@ class _CellCache:
         return [self.cells.pop(k) for k in done]
 
 
-def _window_objects(cells: Sequence[_Cell], background: _ObjectTable, box: tuple) -> _ObjectTable:
+def _window_objects(
+    cells: Sequence[_Cell], background: _ObjectTable, box: tuple[int, int, int, int]
+) -> _ObjectTable:
     """Objects touching the window in painter's order, with the background as row 0."""
     x0, y0, x1, y1 = box
     parts = []
@@ -85,18 +89,20 @@ def _window_objects(cells: Sequence[_Cell], background: _ObjectTable, box: tuple
     return _ObjectTable.concat([background, objects.take(order)])
 
 
-def _object_ids(objects: _ObjectTable, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+def _object_ids(objects: _ObjectTable, x0: int, y0: int, w: int, h: int) -> npt.NDArray[np.int32]:
     """Rasterize objects (row 0 is the background) into an id raster; later ones win."""
     if len(objects) == 1:
         return np.zeros((h, w), dtype=np.int32)
     shapes = zip(objects.geoms[1:], range(1, len(objects)), strict=True)
     transform = Affine(1, 0, x0, 0, 1, y0)  # global pixel coordinates, y pointing down
-    return rasterize(shapes, out_shape=(h, w), transform=transform, fill=0, dtype="int32")
+    # rasterio is untyped; rasterize returns an int32 array here (dtype="int32").
+    ids = rasterize(shapes, out_shape=(h, w), transform=transform, fill=0, dtype="int32")
+    return cast("npt.NDArray[np.int32]", ids)
 
 
 def _cover(
     landscape: _Landscape, objects: _ObjectTable, ids: np.ndarray, x0: int, y0: int
-) -> np.ndarray:
+) -> npt.NDArray[np.float32]:
     """Per-pixel cover fraction: base cover + crop rows + crown noise + field-scale noise."""
     h, w = ids.shape
     p = objects.params
@@ -106,7 +112,7 @@ def _cover(
     fine = _value_noise(landscape.keys["fine"], x0, y0, w, h, 3) - np.float32(0.5)
     coarse = _value_noise(landscape.keys["coarse"], x0, y0, w, h, 40) - np.float32(0.5)
     p32 = p.astype(np.float32)
-    cover = p32[_G0][ids] + p32[_ROWS][ids] * stripes
+    cover: npt.NDArray[np.float32] = p32[_G0][ids] + p32[_ROWS][ids] * stripes
     cover += p32[_FINE][ids] * fine
     cover += p32[_COARSE][ids] * coarse
     return np.clip(cover, 0.0, 1.0, out=cover)
