@@ -27,10 +27,9 @@ from prefect.futures import as_completed
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
 from flows.server import run_command
-from rs_seg.config import InferConfig, build_config
+from rs_seg.config import IncomingConfig, InferConfig, build_config
 from rs_seg.infer.run import InferSummary, run_infer
 from rs_seg.ops.incoming import (
-    IncomingConfig,
     SceneJob,
     SceneResult,
     claim,

@@ -30,7 +30,7 @@ def task_runner(config: RunnerConfig) -> Any:
     """The Prefect task runner ``config`` describes (checked to be reachable)."""
     if config.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=config.workers or 1)
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
     if config.address:
         check_scheduler(config.address, config.connect_timeout)
@@ -89,7 +89,7 @@ def check_scheduler(address: str, timeout: float) -> None:
     from distributed import Client
 
     try:
-        client = Client(address, timeout=timeout)
+        client = Client(address, timeout=timeout)  # type: ignore[no-untyped-call]  # unannotated
     except (OSError, TimeoutError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RsSegError(
@@ -97,4 +97,4 @@ def check_scheduler(address: str, timeout: float) -> None:
             "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or set runner.kind: "
             "threads. Nothing was claimed or written"
         ) from None
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]  # distributed leaves Client.close unannotated

@@ -27,7 +27,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flows.server import (
     DEFAULT_PORT,
@@ -38,6 +38,10 @@ from flows.server import (
     require_api,
 )
 from rs_seg.errors import RsSegError
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
 
 TRAIN_CONFIG = Path("configs/demo.yaml")
 INCOMING_CONFIG = Path("configs/incoming.yaml")
@@ -312,11 +316,19 @@ def register_on_pool(pool: str, served: list[Any], when: dict[str, Any]) -> str:
     from prefect import deploy, flow
 
     kind = _ensure_pool(pool)
+    # Called from sync code, where Prefect's async_dispatch methods return their results; their
+    # annotations also allow the coroutines they return in async code.
     pooled = [
-        flow.from_source(source=str(ROOT), entrypoint=ENTRYPOINTS[d.name]).to_deployment(
-            name=d.name,
-            parameters=d.parameters,
-            **(when if d.name == "infer-new-imagery" else {}),
+        cast(
+            "RunnerDeployment",
+            cast(
+                "Flow[..., Any]",
+                flow.from_source(source=str(ROOT), entrypoint=ENTRYPOINTS[d.name]),
+            ).to_deployment(
+                name=d.name,
+                parameters=d.parameters,
+                **(when if d.name == "infer-new-imagery" else {}),
+            ),
         )
         for d in served
     ]

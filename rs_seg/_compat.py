@@ -47,7 +47,7 @@ def _try_load_compiled_ops(package_dir: Path) -> None:
 
     for library in sorted(package_dir.glob("_C*.so")) + sorted(package_dir.glob("_C*.pyd")):
         try:
-            torch.ops.load_library(str(library))
+            torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]  # unannotated in torch
         except (OSError, RuntimeError):
             continue
 
@@ -71,9 +71,10 @@ def patch_torchvision_ops() -> bool:
 
     import torch
 
-    library = torch.library.Library("torchvision", "DEF")
+    # torch leaves Library's __init__ and define unannotated.
+    library = torch.library.Library("torchvision", "DEF")  # type: ignore[no-untyped-call]
     for schema in _TORCHVISION_SCHEMAS:
-        library.define(schema)
+        library.define(schema)  # type: ignore[no-untyped-call]
     _shim_library = library
     return True
 

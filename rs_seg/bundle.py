@@ -178,9 +178,7 @@ class ModelBundle:
 _NOT_META = {"state_dict", "source"}
 
 
-def weight_misfits(
-    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], shown: int = 3
-) -> str:
+def weight_misfits(expected: dict[str, torch.Tensor], found: object, shown: int = 3) -> str:
     """How ``found`` differs from the state dict a model expects ("" when it fits exactly)."""
     if not isinstance(found, dict):
         return f"the weights are a {type(found).__name__}, not a state dict"

@@ -148,7 +148,7 @@ def synth(
     typer.echo(f"cropland polygons (EPSG:4326): {result.labels}")
 
 
-def _label_map(text: str | None) -> dict | None:
+def _label_map(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:

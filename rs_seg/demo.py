@@ -21,7 +21,7 @@ from rs_seg.synthetic import generate_scenes
 log = logging.getLogger(__name__)
 
 
-def run_demo(config: Path, out: Path) -> None:
+def run_demo(config: Path | None, out: Path) -> None:
     """Synthetic scenes -> chips (8:1:1) -> model and report -> fields of an unseen scene."""
     started = time.perf_counter()
     progress = sys.stderr.isatty()
@@ -54,7 +54,7 @@ def run_demo(config: Path, out: Path) -> None:
     typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
-def _train(config: Path, chips: Path, run: Path, progress: bool) -> Path | None:
+def _train(config: Path | None, chips: Path, run: Path, progress: bool) -> Path | None:
     """Train on the demo chips, evaluate on their test split, print metrics and the report path."""
     from rs_seg.train.evaluation import evaluate_run
     from rs_seg.train.fit import train

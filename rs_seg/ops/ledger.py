@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from rs_seg.errors import RsSegError
 
@@ -265,7 +266,7 @@ class Ledger:
                 (key, stat.st_size, stat.st_mtime_ns),
             ).fetchone()
         if row is not None:
-            return row[0]
+            return cast(str, row[0])  # the fingerprint column holds content_fingerprint's str
         fingerprint = content_fingerprint(path)
         with self._transaction() as db:
             db.execute(

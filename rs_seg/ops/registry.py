@@ -28,17 +28,19 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any, Literal, cast
 
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso
 from rs_seg.errors import RsSegError
 from rs_seg.run_folder import RunFolder
 from rs_seg.staging import staged_dir, write_json
 
+fcntl: ModuleType | None
 try:  # POSIX only; elsewhere registrations are not serialised
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def _read_latest(models_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return cast(dict[str, Any], json.loads(path.read_text()))
     except ValueError:
         raise RsSegError("not valid JSON; fix or remove it", path) from None
 
@@ -335,7 +337,7 @@ def latest_bundle(models_dir: Path) -> Path:
     latest = _read_latest(models_dir)
     if latest is None:
         raise RsSegError(NO_MODEL_HINT, models_dir)
-    bundle = models_dir / latest["bundle"]
+    bundle: Path = models_dir / latest["bundle"]
     if not bundle.is_file():
         raise RsSegError(f"latest.json points to a missing bundle ({latest['bundle']})", models_dir)
     return bundle

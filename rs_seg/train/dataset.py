@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt, cast
 
 import albumentations as A
 import lightning as L
@@ -34,6 +34,9 @@ from rs_seg.rasters import GDAL_ENV
 from rs_seg.windows import valid_pixels
 
 log = logging.getLogger(__name__)
+
+# One chip as the loaders yield it: normalized image (bands x H x W) and mask (H x W).
+ChipPair = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,12 @@ def read_mask(path: Path) -> np.ndarray:
     """A 0/1/255 mask chip."""
     try:
         with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
-            return src.read(1)
+            return cast(np.ndarray, src.read(1))
     except (RasterioError, OSError) as exc:
         raise _unreadable(Path(path), exc) from None
 
 
-def band_statistics(paths: Sequence[Path], bands: Sequence[int]) -> Normalization:
+def band_statistics(paths: Sequence[str | Path], bands: Sequence[int]) -> Normalization:
     """Mean and std per band over the valid pixels of ``paths``, one chip in memory at a time."""
     count = np.zeros(len(bands), dtype=np.float64)
     total = np.zeros(len(bands), dtype=np.float64)
@@ -159,7 +162,7 @@ def reseed(augment: A.Compose, seed: int) -> None:
     augment.set_random_state(np.random.default_rng(seed % 2**32), random.Random(seed))
 
 
-class ChipDataset(Dataset):
+class ChipDataset(Dataset[ChipPair]):
     """Normalized image chips (float32, bands x H x W) with their 0/1/255 masks (uint8, H x W)."""
 
     def __init__(
@@ -179,7 +182,7 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> ChipPair:
         """One chip; ``(index, seed)`` (from :class:`EpochSampler`) also seeds its augmentation."""
         if isinstance(index, tuple):
             index, seed = index
@@ -209,11 +212,13 @@ def seed_augmentation(worker_id: int) -> None:
     the run's seed, so reusing it keeps augmentation repeatable and different across workers.
     """
     info = torch.utils.data.get_worker_info()
-    if info is not None and getattr(info.dataset, "augment", None) is not None:
-        reseed(info.dataset.augment, info.seed % 2**32)
+    if info is not None:
+        augment = getattr(info.dataset, "augment", None)
+        if augment is not None:
+            reseed(augment, info.seed % 2**32)
 
 
-class EpochSampler(DistributedSampler):
+class EpochSampler(DistributedSampler[tuple[int, int]]):
     """Training order and augmentation seeds that depend only on the run's seed and the epoch.
 
     Yields ``(index, augmentation_seed)`` pairs: the order is a permutation seeded with
@@ -226,16 +231,18 @@ class EpochSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0, epoch: int = 0
+        self, dataset: Dataset[Any], seed: int, num_replicas: int = 1, rank: int = 0, epoch: int = 0
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         count = len(self.dataset)  # type: ignore[arg-type]
         rng = np.random.default_rng([self.seed % 2**32, self.epoch])
         seeds = rng.integers(0, 2**32, size=count).tolist()
-        for index in super().__iter__():
+        # DistributedSampler yields dataset indices whatever its type argument (torch types them
+        # as the sampler's items).
+        for index in cast(Iterator[int], super().__iter__()):
             yield int(index), int(seeds[index])
 
 
@@ -268,7 +275,8 @@ def _check_band_counts(table: pd.DataFrame, chips_dir: Path) -> int:
     counts = table.groupby("bands")["scene"].unique()
     if len(counts) > 1:
         detail = "; ".join(
-            f"{int(n)} bands: {', '.join(sorted(scenes)[:3])}" for n, scenes in counts.items()
+            f"{int(cast(SupportsInt, n))} bands: {', '.join(sorted(scenes)[:3])}"
+            for n, scenes in counts.items()
         )
         raise RsSegError(
             f"chips have different band counts ({detail}); prepare scenes with the same bands "
@@ -481,7 +489,7 @@ class ChipDataModule(L.LightningDataModule):
         """Restore the sampler's starting epoch from a checkpoint."""
         self._start_epoch = int(state_dict.get("sampler_epoch", 0))
 
-    def _loader(self, dataset: ChipDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: ChipDataset, train: bool) -> DataLoader[ChipPair]:
         # A last batch of one sample breaks BatchNorm (e.g. DeepLabV3+ pooling); drop only that.
         drop_last = train and len(dataset) % self.batch_size == 1 and len(dataset) > 1
         return DataLoader(
@@ -495,14 +503,14 @@ class ChipDataModule(L.LightningDataModule):
             worker_init_fn=seed_augmentation if self.num_workers else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[ChipPair]:
         """Shuffled, augmented training chips."""
         return self._loader(self.dataset("train", augment=True), train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[ChipPair]:
         """Validation chips, unchanged."""
         return self._loader(self.dataset("val"), train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[ChipPair]:
         """Test chips, unchanged."""
         return self._loader(self.dataset("test"), train=False)

@@ -128,7 +128,10 @@ class EpochHistory(Callback):
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        value = lambda key: float(metrics[key]) if key in metrics else math.nan  # noqa: E731
+
+        def value(key: str) -> float:
+            return float(metrics[key]) if key in metrics else math.nan
+
         row = {
             "epoch": trainer.current_epoch + 1,
             "train_loss": value("train/loss"),
@@ -503,7 +506,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
         write_status(work, "running", pid=os.getpid(), replaces=str(cfg.out) if work != cfg.out
                      else None)  # fmt: skip
     interrupts = InterruptSeen()
-    trainer.callbacks.append(interrupts)
+    # Lightning's callback connector sets Trainer.callbacks, which Trainer does not declare.
+    trainer.callbacks.append(interrupts)  # type: ignore[attr-defined]
     try:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
     except BaseException as exc:
@@ -573,8 +577,12 @@ def _record_failure(cfg: TrainConfig, exc: BaseException, out: Path) -> None:
 
 
 def _finish(cfg: TrainConfig, trainer: L.Trainer, out: Path) -> TrainOutcome:
-    checkpoint = trainer.checkpoint_callback
-    best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
+    checkpoint = trainer.checkpoint_callback  # the first ModelCheckpoint of build_trainer, or None
+    best = (
+        Path(checkpoint.best_model_path)
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
+        else None
+    )
     if best is None or not best.exists():
         best = RunFolder(cfg.out).last_checkpoint
     history = json.loads((RunFolder(cfg.out).history).read_text())

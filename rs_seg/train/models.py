@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -103,7 +103,12 @@ def build_model(cfg: ModelConfig, in_channels: int, load_weights: bool = True) -
         ) from None
     if load_weights and from_file:
         load_encoder_file(model, Path(str(cfg.encoder_weights)))
-    return model
+    return cast(nn.Module, model)
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The encoder of an smp network (every smp architecture has one)."""
+    return cast(nn.Module, model.encoder)
 
 
 def _is_file(weights: str | None) -> bool:
@@ -115,6 +120,7 @@ def _is_file(weights: str | None) -> bool:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise RsSegError("encoder weights file not found", path)
+    state: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -140,7 +146,7 @@ def _adapt_first_conv(weight: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 def load_encoder_file(model: nn.Module, path: Path) -> None:
     """Load encoder weights from a local file (keys with or without an ``encoder.`` prefix)."""
-    encoder = model.encoder  # type: ignore[attr-defined]
+    encoder = encoder_of(model)
     own = encoder.state_dict()
     state = {k.removeprefix("encoder."): v for k, v in _read_state_dict(path).items()}
     matched = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -17,7 +17,10 @@ from torchmetrics.classification import BinaryStatScores
 
 from rs_seg.config import MASK_IGNORE, LossConfig, ModelConfig, OptimizerConfig
 from rs_seg.train.metrics import metrics_from_counts
-from rs_seg.train.models import build_model
+from rs_seg.train.models import build_model, encoder_of
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -67,14 +70,16 @@ class CroplandModule(L.LightningModule):
         self.channels_last = channels_last
         self.net = build_model(self.model_cfg, in_channels, load_weights=load_weights)
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # Module.to accepts memory_format, but torch's overloads of it leave it out.
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.val_stats = BinaryStatScores(threshold=0.5, ignore_index=MASK_IGNORE)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Cropland logits, (N, H, W)."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)[:, 0]
+        logits: torch.Tensor = self.net(images)
+        return logits[:, 0]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         """One optimisation step on an augmented batch."""
@@ -105,12 +110,12 @@ class CroplandModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Keep encoder batch-norm statistics fixed while the encoder is frozen."""
         if self.current_epoch < self.optim_cfg.freeze_encoder_epochs:
-            self.net.encoder.eval()
+            encoder_of(self.net).eval()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """AdamW, encoder and head as separate groups so the encoder can be frozen first."""
         cfg = self.optim_cfg
-        encoder = list(self.net.encoder.parameters())
+        encoder = list(encoder_of(self.net).parameters())
         ids = {id(p) for p in encoder}
         head = [p for p in self.net.parameters() if id(p) not in ids]
         optimizer = torch.optim.AdamW(
@@ -118,17 +123,16 @@ class CroplandModule(L.LightningModule):
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        common = {
-            "warmup": round(cfg.warmup_epochs * per_epoch),
-            "total": total,
-            "min_ratio": cfg.min_lr_ratio,
-        }
+        warmup = round(cfg.warmup_epochs * per_epoch)
+        min_ratio = cfg.min_lr_ratio
         frozen = cfg.freeze_encoder_epochs * per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             [
-                functools.partial(lr_factor, **common, frozen=frozen),
-                functools.partial(lr_factor, **common),
+                functools.partial(
+                    lr_factor, warmup=warmup, total=total, min_ratio=min_ratio, frozen=frozen
+                ),
+                functools.partial(lr_factor, warmup=warmup, total=total, min_ratio=min_ratio),
             ],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -417,7 +417,10 @@ def plot_chip_grid(examples: Sequence[ChipExample], title: str, path: Path) -> N
         for example, axes_row in zip(examples, grid, strict=True):
             _draw_chip_row(example, axes_row, columns)
         figure.suptitle(title)
-        handles = [Patch(color=np.array(rgb) / 255.0, label=name) for name, rgb in CLASS_LEGEND]
+        handles = [
+            Patch(color=(r / 255.0, g / 255.0, b / 255.0), label=name)
+            for name, (r, g, b) in CLASS_LEGEND
+        ]
         figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
 
 
@@ -587,7 +590,9 @@ def _figures_section(files: ReportFiles) -> list[str]:
 
 def _as_float(value: Any) -> float:
     """Float of a number, NaN for None, strings, arrays and anything else."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        return math.nan
+    if isinstance(value, numbers.Real):
         return float(value)
     return math.nan
 
