@@ -29,10 +29,11 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m flows.serve $(SERVE_ARGS)
 
-## test: lint, then the whole test suite with slow tests (what CI runs)
+## test: lint, type check (mypy --strict), then the whole test suite with slow tests (what CI runs)
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "slow or not slow" -q
 
 ## test-fast: the default quick run for development
