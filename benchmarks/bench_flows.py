@@ -51,17 +51,9 @@ counts too. Dirty pages are flushed (``os.sync``) before each child. Results go 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata
-import importlib.util
-import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -69,23 +61,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
+import _harness
+import bench_infer  # the bundle child
+
+ROOT = _harness.ROOT
 BANDS = 4
 SEED = 11
 KINDS = ("direct", "flow", "flow_dask2", "flow_dask2_server")
 DASK_WORKERS = 2
 OVERHEAD_GOAL = 1.10  # the flow may take at most 10 % longer than the bare loop
-SAMPLE_S = 0.25
-
-
-def _bench_infer():
-    """``benchmarks/bench_infer.py`` as a module (bundle building, machine description)."""
-    spec = importlib.util.spec_from_file_location("bench_infer", HERE / "bench_infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- children ------------------------------------------------------------------------------------
@@ -103,10 +87,6 @@ def child_synth(size: int, scenes: int, out: str) -> dict:
         "scenes": [str(s) for s in result.scenes],
         "seconds": time.perf_counter() - started,
     }
-
-
-def child_bundle(**arguments) -> dict:
-    return _bench_infer().child_bundle(**arguments)
 
 
 def child_direct(incoming: str, bundle: str, out_dir: str, device: str) -> dict:
@@ -296,16 +276,10 @@ def child_flow(
 
 CHILDREN = {
     "synth": child_synth,
-    "bundle": child_bundle,
+    "bundle": bench_infer.child_bundle,
     "direct": child_direct,
     "flow": child_flow,
 }
-
-
-def child_main(argv: list[str]) -> None:
-    kind, arguments, result_path = argv
-    result = CHILDREN[kind](**json.loads(arguments))
-    Path(result_path).write_text(json.dumps(result))
 
 
 # --- parent --------------------------------------------------------------------------------------
@@ -327,84 +301,33 @@ def child_env(prefect_home: Path) -> dict[str, str]:
     }
 
 
-class TreeSampler(threading.Thread):
-    """Peak of the summed RSS of a process and all its descendants, sampled every SAMPLE_S."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.processes = pid, 0, 1
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        while not self.done.wait(SAMPLE_S):
-            total, count = 0, 0
-            try:
-                tree = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                return
-            for process in tree:
-                try:
-                    total += process.memory_info().rss
-                    count += 1
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self.processes = max(self.processes, count)
-
-
 def run_child(kind: str, run_dir: Path, **arguments) -> dict:
     """One measurement in a fresh process: its JSON result plus wall time and peak RSS.
 
-    The child's stderr (Prefect's logs) goes to ``run_dir/child.log``; its tail is shown on failure.
+    ``_harness.run_child`` with the child's stdout and stderr (Prefect's logs) in
+    ``run_dir/child.log`` (its tail is shown on failure), the repository as the working folder,
+    a private Prefect home (removed afterwards) and the process tree's summed RSS sampled.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result_path, log_path = run_dir / "result.json", run_dir / "child.log"
-    result_path.unlink(missing_ok=True)
-    os.sync()
-    started = time.perf_counter()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--child", kind, json.dumps(arguments), str(result_path)],
-            cwd=ROOT,
-            env=child_env(run_dir / "prefect-home"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        sampler = TreeSampler(process.pid)
-        sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        sampler.done.set()
-        sampler.join()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not result_path.exists():
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise SystemExit(f"child {kind} failed with exit status {code}; log tail:\n{tail}")
-    result = json.loads(result_path.read_text())
-    result["wall_seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    result["peak_tree_rss_mb"] = sampler.peak / 2**20
-    result["tree_processes"] = sampler.processes
+    result = _harness.run_child(
+        __file__, kind, arguments, run_dir=run_dir, cwd=ROOT,
+        env=child_env(run_dir / "prefect-home"), sample_tree=True,
+    )  # fmt: skip
     shutil.rmtree(run_dir / "prefect-home", ignore_errors=True)
     return result
 
 
 def scenes_for(size: int, scenes: int, workdir: Path) -> dict:
     data_dir = workdir / f"synth_{size}x{scenes}"
-    meta = data_dir / "bench_meta.json"
-    if meta.exists():
-        return json.loads(meta.read_text())
-    shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"generating {scenes} synthetic {BANDS}-band scenes of {size} px ...", flush=True)
-    result = run_child("synth", workdir / "synth-run", size=size, scenes=scenes, out=str(data_dir))
-    shutil.rmtree(workdir / "synth-run", ignore_errors=True)
-    meta.write_text(json.dumps({k: result[k] for k in ("scenes", "seconds")}))
-    return result
+
+    def make() -> dict:
+        run_dir = workdir / "synth-run"
+        result = run_child("synth", run_dir, size=size, scenes=scenes, out=str(data_dir))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {k: result[k] for k in ("scenes", "seconds")}
+
+    return _harness.generated(
+        data_dir, make, f"generating {scenes} synthetic {BANDS}-band scenes of {size} px ..."
+    )
 
 
 def compare(result: dict, out_dir: Path, reference: dict | None, reference_dir: Path) -> None:
@@ -445,11 +368,11 @@ def summarize(runs: list[dict], scenes: int, megapixels: float) -> dict:
         "seconds_runs": [round(s, 3) for s in seconds],
         "scenes_per_s": scenes / statistics.median(seconds),
         "mpx_per_s": megapixels / statistics.median(seconds),
-        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
-        "wall_seconds": statistics.median(r["wall_seconds"] for r in runs),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "peak_tree_rss_mb": max(r["peak_tree_rss_mb"] for r in runs),
-        "tree_processes": max(r["tree_processes"] for r in runs),
+        "cpu_seconds": _harness.median_of(runs, "cpu_seconds"),
+        "wall_seconds": _harness.median_of(runs, "wall_seconds"),
+        "peak_rss_mb": _harness.peak_of(runs),
+        "peak_tree_rss_mb": _harness.peak_of(runs, "peak_tree_rss_mb"),
+        "tree_processes": _harness.peak_of(runs, "tree_processes"),
         "all_mapped": all(r["mapped"] == scenes and r["failed"] == 0 for r in runs),
     }
     if all("identical_to_direct" in r for r in runs):
@@ -462,9 +385,9 @@ def summarize(runs: list[dict], scenes: int, megapixels: float) -> dict:
         "empty_flow_seconds", "cluster_start_seconds", "cluster_close_seconds",
         "probe_cluster_start_seconds", "probe_worker_cold_start_seconds", "probe_warm_map_seconds",
     ):  # fmt: skip
-        values = [r[key] for r in runs if key in r]
-        if values:
-            out[key] = statistics.median(values)
+        value = _harness.median_of(runs, key)
+        if value is not None:
+            out[key] = value
     probes = [r["probe_workers"] for r in runs if "probe_workers" in r]
     if probes:  # per run the slowest worker (they start at once), then the median over runs
         for key in ("import_seconds", "prefect_api_seconds"):
@@ -478,27 +401,14 @@ def summarize(runs: list[dict], scenes: int, megapixels: float) -> dict:
     return out
 
 
-def version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine(model_info: dict) -> dict:
-    bench_infer = _bench_infer()
-    return {
-        "cpu": bench_infer.cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gb": round(bench_infer.memory_bytes() / 1024**3, 1),
-        "python": platform.python_version(),
-        "torch": model_info["torch"],
-        "torch_threads": model_info["torch_threads"],
-        "device": model_info["device"],
-        "device_name": model_info["device_name"],
-        "rs_seg": model_info["rs_seg"],
-        **{name: version(name) for name in ("prefect", "prefect-dask", "dask", "distributed")},
-    }
+    """bench_infer's machine (torch device from the bundle child), with the orchestration stack."""
+    keys = ("torch", "torch_threads", "device", "device_name", "rs_seg")
+    return _harness.machine(
+        gdal=False,
+        packages=("prefect", "prefect-dask", "dask", "distributed"),
+        **{key: model_info[key] for key in keys},
+    )
 
 
 def run_kind(kind: str, args: argparse.Namespace, common: dict, run_dir: Path) -> dict:
@@ -578,11 +488,10 @@ def bench(args: argparse.Namespace) -> dict:
                 r["seconds"] - d["seconds"] for r, d in zip(runs[kind], runs["direct"], strict=True)
             ]
             extra[kind] = {"median": statistics.median(paired), "runs": paired}
-    return {
-        "benchmark": "flows",
-        "date": dt.date.today().isoformat(),
-        "machine": machine(model_info),
-        "data": {
+    return _harness.report(
+        "flows",
+        machine(model_info),
+        data={
             "scenes": args.scenes,
             "size": args.size,
             "bands": BANDS,
@@ -591,7 +500,7 @@ def bench(args: argparse.Namespace) -> dict:
             "megapixels": megapixels,
             "scene_mb": round(sum(Path(s).stat().st_size for s in data["scenes"]) / 1e6, 1),
         },
-        "model": {
+        model={
             "arch": args.arch,
             "encoder": args.encoder,
             "parameters": model_info["parameters"],
@@ -601,7 +510,7 @@ def bench(args: argparse.Namespace) -> dict:
             "batch_size": 16,
             "min_area": 500.0,
         },
-        "timed": {
+        timed={
             "direct": "plan(cfg) and map_scene(cfg, job) for every job (no Prefect, no claims)",
             "flow": "infer_new_imagery(cfg) on the ephemeral server, after one start-up call and "
             "one timed empty-inbox call in the same process",
@@ -611,12 +520,12 @@ def bench(args: argparse.Namespace) -> dict:
             "flow_dask2_server": "flow_dask2 with a Prefect server started before (flows.server."
             "prefect_api on a free port, as make serve does): the workers report to it",
         },
-        "repeats": args.repeats,
-        "medians": medians,
-        "ratios": ratios,
-        "extra_seconds_vs_direct": extra,
-        "runs": runs,
-    }
+        repeats=args.repeats,
+        medians=medians,
+        ratios=ratios,
+        extra_seconds_vs_direct=extra,
+        runs=runs,
+    )
 
 
 def evaluate_checks(report: dict) -> list[dict]:
@@ -654,11 +563,7 @@ STYLE = {
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _harness.pyplot()
     medians = report["medians"]
     kinds = [k for k in KINDS if k in medians]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=(1.3, 1))
@@ -695,16 +600,13 @@ def plot(report: dict, path: Path) -> None:
     ax1.set(ylabel="seconds per run (median, min-max)", title="Mapping the whole inbox")
     ax1.set_ylim(0, max(max(values) * 1.3, *(s * 1.15 for s in startup if s is not None)))
     ax1.legend(fontsize=7, loc="upper left", frameon=False)
-    width = 0.38
     own = [medians[k]["peak_rss_mb"] for k in kinds]
     tree = [medians[k]["peak_tree_rss_mb"] for k in kinds]
-    b1 = ax2.bar([x - width / 2 for x in xs], own, width, color="#868e96", label="child (wait4)")
-    b2 = ax2.bar(
-        [x + width / 2 for x in xs], tree, width, color="#fab005",
-        label=f"child + descendants (summed, sampled every {SAMPLE_S:g} s)",
+    sampled = f"child + descendants (summed, sampled every {_harness.TREE_SAMPLE_S:g} s)"
+    _harness.grouped_bars(
+        ax2, [("child (wait4)", own, "#868e96"), (sampled, tree, "#fab005")],
+        width=0.76, value_format="{:.0f}",
     )  # fmt: skip
-    ax2.bar_label(b1, [f"{v:.0f}" for v in own], fontsize=7)
-    ax2.bar_label(b2, [f"{v:.0f}" for v in tree], fontsize=7)
     ax2.set_xticks(xs, [STYLE[k][0] for k in kinds], fontsize=8)
     ax2.set(ylabel="peak RSS (MB)", title="Peak memory")
     ax2.set_ylim(0, max(tree + own) * 1.25)
@@ -717,15 +619,15 @@ def plot(report: dict, path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _harness.save_figure(fig, path, dpi=120)
 
 
 def print_table(report: dict) -> None:
-    print(
-        f"\n{'kind':<18} {'s (median)':>10} {'min-max':>12} {'scenes/s':>9} {'x direct':>9} "
-        f"{'RSS MB':>7} {'tree MB':>8}  notes"
-    )
+    table = _harness.Table(
+        ("kind", "<18"), ("s (median)", ">10.2f"), ("min-max", ">12"), ("scenes/s", ">9.3f"),
+        ("x direct", ">9"), ("RSS MB", ">7.0f"), ("tree MB", ">8.0f"),
+    )  # fmt: skip
+    print(f"\n{table.header()}  notes")
     base = report["medians"].get("direct", {}).get("seconds")
     for kind, m in report["medians"].items():
         notes = []
@@ -744,17 +646,16 @@ def print_table(report: dict) -> None:
                 f"{m['prob_pixels_differing_max']} px off by <= {m['prob_max_level_diff']}"
             )  # fmt: skip
         ratio = f"{m['seconds'] / base:.3f}" if base else "-"
-        print(
-            f"{kind:<18} {m['seconds']:>10.2f} "
-            f"{m['seconds_min']:>5.1f}-{m['seconds_max']:<6.1f} {m['scenes_per_s']:>9.3f} "
-            f"{ratio:>9} {m['peak_rss_mb']:>7.0f} {m['peak_tree_rss_mb']:>8.0f}  "
-            + ", ".join(notes)
-        )
+        spread = f"{m['seconds_min']:>5.1f}-{m['seconds_max']:<6.1f}"
+        cells = table.row(
+            kind, m["seconds"], spread, m["scenes_per_s"], ratio, m["peak_rss_mb"],
+            m["peak_tree_rss_mb"],
+        )  # fmt: skip
+        print(f"{cells}  " + ", ".join(notes))
     for kind, extra in report["extra_seconds_vs_direct"].items():
         runs = ", ".join(f"{v:+.2f}" for v in extra["runs"])
         print(f"{kind} - direct, paired by repeat: {runs} s (median {extra['median']:+.2f} s)")
-    for check in report["checks"]:
-        print(f"{'met ' if check['met'] else 'MISSED'} {check['check']}: {check['value']}")
+    _harness.print_checks(report["checks"])
 
 
 def main() -> None:
@@ -763,7 +664,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench_flows"))
-    parser.add_argument("--out", type=Path, default=None, help=f"[{RESULTS}]")
+    parser.add_argument("--out", type=Path, default=None, help=f"[{_harness.RESULTS}]")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="[all; --quick: the first 3]")
     parser.add_argument("--arch", default="FPN")
     parser.add_argument("--encoder", default="tu-mobilenetv3_small_050")
@@ -782,21 +683,17 @@ def main() -> None:
     if args.kinds is None:
         args.kinds = list(KINDS[:3] if args.quick else KINDS)
     if args.out is None:
-        args.out = args.workdir / "results-quick" if args.quick else RESULTS
+        args.out = args.workdir / "results-quick" if args.quick else _harness.RESULTS
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = bench(args)
     report["checks"] = evaluate_checks(report)
     report["all_checks_met"] = all(c["met"] for c in report["checks"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flows.json").write_text(json.dumps(report, indent=2) + "\n")
+    _harness.write_json(args.out / "flows.json", report)
     plot(report, args.out / "flows.png")
     print_table(report)
     print(f"results: {args.out / 'flows.json'}, {args.out / 'flows.png'}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_main(sys.argv[2:])
-    else:
-        main()
+    _harness.entry(main, CHILDREN)

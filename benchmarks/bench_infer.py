@@ -43,22 +43,18 @@ at least 0.8 of the bare limit at every size, and its peak RSS at the largest si
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
 import os
-import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import _harness
+
 CHIP = 256
 OVERLAP = 0.25
 BATCH = 16
@@ -134,7 +130,9 @@ def child_bundle(scene: str, out: str, arch: str, encoder: str, device: str) -> 
         "normalization": {"mean": list(mean), "std": list(std)},
         "device": str(resolved),
         "device_name": (
-            torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else cpu_model()
+            torch.cuda.get_device_name(resolved)
+            if resolved.type == "cuda"
+            else _harness.cpu_model()
         ),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -312,70 +310,18 @@ CHILDREN = {
 }
 
 
-def child_main(argv: list[str]) -> None:
-    kind, arguments = argv
-    result = CHILDREN[kind](**json.loads(arguments))
-    print(json.dumps(result))
-
-
 # --- parent --------------------------------------------------------------------------------------
 
 
 def run_child(kind: str, allow_failure: bool = False, **arguments) -> dict:
-    """Run one measurement in a fresh process; its JSON result plus wall time and peak RSS.
-
-    Dirty pages of the previous run are flushed first, so that writeback does not land on
-    whichever run happens to come next.
-    """
-    os.sync()
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--child", kind, json.dumps(arguments)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    peak = usage.ru_maxrss / 1024  # Linux reports KiB
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        if allow_failure:  # e.g. the naive recipe killed for memory: a result, not a crash
-            return {"failed": f"exit status {code}", "peak_rss_mb": peak}
-        raise SystemExit(f"child {kind} failed with exit status {code}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["wall_seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = peak
-    return result
-
-
-def cpu_model() -> str:
-    return next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor() or platform.machine(),
-    )  # fmt: skip
-
-
-def memory_bytes() -> int:
-    return int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    """A measurement in a fresh process of this script (``_harness.run_child``)."""
+    return _harness.run_child(__file__, kind, arguments, allow_failure=allow_failure)
 
 
 def machine(model_info: dict) -> dict:
-    import rasterio
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gb": round(memory_bytes() / 1024**3, 1),
-        "python": platform.python_version(),
-        "torch": model_info["torch"],
-        "torch_threads": model_info["torch_threads"],
-        "device": model_info["device"],
-        "device_name": model_info["device_name"],
-        "rs_seg": model_info["rs_seg"],
-        "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__,
-    }
+    """The machine, with the torch device and threads the bundle child resolved."""
+    keys = ("torch", "torch_threads", "device", "device_name", "rs_seg")
+    return _harness.machine(**{key: model_info[key] for key in keys})
 
 
 def naive_estimate(size: int) -> int:
@@ -392,19 +338,11 @@ def window_total(size: int) -> int:
 
 def scene_for(size: int, workdir: Path) -> dict:
     data_dir = workdir / f"synth_{size}"
-    meta = data_dir / "bench_meta.json"
-    if meta.exists():
-        return json.loads(meta.read_text())
-    shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"[{size}] generating a synthetic {BANDS}-band scene ...", flush=True)
-    scene = run_child("synth", size=size, out=str(data_dir))
-    meta.write_text(json.dumps(scene))
-    return scene
-
-
-def median_of(runs: list[dict], key: str) -> float | None:
-    values = [r[key] for r in runs if key in r]
-    return statistics.median(values) if values else None
+    return _harness.generated(
+        data_dir,
+        lambda: run_child("synth", size=size, out=str(data_dir)),
+        f"[{size}] generating a synthetic {BANDS}-band scene ...",
+    )
 
 
 def summarize(kind: str, runs: list[dict]) -> dict:
@@ -414,11 +352,11 @@ def summarize(kind: str, runs: list[dict]) -> dict:
     rates = [r["megapixels"] / r["seconds"] for r in measured]
     out = {
         "mpx_per_s": statistics.median(rates),
-        "seconds": median_of(measured, "seconds"),
-        "cpu_seconds": median_of(measured, "cpu_seconds"),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in measured),
+        "seconds": _harness.median_of(measured, "seconds"),
+        "cpu_seconds": _harness.median_of(measured, "cpu_seconds"),
+        "peak_rss_mb": _harness.peak_of(measured),
         "mpx_per_s_runs": rates,
-        "peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in measured],
+        "peak_rss_mb_runs": _harness.rss_runs(measured),
     }
     count = {"rs_seg": "windows", "bare": "windows", "naive": "tiles"}.get(kind)
     if count:
@@ -452,7 +390,7 @@ def bench_size(size: int, args: argparse.Namespace, repeats: int) -> tuple[dict,
     if "vectorize" in kinds and "rs_seg" not in kinds:
         raise SystemExit("--kinds vectorize needs rs_seg too (it vectorizes rs_seg's output)")
     skipped: dict[str, str] = {}
-    estimate, ram = naive_estimate(size), memory_bytes()
+    estimate, ram = naive_estimate(size), _harness.memory_bytes()
     if "naive" in kinds and estimate > NAIVE_RAM_FRACTION * ram:
         skipped["naive"] = (
             f"estimated {estimate / 2**30:.1f} GiB > {NAIVE_RAM_FRACTION:.0%} of "
@@ -560,27 +498,17 @@ STYLE = {
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _harness.pyplot()
     rows = report["rows"]
     order = ("bare", "rs_seg", "naive", "vectorize")  # the limit first
     kinds = [k for k in order if any("mpx_per_s" in r["medians"].get(k, {}) for r in rows)]
-    width = 0.8 / max(1, len(kinds))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for panel, key, unit in ((ax1, "mpx_per_s", "{:.2f}"), (ax2, "peak_rss_mb", "{:.0f}")):
-        for j, kind in enumerate(kinds):
-            xs, values = [], []
-            for i, row in enumerate(rows):
-                value = row["medians"].get(kind, {}).get(key)
-                if value is not None:
-                    xs.append(i + (j - (len(kinds) - 1) / 2) * width)
-                    values.append(value)
+        series = []
+        for kind in kinds:
             label, color = STYLE[kind]
-            bars = panel.bar(xs, values, width, label=label, color=color)
-            panel.bar_label(bars, [unit.format(v) for v in values], fontsize=7)
+            series.append((label, [row["medians"].get(kind, {}).get(key) for row in rows], color))
+        _harness.grouped_bars(panel, series, value_format=unit)
         panel.set_xticks(range(len(rows)), [f"{r['size']}²" for r in rows])
         panel.set_yscale("log")
     ax1.set(
@@ -600,36 +528,36 @@ def plot(report: dict, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _harness.save_figure(fig, path, dpi=120)
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'size':>6} {'kind':<10} {'Mpx/s':>8} {'s':>8} {'windows':>8} {'peak RSS MB':>12}")
+    table = _harness.Table(
+        ("size", ">6"), ("kind", "<10"), ("Mpx/s", ">8.3f"), ("s", ">8.1f"), ("windows", ">8"),
+        ("peak RSS MB", ">12.0f"),
+    )  # fmt: skip
+    print("\n" + table.header())
     for row in report["rows"]:
         for kind in KINDS:
             m = row["medians"].get(kind)
             if m is None:
                 continue
             if "mpx_per_s" not in m:
-                print(f"{row['size']:>6} {kind:<10} skipped: {m.get('skipped')}")
+                print(f"{table.row(row['size'], kind)} skipped: {m.get('skipped')}")
                 continue
             count = m.get("windows", m.get("tiles", m.get("polygons", "")))
-            print(
-                f"{row['size']:>6} {kind:<10} {m['mpx_per_s']:>8.3f} {m['seconds']:>8.1f} "
-                f"{count!s:>8} {m['peak_rss_mb']:>12.0f}"
-            )
+            cells = (m["mpx_per_s"], m["seconds"], str(count), m["peak_rss_mb"])
+            print(table.row(row["size"], kind, *cells))
         if "ratio_rs_seg_vs_bare" in row:
             print(f"{'':>6} rs_seg / bare = {row['ratio_rs_seg_vs_bare']:.3f}")
-    for goal in report["goals"]:
-        print(f"{'met ' if goal['met'] else 'MISSED'} {goal['goal']}: {goal['value']}")
+    _harness.print_checks(report["goals"], name="goal")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench_infer"))
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=_harness.RESULTS)
     parser.add_argument("--repeats", type=int, default=3, help="runs per size up to 4096 px")
     parser.add_argument("--repeats-large", type=int, default=1, help="runs per larger size")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
@@ -647,11 +575,10 @@ def main() -> None:
         repeats = args.repeats if size <= 4096 else args.repeats_large
         row, model_info = bench_size(size, args, repeats)
         rows.append(row)
-    report = {
-        "benchmark": "infer",
-        "date": dt.date.today().isoformat(),
-        "machine": machine(model_info),
-        "model": {
+    report = _harness.report(
+        "infer",
+        machine(model_info),
+        model={
             "arch": args.arch,
             "encoder": args.encoder,
             "parameters": model_info["parameters"],
@@ -662,7 +589,7 @@ def main() -> None:
             "batch_size": BATCH,
             "normalization": "per-band mean/std of 16 sample windows of each scene",
         },
-        "timed": {
+        timed={
             "rs_seg": "the predict_scene call (scene open, compatibility sample, network rebuild "
             "after a warm-up build, all windows, blending, strip writes, COG copy)",
             "bare": "forward + sigmoid for the same windows in batches of 16 already on the "
@@ -670,19 +597,15 @@ def main() -> None:
             "naive": "whole-scene read + normalize, batch-1 tiles, uint8 GeoTIFF write",
             "vectorize": "the vectorize call on rs_seg's probability COG",
         },
-        "rows": rows,
-    }
+        rows=rows,
+    )
     report["goals"] = evaluate_goals(rows)
     report["all_goals_met"] = all(g["met"] for g in report["goals"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "infer.json").write_text(json.dumps(report, indent=2) + "\n")
+    _harness.write_json(args.out / "infer.json", report)
     plot(report, args.out / "infer.png")
     print_table(report)
     print(f"results: {args.out / 'infer.json'}, {args.out / 'infer.png'}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_main(sys.argv[2:])
-    else:
-        main()
+    _harness.entry(main, CHILDREN)

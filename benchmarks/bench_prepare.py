@@ -20,28 +20,23 @@ and ``prepare.png``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import _harness
 
 
-def child_synth(size: int, out: Path) -> dict:
+def child_synth(size: int, out: str) -> dict:
     import pyogrio
 
     from rs_seg.config import SynthConfig
     from rs_seg.synthetic import generate_scenes
 
     started = time.perf_counter()
-    result = generate_scenes(SynthConfig(out=out, size=size, bands=4, seed=11, scenes=1))
+    result = generate_scenes(SynthConfig(out=Path(out), size=size, bands=4, seed=11, scenes=1))
     seconds = time.perf_counter() - started
     polygons = pyogrio.read_info(result.labels)["features"]
     return {
@@ -52,11 +47,11 @@ def child_synth(size: int, out: Path) -> dict:
     }
 
 
-def child_prepare(scene: str, labels: str, out: Path) -> dict:
+def child_prepare(scene: str, labels: str, out: str) -> dict:
     from rs_seg.config import PrepareConfig
     from rs_seg.prepare.run import prepare
 
-    cfg = PrepareConfig(scenes=[scene], labels=labels, out=out, overwrite=True)
+    cfg = PrepareConfig(scenes=[scene], labels=labels, out=Path(out), overwrite=True)
     started, cpu = time.perf_counter(), time.process_time()
     summary = prepare(cfg)
     return {
@@ -66,7 +61,7 @@ def child_prepare(scene: str, labels: str, out: Path) -> dict:
     }
 
 
-def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
+def child_bare(scene: str, index_dir: str, out: str) -> dict:
     """Read each window rs_seg wrote and write image + mask chips with the same profiles."""
     import numpy as np
     import pyogrio
@@ -78,13 +73,14 @@ def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
     from rs_seg.prepare.chips import ChipSettings, chip_profile, mask_profile
     from rs_seg.rasters import GDAL_ENV, RasterInfo
 
-    chips = pyogrio.read_dataframe(index_dir / "index.gpkg", read_geometry=False)
+    chips = pyogrio.read_dataframe(Path(index_dir) / "index.gpkg", read_geometry=False)
     info = RasterInfo.read(Path(scene))
     size = int(chips["size"].iloc[0])
     defaults = PrepareConfig.model_fields
     settings = ChipSettings(size, size, 1.0, defaults["compression"].default)
     image_profile, mask_profile_ = chip_profile(info, settings), mask_profile(info, settings)
     zeros = np.zeros((1, size, size), dtype=np.uint8)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started, cpu = time.perf_counter(), time.process_time()
     with rasterio.Env(**GDAL_ENV), rasterio.open(scene) as src:
@@ -107,56 +103,21 @@ def child_bare(scene: str, index_dir: Path, out: Path) -> dict:
     }
 
 
-def run_child(*args: str) -> dict:
-    """Run this script in a fresh process; returns its JSON result plus wall time and peak RSS.
-
-    Dirty pages of the previous run (gigabytes of chips) are flushed first, so that writeback
-    does not land on whichever run happens to come next.
-    """
-    os.sync()
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True
-    )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"child {args[0]} failed with status {status}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["wall_seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    return result
+CHILDREN = {"synth": child_synth, "prepare": child_prepare, "bare": child_bare}
 
 
-def machine() -> dict:
-    import rasterio
-
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(memory_kb / 1024**2, 1),
-        "python": platform.python_version(),
-        "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__,
-    }
+def run_child(kind: str, **arguments: str | int) -> dict:
+    """A measurement in a fresh process of this script (``_harness.run_child``)."""
+    return _harness.run_child(__file__, kind, arguments)
 
 
 def bench_size(size: int, workdir: Path, repeats: int) -> dict:
     data_dir = workdir / f"synth_{size}"
-    meta = data_dir / "bench_meta.json"
-    if meta.exists():
-        scene = json.loads(meta.read_text())
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        print(f"[{size}] generating a synthetic 4-band scene ...", flush=True)
-        scene = run_child("synth", str(size), str(data_dir))
-        meta.write_text(json.dumps(scene))
+    scene = _harness.generated(
+        data_dir,
+        lambda: run_child("synth", size=size, out=str(data_dir)),
+        f"[{size}] generating a synthetic 4-band scene ...",
+    )
     chips_dir, bare_dir = workdir / f"chips_{size}", workdir / f"bare_{size}"
     ours, bare = [], []
     for attempt in range(1, repeats + 1):  # alternate, so drift on the machine hits both alike
@@ -164,9 +125,13 @@ def bench_size(size: int, workdir: Path, repeats: int) -> dict:
             f"[{size}] run {attempt}/{repeats}: rs_seg prepare, then bare read + write", flush=True
         )
         shutil.rmtree(chips_dir, ignore_errors=True)  # deleting old chips is not preparation
-        ours.append(run_child("prepare", scene["scene"], scene["labels"], str(chips_dir)))
+        ours.append(
+            run_child("prepare", scene=scene["scene"], labels=scene["labels"], out=str(chips_dir))
+        )
         shutil.rmtree(bare_dir, ignore_errors=True)
-        bare.append(run_child("bare", scene["scene"], str(chips_dir), str(bare_dir)))
+        bare.append(
+            run_child("bare", scene=scene["scene"], index_dir=str(chips_dir), out=str(bare_dir))
+        )
         shutil.rmtree(bare_dir, ignore_errors=True)
     shutil.rmtree(chips_dir, ignore_errors=True)
     ours_rate = statistics.median(r["chips"] / r["seconds"] for r in ours)
@@ -181,10 +146,10 @@ def bench_size(size: int, workdir: Path, repeats: int) -> dict:
         "bare_chips_per_s": bare_rate,
         "rs_seg_chips_per_s_runs": [r["chips"] / r["seconds"] for r in ours],
         "bare_chips_per_s_runs": [r["chips"] / r["seconds"] for r in bare],
-        "rs_seg_peak_rss_mb": max(r["peak_rss_mb"] for r in ours),
-        "bare_peak_rss_mb": max(r["peak_rss_mb"] for r in bare),
-        "rs_seg_peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in ours],
-        "bare_peak_rss_mb_runs": [round(r["peak_rss_mb"]) for r in bare],
+        "rs_seg_peak_rss_mb": _harness.peak_of(ours),
+        "bare_peak_rss_mb": _harness.peak_of(bare),
+        "rs_seg_peak_rss_mb_runs": _harness.rss_runs(ours),
+        "bare_peak_rss_mb_runs": _harness.rss_runs(bare),
     }
     row["slowdown_vs_bare"] = row["bare_chips_per_s"] / row["rs_seg_chips_per_s"]
     # CPU seconds per chip are less sensitive to other tenants of a shared machine than wall time.
@@ -200,75 +165,45 @@ def bench_size(size: int, workdir: Path, repeats: int) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _harness.pyplot()
     labels = [f"{r['size']}²" for r in rows]
     x = range(len(rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.bar(
-        [i - 0.2 for i in x], [r["rs_seg_chips_per_s"] for r in rows], 0.4, label="rs_seg prepare"
-    )
-    ax1.bar(
-        [i + 0.2 for i in x], [r["bare_chips_per_s"] for r in rows], 0.4, label="bare read+write"
-    )
+    for ax, key in ((ax1, "chips_per_s"), (ax2, "peak_rss_mb")):
+        _harness.grouped_bars(ax, [
+            ("rs_seg prepare", [r[f"rs_seg_{key}"] for r in rows], None),
+            ("bare read+write", [r[f"bare_{key}"] for r in rows], None),
+        ])  # fmt: skip
     ax1.set(
         xticks=list(x), xticklabels=labels, ylabel="chips / s", title="Throughput (256 px chips)"
     )
     ax1.legend()
-    ax2.bar(
-        [i - 0.2 for i in x], [r["rs_seg_peak_rss_mb"] for r in rows], 0.4, label="rs_seg prepare"
-    )
-    ax2.bar(
-        [i + 0.2 for i in x], [r["bare_peak_rss_mb"] for r in rows], 0.4, label="bare read+write"
-    )
     ax2.set(xticks=list(x), xticklabels=labels, ylabel="peak RSS (MB)", title="Peak memory")
     ax2.legend(loc="lower right")
     fig.suptitle("Chip preparation, 4-band uint16 synthetic scenes")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _harness.save_figure(fig, path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench"))
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=_harness.RESULTS)
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; medians reported")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [bench_size(size, args.workdir, args.repeats) for size in args.sizes]
-    report = {
-        "benchmark": "prepare",
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
-        "rows": rows,
-    }
+    report = _harness.report("prepare", _harness.machine(), rows=rows)
     if len(rows) >= 2:
         report["rss_ratio_largest_vs_smallest"] = (
             rows[-1]["rs_seg_peak_rss_mb"] / rows[0]["rs_seg_peak_rss_mb"]
         )
-    (args.out / "prepare.json").write_text(json.dumps(report, indent=2) + "\n")
+    _harness.write_json(args.out / "prepare.json", report)
     plot(rows, args.out / "prepare.png")
     print(f"results: {args.out / 'prepare.json'}, {args.out / 'prepare.png'}")
 
 
-def child_main(argv: list[str]) -> None:
-    mode, *rest = argv
-    if mode == "synth":
-        result = child_synth(int(rest[0]), Path(rest[1]))
-    elif mode == "prepare":
-        result = child_prepare(rest[0], rest[1], Path(rest[2]))
-    else:
-        result = child_bare(rest[0], Path(rest[1]), Path(rest[2]))
-    print(json.dumps(result))
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_main(sys.argv[2:])
-    else:
-        main()
+    _harness.entry(main, CHILDREN)

@@ -1,7 +1,8 @@
 """Synthetic scene generation: time and peak memory per scene size (4 bands, one scene each).
 
-Each size runs in a fresh child process (the same harness as bench_prepare.py); time is measured
-inside the child, peak RSS is the child's ``ru_maxrss``. Writes benchmarks/results/synth.json.
+Each size runs in a fresh child process (bench_prepare.py's ``synth`` child, through
+``_harness.run_child``); time is measured inside the child, peak RSS is the child's ``ru_maxrss``.
+Writes benchmarks/results/synth.json.
 
     python benchmarks/bench_synth.py [--sizes 4096 16384 20000] [--workdir /tmp/rs_seg_bench_synth]
 """
@@ -9,14 +10,12 @@ inside the child, peak RSS is the child's ``ru_maxrss``. Writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prepare import RESULTS, machine, run_child
+import _harness
+import bench_prepare
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     for size in args.sizes:
         out = args.workdir / f"synth_{size}"
         shutil.rmtree(out, ignore_errors=True)
-        result = run_child("synth", str(size), str(out))
+        result = bench_prepare.run_child("synth", size=size, out=str(out))
         scene_bytes = Path(result["scene"]).stat().st_size
         row = {
             "size": size,
@@ -41,14 +40,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
         shutil.rmtree(out, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "synth",
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
-        "rows": rows,
-    }
-    (RESULTS / "synth.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = _harness.report("synth", _harness.machine(), rows=rows)
+    _harness.write_json(_harness.RESULTS / "synth.json", report)
 
 
 if __name__ == "__main__":

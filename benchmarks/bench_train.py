@@ -20,10 +20,8 @@ pairs. Results: ``benchmarks/results/train.json`` and ``train.png``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,9 +30,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import rs_seg  # noqa: F401 - arms the torchvision shim
+import _harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import rs_seg  # noqa: F401 - arms the torchvision shim
 
 
 def make_chips(workdir: Path) -> Path:
@@ -148,11 +146,7 @@ def loader_only(data, batches: int) -> float:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _harness.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     names = ["bare train step", "rs_seg training loop", "data pipeline alone"]
     values = [
@@ -171,8 +165,7 @@ def plot(result: dict, path: Path) -> None:
     )
     ax.set_xlim(0, max(values) * 1.25)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _harness.save_figure(fig, path, dpi=100)
 
 
 def main() -> None:
@@ -200,32 +193,31 @@ def main() -> None:
                 f"loader alone {loader[-1]:.1f} chips/s",
                 flush=True,
             )
-    result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-        "model": f"Unet/{args.encoder}",
-        "chip_size": 256,
-        "bands": 4,
-        "batch_size": args.batch_size,
-        "precision": "32-true",
-        "batches_timed": args.batches,
-        "repeats": args.repeats,
-        "bare_runs": bare,
-        "rs_seg_runs": ours,
-        "loader_runs": loader,
-        "bare_chips_per_s": statistics.median(bare),
-        "rs_seg_chips_per_s": statistics.median(ours),
-        "loader_chips_per_s": statistics.median(loader),
-    }
+    result = _harness.report(
+        "train",
+        _harness.machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        device="cpu",
+        model=f"Unet/{args.encoder}",
+        chip_size=256,
+        bands=4,
+        batch_size=args.batch_size,
+        precision="32-true",
+        batches_timed=args.batches,
+        repeats=args.repeats,
+        bare_runs=bare,
+        rs_seg_runs=ours,
+        loader_runs=loader,
+        bare_chips_per_s=statistics.median(bare),
+        rs_seg_chips_per_s=statistics.median(ours),
+        loader_chips_per_s=statistics.median(loader),
+    )
     result["overhead_percent"] = 100 * (
         1 - result["rs_seg_chips_per_s"] / result["bare_chips_per_s"]
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, RESULTS / "train.png")
+    _harness.write_json(_harness.RESULTS / "train.json", result)
+    plot(result, _harness.RESULTS / "train.png")
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_runs")}, indent=2))
 
 

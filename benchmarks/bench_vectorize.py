@@ -15,8 +15,9 @@ region is polygonized and written) at 2048 x 2048, 4096 x 2048 and 8192 x 2048 (
 the same strips, more of them) and 4096 x 4096 (twice the strip width).
 
 Every measurement is a fresh child process started from this script, which imports only the
-standard library, so the child's ``ru_maxrss`` from ``wait4`` is its own peak (a child forked from
-a large parent starts with the parent's size as its peak): the real command line
+standard library (``_harness``, which runs the children, included), so the child's ``ru_maxrss``
+from ``wait4`` is its own peak (a child forked from a large parent starts with the parent's size as
+its peak): the real command line
 (``python -m rs_seg vectorize prob.tif -o out.gpkg [--min-area 0]``), and, as the limit, **bare
 I/O**: a script that reads the same raster in the same strips (1024 rows) and computes the cropland
 mask, nothing else. Wall time is the child's from start to exit, interpreter start and imports
@@ -39,20 +40,17 @@ picks cases by name. Results go to ``benchmarks/results/vectorize.json`` (``--ou
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prepare import RESULTS, machine
+import _harness
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = _harness.ROOT
 STRIP_ROWS = 1024  # VectorizeSettings' default, what the command line uses
 # name: (raster kind, height, width, extra command-line arguments)
 CASES = {
@@ -114,23 +112,22 @@ def child_bare(path: str) -> dict:
     return {"seconds": time.perf_counter() - started, "cropland_pixels": cropland}
 
 
+CHILDREN = {"make": child_make, "bare": child_bare}
+
+
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
-    """Run a child to completion: wall and CPU seconds, peak RSS (MiB, wait4) and its stdout."""
-    os.sync()  # the previous run's output is not written back during this one
-    load = os.getloadavg()[0]  # other work on the machine: wall times are only as good as this
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"{' '.join(command)} failed with status {status}")
+    """Run a child to completion (``_harness.run_process``), in this benchmark's terms.
+
+    Wall and CPU seconds, peak RSS (MiB, wait4), the 1-minute load average when it started (wall
+    times are only as good as that) and its stdout.
+    """
+    finished = _harness.run_process(command, cwd=cwd, env=env)
     return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
-        "load_average": load,
-        "stdout": output,
+        "wall_s": finished.wall_seconds,
+        "cpu_s": finished.cpu_seconds,
+        "peak_rss_mb": finished.peak_rss_mb,
+        "load_average": finished.load_average,
+        "stdout": finished.stdout,
     }
 
 
@@ -147,7 +144,7 @@ def run_cli(tree: Path, prob: Path, out: Path, extra: list[str]) -> dict:
 
 
 def run_bare(prob: Path) -> dict:
-    result = run([sys.executable, __file__, "--child", "bare", str(prob)], cwd=ROOT)
+    result = run(_harness.child_command(__file__, "bare", {"path": str(prob)}), cwd=ROOT)
     result.update(json.loads(result.pop("stdout").strip().splitlines()[-1]))
     return result
 
@@ -171,8 +168,8 @@ def bench_case(name: str, args: argparse.Namespace) -> dict:
     prob = args.workdir / f"{kind}_{height}x{width}.tif"
     if not prob.exists():
         print(f"[{name}] writing {prob.name} ...", flush=True)
-        make = [sys.executable, __file__, "--child", "make", kind, str(height), str(width)]
-        run([*make, str(prob)], cwd=ROOT)
+        arguments = {"kind": kind, "height": height, "width": width, "path": str(prob)}
+        run(_harness.child_command(__file__, "make", arguments), cwd=ROOT)
     out = args.workdir / f"{name}.gpkg"
     ours, bare, baseline = [], [], []
     for attempt in range(1, args.repeats + 1):
@@ -231,40 +228,28 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another source tree to run the CLI from")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench_vectorize"))
     parser.add_argument("--keep", action="store_true", help="keep the rasters for the next run")
-    parser.add_argument("--output", type=Path, default=RESULTS / "vectorize.json")
+    parser.add_argument("--output", type=Path, default=_harness.RESULTS / "vectorize.json")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
     rows = {name: bench_case(name, args) for name in args.cases}
     checks = goals(rows)
-    for name, check in checks.items():
-        verdict = "met" if check["met"] else "MISSED"
-        print(f"{name}: {check['value']} (limit {check['limit']}): {verdict}", flush=True)
+    _harness.print_checks({"check": name, **check} for name, check in checks.items())
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "vectorize",
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "strip_rows": STRIP_ROWS,
-        "rows": list(rows.values()),
-        "goals": checks,
-    }
+    report = _harness.report(
+        "vectorize",
+        _harness.machine(),
+        load_average_at_end=[round(x, 2) for x in os.getloadavg()],
+        strip_rows=STRIP_ROWS,
+        rows=list(rows.values()),
+        goals=checks,
+    )
     if args.baseline is not None:
         report["baseline_tree"] = str(args.baseline)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    _harness.write_json(args.output, report)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        kind, rest = sys.argv[2], sys.argv[3:]
-        if kind == "make":
-            result = child_make(rest[0], int(rest[1]), int(rest[2]), rest[3])
-        else:
-            result = child_bare(rest[0])
-        print(json.dumps(result), flush=True)
-    else:
-        main()
+    _harness.entry(main, CHILDREN)

@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import _harness
 import geopandas as gpd
 import numpy as np
 import pyogrio
@@ -40,7 +41,7 @@ from rs_seg.infer.run import run_infer
 from rs_seg.levels import threshold_to_level
 from rs_seg.train.metrics import metrics_from_counts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = _harness.ROOT
 SHARED = ROOT.parent / "shared" / "data"
 LABELS = SHARED / "naip-fields" / "fields.gpkg"
 
@@ -132,7 +133,11 @@ def main() -> int:
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     tp, fp, fn = (int(v) for v in objects)
+    import torch
+
     result = {
+        "date": _harness.today(),
+        "machine": _harness.machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "model": str(args.model),
         "scenes": rows,
         "pixel": metrics_from_counts(*totals),
@@ -143,9 +148,7 @@ def main() -> int:
             "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         },
     }  # fmt: skip
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "infer_real.json").write_text(json.dumps(result, indent=2) + "\n")
+    _harness.write_json(_harness.RESULTS / "infer_real.json", result)
     print(json.dumps({"pixel": result["pixel"], "object": result["object"]}, indent=2))
     return 0
 

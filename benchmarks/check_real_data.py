@@ -13,11 +13,10 @@ Writes benchmarks/results/real_data_prepare.json and real_data_prepare.png.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 from pathlib import Path
 
+import _harness
 import numpy as np
 import rasterio
 
@@ -27,8 +26,7 @@ from rs_seg.prepare.labels import VectorLayer, polygon_cover_fraction
 from rs_seg.prepare.run import prepare
 from rs_seg.rasters import RasterInfo
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_SHARED = _harness.ROOT.parent / "shared" / "data"
 
 
 def chip_fractions(chips_dir: Path) -> dict[str, tuple[int, int]]:
@@ -99,11 +97,7 @@ def print_report(report: dict) -> None:
 
 
 def plot(reports: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _harness.pyplot()
     with_scenes = [r for r in reports if "per_scene" in r]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for report in with_scenes:
@@ -118,14 +112,14 @@ def plot(reports: list[dict], path: Path) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _harness.save_figure(fig, path, dpi=120)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_real"))
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=_harness.RESULTS)
     args = parser.parse_args()
     if not args.shared.is_dir():
         print(f"shared data not found at {args.shared}: nothing to check")
@@ -154,13 +148,13 @@ def main() -> int:
         report = check_dataset(name, cfg, labels)
         print_report(report)
         reports.append(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     document = {
         "check": "prepare on real data",
-        "date": dt.date.today().isoformat(),
+        "date": _harness.today(),
+        "machine": _harness.machine(),
         "runs": reports,
     }
-    (args.out / "real_data_prepare.json").write_text(json.dumps(document, indent=2) + "\n")
+    _harness.write_json(args.out / "real_data_prepare.json", document)
     plot(reports, args.out / "real_data_prepare.png")
     failed = [r for r in reports if abs(r.get("difference_points", 0)) > 1.0]
     return 1 if failed else 0
