@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
@@ -32,10 +33,9 @@ from rs_seg.infer.run import InferSummary, run_infer
 from rs_seg.ops.incoming import (
     SceneJob,
     SceneResult,
-    claim,
     map_scene,
+    map_scenes,
     mapped_outputs,
-    record,
     scan,
     write_merged,
 )
@@ -96,34 +96,23 @@ def map_scene_task(config: IncomingConfig, job: SceneJob) -> SceneResult:
     return map_scene(config, job)
 
 
-def map_scenes(config: IncomingConfig, jobs: list[SceneJob], runner: Any) -> list[SceneResult]:
-    """Claim each scene, map the claimed ones on the task runner, record each outcome.
+def map_scenes_on(config: IncomingConfig, jobs: list[SceneJob], runner: Any) -> list[SceneResult]:
+    """:func:`rs_seg.ops.incoming.map_scenes` with each scene a task on the flow's task runner."""
 
-    The ledger is touched only here, in the flow's own process, so workers on other machines need
-    the scenes and the output folder but not the ledger file. Outcomes are recorded as tasks
-    finish, so an interrupted run keeps every scene it completed.
-    """
-    results: dict[SceneJob, SceneResult] = {}
-    claimed: list[SceneJob] = []
-    futures = {}
-    try:
-        for job in jobs:
-            if not claim(config, job):
-                results[job] = SceneResult(job.scene, "skipped")
-                continue
-            claimed.append(job)
-            futures[runner.submit(map_scene_task, {"config": config, "job": job})] = job
-        for future in as_completed(list(futures)):
-            job = futures[future]
-            outcome = future.result(raise_on_failure=False)
+    def submit(job: SceneJob) -> PrefectFuture[SceneResult]:
+        future = runner.submit(map_scene_task, {"config": config, "job": job})
+        return cast("PrefectFuture[SceneResult]", future)
+
+    def completed(
+        futures: list[PrefectFuture[SceneResult]],
+    ) -> Iterator[tuple[PrefectFuture[SceneResult], SceneResult | BaseException]]:
+        for future in as_completed(futures):
+            outcome: object = future.result(raise_on_failure=False)  # a failed task's exception
             if not isinstance(outcome, SceneResult | BaseException):
                 outcome = RuntimeError(f"unexpected task result {outcome!r}")
-            results[job] = record(config, job, outcome)
-    finally:  # a crash or Ctrl-C: release unfinished claims so the next run takes them at once
-        for job in claimed:
-            if job not in results:
-                record(config, job, RuntimeError("interrupted"))
-    return [results[job] for job in jobs]
+            yield future, outcome
+
+    return map_scenes(config, jobs, submit, completed)
 
 
 @flow(name="infer-new-imagery", log_prints=True)
@@ -143,7 +132,7 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
     results = list(found.waiting)
     if jobs:
         with runner:
-            results += map_scenes(config, jobs, runner)
+            results += map_scenes_on(config, jobs, runner)
     results.sort(key=lambda r: r.scene)
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     merged = None

@@ -8,11 +8,11 @@ fingerprint x model id) in the :mod:`rs_seg.ops.ledger`; only a successful claim
 so overlapping runs share the work instead of repeating it. Each scene's folder
 ``<out_dir>/<scene>/<model id>/`` is built in a staging folder and published with one rename, so
 its fields and probability raster appear together or not at all; a failure is recorded and
-retried by the next run while the other scenes go on. :func:`process_scene` does all of it for
-one scene in this process; an orchestrator (the ``infer-new-imagery`` flow) calls its parts
-instead: :func:`scan`, :func:`claim` and :func:`record` in its own process, :func:`map_scene` on
-any worker (threads, a Dask cluster), which needs the scenes and the output folder but never the
-ledger.
+retried by the next run while the other scenes go on. :func:`map_scenes` does all of it: claims and
+records in the calling process, :func:`map_scene` wherever the caller submits it. By default that
+is this process, one scene after another; the ``infer-new-imagery`` flow passes its task runner's
+submit (threads, a Dask cluster), whose workers need the scenes and the output folder but never
+the ledger.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import logging
 import sqlite3
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 from xml.sax.saxutils import escape
 
 from rs_seg.config import IncomingConfig, InferConfig
@@ -66,6 +67,11 @@ class SceneResult:
     error: str | None = None
     warnings: tuple[str, ...] = ()  # input checks, e.g. drift from the training statistics
     reason: str | None = None  # waiting: why the scene is not complete yet
+
+
+Outcome = SceneResult | BaseException
+"""What mapping one scene ends in: its result, or the exception it failed with."""
+Handle = TypeVar("Handle")
 
 
 @dataclass(frozen=True)
@@ -281,17 +287,49 @@ def record(cfg: IncomingConfig, job: SceneJob, outcome: SceneResult | BaseExcept
     return SceneResult(job.scene, "failed", error=message, warnings=(replaced,) if again else ())
 
 
-def process_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
-    """Claim, map and record one scene; never raises for a bad scene (it is recorded instead)."""
-    if not claim(cfg, job):
-        return SceneResult(job.scene, "skipped")
+def map_scenes(
+    cfg: IncomingConfig,
+    jobs: list[SceneJob],
+    submit: Callable[[SceneJob], Handle] | None = None,
+    completed: Callable[[list[Handle]], Iterable[tuple[Handle, Outcome]]] | None = None,
+) -> list[SceneResult]:
+    """Claim each scene, map the claimed ones, record each outcome as it finishes.
+
+    ``submit(job)`` starts :func:`map_scene` for a job and returns a handle; ``completed(handles)``
+    yields each handle with its outcome (a :class:`SceneResult` or the exception the scene failed
+    with) as it ends. Without them the scenes are mapped here, one after another. The ledger is
+    touched only in this process, and outcomes are recorded as scenes finish, so an interrupted
+    run keeps every scene it completed and releases the rest for the next run at once.
+    """
+    results: dict[SceneJob, SceneResult] = {}
+    claimed: list[SceneJob] = []
+    handles: dict[Any, SceneJob] = {}
     try:
-        return record(cfg, job, map_scene(cfg, job))
-    except SCENE_ERRORS as exc:
-        return record(cfg, job, exc)
-    except BaseException:
-        record(cfg, job, RuntimeError("interrupted"))
-        raise
+        for job in jobs:
+            if not claim(cfg, job):
+                results[job] = SceneResult(job.scene, "skipped")
+                continue
+            claimed.append(job)
+            handles[submit(job) if submit else job] = job
+        finished = completed(list(handles)) if completed else _mapped_here(cfg, list(handles))
+        for handle, outcome in finished:
+            job = handles[handle]
+            results[job] = record(cfg, job, outcome)
+    finally:  # a crash or Ctrl-C: release unfinished claims so the next run takes them at once
+        for job in claimed:
+            if job not in results:
+                record(cfg, job, RuntimeError("interrupted"))
+    return [results[job] for job in jobs]
+
+
+def _mapped_here(cfg: IncomingConfig, jobs: list[SceneJob]) -> Iterator[tuple[SceneJob, Outcome]]:
+    """Map the jobs in this process; a bad scene is an outcome, anything else propagates."""
+    for job in jobs:
+        try:
+            outcome: Outcome = map_scene(cfg, job)
+        except SCENE_ERRORS as exc:
+            outcome = exc
+        yield job, outcome
 
 
 def mapped_outputs(cfg: IncomingConfig, jobs: list[SceneJob]) -> list[Path]:

@@ -116,7 +116,7 @@ def test_a_killed_flow_run_is_finished_by_the_next_one(inbox: Path) -> None:
 
 def test_a_full_disk_fails_the_scene_in_one_line_and_writes_nothing(inbox: Path) -> None:
     from rs_seg.config import IncomingConfig
-    from rs_seg.ops.incoming import plan, process_scene
+    from rs_seg.ops.incoming import map_scenes, plan
     from tests.helpers import small_disk
 
     with small_disk(inbox / "disk", "64k") as disk:
@@ -124,7 +124,7 @@ def test_a_full_disk_fails_the_scene_in_one_line_and_writes_nothing(inbox: Path)
             incoming=str(inbox / "inbox"), out_dir=disk / "out", ledger=inbox / "ledger.sqlite",
             model=inbox / "model-bundle.pt", settle_seconds=0, device="cpu", min_area=0,
         )  # fmt: skip
-        result = process_scene(cfg, plan(cfg)[0])
+        [result] = map_scenes(cfg, plan(cfg)[:1])
         assert result.status == "failed"
         assert "no space left on the device" in result.error and "\n" not in result.error
         assert list(disk.iterdir()) == [], "no scene folder, no staging copy"

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from rs_seg.ops.incoming import IncomingConfig, plan, process_scene, scan
+from rs_seg.ops.incoming import IncomingConfig, map_scenes, plan, scan
 from tests.helpers import ROOT, ephemeral_prefect_env, make_bundle, write_scene
 
 
 def run_once(cfg: IncomingConfig, now: float | None = None) -> dict[str, list[str]]:
     outcome: dict[str, list[str]] = {"mapped": [], "skipped": [], "failed": [], "waiting": []}
     found = scan(cfg, now)
-    for result in [*found.waiting, *(process_scene(cfg, job) for job in found.jobs)]:
+    for result in [*found.waiting, *map_scenes(cfg, found.jobs)]:
         outcome[result.status].append(result.scene.name)
     return {k: sorted(v) for k, v in outcome.items() if v or k != "waiting"}
 
