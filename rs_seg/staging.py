@@ -89,6 +89,11 @@ def fault_point(step: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), getattr(signal, name or "SIGKILL"))
+    # A caught signal's Python handler runs at the interpreter's next check, which need not be
+    # before the next step: wait here so the interrupt is raised at this step, not after it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 _FAULT_COUNTS: dict[str, int] = {}

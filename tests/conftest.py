@@ -6,6 +6,7 @@ suite needs no network and no shared data, and each test states its own geometry
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from tests.helpers import (
     write_learnable_scene,
     write_scene,
 )
+
+# A suite started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+# ignored, and so would every command the tests start, so Ctrl-C tests would see no interrupt.
+# A handler here (not an ignore) is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
