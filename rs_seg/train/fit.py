@@ -487,32 +487,34 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     if rank_zero:
         os.environ[RUN_DIR_ENV] = str(work)  # inherited by the processes Lightning launches
     running = cfg.model_copy(update={"out": work})
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = CroplandModule(
-        model=cfg.model.model_dump(mode="json"),
-        in_channels=len(splits.bands),
-        loss=cfg.loss.model_dump(mode="json"),
-        optimizer=cfg.optimizer.model_dump(mode="json"),
-        channels_last=cfg.channels_last,
-        load_weights=checkpoint is None,
-    )
-    data = ChipDataModule(
-        splits, normalization, cfg.augment, cfg.batch_size, hardware.num_workers, cfg.seed,
-        pin_memory=hardware.on_gpu,
-    )  # fmt: skip
-    _log_start(running, splits, hardware, module, resume)
-    trainer = build_trainer(running, hardware, progress)
-    if rank_zero:
-        write_status(work, "running", pid=os.getpid(), replaces=str(cfg.out) if work != cfg.out
-                     else None)  # fmt: skip
     interrupts = InterruptSeen()
-    # Lightning's callback connector sets Trainer.callbacks, which Trainer does not declare.
-    trainer.callbacks.append(interrupts)  # type: ignore[attr-defined]
+    # From here on the work folder is this run's: a failure or an interrupt at any point (also
+    # while the network is built, before run.json says "running") is recorded or cleaned up.
     try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        module = CroplandModule(
+            model=cfg.model.model_dump(mode="json"),
+            in_channels=len(splits.bands),
+            loss=cfg.loss.model_dump(mode="json"),
+            optimizer=cfg.optimizer.model_dump(mode="json"),
+            channels_last=cfg.channels_last,
+            load_weights=checkpoint is None,
+        )
+        data = ChipDataModule(
+            splits, normalization, cfg.augment, cfg.batch_size, hardware.num_workers, cfg.seed,
+            pin_memory=hardware.on_gpu,
+        )  # fmt: skip
+        _log_start(running, splits, hardware, module, resume)
+        trainer = build_trainer(running, hardware, progress)
+        # Lightning's callback connector sets Trainer.callbacks, which Trainer does not declare.
+        trainer.callbacks.append(interrupts)  # type: ignore[attr-defined]
+        if rank_zero:
+            write_status(work, "running", pid=os.getpid(),
+                         replaces=str(cfg.out) if work != cfg.out else None)  # fmt: skip
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
     except BaseException as exc:
         full = is_disk_full(exc, work.parent)  # before a failed run's folder frees the space
-        _record_failure(running, exc, Path(cfg.out))
+        _record_failure(running, interrupts.seen or exc, Path(cfg.out))
         if _is_oom(exc):
             raise _out_of_memory(cfg) from None
         if full:
@@ -522,8 +524,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
                 + (" (the earlier run there is untouched)" if work != cfg.out else ""),
                 cfg.out,
             ) from None
-        if isinstance(exc, SystemExit) and interrupts.seen is not None:
-            raise interrupts.seen from None  # Ctrl-C / SIGTERM, not Lightning's exit(1)
+        if interrupts.seen is not None:
+            # Ctrl-C / SIGTERM, not Lightning's exit(1) after its shutdown, nor the error its
+            # teardown raises when the interrupt came before the loaders were iterated.
+            raise interrupts.seen from None
         raise
     if not trainer.is_global_zero or is_ddp_child():
         return None

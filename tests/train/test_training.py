@@ -576,3 +576,20 @@ def test_cli_train_reports_damaged_chips_in_one_line(tiny_chips: Path, tmp_path:
     assert "Traceback" not in result.stderr
     assert [line for line in lines if line.startswith("error")] == lines[-1:]
     assert not out.exists(), "no checkpoint yet: nothing is left behind"
+
+
+def test_an_interrupt_before_the_first_batch_is_an_interrupt(
+    tiny_chips: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Ctrl-C while the loaders start (their workers are spawning): Lightning's teardown then
+    fails on a loader never iterated, and the command must still see the interrupt (exit 130);
+    the new run's folder, without a checkpoint, is gone."""
+    from lightning.pytorch.utilities.combined_loader import CombinedLoader
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CombinedLoader, "__iter__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(train_config(tiny_chips, tmp_path / "run", epochs=1))
+    assert not (tmp_path / "run").exists(), "nothing of a run without a checkpoint is kept"
