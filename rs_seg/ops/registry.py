@@ -102,7 +102,7 @@ def _source_bundle(run_or_bundle: Path) -> tuple[Path, Path | None]:
         return bundle, path
     if not path.is_file():
         raise RsSegError("model bundle or run folder not found", path)
-    return path, path.parent if (RunFolder(path.parent).metrics).is_file() else None
+    return path, path.parent if RunFolder(path.parent).metrics.is_file() else None
 
 
 def _test_score(metrics: dict[str, Any], metric: str, where: Path) -> float:

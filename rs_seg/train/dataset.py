@@ -59,6 +59,11 @@ class Normalization:
         """Plain lists for the model bundle and JSON reports."""
         return {"mean": list(self.mean), "std": list(self.std)}
 
+    @classmethod
+    def from_dict(cls, stats: dict[str, Any]) -> Normalization:
+        """The inverse of :meth:`to_dict` (extra keys, such as the bands read, are ignored)."""
+        return cls(tuple(stats["mean"]), tuple(stats["std"]))
+
 
 class ChipReadError(RsSegError):
     """A chip file that cannot be read; stays one line across DataLoader workers.

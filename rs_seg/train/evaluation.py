@@ -201,7 +201,7 @@ def _load_run(run: Path) -> tuple[TrainConfig, ChipSplits, Normalization]:
     cfg = TrainConfig.model_validate(yaml.safe_load(folder.config.read_text())["train"])
     stats = json.loads(folder.normalization.read_text())
     splits = load_chip_splits(cfg.chips, stats["bands"])
-    return cfg, splits, Normalization(tuple(stats["mean"]), tuple(stats["std"]))
+    return cfg, splits, Normalization.from_dict(stats)
 
 
 def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome:

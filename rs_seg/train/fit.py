@@ -253,7 +253,7 @@ def check_resumable(run: Path, cfg: TrainConfig, fingerprint: str) -> Path:
             "(or train into another --out)",
             last,
         )
-    saved = yaml.safe_load((RunFolder(run).config).read_text())
+    saved = yaml.safe_load(RunFolder(run).config.read_text())
     old_key = saved.get("resume_key", {})
     changed = _differences(old_key, _resume_key(cfg, fingerprint))
     if changed:
@@ -332,7 +332,7 @@ def _replacement_state(out: Path) -> tuple[str, dict[str, Any]]:
         status = {}
     if status.get("status") == "running":
         return "live", status
-    if status.get("replaces") and (RunFolder(folder).last_checkpoint).exists():
+    if status.get("replaces") and RunFolder(folder).last_checkpoint.exists():
         return "resumable", status
     return "stale", status
 
@@ -346,7 +346,7 @@ def _ddp_work_folder(cfg: TrainConfig) -> Path:
     deadline = time.monotonic() + 120.0
     while time.monotonic() < deadline:  # torchrun / srun start every rank at once
         for folder in (replacement, out):
-            if (RunFolder(folder).normalization).exists():
+            if RunFolder(folder).normalization.exists():
                 return folder
         time.sleep(0.5)
     raise RsSegError("DDP worker: rank 0 never wrote normalization.json", out)
@@ -367,17 +367,17 @@ def _prepare_run(
         return _wait_for_normalization(run), None
     if resume:
         checkpoint = check_resumable(run, cfg, splits.fingerprint)
-        stats = json.loads((RunFolder(run).normalization).read_text())
-        return Normalization(tuple(stats["mean"]), tuple(stats["std"])), checkpoint
+        stats = json.loads(RunFolder(run).normalization.read_text())
+        return Normalization.from_dict(stats), checkpoint
     train_images, _ = splits.paths("train")
     log.info("normalization statistics from %d train chips ...", len(train_images))
     normalization = band_statistics(train_images, splits.bands)
-    (RunFolder(run).checkpoints).mkdir(parents=True, exist_ok=True)
+    RunFolder(run).checkpoints.mkdir(parents=True, exist_ok=True)
     document = {
         "train": cfg.model_dump(mode="json"),
         "resume_key": _resume_key(cfg, splits.fingerprint),
     }
-    (RunFolder(run).config).write_text(yaml.safe_dump(document, sort_keys=False))
+    RunFolder(run).config.write_text(yaml.safe_dump(document, sort_keys=False))
     write_json(
         RunFolder(run).normalization, {**normalization.to_dict(), "bands": list(splits.bands)}
     )
@@ -392,7 +392,7 @@ def _wait_for_normalization(run: Path, timeout: float = 120.0) -> Normalization:
             raise RsSegError("DDP worker: rank 0 never wrote normalization.json", run)
         time.sleep(0.5)
     stats = json.loads(path.read_text())
-    return Normalization(tuple(stats["mean"]), tuple(stats["std"]))
+    return Normalization.from_dict(stats)
 
 
 class CheckpointsBesideTheRun(TorchCheckpointIO):
@@ -572,7 +572,7 @@ def _record_failure(cfg: TrainConfig, exc: BaseException, out: Path) -> None:
         return
     if cfg.out != out:
         log.warning("%s: the new run failed; the earlier run there is untouched", out)
-    if not (RunFolder(cfg.out).last_checkpoint).exists():
+    if not RunFolder(cfg.out).last_checkpoint.exists():
         shutil.rmtree(cfg.out, ignore_errors=True)
         return
     # Lightning turns Ctrl-C into SystemExit after a graceful shutdown.
@@ -589,7 +589,7 @@ def _finish(cfg: TrainConfig, trainer: L.Trainer, out: Path) -> TrainOutcome:
     )
     if best is None or not best.exists():
         best = RunFolder(cfg.out).last_checkpoint
-    history = json.loads((RunFolder(cfg.out).history).read_text())
+    history = json.loads(RunFolder(cfg.out).history.read_text())
     best_epoch = best_epoch_of(history)
     stopped = trainer.current_epoch < cfg.epochs and bool(trainer.should_stop)
     write_status(cfg.out, "trained", epochs_run=len(history), best_epoch=best_epoch)
