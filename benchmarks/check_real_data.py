@@ -22,8 +22,8 @@ import rasterio
 
 from rs_seg.config import LabelMap, PrepareConfig, SplitConfig
 from rs_seg.prepare.index import read_index
-from rs_seg.prepare.labels import VectorLayer, polygon_cover_fraction
 from rs_seg.prepare.run import prepare
+from rs_seg.prepare.vector_labels import VectorLayer, polygon_cover_fraction
 from rs_seg.rasters import RasterInfo
 
 DEFAULT_SHARED = _harness.ROOT.parent / "shared" / "data"

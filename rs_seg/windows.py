@@ -97,6 +97,22 @@ def inside_slices(window: Window, height: int, width: int) -> tuple[Window, slic
     return inner, rows, cols
 
 
+def strip_slices(
+    strip: Window, window: Window, shape: tuple[int, ...]
+) -> tuple[slice, slice] | None:
+    """Where ``window`` lies in an array loaded for ``strip``; None where it sticks out of it.
+
+    Readers that load a whole strip at once (vector and raster label masks) hand out the windows
+    inside it as slices of that array.
+    """
+    row = int(window.row_off - strip.row_off)
+    col = int(window.col_off - strip.col_off)
+    height, width = int(window.height), int(window.width)
+    if row < 0 or col < 0 or row + height > shape[0] or col + width > shape[1]:
+        return None
+    return slice(row, row + height), slice(col, col + width)
+
+
 def valid_pixels(
     src: rasterio.io.DatasetReaderBase, data: npt.NDArray[Any], window: Window
 ) -> npt.NDArray[np.bool_]:

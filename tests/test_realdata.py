@@ -6,8 +6,8 @@ import pytest
 
 from rs_seg.config import PrepareConfig
 from rs_seg.prepare.index import read_index
-from rs_seg.prepare.labels import VectorLayer, polygon_cover_fraction
 from rs_seg.prepare.run import prepare
+from rs_seg.prepare.vector_labels import VectorLayer, polygon_cover_fraction
 from rs_seg.rasters import RasterInfo
 from tests.helpers import SHARED_DATA
 

@@ -24,15 +24,9 @@ from rasterio.windows import transform as window_transform
 
 from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, LabelMap
 from rs_seg.errors import RsSegError
-from rs_seg.prepare.labels import (
-    FeatureCounts,
-    LabelValueCounts,
-    VectorLayer,
-    VectorWindowMasks,
-    WindowMasks,
-    check_label_raster,
-    open_raster_labels,
-)
+from rs_seg.prepare.labels import WindowMasks
+from rs_seg.prepare.raster_labels import LabelValueCounts, check_label_raster, open_raster_labels
+from rs_seg.prepare.vector_labels import FeatureCounts, VectorLayer, VectorWindowMasks
 from rs_seg.rasters import (
     GDAL_ENV,
     RasterInfo,
@@ -90,10 +84,11 @@ class VectorLabels:
 class RasterLabels:
     """Label rasters with a value mapping: one for all scenes, or one per scene (``scene.mask``).
 
-    Band 1 of each raster holds the labels (see :func:`rs_seg.prepare.labels.open_raster_labels`).
-    The label map is checked against a shared raster's header when this is made (in the plan, before
-    anything is written) and against a per-scene raster's header when its scene is bound, before
-    any pixel of it is read; :meth:`check` checks every scene's raster at once.
+    Band 1 of each raster holds the labels (see
+    :func:`rs_seg.prepare.raster_labels.open_raster_labels`). The label map is checked against a
+    shared raster's header when this is made (in the plan, before anything is written) and
+    against a per-scene raster's header when its scene is bound, before any pixel of it is read;
+    :meth:`check` checks every scene's raster at once.
     """
 
     label_map: LabelMap

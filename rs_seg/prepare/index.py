@@ -25,8 +25,9 @@ import yaml
 import rs_seg
 from rs_seg.config import PrepareConfig
 from rs_seg.errors import RsSegError
-from rs_seg.prepare.labels import LabelValueCounts, describe_feature_counts, describe_label_values
+from rs_seg.prepare.raster_labels import LabelValueCounts, describe_label_values
 from rs_seg.prepare.split import EXCLUDED, SPLITS
+from rs_seg.prepare.vector_labels import describe_feature_counts
 
 if TYPE_CHECKING:
     from rs_seg.prepare.chips import SceneChips
@@ -103,7 +104,8 @@ class PrepareSummary:
     {"null": n, "empty": n, "invalid": n, "not_polygonal": n}}``; ``used`` includes ``repaired``.
 
     ``label_values`` (label rasters only, else None) counts the raw label values over the grids
-    of all scenes, each pixel of a scene once (:class:`rs_seg.prepare.labels.LabelValueCounts`)::
+    of all scenes, each pixel of a scene once
+    (:class:`rs_seg.prepare.raster_labels.LabelValueCounts`)::
 
         {"pixels": n, "nodata": n,            # nodata: no label value (nodata, outside raster)
          "cropland": {"1": n}, "ignore": {"5": n},   # label-map values found, pixels each

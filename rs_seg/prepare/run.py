@@ -41,8 +41,9 @@ from rs_seg.prepare.index import (
     build_index,
     write_outputs,
 )
-from rs_seg.prepare.labels import VectorLayer, is_vector_path
+from rs_seg.prepare.labels import is_vector_path
 from rs_seg.prepare.split import SceneLayout, assign_splits
+from rs_seg.prepare.vector_labels import VectorLayer
 from rs_seg.rasters import RasterInfo
 from rs_seg.staging import FolderKind, check_folder_output, check_not_inputs, staged_dir
 from rs_seg.windows import axis_offsets

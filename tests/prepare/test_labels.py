@@ -18,19 +18,21 @@ from rasterio.windows import Window
 
 from rs_seg.config import LabelMap
 from rs_seg.errors import RsSegError
-from rs_seg.prepare import labels as labels_module
+from rs_seg.prepare import raster_labels as raster_labels_module
 from rs_seg.prepare.chips import strip_window
-from rs_seg.prepare.labels import (
-    STATUS_NAMES,
+from rs_seg.prepare.raster_labels import (
     LabelValueCounts,
-    VectorLayer,
-    VectorWindowMasks,
     apply_label_map,
     check_label_raster,
     open_raster_labels,
-    usable_polygons,
     value_lookup,
     value_ranges,
+)
+from rs_seg.prepare.vector_labels import (
+    STATUS_NAMES,
+    VectorLayer,
+    VectorWindowMasks,
+    usable_polygons,
 )
 from rs_seg.rasters import RasterInfo
 from rs_seg.windows import grid_rows, grid_windows
@@ -147,7 +149,7 @@ def test_layer_counts_every_feature_once_and_warns_per_reason(
         monkeypatch.setattr(VectorLayer, "scan_batch", 4)  # batches end inside and at the end
     wkbs = [wkb for wkb, _ in BROKEN_FEATURES.values()]
     path = write_raw_layer(tmp_path / "broken.gpkg", wkbs)
-    with caplog.at_level(logging.INFO, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.INFO, logger="rs_seg.prepare.vector_labels"):
         layer = VectorLayer(path)
     assert layer.counts.to_dict() == {
         "features": 12,
@@ -172,7 +174,7 @@ def test_layer_counts_every_feature_once_and_warns_per_reason(
 
 def test_only_the_first_feature_ids_are_listed(tmp_path, caplog) -> None:
     path = write_raw_layer(tmp_path / "nulls.gpkg", [_wkb_polygon(SQUARE)] + [None] * 8)
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.vector_labels"):
         VectorLayer(path)
     assert "8 label features with null geometry were dropped (fid 2, 3, 4, 5, 6, ...)" in (
         caplog.text
@@ -343,7 +345,7 @@ def test_label_values_outside_a_warped_mosaic_are_nodata(tmp_path) -> None:
 
 
 def test_many_distinct_values_are_counted_within_bounded_memory(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(labels_module, "_TRACKED_VALUES", 8)
+    monkeypatch.setattr(raster_labels_module, "_TRACKED_VALUES", 8)
     scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 40, 40))
     values = np.arange(40 * 40, dtype=np.float32).reshape(40, 40) / 7  # 1600 distinct values
     values[:20, :5] = 1
@@ -438,7 +440,7 @@ def _warnings(caplog):
 
 def test_check_is_quiet_for_a_plain_binary_raster(caplog) -> None:
     counts = _counts(mapped={1: 300}, unmapped={0: 690}, nodata=10)
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.raster_labels"):
         counts.check(LabelMap(cropland=[1]), None, 2)
     assert _warnings(caplog) == []
 
@@ -461,7 +463,7 @@ def test_check_warns_about_absent_map_values_and_unusual_unmapped_ones(caplog) -
         mapped={1: 300, 5: 10}, unmapped={0: 600, 7: 40, 8: 5}, nodata=45,
         multiband={"/x/a.tif": 3},
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.raster_labels"):
         counts.check(LabelMap(cropland=[1, 2], ignore=[5, 6]), None, 2)
     found = "0, 1, 5, 7, 8"
     assert _warnings(caplog) == [
@@ -475,7 +477,7 @@ def test_check_warns_about_absent_map_values_and_unusual_unmapped_ones(caplog) -
 
 def test_a_few_stray_unmapped_pixels_are_only_counted(caplog) -> None:
     counts = _counts(mapped={1: 300}, unmapped={0: 695, 3: 5})  # 0.5 %: below the share
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.raster_labels"):
         counts.check(LabelMap(cropland=[1]), None, 1)
     assert _warnings(caplog) == []
     assert counts.to_dict(LabelMap(cropland=[1]))["unmapped"] == {"0": 695, "3": 5}

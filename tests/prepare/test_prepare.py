@@ -18,8 +18,8 @@ from rs_seg.config import LabelMap, PrepareConfig
 from rs_seg.errors import RsSegError
 from rs_seg.prepare.chips import RasterLabels, SceneInput
 from rs_seg.prepare.index import read_index
-from rs_seg.prepare.labels import VectorLayer
 from rs_seg.prepare.run import expand_paths, pair_chip_folder, plan_prepare, prepare, unique_names
+from rs_seg.prepare.vector_labels import VectorLayer
 from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box, read_chip, write_labels, write_scene
 
 
@@ -306,7 +306,7 @@ def test_broken_label_features_are_counted_warned_about_and_leave_masks_alone(
     repaired = _write_geometries(
         tmp_path / "repaired.gpkg", [*VALID_FIELDS, shapely.make_valid(BOWTIE_FIELD)]
     )
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.vector_labels"):
         summary = run(tmp_path / "broken", scenes, broken, chip_size=64)
     expected = {
         "features": 8,
@@ -404,7 +404,7 @@ def test_raster_label_values_are_counted_over_all_scenes_and_warned_about(
 ) -> None:
     scenes, labels = _two_labelled_scenes(tmp_path, scene_factory)
     label_map = LabelMap.parse("1=cropland,5|6=ignore")
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.raster_labels"):
         summary = run(tmp_path, scenes, labels, chip_size=32, stride=24, label_map=label_map)
     expected = {
         "pixels": 2 * 64 * 64,  # each pixel once, though strips and chips overlap
@@ -481,7 +481,7 @@ def test_multiband_label_rasters_are_read_from_band_1_and_warned_about_once(
     noise = np.random.default_rng(0).integers(0, 255, (64, 64))
     for scene in scenes:
         _label_raster_like(scene, tmp_path / f"{scene.stem}_mask.tif", [values, noise, noise])
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.raster_labels"):
         summary = run(
             tmp_path, scenes, tmp_path / "{stem}_mask.tif", chip_size=64,
             label_map=LabelMap.parse("1=cropland"),
@@ -516,7 +516,7 @@ def test_chip_folder_masks_are_label_rasters_too(tmp_path, caplog) -> None:
             label_map=LabelMap.parse(label_map), out=tmp_path / out, chip_size=32,
         )  # fmt: skip
 
-    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.labels"):
+    with caplog.at_level(logging.WARNING, logger="rs_seg.prepare.raster_labels"):
         summary = prepare(cfg("1=cropland,5=ignore"))
     assert summary.label_values == {
         "pixels": 4 * 32 * 32, "nodata": 0, "cropland": {"1": 2 * 28 * 32},
