@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
+from rs_seg.records import BundleMetrics, Provenance
 from rs_seg.staging import staged_file
 from rs_seg.train.dataset import Normalization
 
@@ -63,8 +65,8 @@ class ModelBundle:
     dtype: str = "uint16"
     nodata: float | None = None
     classes: dict[int, str] = field(default_factory=lambda: dict(CLASSES))
-    metrics: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: BundleMetrics = field(default_factory=BundleMetrics)
+    provenance: Provenance = field(default_factory=Provenance)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     source: Path | None = field(default=None, repr=False, compare=False)  # the file it came from
 
@@ -251,15 +253,15 @@ def upgrade(meta: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _format_metrics(metrics: dict[str, Any]) -> list[str]:
+def _format_metrics(metrics: BundleMetrics) -> list[str]:
     lines = []
-    for split in ("validation", "test"):
-        values = metrics.get(split)
-        if values:
+    for split, scores in (("validation", metrics.get("validation")), ("test", metrics.get("test"))):
+        if scores:
+            values: Mapping[str, object] = scores  # bundles from elsewhere may hold only some
             shown = ", ".join(
-                f"{k} {values[k]:.4f}"
+                f"{k} {v:.4f}"
                 for k in ("cropland_iou", "background_iou", "mean_iou", "f1")
-                if isinstance(values.get(k), float)
+                if isinstance(v := values.get(k), float)
             )
             lines.append(f"  {split:<11}{shown}")
     return lines
@@ -268,7 +270,7 @@ def _format_metrics(metrics: dict[str, Any]) -> list[str]:
 def describe(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
     """A few aligned lines: what the model is, what it expects, how good it is, where from."""
     model = meta["model"]
-    prov = meta.get("provenance", {})
+    prov: Provenance = meta.get("provenance", {})
     parameters = sum(v.numel() for v in state_dict.values() if v.is_floating_point())
     stride = f", output stride {model['output_stride']}" if model.get("output_stride") else ""
     bands = ", ".join(f"{b}:{n}" for b, n in zip(meta["bands"], meta["band_names"], strict=True))

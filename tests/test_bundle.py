@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,47 @@ def test_bundle_round_trip_keeps_metadata_and_weights(tmp_path: Path) -> None:
     assert loaded.model_id == bundle.model_id and len(loaded.model_id) == 12
     for key, value in bundle.state_dict.items():
         assert torch.equal(loaded.state_dict[key], value)
+
+
+# Metrics and provenance as evaluate_run has written them into format-1 bundles (config trimmed).
+_SCORES = {
+    "cropland_iou": 0.7775816416593115, "background_iou": 0.8849840255591054,
+    "mean_iou": 0.8312828336092084, "f1": 0.874875868917577, "precision": 0.8620352250489237,
+    "recall": 0.8881048387096774, "accuracy": 0.91796875, "pixels": 3072, "chips": 3,
+}  # fmt: skip
+WRITTEN_METRICS = {
+    "validation": {**_SCORES, "pixels": 4096, "chips": 4},
+    "test": _SCORES,
+    "threshold_rule": "best validation mean IoU over uint8 probability levels",
+}
+WRITTEN_PROVENANCE = {
+    "model_id": "2405b69207a0",
+    "chip_index_fingerprint": "ceb29579e8779f92",
+    "chips_dir": "/data/chips",
+    "config": {"epochs": 2, "model": {"arch": "Unet", "encoder": "resnet18"}},
+    "versions": {"rs-seg": "0.1.0", "torch": "2.13.0+cpu"},
+    "created": "2026-12-01T16:40:55+00:00",
+    "epochs_run": 2,
+    "best_epoch": 2,
+    "note": "keys rs_seg does not know are kept too",
+}
+
+
+def test_a_written_bundle_keeps_its_metrics_and_provenance_byte_for_byte(tmp_path: Path) -> None:
+    """The typed metrics and provenance are the stored JSON itself: loading and saving again
+    changes no key, value or order, so registry copies and ``model info`` see the same file."""
+    bundle = tiny_bundle()
+    path = bundle.save(tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["metrics"] = json.loads(json.dumps(WRITTEN_METRICS))
+    payload["meta"]["provenance"] = json.loads(json.dumps(WRITTEN_PROVENANCE))
+    torch.save(payload, path)
+    loaded = ModelBundle.load(path)
+    assert loaded.model_id == "2405b69207a0"
+    assert json.dumps(loaded.meta()) == json.dumps(payload["meta"])
+    again = torch.load(loaded.save(tmp_path / "again.pt"), weights_only=True)
+    assert json.dumps(again["meta"]) == json.dumps(payload["meta"])
+    assert "  test       cropland_iou 0.7776, background_iou 0.8850" in loaded.describe()
 
 
 def test_bundle_is_written_atomically_and_never_overwritten_silently(tmp_path: Path) -> None:

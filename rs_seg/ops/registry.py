@@ -25,14 +25,15 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, cast
+from typing import Literal, TypedDict, cast
 
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso
 from rs_seg.errors import RsSegError
+from rs_seg.records import BundleMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder
 from rs_seg.staging import staged_dir, write_json
 
@@ -50,6 +51,56 @@ _LOCK_FILE = ".registry.lock"
 NO_MODEL_HINT = "no registered model; train one with rs-seg train / the train-cropland flow"
 
 Promote = Literal["if_better", "always", "never"]
+
+
+class StoredMetrics(BundleMetrics, total=False):
+    """What the registry reads from ``<model_id>/metrics.json``.
+
+    The run's whole ``metrics.json`` (:class:`rs_seg.records.RunMetrics`) when the run folder was
+    registered; for a bundle registered on its own, the bundle's metrics plus these three keys.
+    """
+
+    model_id: str
+    chip_index_fingerprint: str | None
+    threshold: float
+
+
+class LatestEntry(TypedDict):
+    """``latest.json``: the model inference uses, and the test score that earned it the place."""
+
+    model_id: str
+    bundle: str  # relative to the models directory
+    metric: str
+    score: float | None  # null when undefined (NaN)
+    chip_index_fingerprint: str | None
+    promoted_at: str
+
+
+class LogEntry(TypedDict):
+    """One line of ``registry.jsonl``: a registration and the decision about ``latest``."""
+
+    date: str
+    model_id: str
+    promoted: bool
+    reason: str
+    promote: Promote
+    metric: str
+    score: float | None
+    incumbent: str | None
+    incumbent_score: float | None
+    chip_index_fingerprint: str | None
+
+
+class ModelRow(TypedDict):
+    """One registered model as :func:`list_models` reports it."""
+
+    model_id: str
+    bundle: Path
+    latest: bool
+    registered: str | None  # first registration date, from the log
+    chip_index_fingerprint: str | None
+    threshold: float | None
+    test: SplitMetrics | dict[str, float]  # {} for a model stored without test metrics
 
 
 @dataclass(frozen=True)
@@ -105,13 +156,18 @@ def _source_bundle(run_or_bundle: Path) -> tuple[Path, Path | None]:
     return path, path.parent if RunFolder(path.parent).metrics.is_file() else None
 
 
-def _test_score(metrics: dict[str, Any], metric: str, where: Path) -> float:
-    """A test metric from a bundle's or run's metrics; a clear error if it was never recorded."""
-    test = metrics.get("test") or {}
-    if not isinstance(test.get(metric), int | float):
-        known = ", ".join(k for k, v in test.items() if isinstance(v, float)) or "none"
+def _score(scores: Mapping[str, object], metric: str, where: Path) -> float:
+    """``metric`` by name (chosen at run time, hence a mapping); a clear error if not recorded."""
+    value = scores.get(metric)
+    if not isinstance(value, int | float):
+        known = ", ".join(k for k, v in scores.items() if isinstance(v, float)) or "none"
         raise RsSegError(f"no test metric {metric!r} recorded (known: {known})", where)
-    return float(test[metric])
+    return float(value)
+
+
+def _test_score(metrics: BundleMetrics, metric: str, where: Path) -> float:
+    """A test metric from a bundle's or run's metrics; a clear error if it was never recorded."""
+    return _score(metrics.get("test") or {}, metric, where)
 
 
 def _at_least_as_good(new: float, old: float) -> bool:
@@ -121,23 +177,23 @@ def _at_least_as_good(new: float, old: float) -> bool:
     return math.isnan(old) or new >= old
 
 
-def _run_files(run: Path | None, bundle: ModelBundle) -> tuple[dict[str, Any], Path | None]:
+def _run_files(run: Path | None, bundle: ModelBundle) -> tuple[StoredMetrics, Path | None]:
     """The run's metrics and report when they belong to this bundle, else the bundle's metrics.
 
     A run folder evaluated again holds a newer bundle than one copied out earlier, so its files
     are used only when its metrics name the same model id.
     """
     if run is not None and RunFolder(run).metrics.is_file():
-        metrics = json.loads(RunFolder(run).metrics.read_text())
+        metrics = cast(StoredMetrics, json.loads(RunFolder(run).metrics.read_text()))
         if metrics.get("model_id") == bundle.model_id:
             report = RunFolder(run).report
             return metrics, report if report.is_dir() else None
-    metrics = {
+    metrics = StoredMetrics(
         **bundle.metrics,
-        "model_id": bundle.model_id,
-        "chip_index_fingerprint": bundle.provenance.get("chip_index_fingerprint"),
-        "threshold": bundle.threshold,
-    }
+        model_id=bundle.model_id,
+        chip_index_fingerprint=bundle.provenance.get("chip_index_fingerprint"),
+        threshold=bundle.threshold,
+    )
     return metrics, None
 
 
@@ -156,29 +212,29 @@ def _store(bundle_path: Path, run: Path | None, bundle: ModelBundle, models_dir:
     return target / BUNDLE_FILE
 
 
-def _read_latest(models_dir: Path) -> dict[str, Any] | None:
+def _read_latest(models_dir: Path) -> LatestEntry | None:
     path = models_dir / LATEST_FILE
     if not path.is_file():
         return None
     try:
-        return cast(dict[str, Any], json.loads(path.read_text()))
+        return cast(LatestEntry, json.loads(path.read_text()))
     except ValueError:
         raise RsSegError("not valid JSON; fix or remove it", path) from None
 
 
-def _incumbent_stored_score(models_dir: Path, latest: dict[str, Any], metric: str) -> float:
+def _incumbent_stored_score(models_dir: Path, latest: LatestEntry, metric: str) -> float:
     """The incumbent's own test score: from latest.json, or its metrics.json for other metrics."""
-    if latest.get("metric") == metric and isinstance(latest.get("score"), int | float):
-        return float(latest["score"])
+    if latest.get("metric") == metric and isinstance(score := latest.get("score"), int | float):
+        return float(score)
     path = RunFolder(models_dir / latest["model_id"]).metrics
     if path.is_file():
-        return _test_score(json.loads(path.read_text()), metric, path)
+        return _test_score(cast(StoredMetrics, json.loads(path.read_text())), metric, path)
     bundle = models_dir / latest["bundle"]
     return _test_score(ModelBundle.load(bundle).metrics, metric, bundle)
 
 
 def _rescore_incumbent(
-    models_dir: Path, latest: dict[str, Any], new: ModelBundle, metric: str
+    models_dir: Path, latest: LatestEntry, new: ModelBundle, metric: str
 ) -> float:
     """Score the incumbent on the new model's test split (its chips must be unchanged)."""
     from rs_seg.train.dataset import load_chip_splits
@@ -196,11 +252,11 @@ def _rescore_incumbent(
             chips_dir,
         )
     incumbent = ModelBundle.load(models_dir / latest["bundle"])
-    return float(score_bundle(incumbent, Path(chips_dir), "test").metrics[metric])
+    return _score(score_bundle(incumbent, Path(chips_dir), "test").metrics, metric, Path(chips_dir))
 
 
 def _compare(
-    models_dir: Path, latest: dict[str, Any], new: ModelBundle, new_score: float, metric: str
+    models_dir: Path, latest: LatestEntry, new: ModelBundle, new_score: float, metric: str
 ) -> _Decision:
     """The ``if_better`` rule against an existing latest model."""
     incumbent = str(latest["model_id"])
@@ -247,20 +303,18 @@ def _decide(
 
 
 def _point_latest(models_dir: Path, bundle: ModelBundle, metric: str, score: float) -> None:
-    write_json(
-        models_dir / LATEST_FILE,
-        {
-            "model_id": bundle.model_id,
-            "bundle": f"{bundle.model_id}/{BUNDLE_FILE}",
-            "metric": metric,
-            "score": _json_number(score),
-            "chip_index_fingerprint": bundle.provenance.get("chip_index_fingerprint"),
-            "promoted_at": now_iso(),
-        },
-    )
+    entry: LatestEntry = {
+        "model_id": bundle.model_id,
+        "bundle": f"{bundle.model_id}/{BUNDLE_FILE}",
+        "metric": metric,
+        "score": _json_number(score),
+        "chip_index_fingerprint": bundle.provenance.get("chip_index_fingerprint"),
+        "promoted_at": now_iso(),
+    }
+    write_json(models_dir / LATEST_FILE, entry)
 
 
-def _log_decision(models_dir: Path, entry: dict[str, Any]) -> None:
+def _log_decision(models_dir: Path, entry: LogEntry) -> None:
     """Append one JSON line with a single write (O_APPEND keeps concurrent lines whole)."""
     line = json.dumps(entry) + "\n"
     with (models_dir / LOG_FILE).open("a") as handle:
@@ -316,7 +370,7 @@ def register(
 
 def _log_entry(
     bundle: ModelBundle, decision: _Decision, promote: Promote, metric: str, score: float
-) -> dict[str, Any]:
+) -> LogEntry:
     return {
         "date": now_iso(),
         "model_id": bundle.model_id,
@@ -355,18 +409,23 @@ def _registered_dates(models_dir: Path) -> dict[str, str]:
     return dates
 
 
-def list_models(models_dir: Path) -> list[dict[str, Any]]:
+def list_models(models_dir: Path) -> list[ModelRow]:
     """Registered models, oldest first: id, bundle path, test metrics, fingerprint, latest flag."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         return []
-    latest = (_read_latest(models_dir) or {}).get("model_id")
+    pointer = _read_latest(models_dir)
+    latest = pointer.get("model_id") if pointer is not None else None
     dates = _registered_dates(models_dir)
-    rows = []
+    rows: list[ModelRow] = []
     folders = [p for p in models_dir.iterdir() if not p.name.startswith(".")]  # skip staging
     for folder in sorted(p for p in folders if (p / BUNDLE_FILE).is_file()):
         metrics_path = RunFolder(folder).metrics
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = (
+            cast(StoredMetrics, json.loads(metrics_path.read_text()))
+            if metrics_path.is_file()
+            else StoredMetrics()
+        )
         rows.append(
             {
                 "model_id": folder.name,
@@ -375,7 +434,7 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
                 "registered": dates.get(folder.name),
                 "chip_index_fingerprint": metrics.get("chip_index_fingerprint"),
                 "threshold": metrics.get("threshold"),
-                "test": metrics.get("test", {}),
+                "test": metrics.get("test") or {},
             }
         )
     return sorted(rows, key=lambda r: (r["registered"] or "", r["model_id"]))

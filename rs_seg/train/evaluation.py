@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, w
 from rs_seg.config import MASK_IGNORE, TrainConfig
 from rs_seg.errors import RsSegError
 from rs_seg.levels import level_to_threshold, threshold_to_level
+from rs_seg.records import BundleMetrics, DataSummary, RunMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder, best_epoch_of, publish_replacement, write_status
 from rs_seg.staging import staged_dir, write_json
 from rs_seg.train.dataset import (
@@ -86,7 +87,7 @@ def sweep(batches: Iterator[Batch]) -> ThresholdSweep:
 class SplitScores:
     """Pixel metrics of a split at one threshold, plus per-chip scores."""
 
-    metrics: dict[str, float]
+    metrics: SplitMetrics
     chips: pd.DataFrame
 
 
@@ -117,9 +118,8 @@ def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> Sp
     totals = (
         table[["tp", "fp", "tn", "fn"]].sum() if rows else pd.Series(0, ["tp", "fp", "tn", "fn"])
     )
-    metrics = metrics_from_counts(*(float(totals[k]) for k in ("tp", "fp", "tn", "fn")))
-    metrics["pixels"] = int(totals.sum())
-    metrics["chips"] = len(table)
+    pixel = metrics_from_counts(*(float(totals[k]) for k in ("tp", "fp", "tn", "fn")))
+    metrics: SplitMetrics = {**pixel, "pixels": int(totals.sum()), "chips": len(table)}
     return SplitScores(metrics, table)
 
 
@@ -134,6 +134,8 @@ class EvaluationOutcome:
 
     run: Path
     bundle: Path
+    # The run's RunMetrics. Declared RunMetrics once flows/train_cropland.py's _metrics_table
+    # takes SplitMetrics: mypy does not pass a TypedDict where dict[str, Any] is declared.
     metrics: dict[str, Any]
     report: Path
 
@@ -247,7 +249,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     final = publish_replacement(run)  # a run replacing an earlier one takes its place only now
     if final != run:
         bundle_path, report = final / BUNDLE_FILE, RunFolder(final).report
-    return EvaluationOutcome(final, bundle_path, metrics, report)
+    return EvaluationOutcome(final, bundle_path, cast(dict[str, Any], metrics), report)
 
 
 def _ids(splits: ChipSplits, split: str) -> list[str]:
@@ -262,9 +264,14 @@ def _metrics_document(
     test: SplitScores,
     history: list[dict[str, float]],
     checkpoint: Path,
-) -> dict[str, Any]:
+) -> RunMetrics:
     best_epoch = best_epoch_of(history)
     counts = splits.counts()
+    data: DataSummary = {
+        "train_chips": counts["train"],
+        "val_chips": counts["val"],
+        "test_chips": counts["test"],
+    }
     return {
         "threshold": level_to_threshold(level),
         "threshold_level": level,
@@ -281,7 +288,7 @@ def _metrics_document(
             "bands": list(splits.bands),
             "chip_size": splits.chip_size,
         },
-        "data": {f"{k}_chips": v for k, v in counts.items()},
+        "data": data,
         "bundle": BUNDLE_FILE,
     }
 
@@ -292,7 +299,7 @@ def _bundle(
     normalization: Normalization,
     net: nn.Module,
     meta: dict[str, Any],
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
     history: list[dict[str, float]],
 ) -> ModelBundle:
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -308,7 +315,11 @@ def _bundle(
         crs=meta["crs"],
         dtype=meta["dtype"],
         nodata=meta["nodata"],
-        metrics={k: metrics[k] for k in ("validation", "test", "threshold_rule")},
+        metrics=BundleMetrics(
+            validation=metrics["validation"],
+            test=metrics["test"],
+            threshold_rule=metrics["threshold_rule"],
+        ),
         provenance={
             "model_id": weights_id(state),
             "chip_index_fingerprint": splits.fingerprint,
@@ -323,14 +334,14 @@ def _bundle(
     )
 
 
-def _write_metrics(run: Path, metrics: dict[str, Any]) -> None:
+def _write_metrics(run: Path, metrics: RunMetrics) -> None:
     write_json(RunFolder(run).metrics, metrics)
 
 
 def _write_report(
     run: Path,
     history: list[dict[str, float]],
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
     chips: pd.DataFrame,
     splits: ChipSplits,
     worst: list[ChipExample],

@@ -14,6 +14,7 @@ import torch
 
 from rs_seg.config import MASK_IGNORE
 from rs_seg.levels import LEVELS
+from rs_seg.records import PixelMetrics
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -21,7 +22,7 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
-def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> PixelMetrics:
     """All reported pixel metrics from one confusion matrix (cropland = positive class)."""
     cropland_iou = ratio(tp, tp + fp + fn)
     background_iou = ratio(tn, tn + fn + fp)

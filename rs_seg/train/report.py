@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from rs_seg.records import RunMetrics
+
 MARKDOWN = "README.md"
 CURVES_PNG = "loss_iou.png"
 CHIP_IOU_PNG = "chip_iou.png"
@@ -133,7 +135,7 @@ def write_report(
     folder: Path,
     *,
     history: list[dict[str, float]],
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
     chip_scores: pd.DataFrame,
     worst: list[ChipExample],
     best: list[ChipExample],
@@ -149,9 +151,10 @@ def write_report(
         folder: Run or staging folder; created if missing. Existing report files are replaced.
         history: One dict per finished epoch with ``epoch``, ``train_loss``, ``val_loss``,
             ``val_iou``, ``val_mean_iou``, ``lr`` and ``seconds``; values may be NaN or missing.
-        metrics: Evaluation summary; ``test`` holds the test-split metrics, and ``threshold``,
-            ``model``, ``best_epoch``, ``epochs_run``, ``validation``, ``data`` and ``bundle``
-            are used when present.
+        metrics: The run's metrics (:class:`rs_seg.records.RunMetrics`); ``test`` holds the
+            test-split metrics, and ``threshold``, ``model``, ``best_epoch``, ``epochs_run``,
+            ``validation``, ``data`` and ``bundle`` are used when present: the rendering reads
+            it as a plain mapping, so a partial document still gives a report.
         chip_scores: Per-test-chip scores with ``chip_id``, ``scene``, ``iou``, ``mean_iou``,
             ``label_fraction`` and ``predicted_fraction``; ``iou`` is NaN where undefined.
         worst: Lowest-scoring test chips to show, worst first.
