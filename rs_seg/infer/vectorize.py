@@ -1,15 +1,10 @@
-"""Field polygons from a probability raster, streamed strip by strip.
+"""Field layers from a probability raster: settings, raster checks, layer writer and QGIS style.
 
-A scene can be 16384 px or more on a side, so the raster is read ``strip_rows`` rows at a time and
-memory stays bounded by one strip plus the fields still open across the current strip boundary.
-Each strip is labelled into 4-connected cropland regions (the connectivity GDAL's polygonizer
-uses), and regions that continue across a boundary are joined through their pixels, so the output
-equals polygonizing the whole raster at once. The parts of such a field are unioned in pixel
-coordinates, where every vertex is an exact integer and the shared edges match exactly, and move
-into the raster's CRS only when the field is complete. Labels also give each field's exact pixel
-sum for ``mean_prob``. Regions that lie inside a strip and whose bounding box is smaller than the
-minimum area are removed from the label image before polygonizing: on noisy rasters they are
-millions, and they could never become fields.
+:func:`vectorize` checks the raster (one uint8 band, a projected CRS), turns the m² settings into
+CRS units and writes the field records :func:`rs_seg.infer.polygonize.field_records` completes
+strip by strip: GeoPackages in batches, FlatGeobuf and GeoJSON at the end, with provenance as
+layer metadata and, in a GeoPackage, a default QGIS style. Each output is staged and published
+only once it is complete.
 """
 
 from __future__ import annotations
@@ -18,8 +13,7 @@ import datetime as dt
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -28,22 +22,17 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 import shapely
-from affine import Affine
 from pyogrio.raw import write as write_layer
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
-from rasterio.features import shapes
-from rasterio.windows import Window
-from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
-from tqdm import tqdm
 
 import rs_seg
 from rs_seg.errors import RsSegError
+from rs_seg.infer.polygonize import FieldRecord, field_records
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
 from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file
-from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +44,7 @@ _LAYER_OPTIONS = {
     "FlatGeobuf": {"SPATIAL_INDEX": "YES"},
     "GeoJSON": {"RFC7946": "YES"},
 }
-STRIP_PIXELS = 2048 * 1024  # pixels per strip at most: bounds memory for any scene width
 _GPKG_BATCH = 5000  # features per append: one transaction each, bounded memory
-_SUM_ROWS = 128  # rows per bincount chunk: float64 weights of a whole strip would cost 8 B/px
-_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
-_PREFILTER = True  # drop regions that cannot reach min_area before polygonizing (tests: off)
-_CoordinateFunction = Callable[[np.ndarray], np.ndarray]  # (n, 2) coordinates -> (n, 2)
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 
 
@@ -77,7 +61,7 @@ class VectorizeSettings:
         fill_holes_below: Holes smaller than this (m²) are filled; fields lying wholly inside a
             filled hole are then dropped, so fields never overlap.
         strip_rows: Rows read and polygonized at a time (fewer for scenes wider than 2048 px, see
-            :func:`rows_per_strip`); bounds memory, not the result.
+            :func:`rs_seg.infer.polygonize.rows_per_strip`); bounds memory, not the result.
     """
 
     threshold: float = 0.5
@@ -225,7 +209,15 @@ def _write_layer(
 ) -> _Writer:
     """Polygonize ``src`` strip by strip into the layer at ``path``, styled for QGIS."""
     writer = _Writer(path, info, metres)
-    for records in _field_records(src, settings, metres, progress):
+    completed = field_records(
+        src,
+        level=threshold_to_level(settings.threshold),
+        min_area=settings.min_area / metres**2,
+        fill_holes_below=settings.fill_holes_below / metres**2,
+        strip_rows=settings.strip_rows,
+        progress=progress,
+    )
+    for records in completed:
         writer.add(records, settings.simplify)
         del records  # not kept alive while the next strip is polygonized
     writer.close()
@@ -297,462 +289,6 @@ def _layer_metadata(
     return meta | {str(k): str(v) for k, v in (extra or {}).items()}
 
 
-# --- strips: label cropland regions and polygonize them in pixel coordinates -----------------
-
-
-@dataclass(slots=True)  # millions on noisy scenes: no per-instance dict
-class _Field:
-    """One 4-connected cropland region, possibly still continuing into the next strip.
-
-    ``parts`` are pixel-space polygons, one per strip the region touches, made only for regions
-    on a strip's first or last row (only those can be joined); ``first`` is its first pixel in
-    raster order and ``last_row`` its lowest row: together they order fields stably. ``left`` and
-    ``right`` bound its columns (right exclusive). ``crs`` is the single part already in CRS
-    coordinates (transforming each field on its own costs more than polygonizing it), None once
-    parts from several strips were joined.
-    """
-
-    parts: list[shapely.Polygon]
-    crs: shapely.Polygon | None
-    total: float
-    pixels: int
-    first: tuple[int, int]
-    last_row: int
-    left: int
-    right: int
-
-    def absorb(self, other: _Field) -> None:
-        """Take over a region found to be connected to this one across a strip boundary."""
-        self.parts.extend(other.parts)
-        self.crs = None
-        self.total += other.total
-        self.pixels += other.pixels
-        self.first = min(self.first, other.first)
-        self.last_row = max(self.last_row, other.last_row)
-        self.left = min(self.left, other.left)
-        self.right = max(self.right, other.right)
-
-
-def _read_cropland(
-    src: rasterio.io.DatasetReader, window: Window, level: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values and the cropland mask (``value >= level`` on valid pixels) of one strip."""
-    with unreadable_pixels_in_one_line(src):
-        values = src.read(1, window=window)
-        cropland = values >= level
-        if cropland.any():
-            cropland &= valid_pixels(src, values[np.newaxis], window)
-    return values, cropland
-
-
-def _strip_fields(
-    values: np.ndarray,
-    cropland: np.ndarray,
-    row0: int,
-    to_crs: _CoordinateFunction,
-    too_small: _TooSmall | None = None,
-) -> tuple[np.ndarray, list[_Field]]:
-    """Label the strip's regions (4-connected, like GDAL) and polygonize each one.
-
-    With ``too_small``, regions that can never reach the minimum area are removed from the label
-    image first (see :class:`_TooSmall`), so they cost no polygon and no Python object.
-
-    Returns the label image (0 = not cropland, label ``i`` = ``fields[i - 1]``) and the fields.
-    """
-    labels = np.zeros(cropland.shape, dtype=np.int32)
-    count = ndimage.label(cropland, structure=_FOUR_CONNECTED, output=labels)
-    if count and too_small is not None:
-        labels, count = too_small.remove(labels, count)
-        cropland = labels > 0
-    if count == 0:
-        return labels, []
-    totals, pixels = _label_sums(values, labels, cropland, count)
-    parts: list[list[shapely.Polygon]] = [[] for _ in range(count)]
-    crs_parts: list[shapely.Polygon | None] = [None] * count
-    # only regions on the strip's first or last row can be joined with other strips' regions
-    joinable = np.zeros(count + 1, dtype=bool)
-    joinable[labels[0]] = joinable[labels[-1]] = True
-    pixel_space = Affine.translation(0, row0)  # x = column, y = raster row: exact integers
-    found = shapes(labels, mask=cropland, connectivity=4, transform=pixel_space)
-    for value, pixel, crs in _shapes_to_polygons(found, to_crs, joinable):
-        if pixel is not None:
-            parts[value - 1].append(pixel)
-        crs_parts[value - 1] = crs
-    fields = []
-    for index, (rows, cols) in enumerate(ndimage.find_objects(labels)):
-        top = labels[rows.start, cols] == index + 1
-        first = (row0 + rows.start, cols.start + int(np.argmax(top)))
-        sums = float(totals[index]), int(pixels[index])
-        last_row = row0 + rows.stop - 1
-        fields.append(
-            _Field(parts[index], crs_parts[index], *sums, first, last_row, cols.start, cols.stop)
-        )
-    return labels, fields
-
-
-def _shapes_to_polygons(
-    found: Iterator[tuple[dict[str, Any], float]],
-    to_crs: _CoordinateFunction,
-    joinable: np.ndarray,
-) -> Iterator[tuple[int, shapely.Polygon | None, shapely.Polygon]]:
-    """(value, pixel-space polygon, CRS polygon) from GeoJSON-like ``shapes`` output.
-
-    Built with vectorized calls: ``shapely.geometry.shape`` walks every vertex in Python, and
-    ``shapely.transform`` per field is slower than transforming all vertices of a strip at once.
-    The pixel-space polygon, needed only to join a region with its parts in other strips, is None
-    unless ``joinable[value]``: most regions of a noisy strip lie inside it.
-    """
-    rings: list[npt.NDArray[np.float64]] = []
-    value_list: list[int] = []
-    ring_counts: list[int] = []
-    for geometry, value in found:
-        coordinates = geometry["coordinates"]
-        rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
-        ring_counts.append(len(coordinates))
-        value_list.append(int(value))
-    if not rings:
-        return zip([], [], [], strict=True)
-    coords = np.concatenate(rings)
-    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    polygon_index = np.repeat(np.arange(len(value_list)), ring_counts)
-    # With ``indices`` the shapely constructors return arrays; the stubs' overloads also allow
-    # a single geometry.
-    crs = cast(
-        _GeoArray,
-        shapely.polygons(
-            cast(_GeoArray, shapely.linearrings(to_crs(coords), indices=ring_index)),
-            indices=polygon_index,
-        ),
-    )
-    values = np.array(value_list, dtype=np.int64)
-    # GDAL gives one polygon per 4-connected region; should a label ever come in several, its
-    # polygons are joined from pixel space like a field spanning strips
-    repeated = np.bincount(values, minlength=len(joinable)) > 1
-    crs[repeated[values]] = None
-    pixel = np.full(len(values), None, dtype=object)
-    wanted = (joinable | repeated)[values]
-    if wanted.any():
-        ring_wanted = wanted[polygon_index]
-        coord_wanted = ring_wanted[ring_index]
-        # consecutive ring and polygon numbers for the wanted subset, in the same order
-        rings_kept = np.cumsum(ring_wanted) - 1
-        polygons_kept = np.cumsum(wanted) - 1
-        wanted_rings = shapely.linearrings(
-            coords[coord_wanted], indices=rings_kept[ring_index[coord_wanted]]
-        )
-        pixel[wanted] = shapely.polygons(
-            cast(_GeoArray, wanted_rings), indices=polygons_kept[polygon_index[ring_wanted]]
-        )
-    return zip(values.tolist(), pixel.tolist(), crs.tolist(), strict=True)
-
-
-@dataclass(frozen=True)
-class _TooSmall:
-    """Finds the regions of a strip that cannot become a field of at least the minimum area.
-
-    A region that touches neither the strip's first row (unless that is the raster's first row)
-    nor its last row (unless that is the raster's last row) is complete within the strip. Its
-    area, even after hole filling, is at most that of its bounding box, so when the box is below
-    the minimum area, :class:`_Assembler` would drop it anyway. Removing it before polygonizing
-    changes no other field: each field's polygon, holes included, follows only its own pixels;
-    its pixel sums come from its own label; and fields below the minimum area are never written,
-    held back or used to drop islands. Regions touching such a boundary may continue in the next
-    strip and are always kept.
-
-    Bounding boxes are computed with numpy over row chunks (``ndimage.find_objects`` would build
-    a tuple of slices per region: millions on noisy rasters), so memory stays at one strip.
-    """
-
-    min_area: float  # in CRS units squared, as the assembler compares it
-    pixel_area: float  # |determinant| of the raster transform
-    first: bool  # the strip starts at the raster's first row
-    last: bool  # the strip ends at the raster's last row
-
-    def remove(self, labels: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-        """Labels without the too-small regions, survivors renumbered 1..n in their old order."""
-        height, width = labels.shape
-        top = np.full(count + 1, height, dtype=np.int32)
-        bottom = np.full(count + 1, -1, dtype=np.int32)
-        left = np.full(count + 1, width, dtype=np.int32)
-        right = np.full(count + 1, -1, dtype=np.int32)
-        for start in range(0, height, _SUM_ROWS):
-            chunk = labels[start : start + _SUM_ROWS]
-            rows, cols = (index.astype(np.int32) for index in np.nonzero(chunk))
-            label = chunk[rows, cols]
-            rows += start
-            np.minimum.at(top, label, rows)
-            np.maximum.at(bottom, label, rows)
-            np.minimum.at(left, label, cols)
-            np.maximum.at(right, label, cols)
-        box_pixels = (bottom - top + 1).astype(np.int64) * (right - left + 1)
-        # a relative margin far above float error: geometry areas are computed in CRS coordinates
-        small = box_pixels * self.pixel_area * (1 + 1e-9) < self.min_area
-        if not self.first:
-            small &= top > 0
-        if not self.last:
-            small &= bottom < height - 1
-        small[0] = False  # background stays 0
-        if not small.any():
-            return labels, count
-        keep = ~small
-        keep[0] = False
-        new = np.zeros(count + 1, dtype=np.int32)
-        survivors = int(keep.sum())
-        new[keep] = np.arange(1, survivors + 1, dtype=np.int32)
-        return new[labels], survivors
-
-
-def _label_sums(
-    values: np.ndarray, labels: np.ndarray, cropland: np.ndarray, count: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of values and pixel count per label (1..count), in row chunks to bound memory."""
-    totals = np.zeros(count + 1)
-    pixels = np.zeros(count + 1, dtype=np.int64)
-    for start in range(0, labels.shape[0], _SUM_ROWS):
-        rows = slice(start, start + _SUM_ROWS)
-        inside = cropland[rows]
-        chunk = labels[rows][inside]
-        totals += np.bincount(chunk, weights=values[rows][inside], minlength=count + 1)
-        pixels += np.bincount(chunk, minlength=count + 1)
-    return totals[1:], pixels[1:]
-
-
-class _Joiner:
-    """Joins regions that continue across strip boundaries; hands out the completed ones.
-
-    Only fields touching the last row read stay in memory (``_open``), keyed by a union-find root;
-    ``_bottom`` holds, per column of that row, the key of the open field there (0 = none).
-    """
-
-    def __init__(self) -> None:
-        self._open: dict[int, _Field] = {}
-        self._bottom: np.ndarray | None = None
-        self._next_key = 1
-
-    def add(self, labels: np.ndarray, fields: list[_Field], final: bool) -> list[_Field]:
-        """Add one strip's fields; return the fields that can no longer grow."""
-        keys = np.arange(self._next_key, self._next_key + len(fields), dtype=np.int64)
-        self._next_key += len(fields)
-        nodes = self._open | dict(zip(keys.tolist(), fields, strict=True))
-        parent: dict[int, int] = {}
-        for above, below in self._touching(labels, keys):
-            _union(parent, above, below)
-        for key in list(nodes):
-            root = _find(parent, key)
-            if root != key:
-                nodes[root].absorb(nodes.pop(key))
-        if final:
-            self._open, self._bottom = {}, None
-            return list(nodes.values())
-        open_keys = self._keep_bottom(labels[-1], keys, parent)
-        self._open = {k: f for k, f in nodes.items() if k in open_keys}
-        return [f for k, f in nodes.items() if k not in open_keys]
-
-    def open_boxes(self) -> np.ndarray:
-        """Top row, left and right column of every open field, as an (n, 3) array."""
-        boxes = [(f.first[0], f.left, f.right) for f in self._open.values()]
-        return np.array(boxes, dtype=np.int64).reshape(-1, 3)
-
-    def _touching(self, labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Pairs (open key, new key) of regions sharing a pixel edge across the boundary."""
-        if self._bottom is None or len(keys) == 0:
-            return np.empty((0, 2), dtype=np.int64)
-        top = labels[0]
-        touch = (self._bottom > 0) & (top > 0)
-        pairs = np.stack([self._bottom[touch], keys[top[touch] - 1]], axis=1)
-        return np.unique(pairs, axis=0)
-
-    def _keep_bottom(
-        self, bottom: np.ndarray, keys: np.ndarray, parent: dict[int, int]
-    ) -> set[int]:
-        """Remember which field sits in each column of the strip's last row."""
-        present = np.unique(bottom[bottom > 0])
-        root_of = np.zeros(len(keys) + 1, dtype=np.int64)
-        for label in present.tolist():
-            root_of[label] = _find(parent, int(keys[label - 1]))
-        self._bottom = root_of[bottom]
-        return set(root_of[present].tolist())
-
-
-def _find(parent: dict[int, int], key: int) -> int:
-    root = key
-    while parent.get(root, root) != root:
-        root = parent[root]
-    while key != root:  # path compression
-        parent[key], key = root, parent[key]
-    return root
-
-
-def _union(parent: dict[int, int], a: int, b: int) -> None:
-    """Join two sets; the older (smaller) key stays the root."""
-    ra, rb = _find(parent, int(a)), _find(parent, int(b))
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
-# --- completed fields: CRS geometry, hole filling, ordering ------------------------------------
-
-
-@dataclass(slots=True)
-class _Record:
-    """A completed field in CRS coordinates, holes filled, ready to be written."""
-
-    key: tuple[int, int, int]  # (last row, first pixel row, first pixel column): output order
-    box: tuple[int, int, int, int]  # pixel rows top..last and columns left..right (exclusive)
-    geometry: BaseGeometry
-    mean_prob: float
-    outer_area: float  # area inside the outer rings: only a smaller field can be an island
-    filled: list[shapely.Polygon] = field(default_factory=list)
-
-
-class _Assembler:
-    """Turns completed fields into records and decides when each may be written.
-
-    Filling a hole covers any field lying inside it (an island), which is then dropped so that
-    fields never overlap. An island is complete no later than the field around it, so a field
-    small enough to be an island is held back while open fields could still surround it, and is
-    dropped if it lands in a hole filled later. With ``fill_holes_below <= min_area`` (the command
-    line default) no field is ever held: islands in filled holes are below ``min_area`` anyway.
-
-    Released records come sorted by ``key`` within each strip; as fields complete in order of
-    their last row, the order is the same for any ``strip_rows`` unless fields were held back.
-    """
-
-    def __init__(self, transform: Affine, settings: VectorizeSettings, metres: float) -> None:
-        self._to_crs = _affine_function(transform)
-        self._min_area = settings.min_area / metres**2
-        self._fill_below = settings.fill_holes_below / metres**2
-        self._held: list[_Record] = []
-
-    def add(self, fields: list[_Field], open_boxes: np.ndarray, final: bool) -> list[_Record]:
-        """Add completed fields; return the records that are now safe to write, in order."""
-        records = [r for r in self._records(fields) if r.geometry.area >= self._min_area]
-        ready = [r for r in records if r.outer_area >= self._fill_below]
-        self._held.extend(r for r in records if r.outer_area < self._fill_below)
-        self._drop_islands([hole for r in records for hole in r.filled])
-        still_held: list[_Record] = []
-        for record in self._held:
-            waiting = not final and _may_be_enclosed(record.box, open_boxes)
-            (still_held if waiting else ready).append(record)
-        self._held = still_held
-        return sorted(ready, key=lambda r: r.key)
-
-    def _records(self, fields: list[_Field]) -> Iterator[_Record]:
-        """Join each field's strip parts (exact, in pixel space), move to the CRS, fill holes."""
-        for item in fields:
-            geometry = item.crs if item.crs is not None else self._join(item.parts)
-            geometry, filled = _fill_holes(geometry, self._fill_below)
-            outer = _outer_area(geometry) if self._fill_below > 0 else 0.0
-            key = (item.last_row, *item.first)
-            box = (item.first[0], item.last_row, item.left, item.right)
-            yield _Record(key, box, geometry, item.total / item.pixels / 255.0, outer, filled)
-
-    def _join(self, parts: list[shapely.Polygon]) -> BaseGeometry:
-        """Union of strip parts, exact in pixel space (integer vertices), then moved to the CRS."""
-        return shapely.transform(shapely.union_all(parts), self._to_crs)
-
-    def _drop_islands(self, holes: list[shapely.Polygon]) -> None:
-        """Forget held records that lie inside a hole that was just filled."""
-        if not holes or not self._held:
-            return
-        tree = shapely.STRtree([r.geometry for r in self._held])
-        inside = set(tree.query(holes, predicate="contains")[1].tolist())
-        self._held = [r for i, r in enumerate(self._held) if i not in inside]
-
-
-def _may_be_enclosed(box: tuple[int, int, int, int], open_boxes: np.ndarray) -> bool:
-    """Whether open fields could still close a ring around the pixel ``box``.
-
-    A surrounding field has pixels left of, right of and above the island, all read already and
-    all in fields that are still open (its parts join only further down): a cheap, conservative
-    test on the open fields' bounding boxes.
-    """
-    top, last, left, right = box
-    tops, lefts, rights = open_boxes.T
-    started = tops <= last
-    return bool(
-        np.any(started & (lefts < left))
-        and np.any(started & (rights > right))
-        and np.any((tops < top) & (lefts < right) & (rights > left))
-    )
-
-
-def _affine_function(transform: Affine) -> _CoordinateFunction:
-    """Coordinates (column, row) -> CRS (x, y), vectorized for :func:`shapely.transform`."""
-    a, b, c, d, e, f = transform[:6]
-
-    def apply(coords: np.ndarray) -> np.ndarray:
-        cols, rows = coords[:, 0], coords[:, 1]
-        return np.column_stack([a * cols + b * rows + c, d * cols + e * rows + f])
-
-    return apply
-
-
-def _fill_holes(geometry: BaseGeometry, below: float) -> tuple[BaseGeometry, list[shapely.Polygon]]:
-    """Fill interior rings smaller than ``below``; return the geometry and the filled holes."""
-    if below <= 0:
-        return geometry, []
-    parts = shapely.get_parts(geometry)
-    if not shapely.get_num_interior_rings(parts).any():
-        return geometry, []
-    polygons, filled = [], []
-    for polygon in parts:
-        holes = shapely.polygons(list(polygon.interiors))
-        small = shapely.area(holes) < below
-        filled.extend(holes[small].tolist())
-        polygons.append(shapely.Polygon(polygon.exterior, [h.exterior for h in holes[~small]]))
-    if not filled:
-        return geometry, []
-    return (polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)), filled
-
-
-def _outer_area(geometry: BaseGeometry) -> float:
-    """Area with all holes filled (the parts of a valid MultiPolygon do not overlap)."""
-    parts = shapely.get_parts(geometry)
-    return float(shapely.area(shapely.polygons(shapely.get_exterior_ring(parts))).sum())
-
-
-def rows_per_strip(strip_rows: int, width: int) -> int:
-    """``strip_rows``, fewer for wide rasters: a strip holds at most ``STRIP_PIXELS`` pixels.
-
-    Memory per strip is about 170 bytes per pixel on noise, so a fixed row count would let a
-    16384 px wide scene need 2.9 GB; the result does not depend on the strip height.
-    """
-    return max(1, min(strip_rows, STRIP_PIXELS // max(1, width)))
-
-
-def _field_records(
-    src: rasterio.io.DatasetReader, settings: VectorizeSettings, metres: float, progress: bool
-) -> Iterator[list[_Record]]:
-    """Completed field records, strip by strip, in output order."""
-    level = threshold_to_level(settings.threshold)
-    joiner = _Joiner()
-    assembler = _Assembler(src.transform, settings, metres)
-    to_crs = _affine_function(src.transform)
-    min_area = settings.min_area / metres**2
-    pixel_area = abs(src.transform.determinant)
-    strip_rows = rows_per_strip(settings.strip_rows, src.width)
-    starts = range(0, src.height, strip_rows)
-    bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
-    for row0 in bar:
-        rows = min(strip_rows, src.height - row0)
-        final = row0 + rows >= src.height
-        values, cropland = _read_cropland(src, Window(0, row0, src.width, rows), level)
-        too_small = None  # with no minimum area, every region can be a field
-        if _PREFILTER and min_area > 0:
-            too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=final)
-        labels, fields = _strip_fields(values, cropland, row0, to_crs, too_small)
-        del values, cropland
-        completed = joiner.add(labels, fields, final)
-        del labels, fields
-        ready = assembler.add(completed, joiner.open_boxes(), final)
-        del completed
-        # nothing of this strip stays referenced here while the next one is polygonized, else
-        # two strips' fields are alive at once (on noise, 100 000+ polygons per strip)
-        yield ready
-        del ready
-
-
 # --- output ------------------------------------------------------------------------------------
 
 
@@ -781,7 +317,7 @@ class _Writer:
         self.count = 0
         self.area_ha = 0.0
 
-    def add(self, records: list[_Record], tolerance: float) -> None:
+    def add(self, records: list[FieldRecord], tolerance: float) -> None:
         """Simplify, validate and queue ``records``; flush a GeoPackage batch when it is full.
 
         A noisy strip completes 100 000 fields or more at once: they are prepared and written a
@@ -790,7 +326,7 @@ class _Writer:
         for start in range(0, len(records), _GPKG_BATCH):
             self._add_batch(records[start : start + _GPKG_BATCH], tolerance)
 
-    def _add_batch(self, records: list[_Record], tolerance: float) -> None:
+    def _add_batch(self, records: list[FieldRecord], tolerance: float) -> None:
         geometries = _final_geometries([r.geometry for r in records], tolerance)
         # a field that collapsed entirely is no field; numpy's stubs refuse None as an operand,
         # though on an object array it compares element-wise

@@ -21,7 +21,7 @@ from rasterio.features import shapes
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-import rs_seg.infer.vectorize as vectorize_module
+import rs_seg.infer.polygonize as polygonize_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
@@ -245,7 +245,7 @@ def test_simplify_keeps_fields_valid(tmp_path: Path) -> None:
 def without_prefilter(prob: Path, out: Path, settings: VectorizeSettings) -> None:
     """Vectorize with every region polygonized, as before the pre-filter existed."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vectorize_module, "_PREFILTER", False)
+        patch.setattr(polygonize_module, "_PREFILTER", False)
         vectorize(prob, out, settings)
 
 
@@ -269,7 +269,7 @@ def count_polygonized(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             counts[-1] += 1
             yield item
 
-    monkeypatch.setattr(vectorize_module, "shapes", counting)
+    monkeypatch.setattr(polygonize_module, "shapes", counting)
     return counts
 
 
@@ -640,7 +640,7 @@ def test_bad_settings_are_refused(kwargs: dict) -> None:
 
 
 def test_wide_rasters_get_shorter_strips_so_memory_does_not_grow_with_width() -> None:
-    from rs_seg.infer.vectorize import STRIP_PIXELS, rows_per_strip
+    from rs_seg.infer.polygonize import STRIP_PIXELS, rows_per_strip
 
     assert rows_per_strip(1024, 2048) == 1024
     assert rows_per_strip(1024, 16384) * 16384 <= STRIP_PIXELS
