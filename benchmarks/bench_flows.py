@@ -11,10 +11,10 @@ ephemeral mode), alternating the kinds within each repeat, each run into a fresh
 * ``direct`` (the limit): ``rs_seg.ops.incoming.plan(cfg)`` and a loop calling
   ``rs_seg.ops.incoming.map_scene(cfg, job)`` for each job; no Prefect, no ledger claims. Timed: the
   ``plan`` call and the loop, after importing ``rs_seg.ops.incoming`` and ``rs_seg.infer.predict``.
-* ``flow``: ``flows.infer_scene.infer_new_imagery(cfg)`` on Prefect's ephemeral server, default
-  runner (one thread: scenes one after another, like ``direct``). Before the timed call the same
-  child imports the flow module (``import_seconds``) and runs the flow twice on an empty inbox:
-  the first call starts the ephemeral server and creates its database (``startup_seconds``,
+* ``flow``: ``flows.infer_new_imagery.infer_new_imagery(cfg)`` on Prefect's ephemeral server,
+  default runner (one thread: scenes one after another, like ``direct``). Before the timed call
+  the same child imports the flow module (``import_seconds``) and runs the flow twice on an empty
+  inbox: the first call starts the ephemeral server and creates its database (``startup_seconds``,
   reported separately, not in the run), the second is the fixed cost of one flow run that maps
   nothing (``empty_flow_seconds``). Timed: the flow call: planning, ledger claims and records, one
   Prefect task per scene, the markdown artifact, the end of the run.
@@ -99,8 +99,7 @@ def child_direct(incoming: str, bundle: str, out_dir: str, device: str) -> dict:
     cfg = IncomingConfig(
         incoming=incoming,
         out_dir=Path(out_dir),
-        model=Path(bundle),
-        device=device,
+        infer={"model": Path(bundle), "device": device},
         settle_seconds=0,  # the benchmark's scenes are complete when it starts
     )
     started, cpu = time.perf_counter(), time.process_time()
@@ -156,7 +155,7 @@ def _worker_cold_start() -> dict:
     import torch  # what unpickling the first map-scene task imports, torch included
     from prefect.client.orchestration import get_client
 
-    import flows.infer_scene  # noqa: F401
+    import flows.infer_new_imagery  # noqa: F401
 
     import_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -222,7 +221,7 @@ def child_flow(
     started = time.perf_counter()
     import torch
 
-    from flows.infer_scene import infer_new_imagery
+    from flows.infer_new_imagery import infer_new_imagery
     from flows.server import prefect_api
     from rs_seg.config import IncomingConfig, RunnerConfig
 
@@ -234,8 +233,7 @@ def child_flow(
     warm = IncomingConfig(
         incoming=empty,
         out_dir=Path(warm_dir),
-        model=Path(bundle),
-        device=device,
+        infer={"model": Path(bundle), "device": device},
         runner=runner_cfg,
         settle_seconds=0,  # the benchmark's scenes are complete when it starts
     )

@@ -28,10 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
-from flows.infer_scene import infer_new_imagery
+from flows.infer_new_imagery import infer_new_imagery
 from flows.server import run_command
-from flows.train_cropland import load_configs, synthetic_inputs, train_cropland
-from rs_seg.config import IncomingConfig, SynthConfig
+from flows.train_cropland import train_cropland
+from rs_seg.config import (
+    IncomingConfig,
+    InferOptions,
+    PrepareConfig,
+    SynthConfig,
+    TrainConfig,
+    load_training_configs,
+)
 from rs_seg.errors import RsSegError
 from rs_seg.staging import (
     FolderKind,
@@ -40,6 +47,7 @@ from rs_seg.staging import (
     staging_path,
     write_json,
 )
+from rs_seg.synthetic import generate_scenes
 
 NEW_SCENES = 3
 SEED_OFFSET = 1000  # new imagery: seeds far from the training scenes'
@@ -53,7 +61,7 @@ DEMO_FOLDER = FolderKind(
 def run_demo(config: Path, out: Path) -> dict[str, Any]:
     """Train through ``train-cropland``, then map new scenes through ``infer-new-imagery``."""
     started = time.perf_counter()
-    train, prepare, synth = load_configs(config)
+    train, prepare, synth = load_training_configs(config)
     if prepare is None or synth is None:
         raise RsSegError("the demo needs synth: and prepare: sections without scenes", config)
     _check_demo_folder(out)
@@ -61,9 +69,11 @@ def run_demo(config: Path, out: Path) -> dict[str, Any]:
         return _run(train, prepare, synth, out, started)
 
 
-def _run(train: Any, prepare: Any, synth: SynthConfig, out: Path, started: float) -> dict[str, Any]:
+def _run(
+    train: TrainConfig, prepare: PrepareConfig, synth: SynthConfig, out: Path, started: float
+) -> dict[str, Any]:
     synth = synth.model_copy(update={"out": out / "synthetic"})
-    prepare = prepare.model_copy(update={**synthetic_inputs(synth), "out": out / "chips"})
+    prepare = prepare.model_copy(update={**synth.prepare_inputs(), "out": out / "chips"})
     train = train.model_copy(update={"out": out / "runs" / "cropland"})
     _say(f"[1/3] flow train-cropland: {synth.scenes} synthetic scenes of {synth.size} px -> chips "
          f"-> {train.model.arch}/{train.model.encoder}, {train.epochs} epochs on CPU")  # fmt: skip
@@ -75,7 +85,7 @@ def _run(train: Any, prepare: Any, synth: SynthConfig, out: Path, started: float
     arrivals = _new_imagery(synth, out / "arrivals")
     incoming = IncomingConfig(
         incoming=str(arrivals / "scenes" / "*.tif"), out_dir=out / "mapped",
-        models_dir=out / "models", merged=out / "fields.gpkg", device="cpu",
+        merged=out / "fields.gpkg", infer=InferOptions(models_dir=out / "models", device="cpu"),
         settle_seconds=0,  # the demo wrote these scenes itself: complete, no copy to wait for
     )  # fmt: skip
     _say(f"[3/3] flow infer-new-imagery over {incoming.incoming}")
@@ -90,8 +100,6 @@ def _run(train: Any, prepare: Any, synth: SynthConfig, out: Path, started: float
 
 def _new_imagery(base: SynthConfig, out: Path) -> Path:
     """Scenes that arrive after training: the demo's synth settings with unseen seeds."""
-    from rs_seg.synthetic import generate_scenes
-
     arrivals = base.model_copy(
         update={"out": out, "seed": base.seed + SEED_OFFSET, "scenes": NEW_SCENES}
     )

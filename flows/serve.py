@@ -37,6 +37,7 @@ from flows.server import (
     prefect_api,
     require_api,
 )
+from rs_seg.config import IncomingConfig, build_config, load_training_configs
 from rs_seg.errors import RsSegError
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ def _checked_interval(seconds: int, source: str) -> int:
 
 
 def _checked_cron(expr: str, source: str) -> str:
+    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
     from prefect.client.schemas.schedules import CronSchedule
 
     try:
@@ -156,9 +158,7 @@ def train_parameters(config_file: Path | None) -> dict[str, Any]:
     """Default ``train``/``prepare``/``synth`` parameters of train-cropland, from a YAML file."""
     if config_file is None:
         return {}
-    from flows.train_cropland import load_configs
-
-    train, prepare, synth = load_configs(config_file)
+    train, prepare, synth = load_training_configs(config_file)
     parameters: dict[str, Any] = {"train": train.model_dump(mode="json")}
     if prepare is not None:
         parameters["prepare"] = prepare.model_dump(mode="json")
@@ -171,8 +171,6 @@ def incoming_parameters(config_file: Path | None) -> dict[str, Any]:
     """Default ``config`` parameter of infer-new-imagery, from a YAML file's ``incoming:``."""
     if config_file is None:
         return {}
-    from rs_seg.config import IncomingConfig, build_config
-
     config = build_config(IncomingConfig, "incoming", config_file, {})
     return {"config": config.model_dump(mode="json")}
 
@@ -183,8 +181,10 @@ def deployments(
     when: dict[str, Any] | None = None,
 ) -> list[Any]:
     """One deployment per flow, each named like its flow; see the module docstring for defaults."""
+    # the flows bring torch, smp and Prefect (seconds): loaded once serving starts
     import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
-    from flows.infer_scene import infer_new_imagery, infer_scene
+    from flows.infer_new_imagery import infer_new_imagery
+    from flows.infer_scene import infer_scene
     from flows.prepare_chips import prepare_chips
     from flows.train_cropland import train_cropland
 
@@ -218,6 +218,7 @@ def _prefect_cli() -> str:
 
 def guide(server: PrefectServer, served: list[Any]) -> str:
     """What to run, and where the outputs go, printed once the deployments are registered."""
+    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
     from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY
 
     by_name = {d.name: d for d in served}
@@ -287,6 +288,7 @@ def _describe(deployment: Any) -> str:
 
 def serve_all(served: list[Any], server: PrefectServer) -> None:
     """Register the deployments, print the guide and poll for runs until interrupted."""
+    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
@@ -303,7 +305,7 @@ ENTRYPOINTS = {
     "prepare-chips": "flows/prepare_chips.py:prepare_chips",
     "train-cropland": "flows/train_cropland.py:train_cropland",
     "infer-scene": "flows/infer_scene.py:infer_scene",
-    "infer-new-imagery": "flows/infer_scene.py:infer_new_imagery",
+    "infer-new-imagery": "flows/infer_new_imagery.py:infer_new_imagery",
 }
 
 
@@ -313,6 +315,7 @@ def register_on_pool(pool: str, served: list[Any], when: dict[str, Any]) -> str:
     Each deployment loads its flow from ``ROOT`` (Prefect's local source storage), so every
     machine with a worker needs the checkout at the same path (or on a shared disk).
     """
+    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
     from prefect import deploy, flow
 
     kind = _ensure_pool(pool)
@@ -345,6 +348,7 @@ def register_on_pool(pool: str, served: list[Any], when: dict[str, Any]) -> str:
 
 def _ensure_pool(pool: str) -> str:
     """The pool's type; a missing pool is created as a ``process`` pool."""
+    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound

@@ -35,12 +35,13 @@ from prefect.cache_policies import NO_CACHE
 import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetrics are imported
 from flows.runners import retry_io_errors
 from flows.server import run_command
-from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, build_config, read_yaml
+from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, load_training_configs
 from rs_seg.ops.registry import Registration, register
 from rs_seg.prepare.index import SUMMARY_FILE
 from rs_seg.prepare.run import chips_up_to_date
 from rs_seg.prepare.run import prepare as prepare_chips
-from rs_seg.synthetic import LABELS_FILE
+from rs_seg.records import SplitMetrics
+from rs_seg.synthetic import reuse_or_generate
 from rs_seg.train.evaluation import EvaluationOutcome, evaluate_run
 from rs_seg.train.fit import TrainOutcome, is_ddp_child
 from rs_seg.train.fit import train as train_model
@@ -84,15 +85,11 @@ def prepare_task(config: PrepareConfig) -> dict[str, Any]:
 @task(name="synthesize-scenes", cache_policy=NO_CACHE)
 def synth_task(config: SynthConfig) -> list[str]:
     """Generate the synthetic scenes and labels (reused while the settings match)."""
-    scenes, labels = _synthetic_scenes(config)
-    get_run_logger().info("%d synthetic scenes in %s, labels %s", len(scenes), config.out, labels)
-    return scenes
-
-
-def synthetic_inputs(synth: SynthConfig) -> dict[str, Any]:
-    """Where :func:`rs_seg.synthetic.generate_scenes` puts scenes and labels, as prepare inputs."""
-    out = Path(synth.out)
-    return {"scenes": [str(out / "scenes" / "*.tif")], "labels": out / LABELS_FILE}
+    result = reuse_or_generate(config)
+    get_run_logger().info(
+        "%d synthetic scenes in %s, labels %s", len(result.scenes), config.out, result.labels
+    )
+    return [str(scene) for scene in result.scenes]
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -152,7 +149,7 @@ def run_folder(config: TrainConfig, resume: bool, now: dt.datetime | None = None
     return config.model_copy(update={"out": candidate})
 
 
-def _metrics_table(test: dict[str, Any]) -> list[str]:
+def _metrics_table(test: SplitMetrics) -> list[str]:
     rows = ["| test metric | value |", "|---|---:|"]
     for key, label in _METRIC_LABELS.items():
         value = test.get(key)
@@ -203,7 +200,8 @@ def train_cropland(
             ``always`` or ``never``.
         resume: continue the run in ``train.out`` from its last checkpoint.
         synth: generate synthetic scenes first (the demo default, so the deployment runs on a
-            fresh machine without data); ``prepare`` reads them (:func:`synthetic_inputs`).
+            fresh machine without data); ``prepare`` reads them
+            (:meth:`rs_seg.config.SynthConfig.prepare_inputs`).
 
     Returns:
         model id, whether latest moved and why, registered bundle, run folder and test metrics.
@@ -238,46 +236,6 @@ def train_cropland(
     }
 
 
-def _synthetic_scenes(config: SynthConfig) -> tuple[list[str], Path]:
-    """Scenes and labels generated from a ``synth:`` section, reused while the settings match."""
-    from rs_seg.synthetic import generate_scenes
-
-    out = Path(config.out)
-    summary = out / "summary.json"  # written by generate_scenes with the config it used
-    if summary.is_file():
-        stored = json.loads(summary.read_text()).get("config", {})
-        wanted = json.loads(config.model_dump_json())
-        if {k: v for k, v in stored.items() if k != "overwrite"} == {
-            k: v for k, v in wanted.items() if k != "overwrite"
-        }:
-            return [str(p) for p in sorted((out / "scenes").glob("*.tif"))], out / LABELS_FILE
-    result = generate_scenes(config.model_copy(update={"overwrite": summary.is_file()}))
-    return [str(p) for p in result.scenes], result.labels
-
-
-def load_configs(
-    config_file: Path,
-) -> tuple[TrainConfig, PrepareConfig | None, SynthConfig | None]:
-    """The ``train:``, ``prepare:`` and ``synth:`` sections of a YAML file.
-
-    A ``prepare:`` section that names no scenes but comes with ``synth:`` (``configs/demo.yaml``)
-    reads the generated scenes; ``synth`` is returned only in that case.
-    """
-    raw = read_yaml(config_file)
-    train = build_config(TrainConfig, "train", config_file, {})
-    section = raw.get("prepare")
-    if section is None:
-        return train, None, None
-    no_inputs = isinstance(section, dict) and not (
-        section.get("scenes") or section.get("chips_dir")
-    )
-    if not (no_inputs and "synth" in raw):
-        return train, build_config(PrepareConfig, "prepare", config_file, {}), None
-    synth = build_config(SynthConfig, "synth", config_file, {})
-    prepare = build_config(PrepareConfig, "prepare", config_file, synthetic_inputs(synth))
-    return train, prepare, synth
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``--config FILE`` plus registry options; prints the flow's result as JSON."""
     parser = argparse.ArgumentParser(description="Prepare chips, train, evaluate, register.")
@@ -291,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_ddp_child() and _DDP_CONFIG_ENV in os.environ:
             train_model(TrainConfig.model_validate_json(os.environ[_DDP_CONFIG_ENV]), args.resume)
             return
-        train, prepare, synth = load_configs(args.config)
+        train, prepare, synth = load_training_configs(args.config)
         result = train_cropland(
             train, prepare, args.models_dir, args.promote, args.resume, synth=synth
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,7 @@ from rs_seg.errors import RsSegError
 MASK_BACKGROUND = 0
 MASK_CROPLAND = 1
 MASK_IGNORE = 255
+SYNTH_LABELS_FILE = "fields.gpkg"  # the labels file of a ``rs-seg synth`` folder
 
 
 class StrictModel(BaseModel):
@@ -40,6 +41,20 @@ class SynthConfig(StrictModel):
     pixel_size: Annotated[float, Field(gt=0)] = 3.0
     epsg: int = 32633
     overwrite: bool = False
+
+    @property
+    def scenes_glob(self) -> str:
+        """Where ``rs-seg synth`` puts the scenes, as a pattern ``prepare`` can read."""
+        return str(Path(self.out) / "scenes" / "*.tif")
+
+    @property
+    def labels_path(self) -> Path:
+        """Where ``rs-seg synth`` puts the crop polygons of all scenes."""
+        return Path(self.out) / SYNTH_LABELS_FILE
+
+    def prepare_inputs(self) -> dict[str, Any]:
+        """The generated scenes and labels as ``prepare`` settings (``scenes``, ``labels``)."""
+        return {"scenes": [self.scenes_glob], "labels": self.labels_path}
 
 
 _TARGET_NAMES = {"background": MASK_BACKGROUND, "cropland": MASK_CROPLAND, "ignore": MASK_IGNORE}
@@ -283,11 +298,13 @@ class TrainConfig(StrictModel):
     overwrite: bool = False
 
 
-class InferConfig(StrictModel):
-    """Scene inference (``rs-seg infer``): a whole scene -> probability COG + field polygons."""
+class InferOptions(StrictModel):
+    """How a scene is mapped: model, windows, threshold and polygon settings of ``rs-seg infer``.
 
-    scene: Path = Field(description="GeoTIFF (or any GDAL raster) to map")
-    out: Path = Field(Path("fields.gpkg"), description=".gpkg (layer fields), .fgb or .geojson")
+    One scene (:class:`InferConfig`) and every scene of an inbox (:class:`IncomingConfig`) are
+    mapped with the same settings, defined once here.
+    """
+
     model: Path | None = Field(None, description="model bundle [the registered latest model]")
     models_dir: Path = Field(Path("models"), description="registry used when model is not given")
     window: Annotated[int, Field(ge=16, le=8192)] | None = Field(
@@ -302,10 +319,6 @@ class InferConfig(StrictModel):
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None, description="cropland probability threshold [the bundle's, tuned on validation]"
     )
-    prob_out: Path | None = Field(
-        None, description="probability COG (uint8 0-255) [<out stem>_prob.tif beside out]"
-    )
-    mask_out: Path | None = Field(None, description="optional binary mask COG (0/1)")
     min_area: Annotated[float, Field(ge=0)] = Field(
         500.0, description="drop fields smaller than this (m2, CRS units squared)"
     )
@@ -315,6 +328,24 @@ class InferConfig(StrictModel):
     fill_holes_below: Annotated[float, Field(ge=0)] | None = Field(
         None, description="fill holes smaller than this (m2) [min_area]"
     )
+
+    def for_scene(self, scene: Path, out: Path, model: Path | None = None) -> InferConfig:
+        """These settings applied to one scene, with ``model`` in place of ``self.model``."""
+        settings = self.model_dump(include=set(InferOptions.model_fields))
+        if model is not None:
+            settings["model"] = model
+        return InferConfig(scene=scene, out=out, **settings)
+
+
+class InferConfig(InferOptions):
+    """Scene inference (``rs-seg infer``): a whole scene -> probability COG + field polygons."""
+
+    scene: Path = Field(description="GeoTIFF (or any GDAL raster) to map")
+    out: Path = Field(Path("fields.gpkg"), description=".gpkg (layer fields), .fgb or .geojson")
+    prob_out: Path | None = Field(
+        None, description="probability COG (uint8 0-255) [<out stem>_prob.tif beside out]"
+    )
+    mask_out: Path | None = Field(None, description="optional binary mask COG (0/1)")
     overwrite: bool = False
 
     @property
@@ -363,16 +394,9 @@ class IncomingConfig(StrictModel):
     incoming: str = Field(description="folder of scenes, or a glob such as 'inbox/**/*.tif'")
     out_dir: Path = Field(Path("data/mapped"), description="one folder of outputs per scene")
     ledger: Path | None = Field(None, description="SQLite ledger [<out_dir>/ledger.sqlite]")
-    model: Path | None = Field(None, description="model bundle [the registry's latest]")
-    models_dir: Path = Path("models")
     reprocess_on_model_change: bool = Field(
         True, description="map every scene again when the latest model changes"
     )
-    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
-    batch_size: Annotated[int, Field(ge=1)] = 16
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    tta: bool = False
-    min_area: Annotated[float, Field(ge=0)] = 500.0
     settle_seconds: Annotated[float, Field(ge=0)] = Field(
         30.0,
         description="map a scene only once its size and mtime have not changed for this long "
@@ -383,6 +407,34 @@ class IncomingConfig(StrictModel):
     )
     merged_crs: str | None = Field(None, description="CRS of the merged layer [first scene's]")
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    infer: InferOptions = Field(
+        default_factory=InferOptions,
+        description="how each scene is mapped: the settings of rs-seg infer (model [the "
+        "registry's latest], window, overlap, batch_size, device, tta, threshold, min_area, ...)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_infer_settings(cls, data: Any) -> Any:
+        """Accept the settings of ``infer:`` at the top, where files before it was nested had them.
+
+        ``model: x`` and ``infer: {model: x}`` mean the same; naming one setting in both places
+        is an error rather than a silent choice.
+        """
+        if not isinstance(data, dict):
+            return data
+        flat = {key: data[key] for key in InferOptions.model_fields if key in data}
+        if not flat:
+            return data
+        nested = data.get("infer") or {}
+        if isinstance(nested, InferOptions):
+            nested = nested.model_dump(exclude_unset=True)
+        if not isinstance(nested, dict):
+            return data  # the field's own validation names the problem
+        if twice := sorted(flat.keys() & nested.keys()):
+            raise ValueError(f"{', '.join(twice)}: given both at the top and under infer:")
+        rest = {key: value for key, value in data.items() if key not in flat}
+        return {**rest, "infer": {**nested, **flat}}
 
     @property
     def ledger_path(self) -> Path:
@@ -466,3 +518,33 @@ def build_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise RsSegError(format_validation_error(exc), config_file) from None
+
+
+class TrainingConfigs(NamedTuple):
+    """The sections a training run reads from one YAML file (the train-cropland flow's inputs)."""
+
+    train: TrainConfig
+    prepare: PrepareConfig | None
+    synth: SynthConfig | None
+
+
+def load_training_configs(config_file: Path) -> TrainingConfigs:
+    """The ``train:``, ``prepare:`` and ``synth:`` sections of a YAML file.
+
+    A ``prepare:`` section that names no scenes but comes with ``synth:`` (``configs/demo.yaml``)
+    reads the generated scenes, so a deployment runs on a fresh machine without data; ``synth``
+    is returned only in that case.
+    """
+    raw = read_yaml(config_file)
+    train = build_config(TrainConfig, "train", config_file, {})
+    section = raw.get("prepare")
+    if section is None:
+        return TrainingConfigs(train, None, None)
+    no_inputs = isinstance(section, dict) and not (
+        section.get("scenes") or section.get("chips_dir")
+    )
+    if not (no_inputs and "synth" in raw):
+        return TrainingConfigs(train, build_config(PrepareConfig, "prepare", config_file, {}), None)
+    synth = build_config(SynthConfig, "synth", config_file, {})
+    prepare = build_config(PrepareConfig, "prepare", config_file, synth.prepare_inputs())
+    return TrainingConfigs(train, prepare, synth)

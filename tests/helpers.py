@@ -27,7 +27,7 @@ import shapely
 from rasterio.transform import from_origin
 
 # rs_seg's package import arms the torchvision shim before any test imports torch libraries.
-from rs_seg.config import ModelConfig, TrainConfig
+from rs_seg.config import IncomingConfig, ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -275,3 +275,8 @@ def truncated_copy(source: Path, target: Path, fraction: float = 0.5) -> Path:
     data = Path(source).read_bytes()
     target.write_bytes(data[: int(len(data) * fraction)])
     return target
+
+
+def with_model(cfg: IncomingConfig, model: Path) -> IncomingConfig:
+    """The same new-imagery settings with another model bundle (a "new latest model")."""
+    return cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"model": model})})

@@ -30,6 +30,7 @@ from rs_seg.synthetic import (
     band_names,
     generate_scenes,
     render_window,
+    reuse_or_generate,
     scene_specs,
 )
 
@@ -445,3 +446,15 @@ def test_peak_memory_does_not_grow_with_scene_size(tmp_path: Path) -> None:
     small = _peak_rss_kib(4096, tmp_path / "small")
     large = _peak_rss_kib(8192, tmp_path / "large")
     assert large < 1.3 * small, f"peak RSS {small} KiB at 4096 px, {large} KiB at 8192 px"
+
+
+def test_generated_scenes_are_reused_while_settings_match(tmp_path: Path) -> None:
+    synth = SynthConfig(out=tmp_path / "synth", size=64, bands=3, seed=1)
+    first = reuse_or_generate(synth)
+    assert first.labels == synth.labels_path == tmp_path / "synth" / "fields.gpkg"
+    written = first.scenes[0].stat().st_mtime_ns
+    assert reuse_or_generate(synth) == first
+    assert first.scenes[0].stat().st_mtime_ns == written, "unchanged settings reuse the scenes"
+    regenerated = reuse_or_generate(synth.model_copy(update={"seed": 2}))
+    assert regenerated.scenes != first.scenes, "new settings replace them"
+    assert not first.scenes[0].exists()

@@ -28,10 +28,26 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from xml.sax.saxutils import escape
 
-from rs_seg.config import IncomingConfig, InferConfig
+import pyogrio
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from rs_seg.bundle import ModelBundle
+from rs_seg.config import IncomingConfig
 from rs_seg.errors import RsSegError
+from rs_seg.infer.run import run_infer
+from rs_seg.infer.vectorize import add_default_style
 from rs_seg.ops.ledger import ANY_MODEL, Ledger
-from rs_seg.staging import FolderKind
+from rs_seg.ops.registry import latest_bundle
+from rs_seg.rasters import GDAL_ENV, gdal_message
+from rs_seg.staging import (
+    FolderKind,
+    check_not_inputs,
+    fields_written_by_rs_seg,
+    staged_dir,
+    staged_file,
+)
 
 log = logging.getLogger(__name__)
 # What a bad scene or a failed read raises; anything else is a bug and propagates.
@@ -106,9 +122,6 @@ def scan(cfg: IncomingConfig, now: float | None = None) -> Scan:
 
 
 def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -> Scan:
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.ops.registry import latest_bundle
-
     ready: list[Path] = []
     waiting: list[SceneResult] = []
     for scene in scenes:
@@ -119,7 +132,7 @@ def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -
             waiting.append(SceneResult(scene, "waiting", reason=reason))
     if not ready:
         return Scan([], waiting)
-    model = cfg.model or latest_bundle(cfg.models_dir)
+    model = cfg.infer.model or latest_bundle(cfg.infer.models_dir)
     model_id = ModelBundle.load(model).model_id
     key = model_id if cfg.reprocess_on_model_change else ANY_MODEL
     jobs = []
@@ -183,12 +196,6 @@ def read_problem(scene: Path) -> str | None:
     whole scene. An uncompressed pre-allocated file reads zeros without error; the settle rule
     covers it.
     """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-    from rasterio.windows import Window
-
-    from rs_seg.rasters import GDAL_ENV, gdal_message
-
     with rasterio.Env(**GDAL_ENV), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -229,17 +236,9 @@ def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
     removes the staging folder and a ``<scene>`` folder this call created. Needs no ledger, so it
     can run on a worker that only sees the scenes and the outputs.
     """
-    from rs_seg.infer.run import run_infer
-    from rs_seg.staging import staged_dir
-
     final = scene_outputs(cfg, job)
     with staged_dir(final, overwrite=True, kind=SCENE_FOLDER) as staging:
-        infer = InferConfig(
-            scene=job.scene, out=staging / "fields.gpkg", model=job.model,
-            overlap=cfg.overlap, batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta,
-            min_area=cfg.min_area,
-        )  # fmt: skip
-        summary = run_infer(infer)
+        summary = run_infer(cfg.infer.for_scene(job.scene, staging / "fields.gpkg", job.model))
         _rename_in_metadata(staging / "fields.gpkg", staging, final)
     return SceneResult(
         job.scene, "mapped", final / "fields.gpkg", summary.polygons,
@@ -350,11 +349,6 @@ def write_merged(outputs: list[Path], out: Path, crs: str | None = None) -> int:
     is replaced only if it is an rs_seg field layer. Scenes in other CRSs are reprojected to
     ``crs`` (default: the first scene's). Returns the number of fields.
     """
-    import pyogrio
-
-    from rs_seg.infer.vectorize import add_default_style
-    from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file
-
     if not outputs:
         return 0
     check_not_inputs([out], outputs)

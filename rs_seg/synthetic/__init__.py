@@ -53,7 +53,13 @@ from rs_seg.synthetic.objects import LandCover
 from rs_seg.synthetic.render import RenderedWindow, render_window
 from rs_seg.synthetic.scenes import SceneSpec, scene_specs
 from rs_seg.synthetic.spectra import band_names
-from rs_seg.synthetic.write import CHUNK_COLS, LABELS_FILE, SynthResult, generate_scenes
+from rs_seg.synthetic.write import (
+    CHUNK_COLS,
+    LABELS_FILE,
+    SynthResult,
+    generate_scenes,
+    reuse_or_generate,
+)
 
 __all__ = [
     "CHUNK_COLS",
@@ -65,5 +71,6 @@ __all__ = [
     "band_names",
     "generate_scenes",
     "render_window",
+    "reuse_or_generate",
     "scene_specs",
 ]

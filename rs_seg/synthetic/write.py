@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
-from rs_seg.config import SynthConfig
+from rs_seg.config import SYNTH_LABELS_FILE, SynthConfig
 from rs_seg.staging import FolderKind, check_folder_output, staged_dir
 from rs_seg.synthetic.landscape import _Cell, _Landscape, _landscape, _polygons
 from rs_seg.synthetic.objects import LandCover
@@ -42,7 +42,7 @@ GDAL_CACHE_MB = 128
 LABEL_BATCH = 2000  # features buffered before they are appended to the GeoPackage
 MIN_LABEL_AREA = 1.0  # px²; slivers smaller than a pixel are dropped from the labels
 
-LABELS_FILE = "fields.gpkg"
+LABELS_FILE = SYNTH_LABELS_FILE
 SUMMARY_FILE = "summary.json"
 SYNTH_FOLDER = FolderKind("rs-seg synth", SUMMARY_FILE, ("scenes", LABELS_FILE, SUMMARY_FILE))
 """What ``rs-seg synth`` writes: ``--overwrite`` replaces such a folder and nothing else."""
@@ -235,3 +235,23 @@ def generate_scenes(cfg: SynthConfig, progress: bool = False) -> SynthResult:
         labels=out / LABELS_FILE,
         summary=out / SUMMARY_FILE,
     )
+
+
+def reuse_or_generate(cfg: SynthConfig, progress: bool = False) -> SynthResult:
+    """The scenes of ``cfg.out`` when its summary records these settings, else generate them.
+
+    Scheduled training runs read the same ``synth:`` section every time; regenerating identical
+    scenes would cost minutes and make the chips look stale. Only a folder ``rs-seg synth`` wrote
+    (it has the summary) is ever replaced, whatever ``cfg.overwrite`` says.
+    """
+    out = Path(cfg.out)
+    summary = out / SUMMARY_FILE
+    if summary.is_file():
+        stored = json.loads(summary.read_text()).get("config", {})
+        wanted = cfg.model_dump(mode="json")
+        stored.pop("overwrite", None)
+        wanted.pop("overwrite", None)
+        if stored == wanted:
+            scenes = sorted((out / "scenes").glob("*.tif"))
+            return SynthResult(scenes=scenes, labels=out / LABELS_FILE, summary=summary)
+    return generate_scenes(cfg.model_copy(update={"overwrite": summary.is_file()}), progress)

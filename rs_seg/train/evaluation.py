@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -134,9 +134,7 @@ class EvaluationOutcome:
 
     run: Path
     bundle: Path
-    # The run's RunMetrics. Declared RunMetrics once flows/train_cropland.py's _metrics_table
-    # takes SplitMetrics: mypy does not pass a TypedDict where dict[str, Any] is declared.
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     report: Path
 
     def summary(self) -> str:
@@ -249,7 +247,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     final = publish_replacement(run)  # a run replacing an earlier one takes its place only now
     if final != run:
         bundle_path, report = final / BUNDLE_FILE, RunFolder(final).report
-    return EvaluationOutcome(final, bundle_path, cast(dict[str, Any], metrics), report)
+    return EvaluationOutcome(final, bundle_path, metrics, report)
 
 
 def _ids(splits: ChipSplits, split: str) -> list[str]:

@@ -49,7 +49,7 @@ def inbox(tmp_path: Path) -> Path:
 
 
 def flow_command(root: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.infer_scene", str(root / "incoming.yaml")]
+    return [sys.executable, "-m", "flows.infer_new_imagery", str(root / "incoming.yaml")]
 
 
 def scene_folders(root: Path) -> list[Path]:

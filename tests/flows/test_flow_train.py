@@ -122,39 +122,3 @@ def test_the_flow_form_is_typed_by_the_shared_configs() -> None:
     assert schema.required == ["train"]
     assert schema.properties["promote"]["enum"] == ["if_better", "always", "never"]
     assert {"TrainConfig", "PrepareConfig", "SynthConfig"} <= set(schema.definitions)
-
-
-def test_config_file_sections_and_generated_scenes(tmp_path) -> None:
-    from flows.train_cropland import load_configs
-
-    plain = tmp_path / "plain.yaml"
-    plain.write_text("train:\n  epochs: 2\n")
-    assert load_configs(plain)[0].epochs == 2 and load_configs(plain)[1] is None
-    demo = tmp_path / "demo.yaml"
-    demo.write_text(
-        f"synth: {{out: {tmp_path / 'synth'}, size: 64, bands: 3, seed: 1}}\n"
-        f"prepare: {{out: {tmp_path / 'chips'}, chip_size: 32}}\n"
-    )
-    train, prepare, synth = load_configs(demo)
-    assert train == TrainConfig() and prepare is not None
-    assert synth is not None and synth.out == tmp_path / "synth"
-    assert prepare.scenes == [str(tmp_path / "synth" / "scenes" / "*.tif")]
-    assert prepare.labels == tmp_path / "synth" / "fields.gpkg"
-    assert not (tmp_path / "synth").exists(), "reading a config generates nothing"
-    given = tmp_path / "given.yaml"
-    given.write_text("synth: {size: 64}\nprepare: {scenes: [a.tif], labels: l.gpkg}\n")
-    assert load_configs(given)[2] is None, "synth only fills a prepare without scenes"
-
-
-def test_generated_scenes_are_reused_while_settings_match(tmp_path) -> None:
-    from flows.train_cropland import _synthetic_scenes
-    from rs_seg.config import SynthConfig
-
-    synth = SynthConfig(out=tmp_path / "synth", size=64, bands=3, seed=1)
-    scenes, labels = _synthetic_scenes(synth)
-    assert labels == tmp_path / "synth" / "fields.gpkg"
-    written = Path(scenes[0]).stat().st_mtime_ns
-    assert _synthetic_scenes(synth) == (scenes, labels)
-    assert Path(scenes[0]).stat().st_mtime_ns == written, "unchanged settings reuse the scenes"
-    regenerated, _ = _synthetic_scenes(synth.model_copy(update={"seed": 2}))
-    assert regenerated != scenes and not Path(scenes[0]).exists(), "new settings replace them"

@@ -63,17 +63,18 @@ NEW_IMAGERY_SCRIPT = """
 import json, sys
 from pathlib import Path
 from rs_seg.config import IncomingConfig, InferConfig
-from flows.infer_scene import infer_new_imagery, infer_scene
+from flows.infer_new_imagery import infer_new_imagery
+from flows.infer_scene import infer_scene
 from tests.helpers import write_scene
-from tests.helpers import make_bundle
+from tests.helpers import make_bundle, with_model
 tmp, cfg = Path(sys.argv[1]), IncomingConfig.model_validate_json(sys.argv[2])
 runs = {"first": infer_new_imagery(cfg), "second": infer_new_imagery(cfg)}
 write_scene(tmp / "inbox" / "s3.tif", 64, 64, seed=3)
 runs["fourth"] = infer_new_imagery(cfg)
-newer = cfg.model_copy(update={"model": make_bundle(tmp / "m2.pt", seed=2)})
+newer = with_model(cfg, make_bundle(tmp / "m2.pt", seed=2))
 runs["new_model"] = infer_new_imagery(newer)
-one = InferConfig(scene=tmp / "inbox" / "s0.tif", out=tmp / "one" / "fields.gpkg", model=cfg.model,
-                  device="cpu")
+one = InferConfig(scene=tmp / "inbox" / "s0.tif", out=tmp / "one" / "fields.gpkg",
+                  model=cfg.infer.model, device="cpu")
 runs["one"] = infer_scene(one)
 print("RESULT " + json.dumps(runs))
 """
@@ -121,10 +122,38 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     assert (tmp_path / "one" / "fields_prob.tif").is_file()
 
 
+@pytest.mark.slow
+def test_each_flow_module_runs_its_own_flow_from_a_config_file(tmp_path) -> None:
+    """``flows.infer_scene`` maps the ``infer:`` scene; an ``incoming:`` file, which this command
+    ran before the flows had a module each, is handed to ``flows.infer_new_imagery``."""
+    from tests.helpers import make_bundle
+
+    bundle = make_bundle(tmp_path / "m.pt")
+    scene = write_scene(tmp_path / "inbox" / "s0.tif", 64, 64)
+    one = {"infer": {"scene": str(scene), "out": str(tmp_path / "one" / "fields.gpkg"),
+                     "model": str(bundle), "device": "cpu"}}  # fmt: skip
+    inbox = {"incoming": {"incoming": str(tmp_path / "inbox"), "out_dir": str(tmp_path / "out"),
+                          "model": str(bundle), "device": "cpu", "settle_seconds": 0}}  # fmt: skip
+    runs = {}
+    for name, config in {"one": one, "inbox": inbox}.items():
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(config))
+        runs[name] = subprocess.run(
+            [sys.executable, "-m", "flows.infer_scene", str(tmp_path / f"{name}.yaml")],
+            env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
+            timeout=240,
+        )  # fmt: skip
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    assert json.loads(runs["one"].stdout)["fields"] == str(tmp_path / "one" / "fields.gpkg")
+    assert (tmp_path / "one" / "fields_prob.tif").is_file()
+    assert "run it with python -m flows.infer_new_imagery" in runs["inbox"].stderr
+    assert json.loads(runs["inbox"].stdout)["mapped"] == 1
+    assert len(list((tmp_path / "out").rglob("fields.gpkg"))) == 1
+
+
 RUNNERS_SCRIPT = """
 import json, sys
 from rs_seg.config import IncomingConfig
-from flows.infer_scene import infer_new_imagery
+from flows.infer_new_imagery import infer_new_imagery
 print("RESULT " + json.dumps([infer_new_imagery(IncomingConfig.model_validate_json(c))
                               for c in json.loads(sys.argv[1])]))
 """
@@ -203,7 +232,7 @@ def test_unreachable_dask_scheduler_and_flaky_reads(tmp_path) -> None:
     config_file = tmp_path / "incoming.yaml"
     config_file.write_text(json.dumps({"incoming": json.loads(unreachable.model_dump_json())}))
     done = subprocess.run(
-        [sys.executable, "-m", "flows.infer_scene", str(config_file)],
+        [sys.executable, "-m", "flows.infer_new_imagery", str(config_file)],
         env=ephemeral_prefect_env(tmp_path), cwd=ROOT, capture_output=True, text=True,
         timeout=240,
     )  # fmt: skip
@@ -229,7 +258,7 @@ def test_unreachable_dask_scheduler_and_flaky_reads(tmp_path) -> None:
 # The first read of each scene fails as a dropped network share would; the task retries it.
 FLAKY_SCRIPT = """
 import json, sys
-import flows.infer_scene as flows_module
+import flows.infer_new_imagery as flows_module
 from rs_seg.config import IncomingConfig
 calls = []
 real = flows_module.map_scene
@@ -249,7 +278,7 @@ print("RESULT " + json.dumps({"mapped": result["mapped"], "calls": len(calls)}))
 @pytest.mark.parametrize(
     "command",
     [
-        ["-m", "flows.infer_scene", "{config}"],
+        ["-m", "flows.infer_new_imagery", "{config}"],
         ["-m", "flows.prepare_chips", "{config}"],
         ["flows/train_cropland.py", "--config", "{config}"],
         ["-m", "flows.demo", "--out", "{out}"],
@@ -282,7 +311,7 @@ def test_a_prefect_server_that_is_down_is_one_line_and_touches_nothing(tmp_path,
 OVERLAP_SCRIPT = """
 import json, sys
 from rs_seg.config import IncomingConfig
-from flows.infer_scene import infer_new_imagery
+from flows.infer_new_imagery import infer_new_imagery
 result = infer_new_imagery(IncomingConfig.model_validate_json(sys.argv[1]))
 print("RESULT " + json.dumps(result))
 """

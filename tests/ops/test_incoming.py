@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rs_seg.ops.incoming import IncomingConfig, map_scenes, plan, scan
-from tests.helpers import ROOT, ephemeral_prefect_env, make_bundle, write_scene
+from tests.helpers import ROOT, ephemeral_prefect_env, make_bundle, with_model, write_scene
 
 
 def run_once(cfg: IncomingConfig, now: float | None = None) -> dict[str, list[str]]:
@@ -46,7 +46,7 @@ def test_new_scenes_are_mapped_once_and_again_for_a_new_model(tmp_path: Path) ->
     (inbox / "copy_of_s0.tif").write_bytes((inbox / "s0.tif").read_bytes())
     assert run_once(cfg)["mapped"] == [], "same content under another name is not mapped twice"
 
-    new_model = cfg.model_copy(update={"model": make_bundle(tmp_path / "m2.pt", seed=2)})
+    new_model = with_model(cfg, make_bundle(tmp_path / "m2.pt", seed=2))
     assert len(run_once(new_model)["mapped"]) == 4, "a new model maps every scene again"
     sticky = new_model.model_copy(update={"reprocess_on_model_change": False})
     sticky_run = run_once(sticky)
@@ -168,7 +168,7 @@ def test_merged_outputs_come_from_the_ledger_for_the_current_model(tmp_path: Pat
     run_once(cfg)
     first = mapped_outputs(cfg, plan(cfg))
     assert [p.parts[-3] for p in first] == ["s0", "s1"]
-    newer = cfg.model_copy(update={"model": make_bundle(tmp_path / "m2.pt", seed=2)})
+    newer = with_model(cfg, make_bundle(tmp_path / "m2.pt", seed=2))
     assert mapped_outputs(newer, plan(newer)) == [], "nothing mapped with the new model yet"
     run_once(newer)
     assert len(mapped_outputs(newer, plan(newer))) == 2
@@ -363,7 +363,7 @@ FLOW_SCRIPT = """
 import json, sys
 from prefect.client.orchestration import get_client
 from rs_seg.config import IncomingConfig
-from flows.infer_scene import infer_new_imagery
+from flows.infer_new_imagery import infer_new_imagery
 result = infer_new_imagery(IncomingConfig.model_validate_json(sys.argv[1]))
 with get_client(sync_client=True) as client:
     artifacts = [a.data for a in client.read_artifacts() if a.key == "infer-new-imagery"]

@@ -258,7 +258,7 @@ def test_a_ledger_on_a_read_only_mount_stops_the_flow_in_one_line(tmp_path: Path
     before = sorted(mapped.rglob("*"))
     done = subprocess.run(
         [unshare, "-rm", "sh", "-c", READ_ONLY_MOUNT, "sh", str(mapped),
-         sys.executable, "-m", "flows.infer_scene", str(config)],
+         sys.executable, "-m", "flows.infer_new_imagery", str(config)],
         env=ephemeral_prefect_env(tmp_path), cwd=ROOT,
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -1,0 +1,54 @@
+"""rs_seg.config: the YAML sections a training run reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from rs_seg.config import TrainConfig, load_training_configs
+from rs_seg.errors import RsSegError
+
+
+def test_config_file_sections_and_generated_scenes(tmp_path) -> None:
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("train:\n  epochs: 2\n")
+    assert load_training_configs(plain)[0].epochs == 2 and load_training_configs(plain)[1] is None
+    demo = tmp_path / "demo.yaml"
+    demo.write_text(
+        f"synth: {{out: {tmp_path / 'synth'}, size: 64, bands: 3, seed: 1}}\n"
+        f"prepare: {{out: {tmp_path / 'chips'}, chip_size: 32}}\n"
+    )
+    train, prepare, synth = load_training_configs(demo)
+    assert train == TrainConfig() and prepare is not None
+    assert synth is not None and synth.out == tmp_path / "synth"
+    assert prepare.scenes == [str(tmp_path / "synth" / "scenes" / "*.tif")]
+    assert prepare.labels == tmp_path / "synth" / "fields.gpkg"
+    assert not (tmp_path / "synth").exists(), "reading a config generates nothing"
+    given = tmp_path / "given.yaml"
+    given.write_text("synth: {size: 64}\nprepare: {scenes: [a.tif], labels: l.gpkg}\n")
+    assert load_training_configs(given)[2] is None, "synth only fills a prepare without scenes"
+
+
+def test_new_imagery_maps_with_the_settings_of_rs_seg_infer(tmp_path) -> None:
+    from pathlib import Path
+
+    from rs_seg.config import IncomingConfig, InferConfig, InferOptions, build_config
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(
+        "incoming:\n  incoming: inbox\n  infer: {model: m.pt, tta: true, threshold: 0.4}\n"
+    )
+    flat = tmp_path / "flat.yaml"  # the layout before infer: was nested
+    flat.write_text("incoming:\n  incoming: inbox\n  model: m.pt\n  tta: true\n  threshold: 0.4\n")
+    configs = [build_config(IncomingConfig, "incoming", f, {}) for f in (nested, flat)]
+    assert configs[0] == configs[1]
+    assert configs[0].infer == InferOptions(model=Path("m.pt"), tta=True, threshold=0.4)
+    scene = configs[0].infer.for_scene(Path("s.tif"), Path("o/fields.gpkg"), Path("new.pt"))
+    assert scene == InferConfig(
+        scene=Path("s.tif"), out=Path("o/fields.gpkg"), model=Path("new.pt"), tta=True,
+        threshold=0.4,
+    )  # fmt: skip
+    assert IncomingConfig(incoming="x").infer == InferOptions(), "defaults of rs-seg infer"
+    both = tmp_path / "both.yaml"
+    both.write_text("incoming:\n  incoming: inbox\n  tta: true\n  infer: {tta: false}\n")
+    with pytest.raises(RsSegError, match="tta: given both at the top and under infer:"):
+        build_config(IncomingConfig, "incoming", both, {})
