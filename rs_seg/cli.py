@@ -7,13 +7,15 @@ an interrupt leaves no partial output (the stages write to staging folders).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import json
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -27,7 +29,8 @@ from rs_seg.config import (
     TrainConfig,
     build_config,
 )
-from rs_seg.errors import RsSegError
+from rs_seg.errors import RsSegError, Terminated
+from rs_seg.staging import forget_interrupts, raise_interrupt
 
 app = typer.Typer(
     name="rs-seg",
@@ -67,14 +70,6 @@ def setup_logging(verbose: bool = False) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so every staging copy is removed on the way out."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def reports_errors(command: F) -> F:
     """Turn :class:`RsSegError` into one ``error:`` line and exit status 2.
 
@@ -84,27 +79,53 @@ def reports_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _raise_terminated)
-        try:
-            return command(*args, **kwargs)
-        except RsSegError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            typer.echo(f"error: {exc.filename or ''}: no space left on the device", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated)
-            typer.echo(
-                f"{'terminated' if terminated else 'interrupted'}: no partial output was kept",
-                err=True,
-            )
-            raise typer.Exit(143 if terminated else 130) from None
+        with _interrupts_raised():
+            return _reported(command, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _interrupts_raised() -> Iterator[None]:
+    """SIGINT and SIGTERM raise (and are remembered, :func:`staging.raise_interrupt`) meanwhile.
+
+    A SIGINT the shell ignores (a background job) stays ignored; the earlier handlers come back
+    afterwards, so a command run inside another program leaves its signals as they were.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    forget_interrupts()
+    earlier = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    if earlier[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, raise_interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in earlier.items():
+            signal.signal(signum, handler)
+
+
+def _reported(command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a command; its errors and interrupts become one line and an exit status."""
+    try:
+        return command(*args, **kwargs)
+    except RsSegError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        typer.echo(f"error: {exc.filename or ''}: no space left on the device", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        typer.echo(
+            f"{'terminated' if terminated else 'interrupted'}: no partial output was kept",
+            err=True,
+        )
+        raise typer.Exit(143 if terminated else 130) from None
 
 
 @app.callback()
@@ -127,6 +148,7 @@ def synth(
     config: ConfigOption = None,
 ) -> None:
     """Write synthetic farm scenes (GeoTIFF) and their cropland polygons (GeoPackage, EPSG:4326)."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.synthetic import generate_scenes
 
     cfg = build_config(
@@ -198,6 +220,7 @@ def prepare(
     config: ConfigOption = None,
 ) -> None:
     """Cut scenes into chips with 0/1/255 masks, split them 8:1:1 and write a chip index."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.prepare.run import prepare as run_prepare
 
     block = int(block_chips) if block_chips and block_chips.isdigit() else block_chips
@@ -261,6 +284,7 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train a cropland model on prepared chips; writes a model bundle and a report."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.train.evaluation import evaluate_run
     from rs_seg.train.fit import train as run_train
 
@@ -333,6 +357,7 @@ def infer(
     config: ConfigOption = None,
 ) -> None:
     """Map cropland in a whole scene: probability COG and field polygons for QGIS."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.infer.run import run_infer
 
     cfg = build_config(
@@ -369,6 +394,7 @@ def vectorize(
     overwrite: OverwriteOption = None,
 ) -> None:
     """Re-polygonize a saved probability raster with other settings, without the model."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.infer.vectorize import VectorizeSettings
     from rs_seg.infer.vectorize import vectorize as run_vectorize
     from rs_seg.rasters import open_raster
@@ -405,8 +431,7 @@ def model_info(
     ] = False,
 ) -> None:
     """Show what a model bundle holds: architecture, bands, normalization, metrics, provenance."""
-    import json
-
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.bundle import ModelBundle
 
     loaded = ModelBundle.load(bundle)
@@ -423,6 +448,7 @@ def model_register(
     ] = "if_better",
 ) -> None:
     """Store a model in the registry; ``latest`` moves only if it is at least as good."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.ops.registry import register
 
     if promote not in ("if_better", "always", "never"):
@@ -441,6 +467,7 @@ def demo(
     ),
 ) -> None:
     """The demo without Prefect: synthetic scenes -> chips -> model -> fields of an unseen scene."""
+    # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.demo import run_demo
 
     run_demo(config, out)

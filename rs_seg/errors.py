@@ -16,3 +16,7 @@ class RsSegError(Exception):
         self.path = Path(path) if path is not None else None
         text = " ".join(str(message).split())  # guarantee a single line
         super().__init__(f"{self.path}: {text}" if self.path is not None else text)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every staging copy is removed on the way out."""

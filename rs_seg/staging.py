@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rs_seg.errors import RsSegError
+from rs_seg.errors import RsSegError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,31 @@ def fault_point(step: str) -> None:
 
 
 _FAULT_COUNTS: dict[str, int] = {}
+
+
+# --- interrupts ----------------------------------------------------------------------------------
+_INTERRUPTS: list[int] = []  # SIGINT / SIGTERM received since the command started
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """Handler for SIGINT and SIGTERM: raise the interrupt, and remember it.
+
+    Code outside rs_seg (a bare ``except:`` in a library) can swallow the KeyboardInterrupt; the
+    record lets :func:`check_not_interrupted` raise it again before anything is published.
+    """
+    _INTERRUPTS.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def forget_interrupts() -> None:
+    """A new command starts with no interrupt on record."""
+    _INTERRUPTS.clear()
+
+
+def check_not_interrupted() -> None:
+    """Raise again an interrupt this process received: no output is published after Ctrl-C."""
+    if _INTERRUPTS:
+        raise Terminated if signal.SIGTERM in _INTERRUPTS else KeyboardInterrupt
 
 
 # --- names of staging copies and their leftovers -------------------------------------------------
@@ -297,6 +322,7 @@ def check_distinct(paths: Sequence[Path]) -> None:
 
 def raster_written_by_rs_seg(path: Path) -> bool:
     """A GeoTIFF rs_seg wrote: its tags carry rs_seg's provenance."""
+    # GDAL loads only for the recognizers; the CLI imports staging at start
     import rasterio
 
     try:
@@ -312,6 +338,7 @@ FIELD_COLUMNS = frozenset({"field_id", "area_ha", "mean_prob", "model_id"})
 
 def fields_written_by_rs_seg(path: Path) -> bool:
     """A field layer rs_seg wrote: one ``fields`` layer (plus its style) with rs_seg's columns."""
+    # GDAL loads only for the recognizers; the CLI imports staging at start
     import pyogrio
 
     try:
@@ -463,6 +490,7 @@ def staged_files(
 
 
 def _publish_files(pairs: list[tuple[Path, Path]]) -> None:
+    check_not_interrupted()
     journals: list[Path] = []
     if len(pairs) > 1:
         primary = pairs[-1][1]
@@ -542,6 +570,7 @@ def publish_dir(staging: Path, final: Path) -> None:
     kill between the two renames is repaired by the next run (:func:`remove_leftovers` puts the
     old folder back).
     """
+    check_not_interrupted()
     if not os.path.lexists(final):
         staging.rename(final)
         return

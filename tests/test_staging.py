@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rs_seg import staging as io
-from rs_seg.errors import RsSegError
+from rs_seg.errors import RsSegError, Terminated
 from rs_seg.staging import (
     FolderKind,
     check_folder_output,
@@ -266,3 +268,25 @@ def test_a_full_disk_is_one_line_naming_the_output(tmp_path) -> None:
         assert sorted(p.name for p in disk.iterdir()) == ["keep.txt"]
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_that_library_code_swallowed_still_stops_publication(
+    tmp_path: Path, signum: int
+) -> None:
+    """A bare ``except:`` in a library must not turn Ctrl-C into a published result."""
+    (tmp_path / "folder").mkdir()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # what the library's except did
+            io.raise_interrupt(signum, None)
+        expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        with pytest.raises(expected), io.staged_file(tmp_path / "fields.gpkg") as staged:
+            staged.write_text("complete, but the user pressed Ctrl-C")
+        with pytest.raises(expected), io.staged_dir(tmp_path / "run", False) as staged:
+            (staged / "a.txt").write_text("a")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"], "nothing published"
+    finally:
+        io.forget_interrupts()
+    with io.staged_file(tmp_path / "fields.gpkg") as staged:  # the next command publishes
+        staged.write_text("x")
+    assert (tmp_path / "fields.gpkg").read_text() == "x"

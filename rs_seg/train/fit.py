@@ -43,6 +43,7 @@ from rs_seg.run_folder import (
 from rs_seg.staging import (
     check_folder_output,
     check_not_inputs,
+    check_not_interrupted,
     is_disk_full,
     staging_path,
     write_json,
@@ -82,6 +83,14 @@ class InterruptSeen(Callback):
 
     def __init__(self) -> None:
         self.seen: KeyboardInterrupt | None = None
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """An interrupt that library code swallowed stops training at the next batch."""
+        check_not_interrupted()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Likewise while validating."""
+        check_not_interrupted()
 
     def on_exception(
         self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException
@@ -512,6 +521,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
             write_status(work, "running", pid=os.getpid(),
                          replaces=str(cfg.out) if work != cfg.out else None)  # fmt: skip
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
+        check_not_interrupted()  # one that arrived after the last batch
     except BaseException as exc:
         full = is_disk_full(exc, work.parent)  # before a failed run's folder frees the space
         _record_failure(running, interrupts.seen or exc, Path(cfg.out))
