@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.context import FlowRunContext
+from prefect.settings import get_current_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rs_seg.config import RunnerConfig
@@ -30,6 +32,7 @@ def task_runner(config: RunnerConfig) -> Any:
     """The Prefect task runner ``config`` describes (checked to be reachable)."""
     if config.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=config.workers or 1)
+    # optional engine: prefect-dask (and dask) load only for runner.kind: dask
     from prefect_dask.task_runners import DaskTaskRunner
 
     if config.address:
@@ -64,9 +67,6 @@ def _ephemeral_api_url() -> str | None:
     Without it each local Dask worker would start a Prefect server of its own on its first task
     (about 5 s and 300 MB each; benchmarks/bench_flows.py).
     """
-    from prefect.context import FlowRunContext
-    from prefect.settings import get_current_settings
-
     context = FlowRunContext.get()
     if get_current_settings().api.url or context is None or context.client is None:
         return None
@@ -86,6 +86,7 @@ def describe(config: RunnerConfig) -> str:
 
 def check_scheduler(address: str, timeout: float) -> None:
     """Connect to a Dask scheduler once, so a wrong address fails fast and says what to do."""
+    # dask's client loads only when a scheduler address is given
     from distributed import Client
 
     try:

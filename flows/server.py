@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import os
@@ -57,6 +58,7 @@ class PrefectServer:
 
 def configured_api_url() -> str | None:
     """``PREFECT_API_URL`` from the environment or the active Prefect profile (None when unset)."""
+    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
     from prefect.settings import get_current_settings
 
     return get_current_settings().api.url or None
@@ -64,6 +66,7 @@ def configured_api_url() -> str | None:
 
 def api_problem(api_url: str, timeout: float = 5.0) -> str | None:
     """Why ``<api_url>/health`` does not answer as a Prefect API, or None when it does."""
+    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
     from prefect.settings import get_current_settings
 
     api = get_current_settings().api
@@ -71,8 +74,6 @@ def api_problem(api_url: str, timeout: float = 5.0) -> str | None:
     if api.key:
         headers["Authorization"] = f"Bearer {api.key.get_secret_value()}"
     elif api.auth_string:
-        import base64
-
         token = base64.b64encode(api.auth_string.get_secret_value().encode()).decode()
         headers["Authorization"] = f"Basic {token}"
     url = api_url.rstrip("/") + "/health"
@@ -167,6 +168,7 @@ def check_port(port: int, host: str = HOST) -> bool:
 
 def server_log_path(port: int) -> Path:
     """Where the local server's output goes: ``$PREFECT_HOME/server-<port>.log``."""
+    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
     from prefect.settings import get_current_settings
 
     return Path(get_current_settings().home).expanduser() / f"server-{port}.log"
@@ -276,6 +278,7 @@ def prefect_api(port: int = DEFAULT_PORT) -> Iterator[PrefectServer]:
         require_api(configured)
         yield PrefectServer(configured)
         return
+    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with local_server(port) as server:

@@ -32,6 +32,7 @@ _shim_library: Any = None
 
 
 def _nms_is_registered() -> bool:
+    # not at import time: `import rs_seg` (configs, the CLI's start) stays torch-free
     import torch
 
     try:
@@ -43,6 +44,7 @@ def _nms_is_registered() -> bool:
 
 def _try_load_compiled_ops(package_dir: Path) -> None:
     """Load torchvision's own compiled ops if they fit this torch; ignore them if they do not."""
+    # not at import time: `import rs_seg` (configs, the CLI's start) stays torch-free
     import torch
 
     for library in sorted(package_dir.glob("_C*.so")) + sorted(package_dir.glob("_C*.pyd")):
@@ -69,6 +71,7 @@ def patch_torchvision_ops() -> bool:
     if _nms_is_registered():
         return False
 
+    # not at import time: `import rs_seg` (configs, the CLI's start) stays torch-free
     import torch
 
     # torch leaves Library's __init__ and define unannotated.

@@ -117,6 +117,7 @@ class ModelBundle:
             )
 
     def _network(self) -> nn.Module:
+        # smp loads in ~1.5 s; a bundle's metadata (model info, registry, inbox scans) needs none
         from rs_seg.train.models import build_model
 
         try:

@@ -15,8 +15,11 @@ from pathlib import Path
 import typer
 
 from rs_seg.config import InferConfig, PrepareConfig, SynthConfig, TrainConfig, build_config
+from rs_seg.infer.run import run_infer
 from rs_seg.prepare.run import prepare
 from rs_seg.synthetic import generate_scenes
+from rs_seg.train.evaluation import evaluate_run
+from rs_seg.train.fit import train
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,6 @@ def run_demo(config: Path | None, out: Path) -> None:
 
 def _train(config: Path | None, chips: Path, run: Path, progress: bool) -> Path | None:
     """Train on the demo chips, evaluate on their test split, print metrics and the report path."""
-    from rs_seg.train.evaluation import evaluate_run
-    from rs_seg.train.fit import train
-
     paths = {"chips": chips, "out": run, "overwrite": True}
     cfg = build_config(TrainConfig, "train", config, paths)
     typer.echo(
@@ -76,8 +76,6 @@ def _train(config: Path | None, chips: Path, run: Path, progress: bool) -> Path 
 
 def _map_unseen_scene(synth: SynthConfig, bundle: Path, out: Path, progress: bool) -> None:
     """Generate one more scene with another seed (never seen in training) and map its fields."""
-    from rs_seg.infer.run import run_infer
-
     unseen = synth.model_copy(
         update={"out": out / "unseen", "seed": synth.seed + 1000, "scenes": 1, "overwrite": True}
     )

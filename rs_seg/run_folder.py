@@ -197,6 +197,7 @@ def process_start_time(pid: int) -> float | None:
     None when the process is gone or a zombie, or where neither psutil nor ``/proc`` can tell.
     """
     try:
+        # optional: without psutil, /proc tells the start time
         import psutil
     except ImportError:
         return _proc_start_time(pid)

@@ -108,3 +108,30 @@ def test_modules_stay_short_or_say_why() -> None:
         if (n := len(p.read_text().splitlines())) > 700
     }
     assert set(long) <= set(LONG_MODULES), f"over 700 lines without a reason: {long}"
+
+
+def unexplained_local_imports(path: Path) -> list[str]:
+    """Imports inside functions without a comment line right above their group of imports."""
+    lines = path.read_text().splitlines()
+    bad = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for sub in ast.walk(node):
+            if not isinstance(sub, ast.Import | ast.ImportFrom):
+                continue
+            row = sub.lineno - 1
+            while row > 0 and lines[row - 1].lstrip().startswith(("import ", "from ")):
+                row -= 1  # the first import of this group carries the reason
+            reason = row > 0 and lines[row - 1].lstrip().startswith("#")
+            if not (reason or "#" in lines[sub.lineno - 1]):
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{sub.lineno}: {lines[sub.lineno - 1].strip()}"
+                )
+    return bad
+
+
+def test_imports_inside_functions_say_why() -> None:
+    """Only start-up time or a heavy optional dependency justify one, and the line says which."""
+    bad = [line for p in sources().values() for line in unexplained_local_imports(p)]
+    assert not bad, "imports inside functions without a reason:\n" + "\n".join(bad)

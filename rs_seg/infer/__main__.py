@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from rs_seg.cli import app
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``rs-seg infer`` with the given arguments (default: the process arguments)."""
-    from rs_seg.cli import app
-
     app(["infer", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m rs_seg.infer")
 
 

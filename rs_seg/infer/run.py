@@ -16,7 +16,17 @@ from rs_seg.infer.predict import (
     predict_scene,
     write_binary_mask,
 )
+from rs_seg.infer.vectorize import VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
+from rs_seg.ops.registry import latest_bundle
+from rs_seg.staging import (
+    check_distinct,
+    check_file_output,
+    check_not_inputs,
+    fields_written_by_rs_seg,
+    raster_written_by_rs_seg,
+    staged_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +61,6 @@ class InferSummary:
 def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
     """The given bundle, or the registry's latest model."""
     if model is None:
-        from rs_seg.ops.registry import latest_bundle
-
         model = latest_bundle(models_dir)
         log.info("model: %s (latest in %s)", model, models_dir)
     return ModelBundle.load(model)
@@ -66,9 +74,6 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     one set (:func:`rs_seg.staging.staged_files`, fields last), and all of them carry the same
     ``run_id``, so a reader can tell files of one run from a mix.
     """
-    from rs_seg.infer.vectorize import VectorizeSettings, vectorize
-    from rs_seg.staging import staged_files
-
     outputs, owned = _outputs(cfg)
     check_infer_outputs(cfg)
     bundle = load_model(cfg.model, cfg.models_dir)
@@ -114,8 +119,6 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
 
 def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]]:
     """Outputs in publication order (fields last) with the recognizer of each one's owner."""
-    from rs_seg.staging import fields_written_by_rs_seg, raster_written_by_rs_seg
-
     rasters = [cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
     outputs = [Path(p) for p in [*rasters, cfg.out]]
     owners: list[Callable[[Path], bool]] = [raster_written_by_rs_seg] * len(rasters)
@@ -124,8 +127,6 @@ def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]
 
 def check_infer_outputs(cfg: InferConfig) -> None:
     """Refuse before any work: outputs that collide, replace an input, or are not rs_seg's own."""
-    from rs_seg.staging import check_distinct, check_file_output, check_not_inputs
-
     outputs, owned = _outputs(cfg)
     check_distinct(outputs)
     check_not_inputs(outputs, [cfg.scene, cfg.model])

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import cast
 
 from rs_seg.errors import RsSegError
+from rs_seg.staging import process_alive
 
 log = logging.getLogger(__name__)
 ANY_MODEL = "*"
@@ -147,8 +148,6 @@ def owner_is_gone(owner: str | None) -> bool:
 
     Claims of other hosts cannot be checked from here; they wait for ``stale_after``.
     """
-    from rs_seg.staging import process_alive
-
     host, _, pid = (owner or "").rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 

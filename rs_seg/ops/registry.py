@@ -237,6 +237,7 @@ def _rescore_incumbent(
     models_dir: Path, latest: LatestEntry, new: ModelBundle, metric: str
 ) -> float:
     """Score the incumbent on the new model's test split (its chips must be unchanged)."""
+    # re-scoring needs the training stack (Lightning); lookups and registering do not
     from rs_seg.train.dataset import load_chip_splits
     from rs_seg.train.evaluation import score_bundle
 

@@ -10,6 +10,7 @@ output only when everything succeeded.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -299,7 +300,6 @@ def chips_up_to_date(cfg: PrepareConfig) -> tuple[bool, str]:
     Returns:
         ``(True, "up to date")`` or ``(False, reason)`` with a short human-readable reason.
     """
-    import json
 
     def differences(old: object, new: object, prefix: str = "") -> list[str]:
         if isinstance(old, dict) and isinstance(new, dict):

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rs_seg.config import AugmentConfig
 from rs_seg.errors import RsSegError
-from rs_seg.prepare.index import read_index
+from rs_seg.prepare.index import index_fingerprint, read_index
 from rs_seg.prepare.split import SPLITS
 from rs_seg.rasters import GDAL_ENV
 from rs_seg.windows import valid_pixels
@@ -387,8 +387,6 @@ def load_chip_splits(
 
     ``check_files`` also opens every chip file that will be read (:func:`check_chip_files`).
     """
-    from rs_seg.prepare.index import index_fingerprint
-
     chips_dir = Path(chips_dir)
     table = read_index(chips_dir)
     if table.empty:

@@ -12,30 +12,26 @@ import difflib
 from pathlib import Path
 from typing import Any, cast
 
+import segmentation_models_pytorch as smp
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-import rs_seg  # noqa: F401 - arms the torchvision shim before smp imports it
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
 
 DEEPLAB = {"deeplabv3", "deeplabv3plus"}
 
 
-def _smp() -> Any:
-    import segmentation_models_pytorch as smp
-
-    return smp
-
-
 def architecture_names() -> list[str]:
     """Architectures smp offers, in their canonical spelling (Unet, DeepLabV3Plus, ...)."""
-    return sorted(cls.__name__ for cls in _smp().MODEL_ARCHITECTURES_MAPPING.values())
+    return sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
 
 
 def encoder_names() -> list[str]:
     """Encoders smp ships; any timm model also works as ``tu-<name>``."""
-    return list(_smp().encoders.get_encoder_names())
+    return list(smp.encoders.get_encoder_names())
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -52,8 +48,6 @@ def check_names(cfg: ModelConfig) -> None:
             f"valid: {', '.join(arches)}"
         )
     if cfg.encoder.startswith("tu-"):
-        import timm
-
         if not timm.list_models(cfg.encoder[3:]):
             raise RsSegError(f"unknown timm encoder {cfg.encoder[3:]!r} (see timm.list_models())")
         return
@@ -79,7 +73,6 @@ def build_model(cfg: ModelConfig, in_channels: int, load_weights: bool = True) -
     about to replace every weight anyway (so loading a bundle never needs the internet).
     """
     check_names(cfg)
-    smp = _smp()
     from_file = _is_file(cfg.encoder_weights)
     hub_weights = cfg.encoder_weights if load_weights and not from_file else None
     try:
@@ -123,8 +116,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state: object
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
