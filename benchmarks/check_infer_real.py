@@ -6,8 +6,11 @@ For every scene of the chip index's **test** split (whole scenes, never seen in 
 * pixel IoU: the probability raster thresholded at the bundle's threshold against the field
   polygons rasterized onto the scene grid (cropland IoU, background IoU, mean IoU, summed over
   all test scenes);
-* object F1: a predicted field matches a labelled field when their polygon IoU is above 0.5 (such
-  a match is unique), so TP = matches, FP = unmatched predictions, FN = unmatched labels.
+* object metrics (``rs_seg.train.object_metrics``, the polygon front end, as validation and test
+  score raster instances): a predicted field matches a labelled field when their polygon IoU is
+  above 0.5 (such a match is unique), so TP = matches, FP = unmatched predictions, FN = unmatched
+  labels; with precision, recall, F1, mean matched IoU and the over-/under-segmentation counts,
+  per scene and summed over all test scenes.
 
 Skips cleanly when ``../shared/data`` is absent. Output: ``benchmarks/results/infer_real.json``.
 
@@ -40,6 +43,12 @@ from rs_seg.config import InferConfig
 from rs_seg.infer.run import run_infer
 from rs_seg.levels import threshold_to_level
 from rs_seg.train.metrics import metrics_from_counts
+from rs_seg.train.object_metrics import (
+    ObjectCounts,
+    object_metrics,
+    polygon_object_counts,
+    sum_counts,
+)
 
 ROOT = _harness.ROOT
 SHARED = ROOT.parent / "shared" / "data"
@@ -73,24 +82,9 @@ def pixel_counts(prob: Path, labels: gpd.GeoDataFrame, level: int) -> tuple[floa
     )
 
 
-def object_counts(fields: Path, labels: gpd.GeoDataFrame) -> tuple[int, int, int]:
+def object_counts(fields: Path, labels: gpd.GeoDataFrame) -> ObjectCounts:
     predicted = pyogrio.read_dataframe(fields, layer="fields").to_crs(labels.crs)
-    if predicted.empty or labels.empty:
-        return 0, len(predicted), len(labels)
-    tree = shapely.STRtree(predicted.geometry.values)
-    matched_pred: set[int] = set()
-    tp = 0
-    for label in labels.geometry.values:
-        for index in tree.query(label, predicate="intersects"):
-            if index in matched_pred:
-                continue
-            candidate = predicted.geometry.values[index]
-            union = shapely.union(label, candidate).area
-            if union and shapely.intersection(label, candidate).area / union > 0.5:
-                matched_pred.add(int(index))
-                tp += 1
-                break
-    return tp, len(predicted) - tp, len(labels) - tp
+    return polygon_object_counts(predicted, labels)
 
 
 def main() -> int:
@@ -107,7 +101,7 @@ def main() -> int:
     scenes = sorted({Path(p) for p in index[index["split"] == "test"]["scene_path"]})
     args.out.mkdir(parents=True, exist_ok=True)
     totals = np.zeros(4)
-    objects = np.zeros(3, dtype=int)
+    objects: list[ObjectCounts] = []
     rows = []
     for scene in scenes:
         scene = scene if scene.is_absolute() else (ROOT / scene).resolve()
@@ -125,14 +119,17 @@ def main() -> int:
         counts = pixel_counts(summary.prob, labels, level)
         obj = object_counts(summary.fields, labels)
         totals += counts
-        objects += obj
+        objects.append(obj)
+        scored = object_metrics(obj)  # fields_* count the objects scored (those with an area)
         rows.append({
-            "scene": scene.name, "seconds": round(seconds, 1), "fields_predicted": summary.polygons,
-            "fields_labelled": len(labels), **metrics_from_counts(*counts),
-            "object_tp_fp_fn": list(obj), "warnings": summary.warnings,
+            "scene": scene.name, "seconds": round(seconds, 1),
+            "fields_predicted": scored["fields_predicted"],
+            "fields_labelled": scored["fields_labelled"], **metrics_from_counts(*counts),
+            "object_tp_fp_fn": [obj.tp, obj.fp, obj.fn], **scored, "warnings": summary.warnings,
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    tp, fp, fn = (int(v) for v in objects)
+    total = sum_counts(objects)
+    scored = object_metrics(total)
     import torch
 
     result = {
@@ -142,10 +139,9 @@ def main() -> int:
         "scenes": rows,
         "pixel": metrics_from_counts(*totals),
         "object": {
-            "tp": tp, "fp": fp, "fn": fn,
-            "precision": tp / (tp + fp) if tp + fp else None,
-            "recall": tp / (tp + fn) if tp + fn else None,
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+            "tp": total.tp, "fp": total.fp, "fn": total.fn,
+            "precision": scored["object_precision"], "recall": scored["object_recall"],
+            "f1": scored["object_f1"], **scored,
         },
     }  # fmt: skip
     _harness.write_json(_harness.RESULTS / "infer_real.json", result)

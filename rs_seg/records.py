@@ -33,6 +33,23 @@ class SplitMetrics(PixelMetrics):
     chips: int
 
 
+class ObjectMetrics(TypedDict):
+    """Field-level scores: one-to-one matches at IoU > 0.5 (``rs_seg.train.object_metrics``).
+
+    NaN where undefined: precision without predictions, recall without labels, F1 without
+    either, mean matched IoU without a match.
+    """
+
+    object_precision: float
+    object_recall: float
+    object_f1: float
+    mean_matched_iou: float
+    oversegmented: int  # labelled fields with >= 2 predictions each over half inside them
+    undersegmented: int  # predictions with >= 2 labelled fields each over half inside them
+    fields_predicted: int
+    fields_labelled: int
+
+
 class BundleMetrics(TypedDict, total=False):
     """How good a bundle's model is. Empty in bundles no evaluation wrote (tests, benchmarks)."""
 
