@@ -207,6 +207,10 @@ def prepare(
     ] = None,
     label_layer: Annotated[str | None, typer.Option(help="Layer of the vector labels.")] = None,
     label_where: Annotated[str | None, typer.Option(help="SQL filter on vector labels.")] = None,
+    boundary_width: Annotated[
+        float | None,
+        typer.Option(help="Field outlines burned as boundary (2), metres [2 px]; 0: binary."),
+    ] = None,
     max_nodata: Annotated[
         float | None, typer.Option(help="Skip chips with more nodata than this fraction [0.5].")
     ] = None,
@@ -219,7 +223,10 @@ def prepare(
     overwrite: OverwriteOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Cut scenes into chips with 0/1/255 masks, split them 8:1:1 and write a chip index."""
+    """Cut scenes into chips, split them 8:1:1 and write a chip index.
+
+    Masks: 0 background, 1 field, 2 field boundary (vector labels), 255 ignore.
+    """
     # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.prepare.run import prepare as run_prepare
 
@@ -242,6 +249,7 @@ def prepare(
             "label_map": _label_map(label_map),
             "label_layer": label_layer,
             "label_where": label_where,
+            "boundary_width": boundary_width,
             "max_nodata_fraction": max_nodata,
             "compression": compression,
             "chips_dir": chips_dir,

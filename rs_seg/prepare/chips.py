@@ -22,11 +22,16 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, LabelMap
+from rs_seg.config import MASK_BOUNDARY, MASK_CROPLAND, MASK_IGNORE, LabelMap
 from rs_seg.errors import RsSegError
 from rs_seg.prepare.labels import WindowMasks
 from rs_seg.prepare.raster_labels import LabelValueCounts, check_label_raster, open_raster_labels
-from rs_seg.prepare.vector_labels import FeatureCounts, VectorLayer, VectorWindowMasks
+from rs_seg.prepare.vector_labels import (
+    FeatureCounts,
+    VectorLayer,
+    VectorWindowMasks,
+    boundary_width_units,
+)
 from rs_seg.rasters import (
     GDAL_ENV,
     RasterInfo,
@@ -62,15 +67,21 @@ class LabelSource(Protocol):
 
 @dataclass
 class VectorLabels:
-    """Polygons (any CRS) that mark cropland; everything else in the scene is background."""
+    """Polygons (any CRS), one per field; everything else in the scene is background.
+
+    ``boundary_width`` (metres; None: 2 pixels of each scene; 0: none) is the band burned along
+    every outline (:data:`rs_seg.config.MASK_BOUNDARY`), which keeps touching fields apart.
+    """
 
     layer: VectorLayer
+    boundary_width: float | None = None
 
     def bind(
         self, scene: SceneInput, info: RasterInfo
     ) -> contextlib.AbstractContextManager[WindowMasks]:
         """Polygons are fetched per strip; nothing stays open."""
-        return contextlib.nullcontext(VectorWindowMasks(self.layer, info))
+        width = 0.0 if self.boundary_width == 0 else boundary_width_units(self.boundary_width, info)
+        return contextlib.nullcontext(VectorWindowMasks(self.layer, info, width))
 
     def feature_counts(self) -> FeatureCounts:
         """Counted once when the layer was opened, so the same for every scene."""
@@ -316,7 +327,7 @@ class SceneChipper:
             descriptions=self.info.descriptions if any(self.info.descriptions) else None,
         )
         _write(self.out_dir / mask_rel, mask, self.mask_profile, transform=transform)
-        cropland = int((mask == MASK_CROPLAND).sum())
+        cropland = int(((mask == MASK_CROPLAND) | (mask == MASK_BOUNDARY)).sum())
         size = self.settings.size
         return {
             "chip_id": f"{self.scene.name}/{stem}",

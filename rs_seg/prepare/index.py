@@ -23,8 +23,9 @@ import pyogrio
 import yaml
 
 import rs_seg
-from rs_seg.config import PrepareConfig
+from rs_seg.config import MaskTarget, PrepareConfig
 from rs_seg.errors import RsSegError
+from rs_seg.prepare.labels import is_vector_path
 from rs_seg.prepare.raster_labels import LabelValueCounts, describe_label_values
 from rs_seg.prepare.split import EXCLUDED, SPLITS
 from rs_seg.prepare.vector_labels import describe_feature_counts
@@ -103,6 +104,11 @@ class PrepareSummary:
     counted once over the whole layer: ``{"features": n, "used": n, "repaired": n, "dropped":
     {"null": n, "empty": n, "invalid": n, "not_polygonal": n}}``; ``used`` includes ``repaired``.
 
+    ``target`` says what the masks hold: ``fields`` (vector labels: 0 background, 1 field
+    interior, 2 field boundary ``boundary_width`` metres wide, None meaning 2 pixels; 255 ignore)
+    or ``cropland`` (label rasters, chip folders, ``boundary_width: 0``: 0, 1 and 255 only).
+    Cropland is 1 or 2 either way; chip sets written before targets existed are ``cropland``.
+
     ``label_values`` (label rasters only, else None) counts the raw label values over the grids
     of all scenes, each pixel of a scene once
     (:class:`rs_seg.prepare.raster_labels.LabelValueCounts`)::
@@ -125,6 +131,8 @@ class PrepareSummary:
     fingerprint: str = ""
     labels: dict[str, Any] | None = None
     label_values: dict[str, Any] | None = None
+    target: MaskTarget = "cropland"
+    boundary_width: float | None = None
 
     @property
     def index(self) -> Path:
@@ -167,6 +175,22 @@ class PrepareSummary:
         data = dataclasses.asdict(self)
         data["out"] = str(self.out)
         return data
+
+
+def mask_target(cfg: PrepareConfig) -> MaskTarget:
+    """``fields`` when the masks get outlines (vector labels with a boundary), else ``cropland``."""
+    vector = cfg.chips_dir is None and cfg.labels is not None and is_vector_path(cfg.labels)
+    return "fields" if vector and cfg.boundary_width != 0 else "cropland"
+
+
+def read_target(chips: Path) -> MaskTarget:
+    """What the masks of a chip folder hold; ``cropland`` for sets from before targets existed."""
+    summary = Path(chips) / SUMMARY_FILE
+    try:
+        target = json.loads(summary.read_text()).get("target", "cropland")
+    except (OSError, ValueError):
+        return "cropland"
+    return "fields" if target == "fields" else "cropland"
 
 
 def _input_fingerprints(results: list[SceneChips], cfg: PrepareConfig) -> list[dict[str, Any]]:
@@ -225,6 +249,8 @@ def write_outputs(
             (r.label_features.to_dict() for r in results if r.label_features is not None), None
         ),
         label_values=label_values,
+        target=mask_target(cfg),
+        boundary_width=cfg.boundary_width if mask_target(cfg) == "fields" else None,
     )
     table = chips.drop(columns=_HELPER_COLUMNS)[[*_COLUMN_ORDER, "geometry"]]
     pyogrio.write_dataframe(table, out_dir / INDEX_FILE, layer=INDEX_LAYER, driver="GPKG")

@@ -177,7 +177,8 @@ def _scene_inputs(cfg: PrepareConfig) -> list[SceneInput]:
 
 def _label_source(cfg: PrepareConfig) -> LabelSource:
     if cfg.chips_dir is None and cfg.labels is not None and is_vector_path(cfg.labels):
-        return VectorLabels(VectorLayer(cfg.labels, "labels", cfg.label_layer, cfg.label_where))
+        layer = VectorLayer(cfg.labels, "labels", cfg.label_layer, cfg.label_where)
+        return VectorLabels(layer, cfg.boundary_width)
     if cfg.label_map is None:  # chip folders always have one (PrepareConfig checks)
         raise RsSegError(
             "labels are a raster: give a --label-map such as '255=cropland'", cfg.labels

@@ -29,7 +29,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from rs_seg.config import MASK_BACKGROUND, MASK_CROPLAND
+from rs_seg.config import MASK_BACKGROUND, MASK_BOUNDARY, MASK_CROPLAND
 from rs_seg.errors import RsSegError
 from rs_seg.rasters import RasterInfo, gdal_message
 from rs_seg.windows import strip_slices
@@ -344,10 +344,14 @@ class VectorWindowMasks:
 
     One rasterization per strip (instead of one per chip) keeps the cost of labels small next to
     reading and writing pixels, and the strip buffer (strip height x scene width, one byte per
-    pixel) bounds the memory.
+    pixel) bounds the memory. With a ``boundary_width`` (scene CRS units) every polygon's outline
+    is burned as :data:`MASK_BOUNDARY` on top of the interiors: a band that wide, centred on the
+    outline and kept inside the fields, so cropland stays exactly the polygons while two touching
+    fields are parted by the band. Outlines come from the whole polygons, never from their parts
+    in the strip, so the band is the same whichever strip or chip a pixel falls in.
     """
 
-    def __init__(self, layer: VectorLayer, scene: RasterInfo) -> None:
+    def __init__(self, layer: VectorLayer, scene: RasterInfo, boundary_width: float = 0.0) -> None:
         if scene.crs is None:
             raise RsSegError(
                 f"scene has no CRS, so {layer.role} in {layer.path.name} cannot be placed on it",
@@ -355,6 +359,9 @@ class VectorWindowMasks:
             )
         self.layer = layer
         self.scene = scene
+        # A pixel centre exactly half the width away is outside: left as a tie, it would fall on
+        # either side depending on the strip's floating-point origin.
+        self.reach = boundary_width / 2 * (1 - 1e-6)
         self._strip = Window(0, 0, 0, 0)
         self._cover = np.zeros((0, 0), dtype=np.uint8)
 
@@ -363,34 +370,84 @@ class VectorWindowMasks:
         self._strip = window
         shape = (int(window.height), int(window.width))
         bounds = rasterio.windows.bounds(window, self.scene.transform)
+        # A neighbour's outline within reach of the strip burns into it too.
+        found = self.layer.polygons(_grown(bounds, self.reach), self.scene.crs)
         # Clipping to the strip first halves the cost: rasterio converts every vertex to GDAL.
-        polygons = shapely.clip_by_rect(self.layer.polygons(bounds, self.scene.crs), *bounds)
+        polygons = shapely.clip_by_rect(found, *bounds)
         polygons = polygons[~shapely.is_empty(polygons)]
         if len(polygons) == 0:
             self._cover = np.full(shape, MASK_BACKGROUND, dtype=np.uint8)
             return
+        transform = window_transform(window, self.scene.transform)
         self._cover = rasterize(
             ((g, MASK_CROPLAND) for g in polygons),
             out_shape=shape,
-            transform=window_transform(window, self.scene.transform),
+            transform=transform,
             fill=MASK_BACKGROUND,
             dtype=np.uint8,
         )
+        if self.reach > 0:
+            band = outline_band(found, _grown(bounds, self.reach), self.reach, shape, transform)
+            self._cover[band & (self._cover == MASK_CROPLAND)] = MASK_BOUNDARY
 
     def cover(self, window: Window) -> np.ndarray:
-        """uint8 view of ``window`` (inside the loaded strip): 1 (cropland) inside any polygon."""
+        """uint8 view of ``window`` (inside the loaded strip): 1 inside polygons, 2 on outlines."""
         place = strip_slices(self._strip, window, self._cover.shape)
         if place is None:
             raise ValueError(f"window {window} lies outside the loaded strip {self._strip}")
         return self._cover[place]
 
     def mask(self, window: Window) -> np.ndarray:
-        """Cropland inside polygons, background elsewhere (the scene is taken as fully labelled)."""
-        return self.cover(window).copy()  # the strip buffer already holds 0/1 mask values
+        """Fields inside polygons, background elsewhere (the scene is taken as fully labelled)."""
+        return self.cover(window).copy()  # the strip buffer already holds 0/1/2 mask values
 
     def label_values(self) -> None:
         """Polygons have no raw values (their features are counted by :class:`FeatureCounts`)."""
         return None
+
+
+def _grown(bounds: Bounds, margin: float) -> Bounds:
+    left, bottom, right, top = bounds
+    return (left - margin, bottom - margin, right + margin, top + margin)
+
+
+def outline_band(
+    polygons: np.ndarray,
+    bounds: Bounds,
+    reach: float,
+    shape: tuple[int, int],
+    transform: rasterio.Affine,
+) -> np.ndarray:
+    """Pixels whose centre lies within ``reach`` of any polygon's outline (boolean, ``shape``).
+
+    Lines are clipped to ``bounds`` (the window grown by ``reach``) before buffering, so a large
+    field costs only the part of its outline near the window.
+    """
+    lines = shapely.clip_by_rect(shapely.boundary(polygons), *bounds)
+    lines = lines[~shapely.is_empty(lines)]
+    if len(lines) == 0:
+        return np.zeros(shape, dtype=bool)
+    bands = shapely.buffer(lines, reach, quad_segs=4)
+    burned = rasterize(((g, 1) for g in bands), out_shape=shape, transform=transform, fill=0,
+                       dtype=np.uint8)  # fmt: skip
+    band: np.ndarray = burned.astype(bool)
+    return band
+
+
+def boundary_width_units(width_m: float | None, scene: RasterInfo) -> float:
+    """The outline width in the scene's CRS units: ``width_m`` metres, or 2 pixels by default.
+
+    A geographic CRS measures in degrees: metres are converted with 111,320 m per degree of
+    latitude (the band is a few pixels wide, so the error is well below a pixel).
+    """
+    if width_m is None:
+        return 2.0 * min(abs(scene.transform.a), abs(scene.transform.e))
+    if scene.crs is None:
+        return width_m
+    if scene.crs.is_geographic:
+        return width_m / 111_320.0
+    metres_per_unit = float(scene.crs.linear_units_factor[1])
+    return width_m / metres_per_unit
 
 
 def polygon_cover_fraction(layer: VectorLayer, scene: RasterInfo) -> tuple[float, float]:

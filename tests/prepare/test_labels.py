@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from pathlib import Path
 
 import numpy as np
 import pyogrio.raw
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from scipy import ndimage
 
-from rs_seg.config import LabelMap
+from rs_seg.config import MASK_BACKGROUND, MASK_BOUNDARY, MASK_CROPLAND, LabelMap
 from rs_seg.errors import RsSegError
 from rs_seg.prepare import raster_labels as raster_labels_module
 from rs_seg.prepare.chips import strip_window
@@ -39,10 +41,10 @@ from rs_seg.windows import grid_rows, grid_windows
 from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box, write_labels, write_scene
 
 
-def vector_mask(tmp_path, polygons, crs=UTM, to_crs=None, height=64, width=64):
+def vector_mask(tmp_path, polygons, crs=UTM, to_crs=None, height=64, width=64, boundary=0.0):
     scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", height, width))
     labels = write_labels(tmp_path / "labels.gpkg", polygons, crs=crs, to_crs=to_crs)
-    masks = VectorWindowMasks(VectorLayer(labels), scene)
+    masks = VectorWindowMasks(VectorLayer(labels), scene, boundary)
     window = Window(0, 0, width, height)
     masks.load_strip(window)
     return masks.mask(window)
@@ -221,6 +223,70 @@ def test_any_pixel_aligned_box_rasterizes_exactly(tmp_path_factory, row0, col0, 
     expected = np.zeros((64, 64), dtype=np.uint8)
     expected[row0 : row0 + h, col0 : col0 + w] = 1
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_touching_fields_are_parted_by_their_burned_outlines(tmp_path) -> None:
+    """Two squares sharing an edge: a 2-pixel band on the shared edge, 1 pixel inside elsewhere."""
+    left, right = pixel_box(10, 10, 30, 30), pixel_box(10, 30, 30, 50)
+    mask = vector_mask(tmp_path, [left, right], boundary=2 * PIXEL)
+    expected = np.zeros((64, 64), dtype=np.uint8)
+    expected[10:30, 10:50] = MASK_BOUNDARY
+    expected[11:29, 11:29] = MASK_CROPLAND
+    expected[11:29, 31:49] = MASK_CROPLAND
+    np.testing.assert_array_equal(mask, expected)
+    _, count = ndimage.label(mask == MASK_CROPLAND)
+    assert count == 2, "each field is one connected interior"
+    assert ((mask > 0) == (vector_mask(tmp_path, [left, right]) > 0)).all(), "cropland unchanged"
+
+
+def test_without_a_boundary_width_masks_stay_binary(tmp_path) -> None:
+    mask = vector_mask(tmp_path, [pixel_box(10, 10, 30, 30), pixel_box(10, 30, 30, 50)])
+    assert set(np.unique(mask)) == {MASK_BACKGROUND, MASK_CROPLAND}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    boxes=st.lists(
+        st.tuples(st.integers(0, 50), st.integers(0, 40), st.integers(3, 20), st.integers(3, 30)),
+        min_size=1,
+        max_size=4,
+    ),
+    strip=st.integers(1, 40),
+    width_px=st.sampled_from([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 1.37]),
+)
+def test_outlines_burn_the_same_in_any_strip(tmp_path_factory, boxes, strip, width_px) -> None:
+    """Outlines come from whole fields: a strip (or chip) edge through a field adds no boundary."""
+    tmp_path = tmp_path_factory.mktemp("strips")
+    polygons = [pixel_box(r, c, r + h, c + w) for r, c, h, w in boxes]
+    scene = RasterInfo.read(write_scene(tmp_path / "scene.tif", 64, 64))
+    labels = write_labels(tmp_path / "labels.gpkg", polygons)
+    masks = VectorWindowMasks(VectorLayer(labels), scene, width_px * PIXEL)
+    whole = vector_mask(tmp_path, polygons, boundary=width_px * PIXEL)
+    for row in range(0, 64, strip):
+        window = Window(0, row, 64, min(strip, 64 - row))
+        masks.load_strip(window)
+        np.testing.assert_array_equal(masks.mask(window), whole[row : row + strip])
+
+
+def test_the_boundary_width_is_metres_in_any_crs() -> None:
+    from rs_seg.prepare.vector_labels import boundary_width_units
+
+    metres = _info("EPSG:32633", 10.0)
+    feet = _info("EPSG:2229", 3.0)
+    degrees = _info("EPSG:4326", 1e-4)
+    assert boundary_width_units(None, metres) == 20.0, "default: two pixels"
+    assert boundary_width_units(15.0, metres) == 15.0
+    assert boundary_width_units(3.048, feet) == pytest.approx(10.0, rel=1e-5)
+    assert boundary_width_units(None, degrees) == pytest.approx(2e-4)
+    assert boundary_width_units(11.132, degrees) == pytest.approx(1e-4)
+
+
+def _info(crs: str, pixel: float) -> RasterInfo:
+    return RasterInfo(
+        path=Path("scene.tif"), width=100, height=100, count=1, dtype="uint8",
+        crs=rasterio.crs.CRS.from_string(crs), transform=from_origin(0, 0, pixel, pixel),
+        nodata=None, descriptions=(None,),
+    )  # fmt: skip
 
 
 def test_label_map_parses_names_numbers_lists_and_ranges() -> None:

@@ -61,7 +61,9 @@ def test_mask_values_follow_labels_nodata_and_padding(tmp_path, scene_factory) -
     assert (mask[:, :10] == 255).all(), "nodata pixels are ignore"
     assert (mask[100:, :] == 255).all() and (mask[:, 120:] == 255).all(), "padding is ignore"
     assert mask[22:58, 32:78].all() and (mask[22:58, 32:78] == 1).all()
-    assert set(np.unique(mask)) == {0, 1, 255}
+    assert set(np.unique(mask)) == {0, 1, 2, 255}, "the field's outline is boundary (2)"
+    assert (mask[20, 32:78] == 2).all() and (mask[59, 32:78] == 2).all()
+    assert summary.target == "fields" and summary.boundary_width is None
     row = chips.iloc[0]
     assert row.nodata_fraction == pytest.approx(10 / 120, abs=1e-6)
     assert row.labelled_px == 100 * 110
@@ -160,6 +162,32 @@ def test_raster_labels_with_value_map_per_scene_template(tmp_path, scene_factory
     )  # fmt: skip
     mask = read_chip(read_index(summary.out).iloc[0].mask_path)[0]
     assert (mask[:32] == 1).all() and (mask[32:60] == 0).all() and (mask[60:] == 255).all()
+    assert summary.target == "cropland", "label rasters have no outlines: binary masks"
+    assert json.loads((summary.out / "summary.json").read_text())["target"] == "cropland"
+
+
+def test_field_outlines_follow_the_fields_across_chip_edges(tmp_path, scene_factory) -> None:
+    """Two touching fields cut by chip edges: the band lies on their outlines, not on the edges."""
+    scene = scene_factory("a", 128, 128)
+    fields = [pixel_box(20, 20, 100, 60), pixel_box(20, 60, 100, 100)]
+    labels = write_labels(tmp_path / "l.gpkg", fields, to_crs="EPSG:4326")
+    summary = run(tmp_path, [scene], labels, chip_size=64, boundary_width=2 * PIXEL)
+    mosaic = np.zeros((128, 128), dtype=np.uint8)
+    for row in read_index(summary.out).itertuples():
+        mosaic[row.row_off : row.row_off + 64, row.col_off : row.col_off + 64] = read_chip(
+            row.mask_path
+        )[0]
+    interior = mosaic[25:95, 25:95]
+    assert (mosaic[25:95, 59:61] == 2).all(), "the shared edge is boundary on both sides"
+    assert (interior[:, :33] == 1).all() and (interior[:, 37:] == 1).all(), "no band on chip edges"
+    assert (mosaic[63:65, 25:55] == 1).all() and (mosaic[63:65, 65:95] == 1).all(), "chip edge"
+    assert json.loads((summary.out / "summary.json").read_text())["target"] == "fields"
+    binary = run(tmp_path / "b", [scene], labels, chip_size=64, boundary_width=0)
+    assert binary.target == "cropland"
+    assert (
+        max(int(read_chip(r.mask_path)[0].max() % 255) for r in read_index(binary.out).itertuples())
+        == 1
+    )
 
 
 def write_voc_folder(root, n=4, size=32, crs=None):
@@ -342,7 +370,7 @@ def test_broken_label_features_are_counted_warned_about_and_leave_masks_alone(
             continue
         rows, cols = np.nonzero(differs)
         assert rows.min() >= 70 - 64 and rows.max() < 110 - 64, "only the bow-tie's pixels"
-        assert cols.min() >= 10 and cols.max() < 50 and (mask[differs] == 1).all()
+        assert cols.min() >= 10 and cols.max() < 50 and (mask[differs] > 0).all(), "cropland"
         assert differs.sum() == pytest.approx(40 * 40 / 2, rel=0.1), "both triangles are kept"
 
     monkeypatch.setattr(VectorLayer, "in_memory_limit_bytes", 0)
