@@ -23,7 +23,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from rs_seg.config import ModelConfig
+from rs_seg.config import MaskTarget, ModelConfig
 from rs_seg.errors import RsSegError
 from rs_seg.records import BundleMetrics, Provenance
 from rs_seg.staging import staged_file
@@ -74,6 +74,16 @@ class ModelBundle:
     def in_channels(self) -> int:
         """Bands the network reads."""
         return len(self.bands)
+
+    @property
+    def task(self) -> MaskTarget:
+        """``fields`` (extent and boundary outputs) or ``cropland`` (also bundles before tasks)."""
+        return "fields" if self.model.get("task") == "fields" else "cropland"
+
+    @property
+    def outputs(self) -> int:
+        """Output channels of the network: extent, and boundary for a fields model."""
+        return 2 if self.task == "fields" else 1
 
     @property
     def model_id(self) -> str:

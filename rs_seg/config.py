@@ -231,6 +231,17 @@ class ModelConfig(StrictModel):
     bands: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="1-based chip bands fed to the model, in this order [all]"
     )
+    task: MaskTarget | None = Field(
+        None,
+        description="cropland: one output, cropland extent; fields: a second output, field "
+        "boundaries, which vectorizing uses to part touching fields [fields when the chips have "
+        "boundaries (prepared from vector labels), else cropland]",
+    )
+
+    @property
+    def outputs(self) -> int:
+        """Output channels: extent, and boundary for the fields task."""
+        return 2 if self.task == "fields" else 1
 
     @model_validator(mode="after")
     def _stride_for_deeplab(self) -> ModelConfig:
@@ -253,10 +264,20 @@ class AugmentConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """BCE + Dice on labelled pixels; ignore (255) pixels count for neither."""
+    """BCE + Dice on labelled pixels; ignore (255) pixels count for neither.
+
+    The fields task adds the same loss on the boundary output, with boundary pixels weighted up
+    (they are a few percent of the pixels, and a missed one merges two fields).
+    """
 
     bce_weight: Annotated[float, Field(ge=0)] = 1.0
     dice_weight: Annotated[float, Field(ge=0)] = 1.0
+    boundary_weight: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="fields task: weight of the boundary loss next to the extent loss"
+    )
+    boundary_pos_weight: Annotated[float, Field(gt=0)] = Field(
+        4.0, description="fields task: BCE weight of boundary pixels against the others"
+    )
 
     @model_validator(mode="after")
     def _some_loss(self) -> LossConfig:

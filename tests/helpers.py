@@ -27,7 +27,7 @@ import shapely
 from rasterio.transform import from_origin
 
 # rs_seg's package import arms the torchvision shim before any test imports torch libraries.
-from rs_seg.config import IncomingConfig, ModelConfig, TrainConfig
+from rs_seg.config import IncomingConfig, MaskTarget, ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -160,7 +160,9 @@ def train_config(chips: Path, out: Path, **overrides: Any) -> TrainConfig:
     return TrainConfig.model_validate(settings)
 
 
-def make_bundle(path: Path, bands: int = 3, chip: int = 64, seed: int = 0) -> Path:
+def make_bundle(
+    path: Path, bands: int = 3, chip: int = 64, seed: int = 0, task: MaskTarget = "cropland"
+) -> Path:
     """A model bundle with random weights (Unet/resnet18): real inference, no training."""
     import torch
 
@@ -169,7 +171,7 @@ def make_bundle(path: Path, bands: int = 3, chip: int = 64, seed: int = 0) -> Pa
     from rs_seg.train.models import build_model
 
     torch.manual_seed(seed)
-    model = ModelConfig(arch="Unet", encoder="resnet18")
+    model = ModelConfig(arch="Unet", encoder="resnet18", task=task)
     net = build_model(model, bands)
     return ModelBundle(
         model=model.model_dump(mode="json"),

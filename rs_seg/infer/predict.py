@@ -44,6 +44,14 @@ from rs_seg.windows import axis_offsets, read_padded
 
 log = logging.getLogger(__name__)
 
+# The probability raster's bands: band 1 is what every model predicts; fields models add band 2.
+BAND_DESCRIPTIONS = ("cropland", "boundary")
+VALUES = {
+    "cropland": "cropland probability x 255; nodata masked",
+    "fields": "band 1 cropland probability x 255, band 2 field-boundary probability x 255; "
+    "nodata masked",
+}
+
 COG_OPTIONS = {
     "driver": "COG",
     "compress": "DEFLATE",  # readable everywhere; level 1: 4x faster than 6, files 10 % larger
@@ -94,11 +102,12 @@ class WindowPredictor:
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """(N, bands, H, W) float32 -> (N, H, W) float32 probabilities."""
+        """(N, bands, H, W) float32 -> (N, outputs, H, W) float32 probabilities."""
         images = torch.from_numpy(batch).to(self.device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
         flips = [(), (3,), (2,), (2, 3)] if self.tta else [()]
-        total = torch.zeros(images.shape[0], *images.shape[2:], device=self.device)
+        outputs = self.bundle.outputs
+        total = torch.zeros(images.shape[0], outputs, *images.shape[2:], device=self.device)
         for dims in flips:
             flipped = torch.flip(images, dims) if dims else images
             with torch.autocast(
@@ -106,7 +115,7 @@ class WindowPredictor:
             ):
                 logits = self.net(flipped).float()
             prob = torch.sigmoid(logits)
-            total += (torch.flip(prob, dims) if dims else prob)[:, 0]
+            total += (torch.flip(prob, dims) if dims else prob)[:, :outputs]
         return (total / len(flips)).cpu().numpy()
 
 
@@ -116,38 +125,41 @@ class StripBuffer:
 
     height: int
     width: int
+    outputs: int = 1
 
     def __post_init__(self) -> None:
-        self.prob = np.zeros((self.height, self.width), dtype=np.float32)
+        self.prob = np.zeros((self.outputs, self.height, self.width), dtype=np.float32)
         self.weight = np.zeros((self.height, self.width), dtype=np.float32)
         self.valid = np.zeros((self.height, self.width), dtype=bool)
 
     def add(self, col: int, prob: np.ndarray, weight: np.ndarray) -> None:
-        """Blend one window's prediction (already cropped to the scene) at column ``col``."""
-        rows, cols = prob.shape
-        self.prob[:rows, col : col + cols] += prob * weight
+        """Blend one window's prediction (outputs x rows x cols, cropped to the scene)."""
+        _, rows, cols = prob.shape
+        self.prob[:, :rows, col : col + cols] += prob * weight
         self.weight[:rows, col : col + cols] += weight
 
     def finished(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 probabilities and the valid mask (255/0) of the top ``rows`` rows."""
+        """uint8 probabilities (outputs x rows x width) and the valid mask (255/0) of the rows."""
         weight = self.weight[:rows]
         covered = weight > 0
-        prob = np.zeros((rows, self.width), dtype=np.float32)
-        np.divide(self.prob[:rows], weight, out=prob, where=covered)
+        prob = np.zeros((self.outputs, rows, self.width), dtype=np.float32)
+        np.divide(self.prob[:, :rows], weight, out=prob, where=covered)
         np.clip(prob, 0, 1, out=prob)
         prob *= 255
         levels = np.rint(prob, out=prob).astype(np.uint8)
         mask = (self.valid[:rows] & covered).astype(np.uint8) * np.uint8(255)
-        levels[mask == 0] = 0
+        levels[:, mask == 0] = 0
         return levels, mask
 
     def advance(self, rows: int) -> None:
         """Drop the finished top rows and shift the rest up."""
         keep = self.height - rows
         for array in (self.prob, self.weight, self.valid):
+            rows_axis = array.ndim - 2
+            view = np.moveaxis(array, rows_axis, 0)
             if keep > 0:
-                array[:keep] = array[rows:].copy()
-            array[max(keep, 0) :] = 0
+                view[:keep] = view[rows:].copy()
+            view[max(keep, 0) :] = 0
 
 
 @dataclass(frozen=True)
@@ -181,9 +193,9 @@ def _strip_reader(
             yield current
 
 
-def _profile(src: rasterio.io.DatasetReader) -> dict[str, Any]:
+def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
     return {
-        "driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
+        "driver": "GTiff", "height": src.height, "width": src.width, "count": count,
         "dtype": "uint8", "crs": src.crs, "transform": src.transform, "tiled": True,
         # Scratch file only (copied to the COG): the fastest codec, not the most portable one.
         "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1,
@@ -232,7 +244,7 @@ class ScenePredictor:
         height, width = src.height, src.width
         rows = axis_offsets(height, self.size, self.stride)
         cols = axis_offsets(width, self.size, self.stride)
-        buffer = StripBuffer(min(self.size, height), width)
+        buffer = StripBuffer(min(self.size, height), width, self.predictor.bundle.outputs)
         pending: deque[GridRow] = deque()
         skipped = 0
         bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
@@ -294,12 +306,12 @@ class ScenePredictor:
             for col, prob in row.results:
                 cut_rows = min(self.size, height - row.top, buffer.height)
                 cut_cols = min(self.size, width - col)
-                buffer.add(col, prob[:cut_rows, :cut_cols], self.weight[:cut_rows, :cut_cols])
+                buffer.add(col, prob[:, :cut_rows, :cut_cols], self.weight[:cut_rows, :cut_cols])
             index = rows.index(row.top)
             next_top = rows[index + 1] if index + 1 < len(rows) else height
             done = next_top - row.top
             levels, mask = buffer.finished(done)
-            dst.write(levels, 1, window=Window(0, row.top, width, done))
+            dst.write(levels, window=Window(0, row.top, width, done))
             dst.write_mask(mask, window=Window(0, row.top, width, done))
             if next_top < height:
                 buffer.advance(done)
@@ -335,10 +347,12 @@ def predict_scene(
         for warning in compatibility.warnings:
             log.warning("%s: %s", scene, warning)
         try:
-            with rasterio.open(scratch, "w", **_profile(src)) as dst:
+            with rasterio.open(scratch, "w", **_profile(src, bundle.outputs)) as dst:
                 windows, skipped = ScenePredictor(predictor, size, overlap, batch_size).run(
                     src, dst, progress
                 )
+                for band, description in enumerate(BAND_DESCRIPTIONS[: bundle.outputs], 1):
+                    dst.set_band_description(band, description)
                 dst.update_tags(**_tags(bundle, scene, size, overlap, tta, started, tags),
                                 **compatibility.metadata())  # fmt: skip
             rasterio.shutil.copy(scratch, prob_path, **COG_OPTIONS)
@@ -375,7 +389,7 @@ def _tags(
         "overlap": f"{overlap:g}",
         "tta": str(tta).lower(),
         "created": started.isoformat(timespec="seconds"),
-        "values": "cropland probability x 255; nodata masked",
+        "values": VALUES[bundle.task],
         **(extra or {}),
     }
 

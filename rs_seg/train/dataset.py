@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from rs_seg.config import MASK_BOUNDARY, MASK_CROPLAND, AugmentConfig
+from rs_seg.config import AugmentConfig
 from rs_seg.errors import RsSegError
 from rs_seg.prepare.index import index_fingerprint, read_index
 from rs_seg.prepare.split import SPLITS
@@ -112,14 +112,15 @@ def read_chip(path: Path, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask chip as the cropland task reads it: 0/1/255, a field boundary (2) being cropland."""
+    """A mask chip as prepared: 0/1/255, or 0/1/2/255 with field boundaries (cropland = 1 or 2).
+
+    Consumers that need cropland only take :func:`rs_seg.train.metrics.extent_target` of it.
+    """
     try:
         with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
-            mask = cast(np.ndarray, src.read(1))
+            return cast(np.ndarray, src.read(1))
     except (RasterioError, OSError) as exc:
         raise _unreadable(Path(path), exc) from None
-    mask[mask == MASK_BOUNDARY] = MASK_CROPLAND
-    return mask
 
 
 def band_statistics(paths: Sequence[str | Path], bands: Sequence[int]) -> Normalization:

@@ -39,7 +39,13 @@ from rs_seg.train.dataset import (
     load_chip_splits,
     read_chip,
 )
-from rs_seg.train.metrics import ThresholdSweep, metrics_from_counts, quantize, ratio
+from rs_seg.train.metrics import (
+    ThresholdSweep,
+    extent_target,
+    metrics_from_counts,
+    quantize,
+    ratio,
+)
 from rs_seg.train.module import CroplandModule
 from rs_seg.train.report import ChipExample, write_report
 
@@ -98,7 +104,7 @@ def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> Sp
     for batch in batches:
         predicted = (batch.levels >= level).long()
         # (N, 5): tp fp tn fn support; torchmetrics drops the batch axis when N == 1
-        counts = stats(predicted, batch.target.long()).reshape(-1, 5)
+        counts = stats(predicted, extent_target(batch.target).long()).reshape(-1, 5)
         for offset, (tp, fp, tn, fn, _) in enumerate(counts.tolist()):
             chip = metrics_from_counts(tp, fp, tn, fn)
             rows.append(

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from rs_seg.config import TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.prepare.index import read_target
 from rs_seg.run_folder import (
     RUN_FOLDER,
     RunFolder,
@@ -227,11 +228,19 @@ def _resume_key(cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
     return {**{k: dump[k] for k in RESUME_KEYS}, "chip_index": fingerprint}
 
 
+# Settings added since runs were first recorded, with the value every earlier run used.
+_ADDED_SETTINGS: dict[str, Any] = {
+    "model.task": "cropland",
+    "loss.boundary_weight": 1.0,
+    "loss.boundary_pos_weight": 4.0,
+}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []
     for key in keys:
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, _ADDED_SETTINGS.get(prefix + key)), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
@@ -478,6 +487,23 @@ def build_trainer(cfg: TrainConfig, hardware: Hardware, progress: bool) -> L.Tra
     )
 
 
+def with_task(cfg: TrainConfig) -> TrainConfig:
+    """The config with ``model.task`` decided: what the chips' masks hold, unless it is given.
+
+    The run records the decided task (``train.yaml``, checkpoints, the bundle), so evaluation,
+    resuming and inference never guess it again.
+    """
+    available = read_target(cfg.chips)
+    task = cfg.model.task or available
+    if task == "fields" and available != "fields":
+        raise RsSegError(
+            "model.task fields needs chips with field boundaries (rs-seg prepare with vector "
+            "labels and a boundary_width other than 0); these masks are cropland only",
+            cfg.chips,
+        )
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"task": task})})
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> TrainOutcome | None:
     """Train a model on a prepared chip folder; ``None`` in DDP worker processes.
 
@@ -486,6 +512,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     puts it in place once it is evaluated. GPU out-of-memory ends in a one-line hint.
     """
     check_names(cfg.model)
+    cfg = with_task(cfg)
     rank_zero = not is_ddp_child()
     if rank_zero and not resume:
         _check_out(cfg)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from rs_seg.config import MASK_IGNORE
+from rs_seg.config import MASK_BOUNDARY, MASK_CROPLAND, MASK_IGNORE
 from rs_seg.levels import LEVELS
 from rs_seg.records import PixelMetrics
 
@@ -41,6 +41,11 @@ def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> PixelMetr
     }
 
 
+def extent_target(target: torch.Tensor) -> torch.Tensor:
+    """The 0/1/255 cropland target of a mask: a field boundary (2) is cropland too."""
+    return torch.where(target == MASK_BOUNDARY, MASK_CROPLAND, target)
+
+
 def quantize(probabilities: torch.Tensor) -> torch.Tensor:
     """Probabilities in [0, 1] -> uint8 levels 0-255, as the probability rasters store them."""
     return torch.round(probabilities.float().clamp(0, 1) * 255).to(torch.uint8)
@@ -54,8 +59,8 @@ class ThresholdSweep:
         self.negative = torch.zeros(LEVELS, dtype=torch.float64)
 
     def update(self, levels: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of quantized probabilities and 0/1/255 targets."""
-        levels, target = levels.cpu().long(), target.cpu()
+        """Add a batch of quantized probabilities and 0/1/255 (or 0/1/2/255) targets."""
+        levels, target = levels.cpu().long(), extent_target(target.cpu())
         valid = target != MASK_IGNORE
         crop = valid & (target == 1)
         self.positive += torch.bincount(levels[crop], minlength=LEVELS).double()

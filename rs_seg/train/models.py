@@ -103,7 +103,7 @@ def build_model(cfg: ModelConfig, in_channels: int, load_weights: bool = True) -
             encoder_name=cfg.encoder,
             encoder_weights=hub_weights,
             in_channels=in_channels,
-            classes=1,
+            classes=cfg.outputs,
             **_architecture_kwargs(cfg),
         )
     except (KeyError, ValueError) as exc:

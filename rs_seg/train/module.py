@@ -15,29 +15,58 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryStatScores
 
-from rs_seg.config import MASK_IGNORE, LossConfig, ModelConfig, OptimizerConfig
-from rs_seg.train.metrics import metrics_from_counts
+from rs_seg.config import (
+    MASK_BOUNDARY,
+    MASK_CROPLAND,
+    MASK_IGNORE,
+    LossConfig,
+    ModelConfig,
+    OptimizerConfig,
+)
+from rs_seg.train.metrics import extent_target, metrics_from_counts
 from rs_seg.train.models import build_model, encoder_of
 
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def bce_dice_loss(
+    logits: torch.Tensor,
+    positive: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: LossConfig,
+    pos_weight: float = 1.0,
+) -> torch.Tensor:
     """BCE + soft Dice over labelled pixels only: ignore (255) adds nothing to loss or gradient.
 
-    Dice is computed over the whole batch rather than per chip, so chips without cropland do not
-    produce an undefined or maximal Dice term.
+    Dice is computed over the whole batch rather than per chip, so chips without any positive
+    pixel do not produce an undefined or maximal Dice term. ``pos_weight`` weights the BCE of
+    positive pixels (thin boundaries).
     """
-    valid = (target != MASK_IGNORE).float()
-    positive = (target == 1).float()
     logits = logits.float()
+    positive, valid = positive.float(), valid.float()
     labelled = valid.sum().clamp(min=1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, positive, reduction="none") * valid).sum()
+    weight = torch.tensor(pos_weight, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, positive, reduction="none", pos_weight=weight)
     prob = torch.sigmoid(logits) * valid
     overlap = (prob * positive).sum()
     dice = 1.0 - (2.0 * overlap + 1.0) / (prob.sum() + positive.sum() + 1.0)
-    return cfg.bce_weight * bce / labelled + cfg.dice_weight * dice
+    return cfg.bce_weight * (bce * valid).sum() / labelled + cfg.dice_weight * dice
+
+
+def task_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Extent loss (cropland = 1 or 2), plus the boundary loss when there is a boundary output.
+
+    ``logits`` is (N, outputs, H, W); ``target`` the 0/1/2/255 mask chips.
+    """
+    valid = target != MASK_IGNORE
+    loss = bce_dice_loss(logits[:, 0], extent_target(target) == MASK_CROPLAND, valid, cfg)
+    if logits.shape[1] > 1:
+        boundary = target == MASK_BOUNDARY
+        loss = loss + cfg.boundary_weight * bce_dice_loss(
+            logits[:, 1], boundary, valid, cfg, cfg.boundary_pos_weight
+        )
+    return loss
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float, frozen: int = 0) -> float:
@@ -51,7 +80,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float, frozen: int 
 
 
 class CroplandModule(L.LightningModule):
-    """A binary cropland segmentation network with its loss, metrics and optimizer."""
+    """A cropland (or fields: extent + boundary) network with its loss, metrics and optimizer."""
 
     def __init__(
         self,
@@ -75,16 +104,16 @@ class CroplandModule(L.LightningModule):
         self.val_stats = BinaryStatScores(threshold=0.5, ignore_index=MASK_IGNORE)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Cropland logits, (N, H, W)."""
+        """Logits (N, outputs, H, W): cropland extent, then field boundary for the fields task."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits: torch.Tensor = self.net(images)
-        return logits[:, 0]
+        return logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         """One optimisation step on an augmented batch."""
         images, target = batch
-        loss = bce_dice_loss(self(images), target, self.loss_cfg)
+        loss = task_loss(self(images), target, self.loss_cfg)
         self.log(
             "train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(images)
         )
@@ -94,9 +123,9 @@ class CroplandModule(L.LightningModule):
         """Loss and confusion counts at 0.5 (the threshold is tuned after training)."""
         images, target = batch
         logits = self(images)
-        loss = bce_dice_loss(logits, target, self.loss_cfg)
+        loss = task_loss(logits, target, self.loss_cfg)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(images))
-        self.val_stats.update(torch.sigmoid(logits.float()), target.long())
+        self.val_stats.update(torch.sigmoid(logits[:, 0].float()), extent_target(target).long())
 
     def on_validation_epoch_end(self) -> None:
         """Cropland and mean IoU of the epoch, synchronised across processes by torchmetrics."""

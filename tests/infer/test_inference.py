@@ -36,8 +36,12 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pointwise(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
-    """A model without spatial context: stitching must reproduce it exactly everywhere."""
-    return 1 / (1 + np.exp(-batch[:, 0]))
+    """A model without spatial context: stitching must reproduce it exactly everywhere.
+
+    Output 1 is the sigmoid of band 1; a fields model's boundary output is its complement.
+    """
+    extent = 1 / (1 + np.exp(-batch[:, :1]))
+    return np.concatenate([extent, 1 - extent], axis=1)[:, : self.bundle.outputs]
 
 
 def read(path: Path) -> tuple[np.ndarray, np.ndarray, rasterio.profiles.Profile]:
@@ -74,6 +78,25 @@ def test_stitching_reproduces_a_pointwise_model_everywhere(
     assert (mask[~valid] == 0).all() and (mask[valid] == 255).all(), "nodata stays nodata"
     assert np.abs(levels[valid].astype(int) - expected[valid]).max() <= 1
     assert (levels[~valid] == 0).all()
+
+
+def test_a_fields_model_writes_extent_and_boundary_bands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+    scene = write_scene(tmp_path / "s.tif", 130, 97, nodata_cols=3)
+    bundle = ModelBundle.load(make_bundle(tmp_path / "fields.pt", task="fields"))
+    assert (bundle.task, bundle.outputs) == ("fields", 2)
+    predict_scene(scene, bundle, tmp_path / "p.tif", window=32, overlap=0.5, device="cpu")
+    with rasterio.open(tmp_path / "p.tif") as src, rasterio.open(scene) as image:
+        assert src.count == 2 and src.descriptions == ("cropland", "boundary")
+        extent, boundary, valid = src.read(1), src.read(2), src.read_masks(1) > 0
+        assert "field-boundary probability" in src.tags()["values"]
+        band = image.read(1).astype(np.float32)
+    expected = np.round(255 / (1 + np.exp(-(band - 1000) / 300))).astype(int)
+    assert np.abs(extent[valid].astype(int) - expected[valid]).max() <= 1
+    assert np.abs(boundary[valid].astype(int) - (255 - expected[valid])).max() <= 1
+    assert (boundary[~valid] == 0).all(), "nodata stays nodata in both bands"
 
 
 def test_hann_weight_is_positive_and_smooth() -> None:

@@ -19,11 +19,12 @@ import pytest
 import torch
 import yaml
 
+from rs_seg.bundle import ModelBundle
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
 from rs_seg.run_folder import read_status, write_status
-from rs_seg.train.fit import check_resumable, train
-from rs_seg.train.module import CroplandModule, bce_dice_loss, lr_factor
+from rs_seg.train.fit import check_resumable, train, with_task
+from rs_seg.train.module import CroplandModule, lr_factor, task_loss
 from tests.helpers import ROOT, train_config
 
 
@@ -33,23 +34,37 @@ def trained(trained_tiny_run):
     return trained_tiny_run
 
 
-def test_loss_ignores_pixels_marked_255() -> None:
-    target = torch.randint(0, 2, (2, 16, 16), dtype=torch.uint8)
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_loss_ignores_pixels_marked_255(outputs: int) -> None:
+    """Extent and (fields task) boundary: ignored pixels add nothing to loss or gradient."""
+    target = torch.randint(0, 3, (2, 16, 16), dtype=torch.uint8)
     target[:, :, :6] = 255
-    logits = torch.randn(2, 16, 16, requires_grad=True)
-    loss = bce_dice_loss(logits, target, LossConfig())
+    logits = torch.randn(2, outputs, 16, 16, requires_grad=True)
+    loss = task_loss(logits, target, LossConfig())
     loss.backward()
-    assert torch.all(logits.grad[:, :, :6] == 0), "ignored pixels get no gradient"
-    assert torch.any(logits.grad[:, :, 6:] != 0)
+    assert torch.all(logits.grad[..., :6] == 0), "ignored pixels get no gradient"
+    assert torch.all(logits.grad[..., 6:].flatten(2).abs().sum(-1) > 0), "every output learns"
     changed = logits.detach().clone()
-    changed[:, :, :6] = torch.randn(2, 16, 6) * 100
-    assert bce_dice_loss(changed, target, LossConfig()) == pytest.approx(loss.item())
+    changed[..., :6] = torch.randn(2, outputs, 16, 6) * 100
+    assert task_loss(changed, target, LossConfig()) == pytest.approx(loss.item())
 
 
 def test_loss_of_all_ignore_batch_is_zero_not_nan() -> None:
     target = torch.full((1, 8, 8), 255, dtype=torch.uint8)
-    loss = bce_dice_loss(torch.randn(1, 8, 8), target, LossConfig(dice_weight=0))
+    loss = task_loss(torch.randn(1, 2, 8, 8), target, LossConfig(dice_weight=0))
     assert float(loss) == 0.0
+
+
+def test_a_boundary_is_cropland_for_the_extent_and_positive_for_the_boundary() -> None:
+    target = torch.tensor([[[0, 1, 2, 2]]], dtype=torch.uint8)
+    right = torch.tensor([[[[-9.0, 9.0, 9.0, 9.0]], [[-9.0, -9.0, 9.0, 9.0]]]])
+    cfg = LossConfig(dice_weight=0)
+    assert float(task_loss(right, target, cfg)) < 1e-3
+    wrong_extent = right.clone()
+    wrong_extent[0, 0, 0, 2] = -9.0  # a boundary pixel called background
+    assert float(task_loss(wrong_extent, target, cfg)) > 1.0
+    weighted = task_loss(-right, target, LossConfig(dice_weight=0, boundary_pos_weight=8.0))
+    assert float(weighted) > float(task_loss(-right, target, cfg)), "boundary pixels weigh more"
 
 
 def test_schedule_warms_up_then_decays_and_freezes() -> None:
@@ -75,6 +90,39 @@ def test_short_fit_learns_and_writes_a_complete_run(trained) -> None:
         assert (outcome.run / "report" / name).exists(), name
     assert json.loads((outcome.run / "run.json").read_text())["status"] == "evaluated"
     assert (outcome.run / "checkpoints" / "best.ckpt").exists()
+
+
+def test_chips_with_field_boundaries_train_the_fields_task(trained) -> None:
+    """The tiny chips come from vector labels: extent and boundary outputs, recorded once."""
+    outcome, evaluation = trained
+    bundle = ModelBundle.load(evaluation.bundle)
+    assert (bundle.task, bundle.outputs) == ("fields", 2)
+    assert (
+        yaml.safe_load((outcome.run / "train.yaml").read_text())["train"]["model"]["task"]
+        == "fields"
+    )
+    assert bundle.build()(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_the_task_follows_the_chips_unless_given(tiny_chips: Path, tmp_path: Path) -> None:
+    fields = with_task(train_config(tiny_chips, tmp_path / "a"))
+    assert fields.model.task == "fields"
+    given = train_config(
+        tiny_chips, tmp_path / "b", model={"encoder": "resnet18", "task": "cropland"}
+    )
+    assert with_task(given).model.task == "cropland", "a cropland model on field chips"
+    binary = tmp_path / "binary"
+    shutil.copytree(tiny_chips, binary)
+    summary = json.loads((binary / "summary.json").read_text())
+    (binary / "summary.json").write_text(json.dumps({**summary, "target": "cropland"}))
+    assert with_task(train_config(binary, tmp_path / "c")).model.task == "cropland"
+    (binary / "summary.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if k != "target"})
+    )
+    assert with_task(train_config(binary, tmp_path / "d")).model.task == "cropland", "older sets"
+    wanted = train_config(binary, tmp_path / "e", model={"encoder": "resnet18", "task": "fields"})
+    with pytest.raises(RsSegError, match="needs chips with field boundaries"):
+        with_task(wanted)
 
 
 @pytest.mark.slow
