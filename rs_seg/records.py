@@ -31,6 +31,7 @@ class SplitMetrics(PixelMetrics):
 
     pixels: int  # labelled (not ignored) pixels
     chips: int
+    objects: NotRequired[ObjectMetrics]  # fields in the chips; runs before object metrics: none
 
 
 class ObjectMetrics(TypedDict):

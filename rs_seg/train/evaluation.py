@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryStatScores
 
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, weights_id
-from rs_seg.config import MASK_IGNORE, TrainConfig
+from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, TrainConfig
 from rs_seg.errors import RsSegError
 from rs_seg.levels import level_to_threshold, threshold_to_level
 from rs_seg.records import BundleMetrics, DataSummary, RunMetrics, SplitMetrics
@@ -47,9 +47,17 @@ from rs_seg.train.metrics import (
     ratio,
 )
 from rs_seg.train.module import CroplandModule
+from rs_seg.train.object_metrics import (
+    ObjectCounts,
+    chip_object_counts,
+    label_components,
+    object_metrics,
+)
 from rs_seg.train.report import ChipExample, write_report
 
 log = logging.getLogger(__name__)
+# Boundary probability (uint8 level) from which a pixel parts fields in the chip-level counts.
+BOUNDARY_LEVEL = threshold_to_level(0.5)
 
 
 @dataclass
@@ -59,6 +67,7 @@ class Batch:
     levels: torch.Tensor  # (N, H, W) uint8
     target: torch.Tensor  # (N, H, W) uint8
     start: int
+    boundary: torch.Tensor | None = None  # (N, H, W) uint8 levels of a fields model
 
 
 @torch.no_grad()
@@ -77,7 +86,9 @@ def predict_levels(
         images = images.to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
-        yield Batch(quantize(torch.sigmoid(logits.float()[:, 0])).cpu(), target, start)
+        prob = torch.sigmoid(logits.float())
+        boundary = quantize(prob[:, 1]).cpu() if prob.shape[1] > 1 else None
+        yield Batch(quantize(prob[:, 0]).cpu(), target, start, boundary)
         start += len(images)
 
 
@@ -97,11 +108,33 @@ class SplitScores:
     chips: pd.DataFrame
 
 
+def chip_fields(batch: Batch, level: int) -> ObjectCounts:
+    """Field-level counts of a batch: predicted and labelled fields matched chip by chip.
+
+    Labelled fields are the connected interiors (mask 1) the burned boundaries keep apart; on
+    chips without boundaries touching fields are one object, as the masks cannot tell them apart.
+    Predicted fields are the connected extent of a cropland model, or of a fields model its
+    extent minus its boundary (at 0.5): the cores that vectorizing grows back into fields.
+    Objects cut by a chip's edge are objects of that chip.
+    """
+    predicted = (batch.levels >= level).numpy()
+    if batch.boundary is not None:
+        predicted &= batch.boundary.numpy() < BOUNDARY_LEVEL
+    target = batch.target.numpy()
+    return chip_object_counts(
+        label_components(predicted),
+        label_components(target == MASK_CROPLAND),
+        ignore=target == MASK_IGNORE,
+    )
+
+
 def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> SplitScores:
     """Metrics over all pixels and per chip, with torchmetrics' stat scores at ``level``."""
     stats = BinaryStatScores(ignore_index=MASK_IGNORE, multidim_average="samplewise")
     rows = []
+    fields = ObjectCounts()
     for batch in batches:
+        fields += chip_fields(batch, level)
         predicted = (batch.levels >= level).long()
         # (N, 5): tp fp tn fn support; torchmetrics drops the batch axis when N == 1
         counts = stats(predicted, extent_target(batch.target).long()).reshape(-1, 5)
@@ -125,7 +158,10 @@ def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> Sp
         table[["tp", "fp", "tn", "fn"]].sum() if rows else pd.Series(0, ["tp", "fp", "tn", "fn"])
     )
     pixel = metrics_from_counts(*(float(totals[k]) for k in ("tp", "fp", "tn", "fn")))
-    metrics: SplitMetrics = {**pixel, "pixels": int(totals.sum()), "chips": len(table)}
+    metrics: SplitMetrics = {
+        **pixel, "pixels": int(totals.sum()), "chips": len(table),
+        "objects": object_metrics(fields),
+    }  # fmt: skip
     return SplitScores(metrics, table)
 
 
@@ -146,11 +182,21 @@ class EvaluationOutcome:
     def summary(self) -> str:
         """A short text for terminals: test metrics, threshold and where things are."""
         test = self.metrics["test"]
+        fields = test.get("objects")
         return "\n".join(
             [
                 f"test ({test['chips']} chips): cropland IoU {test['cropland_iou']:.4f}, "
                 f"background IoU {test['background_iou']:.4f}, mean IoU {test['mean_iou']:.4f}, "
                 f"F1 {test['f1']:.4f}",
+                *(
+                    [
+                        f"test fields: object F1 {fields['object_f1']:.4f} "
+                        f"({fields['fields_predicted']} predicted, {fields['fields_labelled']} "
+                        "labelled, chip by chip)"
+                    ]
+                    if fields
+                    else []
+                ),
                 f"threshold (tuned on validation): {self.metrics['threshold']:.3f}",
                 f"model bundle: {self.bundle}",
                 f"report: {self.report / 'README.md'}",

@@ -55,6 +55,21 @@ CLASS_LEGEND = (
     ("ignore", IGNORE_RGB),
 )
 
+FIELDS_NOTE = (
+    "Fields, chip by chip: a predicted and a labelled field match one-to-one at IoU > 0.5; "
+    "over-segmented: labelled fields split into 2+ predictions, under-segmented: predictions "
+    "spanning 2+ labelled fields."
+)
+OBJECT_ROWS = (
+    ("object_f1", "object F1"),
+    ("object_precision", "object precision"),
+    ("object_recall", "object recall"),
+    ("mean_matched_iou", "mean IoU of matched fields"),
+    ("oversegmented", "over-segmented fields"),
+    ("undersegmented", "under-segmented predictions"),
+    ("fields_predicted", "fields predicted"),
+    ("fields_labelled", "fields labelled"),
+)
 # Rows of the metrics table, in reading order; other scalar keys follow alphabetically.
 METRIC_ROWS = (
     ("cropland_iou", "cropland IoU"),
@@ -528,6 +543,14 @@ def _metrics_section(validation: Mapping[str, Any], test: Mapping[str, Any]) -> 
     for key, name in _metric_rows(validation, test):
         row = f"| {name} | {_format_value(validation.get(key))} | {_format_value(test.get(key))} |"
         lines.append(row)
+    found = [m.get("objects") for m in (validation, test)]
+    if any(isinstance(f, Mapping) for f in found):
+        val, tst = (f if isinstance(f, Mapping) else {} for f in found)
+        lines += ["", FIELDS_NOTE, "", "| field metric | validation | test |", "|---|---:|---:|"]
+        for key, name in OBJECT_ROWS:
+            lines.append(
+                f"| {name} | {_format_value(val.get(key))} | {_format_value(tst.get(key))} |"
+            )
     return lines
 
 

@@ -102,6 +102,10 @@ def test_chips_with_field_boundaries_train_the_fields_task(trained) -> None:
         == "fields"
     )
     assert bundle.build()(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    fields = evaluation.metrics["test"]["objects"]
+    assert fields["fields_labelled"] > 0 and 0 <= fields["object_f1"] <= 1
+    assert "| object F1 |" in (evaluation.report / "README.md").read_text()
+    assert "object F1" in evaluation.summary()
 
 
 def test_the_task_follows_the_chips_unless_given(tiny_chips: Path, tmp_path: Path) -> None:
