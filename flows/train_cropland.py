@@ -156,6 +156,11 @@ def _metrics_table(test: SplitMetrics) -> list[str]:
         rows.append(
             f"| {label} | {value:.4f} |" if isinstance(value, float) else f"| {label} | - |"
         )
+    fields = test.get("objects")
+    if fields is not None:
+        rows.append(f"| object F1 (fields, chip by chip) | {fields['object_f1']:.4f} |")
+        rows.append(f"| fields predicted / labelled | {fields['fields_predicted']} / "
+                    f"{fields['fields_labelled']} |")  # fmt: skip
     return rows
 
 
