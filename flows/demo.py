@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyogrio
+
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.infer_new_imagery import infer_new_imagery
 from flows.server import run_command
@@ -40,6 +42,7 @@ from rs_seg.config import (
     load_training_configs,
 )
 from rs_seg.errors import RsSegError
+from rs_seg.records import ObjectMetrics
 from rs_seg.staging import (
     FolderKind,
     check_folder_output,
@@ -47,7 +50,8 @@ from rs_seg.staging import (
     staging_path,
     write_json,
 )
-from rs_seg.synthetic import generate_scenes
+from rs_seg.synthetic import LABELS_FILE, generate_scenes
+from rs_seg.train.object_metrics import object_metrics, polygon_object_counts
 
 NEW_SCENES = 3
 SEED_OFFSET = 1000  # new imagery: seeds far from the training scenes'
@@ -93,9 +97,29 @@ def _run(
     again = infer_new_imagery(incoming)
     _say(f"mapped {mapped['mapped']} scenes ({mapped['failed']} failed); a second scheduled run: "
          f"{again['mapped']} mapped, {again['skipped']} already done")  # fmt: skip
+    fields = _fields_against_parcels(incoming, arrivals / LABELS_FILE)
     _print_next_steps(incoming, mapped)
     _say(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return {"train": trained, "mapped": mapped, "again": again}
+    return {"train": trained, "mapped": mapped, "again": again, "fields": fields}
+
+
+def _fields_against_parcels(incoming: IncomingConfig, labels: Path) -> ObjectMetrics | None:
+    """Mapped fields against the new scenes' parcels, one to one at IoU > 0.5 (says how many).
+
+    Parcels smaller than the smallest field the map keeps (``min_area``) are left out: the map
+    cannot show them, so they would only count against it.
+    """
+    if incoming.merged is None or not incoming.merged.exists():
+        return None
+    predicted = pyogrio.read_dataframe(incoming.merged)
+    parcels = pyogrio.read_dataframe(labels).to_crs(predicted.crs)
+    parcels = parcels[parcels.area >= incoming.infer.min_area]
+    scores = object_metrics(polygon_object_counts(predicted, parcels))
+    _say(f"fields found: {scores['fields_predicted']} for {scores['fields_labelled']} parcels in "
+         f"the new scenes' labels; object F1 {scores['object_f1']:.3f} (one-to-one at IoU > "
+         f"0.5), over-segmented {scores['oversegmented']}, under-segmented "
+         f"{scores['undersegmented']}")  # fmt: skip
+    return scores
 
 
 def _new_imagery(base: SynthConfig, out: Path) -> Path:

@@ -41,6 +41,7 @@ def test_demo_trains_and_maps_new_scenes_through_the_flows(tmp_path: Path) -> No
     assert "[1/3] flow train-cropland" in text and "[3/3] flow infer-new-imagery" in text
     assert "a second scheduled run: 0 mapped, 3 already done" in text
     assert "open in QGIS" in text and "http://127.0.0.1:4200" in text
+    assert "parcels in the new scenes' labels; object F1" in text
     assert (out / "models" / "latest.json").is_file()
     per_scene = sorted((out / "mapped").rglob("fields.gpkg"))
     assert len(per_scene) == 3 and not (out / "mapped" / "stale.txt").exists()
