@@ -399,9 +399,25 @@ def vectorize(
     fill_holes_below: Annotated[
         float | None, typer.Option(help="Fill holes smaller than this, m2 [min area].")
     ] = None,
+    boundary_threshold: Annotated[
+        float | None,
+        typer.Option(help="Two-band rasters: boundary probability threshold [stored, else 0.5]."),
+    ] = None,
+    grow: Annotated[
+        int | None,
+        typer.Option(help="Two-band rasters: pixels a boundary may lie from a field's core [3]."),
+    ] = None,
+    split: Annotated[
+        bool,
+        typer.Option(help="Two-band rasters: split cropland into fields by the boundary band."),
+    ] = True,
     overwrite: OverwriteOption = None,
 ) -> None:
-    """Re-polygonize a saved probability raster with other settings, without the model."""
+    """Re-polygonize a saved probability raster with other settings, without the model.
+
+    A fields model's raster (bands cropland, boundary) is split into individual fields again,
+    with the thresholds and growth given here.
+    """
     # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
     from rs_seg.infer.vectorize import VectorizeSettings
     from rs_seg.infer.vectorize import vectorize as run_vectorize
@@ -414,7 +430,10 @@ def vectorize(
     if threshold is None and stored is None:
         raise RsSegError("no threshold stored in the raster; pass --threshold", prob)
     chosen = threshold if threshold is not None else float(stored)
-    settings = VectorizeSettings.for_raster(chosen, pixel, min_area, simplify, fill_holes_below)
+    settings = VectorizeSettings.for_raster(
+        chosen, pixel, min_area, simplify, fill_holes_below,
+        boundary_threshold=boundary_threshold, grow=grow, tags=tags, split=split,
+    )  # fmt: skip
     summary = run_vectorize(
         prob, out, settings, scene=Path(tags.get("scene", prob.stem)).stem,
         model_id=tags.get("model_id", ""), overwrite=bool(overwrite),

@@ -215,15 +215,27 @@ class _TooSmall:
     last: bool  # the strip ends at the raster's last row
 
     def remove(self, labels: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-        """Labels without the too-small regions, survivors renumbered 1..n in their old order."""
+        """Labels without the too-small regions, survivors renumbered 1..n in their old order.
+
+        A box holds at least the region's pixels, so only regions with fewer pixels than the
+        minimum area can have a small box: boxes are computed for those alone (on fields, a few
+        specks; on noise, nearly all).
+        """
         height, width = labels.shape
+        sizes = np.zeros(count + 1, dtype=np.int64)
+        for start in range(0, height, _SUM_ROWS):
+            sizes += np.bincount(labels[start : start + _SUM_ROWS].ravel(), minlength=count + 1)
+        candidate = sizes * self.pixel_area * (1 + 1e-9) < self.min_area
+        candidate[0] = False
+        if not candidate.any():
+            return labels, count
         top = np.full(count + 1, height, dtype=np.int32)
         bottom = np.full(count + 1, -1, dtype=np.int32)
         left = np.full(count + 1, width, dtype=np.int32)
         right = np.full(count + 1, -1, dtype=np.int32)
         for start in range(0, height, _SUM_ROWS):
             chunk = labels[start : start + _SUM_ROWS]
-            rows, cols = (index.astype(np.int32) for index in np.nonzero(chunk))
+            rows, cols = (index.astype(np.int32) for index in np.nonzero(candidate[chunk]))
             label = chunk[rows, cols]
             rows += start
             np.minimum.at(top, label, rows)
@@ -232,7 +244,7 @@ class _TooSmall:
             np.maximum.at(right, label, cols)
         box_pixels = (bottom - top + 1).astype(np.int64) * (right - left + 1)
         # a relative margin far above float error: geometry areas are computed in CRS coordinates
-        small = box_pixels * self.pixel_area * (1 + 1e-9) < self.min_area
+        small = candidate & (box_pixels * self.pixel_area * (1 + 1e-9) < self.min_area)
         if not self.first:
             small &= top > 0
         if not self.last:
@@ -251,14 +263,17 @@ class _TooSmall:
 def _label_sums(
     values: np.ndarray, labels: np.ndarray, cropland: np.ndarray, count: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of values and pixel count per label (1..count), in row chunks to bound memory."""
+    """Sum of values and pixel count per label (1..count), in row chunks to bound memory.
+
+    Labels are 0 outside ``cropland``, so whole chunks are counted (label 0 is dropped): the
+    sums are of integers, exact in any order, and selecting the cropland first costs more.
+    """
     totals = np.zeros(count + 1)
     pixels = np.zeros(count + 1, dtype=np.int64)
     for start in range(0, labels.shape[0], _SUM_ROWS):
         rows = slice(start, start + _SUM_ROWS)
-        inside = cropland[rows]
-        chunk = labels[rows][inside]
-        totals += np.bincount(chunk, weights=values[rows][inside], minlength=count + 1)
+        chunk = labels[rows].ravel()
+        totals += np.bincount(chunk, weights=values[rows].ravel(), minlength=count + 1)
         pixels += np.bincount(chunk, minlength=count + 1)
     return totals[1:], pixels[1:]
 

@@ -1,8 +1,10 @@
 """Field layers from a probability raster: settings, raster checks, layer writer and QGIS style.
 
-:func:`vectorize` checks the raster (one uint8 band, a projected CRS), turns the m² settings into
-CRS units and writes the field records :func:`rs_seg.infer.polygonize.field_records` completes
-strip by strip: GeoPackages in batches, FlatGeobuf and GeoJSON at the end, with provenance as
+:func:`vectorize` checks the raster (uint8, one band or two, a projected CRS), turns the m²
+settings into CRS units and writes the field records completed strip by strip: by
+:func:`rs_seg.infer.polygonize.field_records` (cropland regions) for one band, by
+:func:`rs_seg.infer.split.field_records` (cropland split into fields by the boundary band) for
+two. GeoPackages are written in batches, FlatGeobuf and GeoJSON at the end, with provenance as
 layer metadata and, in a GeoPackage, a default QGIS style. Each output is staged and published
 only once it is complete.
 """
@@ -13,6 +15,7 @@ import datetime as dt
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +33,7 @@ from shapely.geometry.base import BaseGeometry
 import rs_seg
 from rs_seg.errors import RsSegError
 from rs_seg.infer.polygonize import FieldRecord, field_records
+from rs_seg.infer.split import field_records as split_field_records
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
 from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file
@@ -45,6 +49,9 @@ _LAYER_OPTIONS = {
     "GeoJSON": {"RFC7946": "YES"},
 }
 _GPKG_BATCH = 5000  # features per append: one transaction each, bounded memory
+BOUNDARY_TAG = "boundary_threshold_used"  # the boundary threshold a fields model's raster stores
+BAND_NAMES = ("cropland", "boundary")  # band descriptions of a two-band probability raster
+MAX_GROW = 256  # pixels: growth reads as many rows above and below each strip
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 
 
@@ -57,11 +64,20 @@ class VectorizeSettings:
             ``threshold_to_level(threshold)``, the same rule evaluation and masks use.
         min_area: Fields smaller than this (m², after hole filling) are dropped.
         simplify: Douglas-Peucker tolerance in CRS units, topology-preserving; 0 keeps the exact
-            pixel outlines.
+            pixel outlines. Each field is simplified on its own, so fields split from a two-band
+            raster, which touch, may overlap or leave gaps along shared outlines by up to the
+            tolerance; with 0 they partition the cropland exactly.
         fill_holes_below: Holes smaller than this (m²) are filled; fields lying wholly inside a
             filled hole are then dropped, so fields never overlap.
         strip_rows: Rows read and polygonized at a time (fewer for scenes wider than 2048 px, see
             :func:`rs_seg.infer.polygonize.rows_per_strip`); bounds memory, not the result.
+        boundary_threshold: Probability in (0, 1); a cropland pixel of a two-band raster is a
+            field boundary when its band 2 value is at least ``threshold_to_level`` of it. The
+            fields' cores are the cropland without boundaries (see :mod:`rs_seg.infer.split`).
+            None: a two-band raster is vectorized from band 1 alone, like a single-band one.
+            Single-band rasters ignore it.
+        grow: How many pixels (4-connected steps through cropland) boundary pixels may lie from a
+            field's core and still join it; farther ones form fields of their own.
     """
 
     threshold: float = 0.5
@@ -69,6 +85,8 @@ class VectorizeSettings:
     simplify: float = 0.0
     fill_holes_below: float = 0.0
     strip_rows: int = 1024
+    boundary_threshold: float | None = 0.5
+    grow: int = 3
 
     @classmethod
     def for_raster(
@@ -78,28 +96,60 @@ class VectorizeSettings:
         min_area: float,
         simplify: float | None = None,
         fill_holes_below: float | None = None,
+        *,
+        boundary_threshold: float | None = None,
+        grow: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        split: bool = True,
     ) -> VectorizeSettings:
         """The settings ``rs-seg infer`` and ``rs-seg vectorize`` both use.
 
         Unless given, outlines are simplified by one pixel and holes up to the minimum field area
-        are filled.
+        are filled; the boundary threshold is the one stored in the raster's ``tags``
+        (:data:`BOUNDARY_TAG`, as ``rs-seg infer`` writes it for a fields model), else 0.5, and
+        boundaries grow by 3 pixels. ``split=False`` vectorizes a two-band raster's cropland
+        regions, as for a cropland model.
         """
+        if not split:
+            boundary: float | None = None
+        elif boundary_threshold is not None:
+            boundary = boundary_threshold
+        else:
+            boundary = stored_boundary_threshold(tags or {}, default=cls.boundary_threshold)
         return cls(
             threshold=threshold,
             min_area=min_area,
             simplify=pixel_size if simplify is None else simplify,
             fill_holes_below=min_area if fill_holes_below is None else fill_holes_below,
+            boundary_threshold=boundary,
+            grow=cls.grow if grow is None else grow,
         )
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
             raise RsSegError(f"threshold must lie between 0 and 1, got {self.threshold}")
+        boundary = self.boundary_threshold
+        if boundary is not None and not 0 < boundary < 1:
+            raise RsSegError(f"boundary threshold must lie between 0 and 1, got {boundary}")
+        if not 0 <= self.grow <= MAX_GROW:
+            raise RsSegError(f"grow must be 0 to {MAX_GROW} pixels, got {self.grow}")
         for name in ("min_area", "simplify", "fill_holes_below"):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise RsSegError(f"{name} must be 0 or positive, got {value}")
         if self.strip_rows < 1:
             raise RsSegError(f"strip_rows must be at least 1, got {self.strip_rows}")
+
+
+def stored_boundary_threshold(tags: Mapping[str, str], default: float | None) -> float | None:
+    """The boundary threshold stored in a probability raster's tags, else ``default``."""
+    stored = tags.get(BOUNDARY_TAG)
+    if stored is None:
+        return default
+    try:
+        return float(stored)
+    except ValueError:
+        raise RsSegError(f"unreadable {BOUNDARY_TAG} tag in the raster: {stored!r}") from None
 
 
 @dataclass(frozen=True)
@@ -133,19 +183,25 @@ def vectorize(
     (RFC 7946: reprojected to EPSG:4326, as the standard requires; the other formats keep the
     raster's CRS). Geometries are MultiPolygons so the layer has one geometry type.
 
+    A single-band raster's fields are its 4-connected cropland regions. A two-band raster (band 1
+    cropland, band 2 field boundary) is split into individual fields by the boundary band
+    (:mod:`rs_seg.infer.split`) unless ``settings.boundary_threshold`` is None; touching fields
+    then stay apart. Either way the fields do not depend on ``strip_rows`` (split fields not even
+    their simplified vertices).
+
     Fields are numbered in the order they complete (by their last row, then their first pixel),
     the same for any ``strip_rows`` unless ``fill_holes_below > min_area`` held some back.
-    ``mean_prob`` is the exact mean probability of the field's own cropland pixels; filled holes
+    ``mean_prob`` is the exact mean cropland probability of the field's own pixels; filled holes
     do not count.
 
     GeoPackages are written in batches; GDAL cannot append to FlatGeobuf or GeoJSON, so for those
     the finished features are kept (as WKB) until the end: prefer ``.gpkg`` for huge scenes.
 
     Args:
-        prob_path: Single-band uint8 GeoTIFF (probability x 255) in a projected CRS; nodata comes
-            from its mask or nodata value.
+        prob_path: uint8 GeoTIFF (probability x 255) in a projected CRS: one band (cropland) or
+            two (cropland, boundary); nodata comes from its mask or nodata value.
         out_path: Output vector file.
-        settings: Threshold and polygon clean-up.
+        settings: Thresholds, growth and polygon clean-up.
         scene: Scene name stored in every feature.
         model_id: Model identifier stored in every feature.
         overwrite: Replace an existing output (only an rs_seg field layer, and only once the
@@ -171,12 +227,13 @@ def vectorize(
         open_raster(prob_path, "probability raster") as src,
     ):
         metres = _check_raster(src, prob_path)
+        splits = splits_fields(src, settings)
         info = _LayerInfo(
             driver=driver,
             crs=_crs_text(src.crs),
             scene=scene,
             model_id=model_id,
-            metadata=_layer_metadata(prob_path, settings, scene, model_id, metadata),
+            metadata=_layer_metadata(prob_path, settings, splits, scene, model_id, metadata),
         )
         if publish:
             check_not_inputs([out_path], [prob_path])
@@ -209,14 +266,7 @@ def _write_layer(
 ) -> _Writer:
     """Polygonize ``src`` strip by strip into the layer at ``path``, styled for QGIS."""
     writer = _Writer(path, info, metres)
-    completed = field_records(
-        src,
-        level=threshold_to_level(settings.threshold),
-        min_area=settings.min_area / metres**2,
-        fill_holes_below=settings.fill_holes_below / metres**2,
-        strip_rows=settings.strip_rows,
-        progress=progress,
-    )
+    completed = _field_records(src, settings, metres, progress)
     for records in completed:
         writer.add(records, settings.simplify)
         del records  # not kept alive while the next strip is polygonized
@@ -224,6 +274,30 @@ def _write_layer(
     if info.driver == "GPKG":
         add_default_style(path, LAYER)
     return writer
+
+
+def splits_fields(src: rasterio.io.DatasetReader, settings: VectorizeSettings) -> bool:
+    """Whether the boundary band splits the cropland: two bands and a boundary threshold."""
+    return src.count == 2 and settings.boundary_threshold is not None
+
+
+def _field_records(
+    src: rasterio.io.DatasetReader, settings: VectorizeSettings, metres: float, progress: bool
+) -> Iterator[list[FieldRecord]]:
+    """The completed fields strip by strip, with the settings in CRS units and uint8 levels."""
+    level = threshold_to_level(settings.threshold)
+    min_area = settings.min_area / metres**2
+    fill_holes_below = settings.fill_holes_below / metres**2
+    if settings.boundary_threshold is None or not splits_fields(src, settings):
+        return field_records(
+            src, level=level, min_area=min_area, fill_holes_below=fill_holes_below,
+            strip_rows=settings.strip_rows, progress=progress,
+        )  # fmt: skip
+    return split_field_records(
+        src, level=level, boundary_level=threshold_to_level(settings.boundary_threshold),
+        grow=settings.grow, min_area=min_area, fill_holes_below=fill_holes_below,
+        strip_rows=settings.strip_rows, progress=progress,
+    )  # fmt: skip
 
 
 def output_driver(path: Path) -> str:
@@ -239,11 +313,23 @@ def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
     """Refuse rasters the polygons would be wrong for; return metres per CRS unit.
 
     Areas and the m² settings need a projected CRS; a geographic one would give areas in degrees.
+    A two-band raster whose bands are named must name them ``cropland`` and ``boundary``, in
+    that order, so swapped bands are not split by the extent.
     """
-    if src.count != 1:
-        raise RsSegError(f"probability raster must have one band, found {src.count}", path)
-    if src.dtypes[0] != "uint8":
-        raise RsSegError(f"probability raster must be uint8 (0-255), found {src.dtypes[0]}", path)
+    if src.count not in (1, 2):
+        raise RsSegError(
+            f"probability raster must have one band (cropland) or two (cropland, boundary), "
+            f"found {src.count}",
+            path,
+        )
+    for dtype in src.dtypes:
+        if dtype != "uint8":
+            raise RsSegError(f"probability raster must be uint8 (0-255), found {dtype}", path)
+    names = tuple(src.descriptions)
+    if src.count == 2 and any(names) and names != BAND_NAMES:
+        raise RsSegError(
+            f"two-band probability raster must have bands {BAND_NAMES}, found {names}", path
+        )
     if src.crs is None:
         raise RsSegError("probability raster has no CRS; polygons need georeferencing", path)
     return _metres_per_unit(src.crs, path)
@@ -270,6 +356,7 @@ def _metres_per_unit(crs: CRS, path: Path) -> float:
 def _layer_metadata(
     prob_path: Path,
     settings: VectorizeSettings,
+    splits: bool,
     scene: str,
     model_id: str,
     extra: dict[str, str] | None,
@@ -286,6 +373,12 @@ def _layer_metadata(
         "simplify": str(settings.simplify),
         "fill_holes_below_m2": str(settings.fill_holes_below),
     }
+    if splits and settings.boundary_threshold is not None:
+        meta |= {
+            "boundary_threshold": str(settings.boundary_threshold),
+            "boundary_level": str(threshold_to_level(settings.boundary_threshold)),
+            "grow_pixels": str(settings.grow),
+        }
     return meta | {str(k): str(v) for k, v in (extra or {}).items()}
 
 

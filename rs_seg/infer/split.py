@@ -1,0 +1,404 @@
+"""Individual fields from a two-band probability raster (extent, boundary), streamed strip by strip.
+
+Band 1 is the cropland extent, band 2 the field-boundary probability. A cropland pixel (band 1 at
+least the extent level, valid) is a *seed* when band 2 is below the boundary level, else a
+*boundary* pixel. The 4-connected components of the seeds are the fields' cores. Every boundary
+pixel within ``grow`` steps of a seed (4-connected steps through cropland) joins the field of the
+nearest core; at equal distance it takes the field of its first nearer neighbour in the order
+north, west, east, south. Boundary pixels farther than ``grow`` from every seed form fields of
+their own (their 4-connected components), so the fields still cover the cropland exactly, a
+field the model saw as all boundary (narrower than two boundary widths) is not lost, and the
+slivers an over-wide boundary band leaves are what ``min_area`` drops, as for any small region.
+
+Streaming and exactness. The seeds of each strip are labelled and every label gets a global
+key; keys of seeds that touch across a strip seam are joined in a union-find, as
+:mod:`rs_seg.infer.polygonize` joins cropland regions. Growth runs one strip behind, on a window
+of the strip plus ``grow`` rows above and below (the halo): a pixel's distance to the seeds and
+the neighbour it takes its field from depend only on pixels at most ``grow`` steps away, all
+inside the window, so every pixel of the strip gets the seed key it would get on the whole
+raster; which field that key belongs to is the union-find's answer, the same for any strips.
+Unreached boundary pixels are labelled per strip and joined across seams like seeds. Each strip
+is then polygonized by key (not by cropland, so two fields that touch, or meet only through
+boundary pixels, stay apart), and a field is the exact pixel-space union of its pieces.
+
+A field is complete once its last row lies ``max(grow, 1)`` rows above the last row grown: no
+seed of it can be further down, and nothing it could still grow into is unread. That rule
+depends on the field alone, so fields complete in the same order, and come out in the same order
+(by last row, then first pixel), for any ``strip_rows``. Their outlines are brought into one
+canonical form (:func:`_to_crs`), so even simplified outlines do not depend on the strips.
+Memory is about two strips plus the halo. Hole filling, the minimum area and the small-region
+pre-filter work as in :mod:`rs_seg.infer.polygonize`, whose machinery is used here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import shapes
+from rasterio.windows import Window
+from scipy import ndimage
+from tqdm import tqdm
+
+from rs_seg.infer import polygonize
+from rs_seg.infer.polygonize import (
+    FieldRecord,
+    _affine_function,
+    _Assembler,
+    _Field,
+    _find,
+    _label_sums,
+    _TooSmall,
+    rows_per_strip,
+)
+from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
+
+_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+_GeoArray = npt.NDArray[np.object_]
+
+
+@dataclass(slots=True)
+class _Strip:
+    """One strip as read: what growth needs of it, as core or as another strip's halo."""
+
+    row0: int
+    values: np.ndarray  # band 1, uint8: the fields' pixel sums
+    cropland: np.ndarray  # bool, small regions already removed
+    seeds: np.ndarray  # the seed mask as read, then int64 keys of seed components (0: no seed)
+
+    @property
+    def stop(self) -> int:
+        return self.row0 + len(self.values)
+
+
+class _Fields:
+    """Keys of seed and unreached components, joined in a union-find, and their fields' pieces.
+
+    ``_parent`` holds only keys that were joined into another (:func:`polygonize._find`);
+    ``_open`` the pieces of every field not yet complete, by root key; ``_members`` the keys
+    joined into each root, so a completed field's keys can be forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._parent: dict[int, int] = {}
+        self._members: dict[int, list[int]] = {}
+        self._open: dict[int, _Field] = {}
+        self._next_key = 1
+
+    def new_keys(self, count: int) -> np.ndarray:
+        """Keys for ``count`` new components, with 0 in front: ``keys[label]`` for labels 0..n."""
+        keys = np.arange(self._next_key - 1, self._next_key + count, dtype=np.int64)
+        keys[0] = 0
+        self._next_key += count
+        return keys
+
+    def join(self, pairs: np.ndarray) -> None:
+        """Join the components of each (key, key) pair; the older (smaller) root stays."""
+        for a, b in pairs.tolist():
+            ra, rb = _find(self._parent, a), _find(self._parent, b)
+            if ra == rb:
+                continue
+            root, other = min(ra, rb), max(ra, rb)
+            self._parent[other] = root
+            self._members.setdefault(root, []).extend([other, *self._members.pop(other, [])])
+            piece = self._open.pop(other, None)
+            if piece is not None:
+                self._add(root, piece)
+
+    def add_piece(self, key: int, piece: _Field) -> None:
+        self._add(_find(self._parent, key), piece)
+
+    def _add(self, root: int, piece: _Field) -> None:
+        field = self._open.get(root)
+        if field is None:
+            self._open[root] = piece
+        else:
+            field.absorb(piece)
+
+    def complete(self, below: int | None) -> list[_Field]:
+        """Fields whose last row is above ``below`` (all when None), no longer kept."""
+        done = [r for r, f in self._open.items() if below is None or f.last_row < below]
+        for root in done:
+            for key in self._members.pop(root, []):
+                del self._parent[key]
+        return [self._open.pop(root) for root in done]
+
+    def open_boxes(self) -> np.ndarray:
+        """Top row, left and right column of every open field, as an (n, 3) array."""
+        boxes = [(f.first[0], f.left, f.right) for f in self._open.values()]
+        return np.array(boxes, dtype=np.int64).reshape(-1, 3)
+
+
+class _SeamKeys:
+    """Keys for one strip's labelled components, joined with the strip above across the seam."""
+
+    def __init__(self, fields: _Fields) -> None:
+        self._fields = fields
+        self._bottom: np.ndarray | None = None  # keys on the last row of the previous strip
+
+    def add(self, count: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        """Keys for labels 0..count (``keys[0] = 0``) of a strip with ``top`` and ``bottom`` rows.
+
+        Components on the top row are joined with those of the strip above that they touch.
+        """
+        keys = self._fields.new_keys(count)
+        top_keys = keys[top]
+        if self._bottom is not None and count:
+            touch = (self._bottom > 0) & (top_keys > 0)
+            pairs = np.stack([self._bottom[touch], top_keys[touch]], axis=1)
+            self._fields.join(np.unique(pairs, axis=0))
+        self._bottom = keys[bottom]
+        return keys
+
+
+def grow_seeds(cropland: np.ndarray, seeds: np.ndarray, grow: int) -> np.ndarray:
+    """Seed keys grown ``grow`` steps into the boundary pixels (cropland without a seed key).
+
+    A boundary pixel at distance ``d`` (4-connected steps through cropland) from the nearest seed
+    takes the key of its first neighbour at distance ``d - 1`` in the order north, west, east,
+    south; all pixels of a step are decided at once. Returns keys for the whole window, 0 where no
+    seed was within ``grow`` steps; only pixels ``grow`` rows or more from the window's top and
+    bottom (unless those are the raster's) have their whole-raster value.
+
+    Works on the flat indices of the boundary pixels still pending, with one padding column and
+    a padding row above and below, so neighbours never wrap.
+    """
+    height, width = seeds.shape
+    stride = width + 1
+    padded = np.zeros((height + 2, stride), dtype=np.int64)
+    padded[1:-1, :width] = seeds
+    flat = padded.reshape(-1)
+    pending = np.flatnonzero(cropland & (seeds == 0))
+    pending += pending // width + stride  # window index -> padded index
+    for _ in range(grow):
+        if pending.size == 0:
+            break
+        south, east = flat[pending + stride], flat[pending + 1]
+        chosen = np.where(east > 0, east, south)
+        west = flat[pending - 1]
+        chosen = np.where(west > 0, west, chosen)
+        north = flat[pending - stride]
+        chosen = np.where(north > 0, north, chosen)
+        reached = chosen > 0
+        flat[pending[reached]] = chosen[reached]
+        pending = pending[~reached]
+    return padded[1:-1, :width]
+
+
+def field_records(
+    src: rasterio.io.DatasetReader,
+    *,
+    level: int,
+    boundary_level: int,
+    grow: int,
+    min_area: float,
+    fill_holes_below: float,
+    strip_rows: int,
+    progress: bool = False,
+) -> Iterator[list[FieldRecord]]:
+    """Completed field records, strip by strip, in output order (see the module's docstring).
+
+    Like :func:`rs_seg.infer.polygonize.field_records`, with band 2 of ``src`` splitting the
+    cropland into fields: a cropland pixel is a boundary pixel when its band 2 value is at least
+    ``boundary_level``; boundary pixels join the nearest field core at most ``grow`` pixels away.
+    """
+    height, width = src.height, src.width
+    fields = _Fields()
+    seed_keys, unreached_keys = _SeamKeys(fields), _SeamKeys(fields)
+    assembler = _Assembler(src.transform, min_area, fill_holes_below)
+    to_crs = _affine_function(src.transform)
+    pixel_area = abs(src.transform.determinant)
+    may_hold = fill_holes_below > min_area  # otherwise the assembler never needs open boxes
+    strip_rows = rows_per_strip(strip_rows, width)
+    starts = range(0, height, strip_rows)
+    read: deque[_Strip] = deque()  # the strips growth still needs, as core or halo
+    to_grow: deque[_Strip] = deque()  # read, not yet grown and polygonized
+    bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
+    for row0 in bar:
+        rows = min(strip_rows, height - row0)
+        too_small = None
+        if polygonize._PREFILTER and min_area > 0:
+            too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=row0 + rows == height)
+        strip = _read_strip(src, Window(0, row0, width, rows), level, boundary_level, too_small)
+        labels, count = _label(strip.seeds)
+        strip.seeds = seed_keys.add(count, labels[0], labels[-1])[labels]
+        del labels
+        read.append(strip)
+        to_grow.append(strip)
+        # growing a strip needs ``grow`` rows below it: all read, or the raster's end
+        while to_grow and (to_grow[0].stop + grow <= strip.stop or strip.stop == height):
+            core = to_grow.popleft()
+            final = core.stop == height
+            labels = _core_keys(read, core, grow, height, unreached_keys)
+            for key, piece in _pieces(core, labels):
+                fields.add_piece(key, piece)
+            del labels
+            while read and read[0].stop <= core.stop - grow:
+                read.popleft()  # not in the next strip's halo
+            completed = fields.complete(None if final else core.stop - max(grow, 1))
+            _to_crs(completed, to_crs)
+            boxes = fields.open_boxes() if may_hold else np.empty((0, 3), dtype=np.int64)
+            ready = assembler.add(completed, boxes, final)
+            del completed
+            yield ready
+            del ready
+
+
+def _read_strip(
+    src: rasterio.io.DatasetReader,
+    window: Window,
+    level: int,
+    boundary_level: int,
+    too_small: _TooSmall | None,
+) -> _Strip:
+    """Band 1, the cropland mask (small regions removed) and the seed mask of a strip.
+
+    Validity comes from band 1 as in the single-band path, so both paths see the same cropland.
+    Removing a region that cannot reach the minimum area changes no other field: growth stays
+    inside the 4-connected cropland region it starts in (see :class:`polygonize._TooSmall`).
+    """
+    with unreadable_pixels_in_one_line(src):
+        data = src.read([1, 2], window=window)
+        values = data[0]
+        cropland = values >= level
+        if cropland.any():
+            cropland &= valid_pixels(src, data[:1], window)
+    if too_small is not None and cropland.any():
+        labels = np.zeros(cropland.shape, dtype=np.int32)
+        count = ndimage.label(cropland, structure=_FOUR_CONNECTED, output=labels)
+        cropland = too_small.remove(labels, count)[0] > 0
+        del labels
+    seeds = cropland & (data[1] < boundary_level)
+    return _Strip(int(window.row_off), values, cropland, seeds)
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a mask, labelled 1..n (int32)."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    count = ndimage.label(mask, structure=_FOUR_CONNECTED, output=labels)
+    return labels, int(count)
+
+
+def _core_keys(
+    read: deque[_Strip], core: _Strip, grow: int, height: int, unreached_keys: _SeamKeys
+) -> np.ndarray:
+    """Every cropland pixel's key in the core strip: its grown seed key, else its unreached one."""
+    if grow == 0:
+        keys = core.seeds.copy()
+    else:
+        top, bottom = max(0, core.row0 - grow), min(height, core.stop + grow)
+        window = [s for s in read if s.stop > top and s.row0 < bottom]
+        rows = [slice(max(top, s.row0) - s.row0, min(bottom, s.stop) - s.row0) for s in window]
+        cropland = np.concatenate([s.cropland[r] for s, r in zip(window, rows, strict=True)])
+        seeds = np.concatenate([s.seeds[r] for s, r in zip(window, rows, strict=True)])
+        grown = grow_seeds(cropland, seeds, grow)
+        del cropland, seeds
+        keys = grown[core.row0 - top : core.stop - top].copy()
+        del grown
+    _add_unreached(keys, core.cropland & (keys == 0), unreached_keys)
+    return keys
+
+
+def _add_unreached(keys: np.ndarray, unreached: np.ndarray, unreached_keys: _SeamKeys) -> None:
+    """Key the unreached pixels' components into ``keys``, in place.
+
+    They are usually a few pixels, so only the rows from the first to the last that has any are
+    labelled.
+    """
+    occupied = np.flatnonzero(unreached.any(axis=1))
+    none = np.zeros(keys.shape[1], dtype=np.int32)
+    if occupied.size == 0:
+        unreached_keys.add(0, none, none)
+        return
+    first, stop = int(occupied[0]), int(occupied[-1]) + 1
+    labels, count = _label(unreached[first:stop])
+    top = labels[0] if first == 0 else none
+    bottom = labels[-1] if stop == len(keys) else none
+    lookup = unreached_keys.add(count, top, bottom)
+    rows, cols = np.nonzero(labels)
+    keys[rows + first, cols] = lookup[labels[rows, cols]]
+
+
+def _pieces(core: _Strip, keys: np.ndarray) -> Iterator[tuple[int, _Field]]:
+    """The strip's pixels polygonized by key: (key, piece) with pixel-space parts.
+
+    Keys are renumbered 1..n for GDAL (int32) and ``find_objects``; a key's pixels may form
+    several polygons in one strip (a field entering it twice), all kept as parts.
+    """
+    mask = core.cropland
+    present = keys[mask]
+    if present.size == 0:
+        return
+    low = int(present.min())
+    used = np.zeros(int(present.max()) - low + 1, dtype=bool)
+    used[present - low] = True
+    number = np.cumsum(used, dtype=np.int32)
+    labels = np.zeros(keys.shape, dtype=np.int32)
+    labels[mask] = number[present - low]
+    del present
+    piece_keys = (np.flatnonzero(used) + low).tolist()
+    count = len(piece_keys)
+    totals, pixels = _label_sums(core.values, labels, mask, count)
+    pixel_space = Affine.translation(0, core.row0)
+    parts: list[list[shapely.Polygon]] = [[] for _ in range(count)]
+    found = shapes(labels, mask=mask, connectivity=4, transform=pixel_space)
+    for value, polygon in _pixel_polygons(found):
+        parts[value - 1].append(polygon)
+    row0 = core.row0
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels)):
+        top = labels[rows.start, cols] == index + 1
+        first = (row0 + rows.start, cols.start + int(np.argmax(top)))
+        sums = float(totals[index]), int(pixels[index])
+        last_row = row0 + rows.stop - 1
+        piece = _Field(parts[index], None, *sums, first, last_row, cols.start, cols.stop)
+        yield piece_keys[index], piece
+
+
+def _pixel_polygons(
+    found: Iterator[tuple[dict[str, Any], float]],
+) -> Iterator[tuple[int, shapely.Polygon]]:
+    """(value, polygon) from GeoJSON-like ``shapes`` output, built with vectorized calls."""
+    rings: list[npt.NDArray[np.float64]] = []
+    values: list[int] = []
+    ring_counts: list[int] = []
+    for geometry, value in found:
+        coordinates = geometry["coordinates"]
+        rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
+        ring_counts.append(len(coordinates))
+        values.append(int(value))
+    if not rings:
+        return iter(())
+    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
+    polygon_index = np.repeat(np.arange(len(values)), ring_counts)
+    linear = shapely.linearrings(np.concatenate(rings), indices=ring_index)
+    polygons = cast(_GeoArray, shapely.polygons(cast(_GeoArray, linear), indices=polygon_index))
+    return zip(values, polygons.tolist(), strict=True)
+
+
+def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction) -> None:
+    """Join each field's pieces and move it to the CRS, in the same form for any strips.
+
+    The union is exact in pixel space. GDAL's outlines have vertices only where they turn; the
+    union of pieces also has them where strip seams cut the outline, so those are removed (a
+    tolerance of 0 removes only vertices in line with their neighbours). Normalizing then fixes
+    the ring order and start vertex, so a field has the same vertices in the same order however
+    it was cut, and simplification, which depends on both, is independent of the strips too.
+    """
+    if not fields:
+        return
+    geometries = np.empty(len(fields), dtype=object)
+    geometries[:] = [f.parts[0] if len(f.parts) == 1 else None for f in fields]
+    joined = [i for i, f in enumerate(fields) if len(f.parts) > 1]
+    if joined:
+        unions = [shapely.union_all(fields[i].parts) for i in joined]
+        geometries[joined] = shapely.simplify(unions, 0, preserve_topology=False)
+    moved = shapely.transform(shapely.normalize(geometries), to_crs)
+    for item, geometry in zip(fields, moved.tolist(), strict=True):
+        item.crs, item.parts = geometry, []
