@@ -273,7 +273,12 @@ def train(
     arch: Annotated[str | None, typer.Option(help="Unet, DeepLabV3Plus, FPN, ... [Unet].")] = None,
     encoder: Annotated[str | None, typer.Option(help="smp encoder [resnet34].")] = None,
     encoder_weights: Annotated[
-        str | None, typer.Option(help="imagenet, or a local weights file [none].")
+        str | None,
+        typer.Option(help="imagenet (hub), imagenet-lite0/1/2 (offline), a weights file [none]."),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="fields (extent + boundary) or cropland [fields if chips have them]."),
     ] = None,
     bands: Annotated[
         str | None, typer.Option(help="1-based chip bands in model order, e.g. '3,2,1' [all].")
@@ -306,6 +311,7 @@ def train(
             "model.arch": arch,
             "model.encoder": encoder,
             "model.encoder_weights": encoder_weights,
+            "model.task": task,
             "model.bands": _int_list(bands, "--bands"),
             "epochs": epochs,
             "batch_size": batch_size,
