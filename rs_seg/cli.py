@@ -38,6 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show defaults as [value]; rich would read them as markup
 )
 log = logging.getLogger("rs_seg")
 F = TypeVar("F", bound=Callable[..., Any])
