@@ -60,6 +60,8 @@ class ModelBundle:
     chip_size: int
     threshold: float
     pixel_size: list[float] | None = None
+    # fields models: the boundary probability that parts fields, tuned on validation object F1
+    boundary_threshold: float | None = None
     band_count: int | None = None  # bands of the training imagery (bands picks from these)
     crs: str | None = None
     dtype: str = "uint16"
@@ -170,6 +172,7 @@ class ModelBundle:
             chip_size=int(meta["chip_size"]),
             threshold=float(meta["threshold"]),
             pixel_size=meta.get("pixel_size"),
+            boundary_threshold=meta.get("boundary_threshold"),
             band_count=meta.get("band_count"),
             crs=meta.get("crs"),
             dtype=meta.get("dtype", "uint16"),

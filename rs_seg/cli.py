@@ -360,6 +360,10 @@ def infer(
     threshold: Annotated[
         float | None, typer.Option(help="Probability threshold [the bundle's].")
     ] = None,
+    boundary_threshold: Annotated[
+        float | None,
+        typer.Option(help="Fields models: boundary probability that parts fields [the bundle's]."),
+    ] = None,
     prob_out: Annotated[
         Path | None, typer.Option(help="Probability COG [<out stem>_prob.tif].")
     ] = None,
@@ -382,7 +386,8 @@ def infer(
         {
             "scene": scene, "out": out, "model": model, "models_dir": models_dir,
             "window": window, "overlap": overlap, "batch_size": batch_size, "device": device,
-            "tta": tta, "threshold": threshold, "prob_out": prob_out, "mask_out": mask_out,
+            "tta": tta, "threshold": threshold, "boundary_threshold": boundary_threshold,
+            "prob_out": prob_out, "mask_out": mask_out,
             "min_area": min_area, "simplify": simplify, "overwrite": overwrite,
         },
     )  # fmt: skip

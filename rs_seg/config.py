@@ -351,6 +351,11 @@ class InferOptions(StrictModel):
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None, description="cropland probability threshold [the bundle's, tuned on validation]"
     )
+    boundary_threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None,
+        description="fields models: boundary probability from which a pixel parts two fields "
+        "[the bundle's, tuned on validation object F1]",
+    )
     min_area: Annotated[float, Field(ge=0)] = Field(
         500.0, description="drop fields smaller than this (m2, CRS units squared)"
     )

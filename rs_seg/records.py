@@ -109,3 +109,4 @@ class RunMetrics(TypedDict):
     data: DataSummary
     bundle: str  # the bundle file, relative to the run folder
     model_id: NotRequired[str]  # added once the bundle, which the weights name, exists
+    boundary_threshold: NotRequired[float]  # fields models: tuned on validation object F1

@@ -16,7 +16,7 @@ from rs_seg.infer.predict import (
     predict_scene,
     write_binary_mask,
 )
-from rs_seg.infer.vectorize import VectorizeSettings, vectorize
+from rs_seg.infer.vectorize import BOUNDARY_TAG, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
 from rs_seg.ops.registry import latest_bundle
 from rs_seg.staging import (
@@ -66,6 +66,16 @@ def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
     return ModelBundle.load(model)
 
 
+def fields_boundary(cfg: InferConfig, bundle: ModelBundle) -> float | None:
+    """The boundary probability that parts fields: given, else the bundle's, else 0.5.
+
+    None for a cropland model, which has no boundary output.
+    """
+    if bundle.task != "fields":
+        return None
+    return cfg.boundary_threshold or bundle.boundary_threshold or 0.5
+
+
 def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     """Predict a scene and vectorize it; the outputs appear together, complete, or not at all.
 
@@ -78,6 +88,8 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     check_infer_outputs(cfg)
     bundle = load_model(cfg.model, cfg.models_dir)
     threshold = cfg.threshold or bundle.threshold
+    boundary = fields_boundary(cfg, bundle)
+    boundary_tags = {BOUNDARY_TAG: f"{boundary:.6f}"} if boundary is not None else {}
     run_id = uuid.uuid4().hex[:12]
     with staged_files(outputs, cfg.overwrite, owned) as staged:
         prob, fields = staged[0], staged[-1]
@@ -85,13 +97,14 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
-            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id},
+            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **boundary_tags},
         )  # fmt: skip
         if mask is not None:
             write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
         settings = VectorizeSettings.for_raster(
-            threshold, predicted.pixel_size, cfg.min_area, cfg.simplify, cfg.fill_holes_below
-        )
+            threshold, predicted.pixel_size, cfg.min_area, cfg.simplify, cfg.fill_holes_below,
+            boundary_threshold=boundary,
+        )  # fmt: skip
         metadata = {
             "model_id": bundle.model_id,
             "threshold": f"{threshold:.6f}",

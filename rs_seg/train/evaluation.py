@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,13 @@ from rs_seg.train.object_metrics import (
     chip_object_counts,
     label_components,
     object_metrics,
+    sum_counts,
 )
 from rs_seg.train.report import ChipExample, write_report
 
 log = logging.getLogger(__name__)
-# Boundary probability (uint8 level) from which a pixel parts fields in the chip-level counts.
-BOUNDARY_LEVEL = threshold_to_level(0.5)
+# Boundary thresholds tried on validation for a fields model (the best object F1 is kept).
+BOUNDARY_CANDIDATES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclass
@@ -108,18 +110,18 @@ class SplitScores:
     chips: pd.DataFrame
 
 
-def chip_fields(batch: Batch, level: int) -> ObjectCounts:
+def chip_fields(batch: Batch, level: int, boundary_level: int) -> ObjectCounts:
     """Field-level counts of a batch: predicted and labelled fields matched chip by chip.
 
     Labelled fields are the connected interiors (mask 1) the burned boundaries keep apart; on
     chips without boundaries touching fields are one object, as the masks cannot tell them apart.
     Predicted fields are the connected extent of a cropland model, or of a fields model its
-    extent minus its boundary (at 0.5): the cores that vectorizing grows back into fields.
+    extent minus its boundary: the cores that vectorizing grows back into fields.
     Objects cut by a chip's edge are objects of that chip.
     """
     predicted = (batch.levels >= level).numpy()
     if batch.boundary is not None:
-        predicted &= batch.boundary.numpy() < BOUNDARY_LEVEL
+        predicted &= batch.boundary.numpy() < boundary_level
     target = batch.target.numpy()
     return chip_object_counts(
         label_components(predicted),
@@ -128,13 +130,35 @@ def chip_fields(batch: Batch, level: int) -> ObjectCounts:
     )
 
 
-def score_split(batches: Iterator[Batch], level: int, chip_ids: list[str]) -> SplitScores:
-    """Metrics over all pixels and per chip, with torchmetrics' stat scores at ``level``."""
+def tune_boundary(batches: list[Batch], level: int) -> float | None:
+    """The boundary threshold with the best validation object F1; None for a cropland model.
+
+    Ties go to the candidate nearest 0.5.
+    """
+    if not batches or batches[0].boundary is None:
+        return None
+
+    def score(threshold: float) -> tuple[float, float]:
+        counts = sum_counts(chip_fields(b, level, threshold_to_level(threshold)) for b in batches)
+        f1 = object_metrics(counts)["object_f1"]
+        return (f1 if math.isfinite(f1) else -1.0, -abs(threshold - 0.5))
+
+    return max(BOUNDARY_CANDIDATES, key=score)
+
+
+def score_split(
+    batches: Iterable[Batch], level: int, chip_ids: list[str], boundary: float | None = None
+) -> SplitScores:
+    """Metrics over all pixels and per chip, with torchmetrics' stat scores at ``level``.
+
+    Field-level counts part predicted fields at the ``boundary`` threshold (fields models).
+    """
+    boundary_level = threshold_to_level(boundary if boundary is not None else 0.5)
     stats = BinaryStatScores(ignore_index=MASK_IGNORE, multidim_average="samplewise")
     rows = []
     fields = ObjectCounts()
     for batch in batches:
-        fields += chip_fields(batch, level)
+        fields += chip_fields(batch, level, boundary_level)
         predicted = (batch.levels >= level).long()
         # (N, 5): tp fp tn fn support; torchmetrics drops the batch axis when N == 1
         counts = stats(predicted, extent_target(batch.target).long()).reshape(-1, 5)
@@ -275,18 +299,23 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     data = ChipDataModule(splits, normalization, cfg.augment, cfg.batch_size, 0, cfg.seed)
     val, test = data.dataset("val"), data.dataset("test")
     log.info("tuning the threshold on %d validation chips ...", len(val))
-    level = sweep(predict_levels(net, val, device, cfg.batch_size)).best_level()
-    val_scores = score_split(
-        predict_levels(net, val, device, cfg.batch_size), level, _ids(splits, "val")
-    )
+    val_batches = list(predict_levels(net, val, device, cfg.batch_size))
+    level = sweep(iter(val_batches)).best_level()
+    boundary = tune_boundary(val_batches, level)
+    val_scores = score_split(val_batches, level, _ids(splits, "val"), boundary)
+    del val_batches
     log.info("scoring %d test chips ...", len(test))
     test_ids = _ids(splits, "test")
-    test_scores = score_split(predict_levels(net, test, device, cfg.batch_size), level, test_ids)
+    test_scores = score_split(
+        predict_levels(net, test, device, cfg.batch_size), level, test_ids, boundary
+    )
     history = (
         json.loads(RunFolder(run).history.read_text()) if RunFolder(run).history.exists() else []
     )
     metrics = _metrics_document(cfg, splits, level, val_scores, test_scores, history, checkpoint)
     meta = chip_metadata(Path(splits.paths("train")[0][0]), splits.bands)
+    if boundary is not None:
+        metrics["boundary_threshold"] = boundary
     bundle = _bundle(cfg, splits, normalization, net, meta, metrics, history)
     metrics["model_id"] = bundle.model_id
     bundle_path = bundle.save(run / BUNDLE_FILE, overwrite=True)
@@ -361,6 +390,7 @@ def _bundle(
         chip_size=splits.chip_size,
         threshold=metrics["threshold"],
         pixel_size=meta["pixel_size"],
+        boundary_threshold=metrics.get("boundary_threshold"),
         band_count=splits.band_count,
         crs=meta["crs"],
         dtype=meta["dtype"],

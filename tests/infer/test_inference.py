@@ -97,6 +97,13 @@ def test_a_fields_model_writes_extent_and_boundary_bands(
     assert np.abs(extent[valid].astype(int) - expected[valid]).max() <= 1
     assert np.abs(boundary[valid].astype(int) - (255 - expected[valid])).max() <= 1
     assert (boundary[~valid] == 0).all(), "nodata stays nodata in both bands"
+    summary = run_infer(
+        InferConfig(scene=scene, out=tmp_path / "f.gpkg", model=bundle.source, device="cpu",
+                    window=32, boundary_threshold=0.3)
+    )  # fmt: skip
+    with rasterio.open(summary.prob) as src:
+        assert src.count == 2 and src.tags()["boundary_threshold_used"] == "0.300000"
+    assert summary.fields.exists()
 
 
 def test_hann_weight_is_positive_and_smooth() -> None:

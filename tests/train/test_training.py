@@ -106,6 +106,8 @@ def test_chips_with_field_boundaries_train_the_fields_task(trained) -> None:
     assert fields["fields_labelled"] > 0 and 0 <= fields["object_f1"] <= 1
     assert "| object F1 |" in (evaluation.report / "README.md").read_text()
     assert "object F1" in evaluation.summary()
+    tuned = evaluation.metrics["boundary_threshold"]
+    assert tuned in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8) and bundle.boundary_threshold == tuned
 
 
 def test_the_task_follows_the_chips_unless_given(tiny_chips: Path, tmp_path: Path) -> None:
