@@ -425,8 +425,25 @@ class RunnerConfig(StrictModel):
         return self
 
 
+def _flat_infer_keys_in_schema(schema: dict[str, Any]) -> None:
+    """List the flat keys older incoming configs use in the JSON schema, marked deprecated.
+
+    Prefect checks a deployment's parameters against the schema before the flow runs (and
+    before :meth:`IncomingConfig._flat_infer_settings` could move them under ``infer:``).
+    """
+    for key, prop in InferOptions.model_json_schema()["properties"].items():
+        kept = {k: v for k, v in prop.items() if k not in ("default", "title", "description")}
+        schema["properties"].setdefault(
+            key, {**kept, "deprecated": True, "description": f"older place of infer.{key}"}
+        )
+
+
 class IncomingConfig(StrictModel):
     """New-imagery mapping: where scenes arrive, where outputs and the ledger go, which model."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, json_schema_extra=_flat_infer_keys_in_schema
+    )
 
     incoming: str = Field(description="folder of scenes, or a glob such as 'inbox/**/*.tif'")
     out_dir: Path = Field(Path("data/mapped"), description="one folder of outputs per scene")

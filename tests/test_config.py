@@ -48,6 +48,8 @@ def test_new_imagery_maps_with_the_settings_of_rs_seg_infer(tmp_path) -> None:
         threshold=0.4,
     )  # fmt: skip
     assert IncomingConfig(incoming="x").infer == InferOptions(), "defaults of rs-seg infer"
+    schema = IncomingConfig.model_json_schema()["properties"]  # what Prefect checks -p against
+    assert schema["device"]["deprecated"] and schema["device"]["enum"] == ["auto", "cpu", "cuda"]
     both = tmp_path / "both.yaml"
     both.write_text("incoming:\n  incoming: inbox\n  tta: true\n  infer: {tta: false}\n")
     with pytest.raises(RsSegError, match="tta: given both at the top and under infer:"):

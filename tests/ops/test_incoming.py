@@ -320,7 +320,7 @@ def test_an_archive_older_than_the_settle_interval_maps_at_the_first_scan(tmp_pa
 def test_a_scene_folder_appears_whole_and_failures_leave_nothing(tmp_path: Path, monkeypatch):
     import pyogrio
 
-    import rs_seg.infer.run as inference
+    import rs_seg.ops.incoming as inference  # map_scene calls the run_infer it imported
     from rs_seg.errors import RsSegError
     from rs_seg.ops.incoming import map_scene, scene_outputs
 
