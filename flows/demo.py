@@ -42,6 +42,7 @@ from rs_seg.config import (
     load_training_configs,
 )
 from rs_seg.errors import RsSegError
+from rs_seg.infer.run import choose_fields, load_model
 from rs_seg.records import ObjectMetrics
 from rs_seg.staging import (
     FolderKind,
@@ -113,7 +114,8 @@ def _fields_against_parcels(incoming: IncomingConfig, labels: Path) -> ObjectMet
         return None
     predicted = pyogrio.read_dataframe(incoming.merged)
     parcels = pyogrio.read_dataframe(labels).to_crs(predicted.crs)
-    parcels = parcels[parcels.area >= incoming.infer.min_area]
+    bundle = load_model(incoming.infer.model, incoming.infer.models_dir)
+    parcels = parcels[parcels.area >= choose_fields(incoming.infer, bundle).min_area]
     scores = object_metrics(polygon_object_counts(predicted, parcels))
     _say(f"fields found: {scores['fields_predicted']} for {scores['fields_labelled']} parcels in "
          f"the new scenes' labels; object F1 {scores['object_f1']:.3f} (one-to-one at IoU > "

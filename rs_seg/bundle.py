@@ -25,7 +25,7 @@ from torch import nn
 
 from rs_seg.config import MaskTarget, ModelConfig
 from rs_seg.errors import RsSegError
-from rs_seg.records import BundleMetrics, Provenance
+from rs_seg.records import BundleMetrics, FieldSettings, Provenance
 from rs_seg.staging import staged_file
 from rs_seg.train.dataset import Normalization
 
@@ -62,6 +62,8 @@ class ModelBundle:
     pixel_size: list[float] | None = None
     # fields models: the boundary probability that parts fields, tuned on validation object F1
     boundary_threshold: float | None = None
+    # fields models: extent, boundary and minimum area tuned together on validation object F1
+    fields: FieldSettings | None = None
     band_count: int | None = None  # bands of the training imagery (bands picks from these)
     crs: str | None = None
     dtype: str = "uint16"
@@ -86,6 +88,16 @@ class ModelBundle:
     def outputs(self) -> int:
         """Output channels of the network: extent, and boundary for a fields model."""
         return 2 if self.task == "fields" else 1
+
+    @property
+    def field_threshold(self) -> float:
+        """Extent threshold for vectorizing: the one tuned for fields, else the pixel one."""
+        return self.fields["threshold"] if self.fields else self.threshold
+
+    @property
+    def field_min_area(self) -> float | None:
+        """The smallest field (m²) tuned on validation, None where nothing was tuned."""
+        return self.fields["min_area"] if self.fields else None
 
     @property
     def model_id(self) -> str:
@@ -173,6 +185,7 @@ class ModelBundle:
             threshold=float(meta["threshold"]),
             pixel_size=meta.get("pixel_size"),
             boundary_threshold=meta.get("boundary_threshold"),
+            fields=meta.get("fields"),
             band_count=meta.get("band_count"),
             crs=meta.get("crs"),
             dtype=meta.get("dtype", "uint16"),
@@ -301,6 +314,7 @@ def describe(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
         + " / std "
         + ", ".join(f"{v:.1f}" for v in meta["normalization"]["std"]),
         f"threshold     {meta['threshold']:.4f}   classes {meta.get('classes')}",
+        *_field_lines(meta.get("fields")),
         "metrics",
         *_format_metrics(meta.get("metrics", {})),
         f"chip index    {prov.get('chip_index_fingerprint')}  ({prov.get('chips_dir')})",
@@ -309,6 +323,17 @@ def describe(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
         f"torch {prov.get('versions', {}).get('torch')}",
     ]
     return "\n".join(lines)
+
+
+def _field_lines(settings: FieldSettings | None) -> list[str]:
+    """The tuned field settings of a fields model, one line (none for a cropland model)."""
+    if not settings:
+        return []
+    return [
+        f"fields        extent {settings['threshold']:.3f}, boundary "
+        f"{settings['boundary_threshold']:.2f}, min area {settings['min_area']:g}, grow "
+        f"{settings['grow']} px (validation object F1 {settings['validation_object_f1']:.3f})"
+    ]
 
 
 def now_iso() -> str:

@@ -368,7 +368,9 @@ def infer(
         Path | None, typer.Option(help="Probability COG [<out stem>_prob.tif].")
     ] = None,
     mask_out: Annotated[Path | None, typer.Option(help="Also write a 0/1 mask COG.")] = None,
-    min_area: Annotated[float | None, typer.Option(help="Smallest field, m2 [500].")] = None,
+    min_area: Annotated[
+        float | None, typer.Option(help="Smallest field, m2 [fields models: the bundle's; 500].")
+    ] = None,
     simplify: Annotated[
         float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
     ] = None,
@@ -404,7 +406,9 @@ def vectorize(
     threshold: Annotated[
         float | None, typer.Option(help="Probability threshold [the one stored in the raster].")
     ] = None,
-    min_area: Annotated[float, typer.Option(help="Smallest field, m2.")] = 500.0,
+    min_area: Annotated[
+        float | None, typer.Option(help="Smallest field, m2 [stored in the raster, else 500].")
+    ] = None,
     simplify: Annotated[
         float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
     ] = None,
@@ -431,19 +435,21 @@ def vectorize(
     with the thresholds and growth given here.
     """
     # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
-    from rs_seg.infer.vectorize import VectorizeSettings
+    from rs_seg.infer.vectorize import VectorizeSettings, stored_settings
     from rs_seg.infer.vectorize import vectorize as run_vectorize
     from rs_seg.rasters import open_raster
 
     with open_raster(prob, "probability raster") as src:
-        tags = src.tags()
+        tags, count = src.tags(), src.count
         pixel = (abs(src.res[0]) + abs(src.res[1])) / 2
-    stored = tags.get("threshold_used") or tags.get("threshold")
+    stored, stored_min_area = stored_settings(tags, split and count == 2)
     if threshold is None and stored is None:
         raise RsSegError("no threshold stored in the raster; pass --threshold", prob)
-    chosen = threshold if threshold is not None else float(stored)
+    chosen = threshold if threshold is not None else stored
+    assert chosen is not None
     settings = VectorizeSettings.for_raster(
-        chosen, pixel, min_area, simplify, fill_holes_below,
+        chosen, pixel, stored_min_area if min_area is None else min_area, simplify,
+        fill_holes_below,
         boundary_threshold=boundary_threshold, grow=grow, tags=tags, split=split,
     )  # fmt: skip
     summary = run_vectorize(

@@ -356,8 +356,10 @@ class InferOptions(StrictModel):
         description="fields models: boundary probability from which a pixel parts two fields "
         "[the bundle's, tuned on validation object F1]",
     )
-    min_area: Annotated[float, Field(ge=0)] = Field(
-        500.0, description="drop fields smaller than this (m2, CRS units squared)"
+    min_area: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="drop fields smaller than this (m2, CRS units squared) [fields models: "
+        "the bundle's, tuned on validation object F1; else 500]",
     )
     simplify: Annotated[float, Field(ge=0)] | None = Field(
         None, description="simplification tolerance in CRS units [one pixel]; 0 = exact outlines"

@@ -25,6 +25,17 @@ from rs_seg.errors import RsSegError
 from rs_seg.rasters import gdal_message
 
 
+def window_stride(size: int, overlap: float) -> int:
+    """Step between windows for an overlap fraction (at least one pixel)."""
+    return max(1, size - round(size * overlap))
+
+
+def hann_weight(size: int) -> np.ndarray:
+    """2-D Hann weight that is positive everywhere (sampled at pixel centres), float32."""
+    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
 def axis_offsets(length: int, size: int, stride: int) -> list[int]:
     """Window start offsets along one axis that together cover ``[0, length)``.
 

@@ -40,7 +40,7 @@ from rs_seg.infer.checks import Compatibility, check_compatibility
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.staging import scratch_path
-from rs_seg.windows import axis_offsets, read_padded
+from rs_seg.windows import axis_offsets, hann_weight, read_padded, window_stride
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,6 @@ COG_OPTIONS = {
     "overview_resampling": "AVERAGE",
     "bigtiff": "IF_SAFER",
 }
-
-
-def window_stride(size: int, overlap: float) -> int:
-    """Step between windows for an overlap fraction (at least one pixel)."""
-    return max(1, size - round(size * overlap))
-
-
-def hann_weight(size: int) -> np.ndarray:
-    """2-D Hann weight that is positive everywhere (sampled at pixel centres), float32."""
-    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
-    return np.outer(ramp, ramp).astype(np.float32)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -9,14 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rs_seg.bundle import ModelBundle
-from rs_seg.config import InferConfig
+from rs_seg.config import InferConfig, InferOptions
 from rs_seg.infer.predict import (
     PredictSummary,
     megapixels_per_second,
     predict_scene,
     write_binary_mask,
 )
-from rs_seg.infer.vectorize import BOUNDARY_TAG, VectorizeSettings, vectorize
+from rs_seg.infer.vectorize import (
+    BOUNDARY_TAG,
+    DEFAULT_MIN_AREA,
+    FIELD_THRESHOLD_TAG,
+    MIN_AREA_TAG,
+    VectorizeSettings,
+    vectorize,
+)
 from rs_seg.levels import threshold_to_level
 from rs_seg.ops.registry import latest_bundle
 from rs_seg.staging import (
@@ -66,14 +73,37 @@ def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
     return ModelBundle.load(model)
 
 
-def fields_boundary(cfg: InferConfig, bundle: ModelBundle) -> float | None:
-    """The boundary probability that parts fields: given, else the bundle's, else 0.5.
+@dataclass(frozen=True)
+class FieldChoice:
+    """The settings that turn this run's probability raster into polygons, and why."""
 
-    None for a cropland model, which has no boundary output.
+    threshold: float  # extent: the given threshold, else the bundle's tuned for fields
+    boundary: float | None  # None for a cropland model, which has no boundary output
+    min_area: float
+
+    def tags(self) -> dict[str, str]:
+        """Raster tags, so ``rs-seg vectorize`` re-splits with the same defaults."""
+        if self.boundary is None:
+            return {}
+        return {
+            BOUNDARY_TAG: f"{self.boundary:.6f}",
+            FIELD_THRESHOLD_TAG: f"{self.threshold:.6f}",
+            MIN_AREA_TAG: f"{self.min_area:g}",
+        }
+
+
+def choose_fields(cfg: InferOptions, bundle: ModelBundle) -> FieldChoice:
+    """What the user gave, else what the bundle tuned on validation, else the defaults.
+
+    A cropland model's polygons are its thresholded cropland; a fields model's are split with
+    the extent, boundary and minimum area tuned together on validation object F1.
     """
+    min_area = cfg.min_area if cfg.min_area is not None else bundle.field_min_area
+    min_area = DEFAULT_MIN_AREA if min_area is None else min_area
     if bundle.task != "fields":
-        return None
-    return cfg.boundary_threshold or bundle.boundary_threshold or 0.5
+        return FieldChoice(cfg.threshold or bundle.threshold, None, min_area)
+    boundary = cfg.boundary_threshold or bundle.boundary_threshold or 0.5
+    return FieldChoice(cfg.threshold or bundle.field_threshold, boundary, min_area)
 
 
 def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
@@ -88,8 +118,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     check_infer_outputs(cfg)
     bundle = load_model(cfg.model, cfg.models_dir)
     threshold = cfg.threshold or bundle.threshold
-    boundary = fields_boundary(cfg, bundle)
-    boundary_tags = {BOUNDARY_TAG: f"{boundary:.6f}"} if boundary is not None else {}
+    fields_choice = choose_fields(cfg, bundle)
     run_id = uuid.uuid4().hex[:12]
     with staged_files(outputs, cfg.overwrite, owned) as staged:
         prob, fields = staged[0], staged[-1]
@@ -97,17 +126,17 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
-            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **boundary_tags},
+            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags()},
         )  # fmt: skip
         if mask is not None:
             write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
         settings = VectorizeSettings.for_raster(
-            threshold, predicted.pixel_size, cfg.min_area, cfg.simplify, cfg.fill_holes_below,
-            boundary_threshold=boundary,
+            fields_choice.threshold, predicted.pixel_size, fields_choice.min_area, cfg.simplify,
+            cfg.fill_holes_below, boundary_threshold=fields_choice.boundary,
         )  # fmt: skip
         metadata = {
             "model_id": bundle.model_id,
-            "threshold": f"{threshold:.6f}",
+            "cropland_threshold": f"{threshold:.6f}",  # the mask's; "threshold": the polygons'
             "scene": str(cfg.scene),
             "probability_raster": str(cfg.prob_path),
             "source": cfg.prob_path.name,

@@ -47,6 +47,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from tqdm import tqdm
 
+from rs_seg.field_rule import FOUR_CONNECTED, grow_seeds, label_components
 from rs_seg.infer import polygonize
 from rs_seg.infer.polygonize import (
     FieldRecord,
@@ -60,7 +61,6 @@ from rs_seg.infer.polygonize import (
 )
 from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
 
-_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 _GeoArray = npt.NDArray[np.object_]
 
 
@@ -158,40 +158,6 @@ class _SeamKeys:
         return keys
 
 
-def grow_seeds(cropland: np.ndarray, seeds: np.ndarray, grow: int) -> np.ndarray:
-    """Seed keys grown ``grow`` steps into the boundary pixels (cropland without a seed key).
-
-    A boundary pixel at distance ``d`` (4-connected steps through cropland) from the nearest seed
-    takes the key of its first neighbour at distance ``d - 1`` in the order north, west, east,
-    south; all pixels of a step are decided at once. Returns keys for the whole window, 0 where no
-    seed was within ``grow`` steps; only pixels ``grow`` rows or more from the window's top and
-    bottom (unless those are the raster's) have their whole-raster value.
-
-    Works on the flat indices of the boundary pixels still pending, with one padding column and
-    a padding row above and below, so neighbours never wrap.
-    """
-    height, width = seeds.shape
-    stride = width + 1
-    padded = np.zeros((height + 2, stride), dtype=np.int64)
-    padded[1:-1, :width] = seeds
-    flat = padded.reshape(-1)
-    pending = np.flatnonzero(cropland & (seeds == 0))
-    pending += pending // width + stride  # window index -> padded index
-    for _ in range(grow):
-        if pending.size == 0:
-            break
-        south, east = flat[pending + stride], flat[pending + 1]
-        chosen = np.where(east > 0, east, south)
-        west = flat[pending - 1]
-        chosen = np.where(west > 0, west, chosen)
-        north = flat[pending - stride]
-        chosen = np.where(north > 0, north, chosen)
-        reached = chosen > 0
-        flat[pending[reached]] = chosen[reached]
-        pending = pending[~reached]
-    return padded[1:-1, :width]
-
-
 def field_records(
     src: rasterio.io.DatasetReader,
     *,
@@ -227,7 +193,7 @@ def field_records(
         if polygonize._PREFILTER and min_area > 0:
             too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=row0 + rows == height)
         strip = _read_strip(src, Window(0, row0, width, rows), level, boundary_level, too_small)
-        labels, count = _label(strip.seeds)
+        labels, count = label_components(strip.seeds)
         strip.seeds = seed_keys.add(count, labels[0], labels[-1])[labels]
         del labels
         read.append(strip)
@@ -272,18 +238,11 @@ def _read_strip(
             cropland &= valid_pixels(src, data[:1], window)
     if too_small is not None and cropland.any():
         labels = np.zeros(cropland.shape, dtype=np.int32)
-        count = ndimage.label(cropland, structure=_FOUR_CONNECTED, output=labels)
+        count = ndimage.label(cropland, structure=FOUR_CONNECTED, output=labels)
         cropland = too_small.remove(labels, count)[0] > 0
         del labels
     seeds = cropland & (data[1] < boundary_level)
     return _Strip(int(window.row_off), values, cropland, seeds)
-
-
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a mask, labelled 1..n (int32)."""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    count = ndimage.label(mask, structure=_FOUR_CONNECTED, output=labels)
-    return labels, int(count)
 
 
 def _core_keys(
@@ -318,7 +277,7 @@ def _add_unreached(keys: np.ndarray, unreached: np.ndarray, unreached_keys: _Sea
         unreached_keys.add(0, none, none)
         return
     first, stop = int(occupied[0]), int(occupied[-1]) + 1
-    labels, count = _label(unreached[first:stop])
+    labels, count = label_components(unreached[first:stop])
     top = labels[0] if first == 0 else none
     bottom = labels[-1] if stop == len(keys) else none
     lookup = unreached_keys.add(count, top, bottom)

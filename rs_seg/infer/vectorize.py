@@ -32,6 +32,7 @@ from shapely.geometry.base import BaseGeometry
 
 import rs_seg
 from rs_seg.errors import RsSegError
+from rs_seg.field_rule import GROW
 from rs_seg.infer.polygonize import FieldRecord, field_records
 from rs_seg.infer.split import field_records as split_field_records
 from rs_seg.levels import threshold_to_level
@@ -50,6 +51,10 @@ _LAYER_OPTIONS = {
 }
 _GPKG_BATCH = 5000  # features per append: one transaction each, bounded memory
 BOUNDARY_TAG = "boundary_threshold_used"  # the boundary threshold a fields model's raster stores
+FIELD_THRESHOLD_TAG = "field_threshold_used"  # a fields model's extent threshold for fields
+MIN_AREA_TAG = "min_area_used"  # the smallest field (m²) rs-seg infer kept
+THRESHOLD_TAGS = ("threshold_used", "threshold")  # the cropland threshold, newest name first
+DEFAULT_MIN_AREA = 500.0  # m², where neither the user nor the model says
 BAND_NAMES = ("cropland", "boundary")  # band descriptions of a two-band probability raster
 MAX_GROW = 256  # pixels: growth reads as many rows above and below each strip
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
@@ -86,7 +91,7 @@ class VectorizeSettings:
     fill_holes_below: float = 0.0
     strip_rows: int = 1024
     boundary_threshold: float | None = 0.5
-    grow: int = 3
+    grow: int = GROW
 
     @classmethod
     def for_raster(
@@ -139,6 +144,24 @@ class VectorizeSettings:
                 raise RsSegError(f"{name} must be 0 or positive, got {value}")
         if self.strip_rows < 1:
             raise RsSegError(f"strip_rows must be at least 1, got {self.strip_rows}")
+
+
+def stored_settings(tags: Mapping[str, str], split: bool) -> tuple[float | None, float]:
+    """The extent threshold and minimum area ``rs-seg infer`` vectorized a raster with.
+
+    For a split (two-band raster, ``split``) the extent threshold tuned for fields, else the
+    cropland threshold; None when the raster stores neither. The minimum area is the stored one,
+    else :data:`DEFAULT_MIN_AREA`.
+    """
+    names = (FIELD_THRESHOLD_TAG, *THRESHOLD_TAGS) if split else THRESHOLD_TAGS
+    stored = next((tags[n] for n in names if tags.get(n)), None)
+    min_area = tags.get(MIN_AREA_TAG)
+    try:
+        threshold = float(stored) if stored is not None else None
+        return threshold, float(min_area) if min_area else DEFAULT_MIN_AREA
+    except ValueError:
+        detail = f"{stored!r}, {min_area!r}"
+        raise RsSegError(f"unreadable threshold or minimum-area tag: {detail}") from None
 
 
 def stored_boundary_threshold(tags: Mapping[str, str], default: float | None) -> float | None:

@@ -8,6 +8,7 @@ tuning cropland IoU alone rewards painting everything cropland in cropland-rich 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -27,8 +28,9 @@ from torchmetrics.classification import BinaryStatScores
 from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, weights_id
 from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.field_rule import GROW, FieldRule, drop_small
 from rs_seg.levels import level_to_threshold, threshold_to_level
-from rs_seg.records import BundleMetrics, DataSummary, RunMetrics, SplitMetrics
+from rs_seg.records import BundleMetrics, DataSummary, FieldSettings, RunMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder, best_epoch_of, publish_replacement, write_status
 from rs_seg.staging import staged_dir, write_json
 from rs_seg.train.dataset import (
@@ -40,6 +42,7 @@ from rs_seg.train.dataset import (
     load_chip_splits,
     read_chip,
 )
+from rs_seg.train.field_figure import plot_scene_fields
 from rs_seg.train.metrics import (
     ThresholdSweep,
     extent_target,
@@ -55,11 +58,16 @@ from rs_seg.train.object_metrics import (
     object_metrics,
     sum_counts,
 )
-from rs_seg.train.report import ChipExample, write_report
+from rs_seg.train.report import ChipExample, FieldsSection, write_report
+from rs_seg.train.scene_fields import SceneScores, score_test_scenes
 
 log = logging.getLogger(__name__)
-# Boundary thresholds tried on validation for a fields model (the best object F1 is kept).
-BOUNDARY_CANDIDATES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+# Field settings tried on validation for a fields model (the best object F1 is kept): extent
+# thresholds (with the pixel-tuned one), boundary thresholds, minimum field areas (m²).
+EXTENT_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
+BOUNDARY_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_AREA_CANDIDATES = (0.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
+FIELD_RULE = "best validation object F1 over extent, boundary and minimum-area candidates"
 
 
 @dataclass
@@ -110,55 +118,99 @@ class SplitScores:
     chips: pd.DataFrame
 
 
-def chip_fields(batch: Batch, level: int, boundary_level: int) -> ObjectCounts:
+def chip_fields(batch: Batch, level: int, fields: FieldRule | None = None) -> ObjectCounts:
     """Field-level counts of a batch: predicted and labelled fields matched chip by chip.
 
     Labelled fields are the connected interiors (mask 1) the burned boundaries keep apart; on
     chips without boundaries touching fields are one object, as the masks cannot tell them apart.
-    Predicted fields are the connected extent of a cropland model, or of a fields model its
-    extent minus its boundary: the cores that vectorizing grows back into fields.
-    Objects cut by a chip's edge are objects of that chip.
+    Predicted fields are the connected extent of a cropland model, or of a fields model the
+    fields ``fields`` splits its extent into (:func:`rs_seg.field_rule.split_labels`, the rule
+    vectorizing applies to a scene). Objects cut by a chip's edge are objects of that chip.
     """
-    predicted = (batch.levels >= level).numpy()
-    if batch.boundary is not None:
-        predicted &= batch.boundary.numpy() < boundary_level
+    if batch.boundary is None or fields is None:
+        return _counts(label_components((batch.levels >= level).numpy()), batch)
+    return _counts(_split(batch, fields), batch)
+
+
+def _counts(predicted: np.ndarray, batch: Batch) -> ObjectCounts:
+    """Object counts of predicted field ids ``(N, H, W)`` against a batch's labelled fields."""
     target = batch.target.numpy()
-    return chip_object_counts(
-        label_components(predicted),
-        label_components(target == MASK_CROPLAND),
-        ignore=target == MASK_IGNORE,
-    )
+    labelled = label_components(target == MASK_CROPLAND)
+    return chip_object_counts(predicted, labelled, target == MASK_IGNORE)
 
 
-def tune_boundary(batches: list[Batch], level: int) -> float | None:
-    """The boundary threshold with the best validation object F1; None for a cropland model.
+def _split(batch: Batch, rule: FieldRule) -> np.ndarray:
+    """Field ids of every chip of a fields model's batch, ``(N, H, W)``."""
+    assert batch.boundary is not None
+    pairs = zip(batch.levels.numpy(), batch.boundary.numpy(), strict=True)
+    return np.stack([rule.split(extent, boundary) for extent, boundary in pairs])
 
-    Ties go to the candidate nearest 0.5.
+
+def tune_fields(batches: list[Batch], level: int, pixel_area: float | None) -> FieldSettings | None:
+    """Extent threshold, boundary threshold and minimum area with the best validation object F1.
+
+    The fields are the ones vectorizing gives (:func:`rs_seg.field_rule.split_labels`, growth
+    :data:`rs_seg.field_rule.GROW`), fields smaller than the minimum area dropped by pixel count
+    (vectorizing measures the polygon after filling holes of that size: nearly the same). Every
+    combination of the candidates is scored; ties go to the pixel-tuned extent ``level``, then
+    the boundary threshold nearest 0.5, then the minimum area nearest 500 m². None for a cropland
+    model.
     """
     if not batches or batches[0].boundary is None:
         return None
+    area = pixel_area or 1.0
+    pixel_threshold = level_to_threshold(level)
+    extents = sorted({pixel_threshold, *EXTENT_CANDIDATES})
+    best: tuple[tuple[float, ...], FieldSettings] | None = None
+    for extent, boundary in itertools.product(extents, BOUNDARY_CANDIDATES):
+        rule = FieldRule(threshold_to_level(extent), threshold_to_level(boundary), 0.0)
+        split = [(_split(b, rule), b) for b in batches]  # split once, filter by each area
+        for min_area in MIN_AREA_CANDIDATES:
+            counts = sum_counts(
+                _counts(np.stack([drop_small(i, min_area / area) for i in ids]), b)
+                for ids, b in split
+            )
+            f1 = object_metrics(counts)["object_f1"]
+            key = (
+                f1 if math.isfinite(f1) else -1.0,
+                -abs(extent - pixel_threshold),
+                -abs(boundary - 0.5),
+                -abs(min_area - 500.0),
+            )
+            if best is None or key > best[0]:
+                settings: FieldSettings = {
+                    "threshold": extent, "boundary_threshold": boundary, "min_area": min_area,
+                    "grow": GROW, "validation_object_f1": key[0], "rule": FIELD_RULE,
+                }  # fmt: skip
+                best = (key, settings)
+    assert best is not None
+    return best[1]
 
-    def score(threshold: float) -> tuple[float, float]:
-        counts = sum_counts(chip_fields(b, level, threshold_to_level(threshold)) for b in batches)
-        f1 = object_metrics(counts)["object_f1"]
-        return (f1 if math.isfinite(f1) else -1.0, -abs(threshold - 0.5))
 
-    return max(BOUNDARY_CANDIDATES, key=score)
+def field_rule(settings: FieldSettings | None, pixel_area: float | None) -> FieldRule | None:
+    """The rule of tuned field settings, for :func:`chip_fields`."""
+    if settings is None:
+        return None
+    return FieldRule(
+        threshold_to_level(settings["threshold"]),
+        threshold_to_level(settings["boundary_threshold"]),
+        settings["min_area"] / (pixel_area or 1.0),
+        settings["grow"],
+    )
 
 
 def score_split(
-    batches: Iterable[Batch], level: int, chip_ids: list[str], boundary: float | None = None
+    batches: Iterable[Batch], level: int, chip_ids: list[str], fields: FieldRule | None = None
 ) -> SplitScores:
     """Metrics over all pixels and per chip, with torchmetrics' stat scores at ``level``.
 
-    Field-level counts part predicted fields at the ``boundary`` threshold (fields models).
+    Field-level counts split a fields model's output by the tuned ``fields`` rule.
     """
-    boundary_level = threshold_to_level(boundary if boundary is not None else 0.5)
     stats = BinaryStatScores(ignore_index=MASK_IGNORE, multidim_average="samplewise")
     rows = []
-    fields = ObjectCounts()
+    objects = ObjectCounts()
     for batch in batches:
-        fields += chip_fields(batch, level, boundary_level)
+        objects += chip_fields(batch, level, fields)
         predicted = (batch.levels >= level).long()
         # (N, 5): tp fp tn fn support; torchmetrics drops the batch axis when N == 1
         counts = stats(predicted, extent_target(batch.target).long()).reshape(-1, 5)
@@ -184,7 +236,7 @@ def score_split(
     pixel = metrics_from_counts(*(float(totals[k]) for k in ("tp", "fp", "tn", "fn")))
     metrics: SplitMetrics = {
         **pixel, "pixels": int(totals.sum()), "chips": len(table),
-        "objects": object_metrics(fields),
+        "objects": object_metrics(objects),
     }  # fmt: skip
     return SplitScores(metrics, table)
 
@@ -192,6 +244,8 @@ def score_split(
 # --- Evaluating a finished training run -------------------------------------------------------
 
 WORST_BEST = 6
+FIELDS_PNG = "fields_scenes.png"  # the report's figure of fields on whole test scenes
+FIELDS_TITLE = "Fields on the worst and best test scenes (by object F1)"
 
 
 @dataclass(frozen=True)
@@ -301,34 +355,44 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
     log.info("tuning the threshold on %d validation chips ...", len(val))
     val_batches = list(predict_levels(net, val, device, cfg.batch_size))
     level = sweep(iter(val_batches)).best_level()
-    boundary = tune_boundary(val_batches, level)
-    val_scores = score_split(val_batches, level, _ids(splits, "val"), boundary)
+    meta = chip_metadata(Path(splits.paths("train")[0][0]), splits.bands)
+    pixel_area = _pixel_area(meta["pixel_size"])
+    tuned = tune_fields(val_batches, level, pixel_area)
+    rule = field_rule(tuned, pixel_area)
+    val_scores = score_split(val_batches, level, _ids(splits, "val"), rule)
     del val_batches
     log.info("scoring %d test chips ...", len(test))
     test_ids = _ids(splits, "test")
     test_scores = score_split(
-        predict_levels(net, test, device, cfg.batch_size), level, test_ids, boundary
+        predict_levels(net, test, device, cfg.batch_size), level, test_ids, rule
     )
     history = (
         json.loads(RunFolder(run).history.read_text()) if RunFolder(run).history.exists() else []
     )
     metrics = _metrics_document(cfg, splits, level, val_scores, test_scores, history, checkpoint)
-    meta = chip_metadata(Path(splits.paths("train")[0][0]), splits.bands)
-    if boundary is not None:
-        metrics["boundary_threshold"] = boundary
+    if tuned is not None:
+        metrics["boundary_threshold"] = tuned["boundary_threshold"]
+        metrics["fields"] = tuned
     bundle = _bundle(cfg, splits, normalization, net, meta, metrics, history)
     metrics["model_id"] = bundle.model_id
     bundle_path = bundle.save(run / BUNDLE_FILE, overwrite=True)
+    rgb = rgb_band_indices(meta["band_names"])
+    worst, best = _examples(net, test, test_scores.chips, level, rgb, device)
+    log.info("mapping fields on %d whole test scenes ...", splits.rows("test")["scene"].nunique())
+    scenes = score_test_scenes(net, test, splits.rows("test"), level, rule, rgb, device)
+    metrics["test_scenes"] = scenes.metrics
     _write_metrics(run, metrics)
-    worst, best = _examples(
-        net, test, test_scores.chips, level, rgb_band_indices(meta["band_names"]), device
-    )
-    report = _write_report(run, history, metrics, test_scores.chips, splits, worst, best)
+    report = _write_report(run, history, metrics, test_scores.chips, splits, (worst, best), scenes)
     write_status(run, "evaluated", model_id=bundle.model_id, bundle=BUNDLE_FILE)
     final = publish_replacement(run)  # a run replacing an earlier one takes its place only now
     if final != run:
         bundle_path, report = final / BUNDLE_FILE, RunFolder(final).report
     return EvaluationOutcome(final, bundle_path, metrics, report)
+
+
+def _pixel_area(pixel_size: list[float] | None) -> float | None:
+    """Area of one pixel in CRS units squared (m² in a metric CRS); None without a CRS."""
+    return float(pixel_size[0] * pixel_size[1]) if pixel_size else None
 
 
 def _ids(splits: ChipSplits, split: str) -> list[str]:
@@ -391,6 +455,7 @@ def _bundle(
         threshold=metrics["threshold"],
         pixel_size=meta["pixel_size"],
         boundary_threshold=metrics.get("boundary_threshold"),
+        fields=metrics.get("fields"),
         band_count=splits.band_count,
         crs=meta["crs"],
         dtype=meta["dtype"],
@@ -424,13 +489,17 @@ def _write_report(
     metrics: RunMetrics,
     chips: pd.DataFrame,
     splits: ChipSplits,
-    worst: list[ChipExample],
-    best: list[ChipExample],
+    examples: tuple[list[ChipExample], list[ChipExample]],
+    test_scenes: SceneScores,
 ) -> Path:
     scenes = splits.table.set_index("chip_id")["scene"]
     table = chips.assign(scene=[str(scenes.get(c, "")) for c in chips["chip_id"]])
     columns = ["chip_id", "scene", "iou", "mean_iou", "label_fraction", "predicted_fraction"]
+    worst, best = examples
     with staged_dir(RunFolder(run).report, overwrite=True) as folder:
+        figure = folder / FIELDS_PNG if test_scenes.shown() else None
+        if figure is not None:
+            plot_scene_fields(test_scenes.shown(), FIELDS_TITLE, figure)
         write_report(
             folder,
             history=history,
@@ -438,6 +507,7 @@ def _write_report(
             chip_scores=table[columns] if len(table) else pd.DataFrame(columns=columns),
             worst=worst,
             best=best,
+            fields=FieldsSection(figure, test_scenes.table()),
         )
     return RunFolder(run).report
 

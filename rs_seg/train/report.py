@@ -136,6 +136,7 @@ class ReportFiles:
         chip_iou: ``chip_iou.png``, sorted per-chip test IoU.
         worst: ``worst_chips.png``, or None when no worst examples were given.
         best: ``best_chips.png``, or None when no best examples were given.
+        fields: Figure of fields on the worst and best test scenes, when the caller drew one.
     """
 
     folder: Path
@@ -144,6 +145,15 @@ class ReportFiles:
     chip_iou: Path
     worst: Path | None
     best: Path | None
+    fields: Path | None = None
+
+
+@dataclass(frozen=True)
+class FieldsSection:
+    """Fields on whole test scenes: a figure the caller drew into the report folder, a table."""
+
+    figure: Path | None
+    lines: Sequence[str]
 
 
 def write_report(
@@ -155,6 +165,7 @@ def write_report(
     worst: list[ChipExample],
     best: list[ChipExample],
     title: str = "Cropland model report",
+    fields: FieldsSection | None = None,
 ) -> ReportFiles:
     """Write figures, the per-chip score table and ``README.md`` into ``folder``.
 
@@ -175,6 +186,7 @@ def write_report(
         worst: Lowest-scoring test chips to show, worst first.
         best: Highest-scoring test chips to show, best first.
         title: Heading of the Markdown summary.
+        fields: Scene-level field results (figure and table) to include, if any.
 
     Returns:
         The paths written.
@@ -194,6 +206,7 @@ def write_report(
         chip_iou=folder / CHIP_IOU_PNG,
         worst=folder / WORST_PNG if worst else None,
         best=folder / BEST_PNG if best else None,
+        fields=fields.figure if fields else None,
     )
     best_epoch = _finite_or_none(metrics.get("best_epoch"))
     plot_training_curves(history, best_epoch, files.curves)
@@ -204,7 +217,7 @@ def write_report(
     if files.best is not None:
         plot_chip_grid(best, "Best test chips by cropland IoU", files.best)
     scores.to_csv(folder / SCORES_CSV, index=False)
-    markdown = render_markdown(title, metrics, scores, files)
+    markdown = render_markdown(title, metrics, scores, files, fields.lines if fields else ())
     files.markdown.write_text(markdown, encoding="utf-8")
     return files
 
@@ -488,12 +501,17 @@ def _chip_ious(scores: pd.DataFrame) -> np.ndarray:
 
 
 def render_markdown(
-    title: str, metrics: Mapping[str, Any], scores: pd.DataFrame, files: ReportFiles
+    title: str,
+    metrics: Mapping[str, Any],
+    scores: pd.DataFrame,
+    files: ReportFiles,
+    field_lines: Sequence[str] = (),
 ) -> str:
     """Build the ``README.md`` text: model, metrics table, data, chip summary and figures."""
     sections = [
         [f"# {title}", "", *_overview_lines(metrics)],
         _metrics_section(metrics.get("validation") or {}, metrics["test"]),
+        *([list(field_lines)] if field_lines else []),
         _data_section(metrics.get("data") or {}),
         _chip_section(scores),
         _figures_section(files),
@@ -600,6 +618,7 @@ def _figures_section(files: ReportFiles) -> list[str]:
         ("Per-chip IoU, sorted", files.chip_iou),
         ("Worst test chips", files.worst),
         ("Best test chips", files.best),
+        *([("Fields on the worst and best test scenes", files.fields)] if files.fields else []),
     )
     lines = ["## Figures"]
     for caption, path in figures:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import rs_seg.infer.polygonize as polygonize_module
 from rs_seg.cli import app
 from rs_seg.errors import RsSegError
-from rs_seg.infer.split import grow_seeds
+from rs_seg.field_rule import grow_seeds, split_labels
 from rs_seg.infer.vectorize import BOUNDARY_TAG, LAYER, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
 from tests.helpers import PIXEL, UTM, pixel_box
@@ -345,6 +345,29 @@ def test_strips_give_the_same_fields_as_the_whole_raster(
     if simplify == 0:
         union = shapely.union_all(stripped.geometry)
         assert union.area == pytest.approx(stripped.geometry.area.sum())  # no overlaps
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    grow=st.integers(0, 5),
+    boundary_threshold=st.sampled_from([0.3, 0.5, 0.8]),
+    with_mask=st.booleans(),
+)
+def test_split_labels_in_memory_are_the_reference_partition(
+    seed: int, grow: int, boundary_threshold: float, with_mask: bool
+) -> None:
+    """The raster form evaluation tunes with gives the fields vectorizing gives, pixel for pixel."""
+    rng = np.random.default_rng(seed)
+    extent, boundary = random_fields(rng)
+    valid = rng.random(extent.shape) > 0.05 if with_mask else np.ones(extent.shape, dtype=bool)
+    level, blevel = threshold_to_level(0.5), threshold_to_level(boundary_threshold)
+    mine = split_labels(extent, boundary, level, blevel, grow, valid if with_mask else None)
+    reference = reference_labels(extent, boundary, valid, level, blevel, grow)
+    assert mine.dtype == np.int32
+    np.testing.assert_array_equal(mine > 0, reference > 0)
+    pairs = np.unique(np.stack([mine[mine > 0], reference[mine > 0]]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # one-to-one
 
 
 def test_grow_seeds_matches_the_reference_in_any_window() -> None:

@@ -12,12 +12,15 @@ import pyogrio
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from typer.testing import CliRunner
 
 from rs_seg.bundle import ModelBundle
+from rs_seg.cli import app
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
-from rs_seg.infer.predict import WindowPredictor, hann_weight, predict_scene
+from rs_seg.infer.predict import WindowPredictor, predict_scene
 from rs_seg.infer.run import run_infer
+from rs_seg.windows import hann_weight
 from tests.helpers import (
     LEARNABLE_BOXES,
     ORIGIN,
@@ -104,6 +107,49 @@ def test_a_fields_model_writes_extent_and_boundary_bands(
     with rasterio.open(summary.prob) as src:
         assert src.count == 2 and src.tags()["boundary_threshold_used"] == "0.300000"
     assert summary.fields.exists()
+
+
+def test_a_fields_bundle_maps_with_its_tuned_field_settings_and_stores_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extent, boundary and minimum area tuned on validation reach polygons, tags and re-splits."""
+    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+    scene = write_scene(tmp_path / "s.tif", 130, 97, nodata_cols=3)
+    bundle = ModelBundle.load(make_bundle(tmp_path / "plain.pt", task="fields"))
+    assert bundle.fields is None and bundle.field_threshold == bundle.threshold
+    bundle.fields = {
+        "threshold": 0.6, "boundary_threshold": 0.4, "min_area": 250.0, "grow": 3,
+        "validation_object_f1": 0.8, "rule": "test",
+    }  # fmt: skip
+    bundle.boundary_threshold = 0.4
+    tuned = bundle.save(tmp_path / "tuned.pt")
+    assert ModelBundle.load(tuned).fields == bundle.fields  # survives a save
+    summary = run_infer(
+        InferConfig(scene=scene, out=tmp_path / "f.gpkg", model=tuned, device="cpu", window=32)
+    )
+    with rasterio.open(summary.prob) as src:
+        tags = src.tags()
+    assert (tags["threshold_used"], tags["field_threshold_used"]) == ("0.500000", "0.600000")
+    assert (tags["boundary_threshold_used"], tags["min_area_used"]) == ("0.400000", "250")
+    meta = pyogrio.read_info(summary.fields, layer="fields")["layer_metadata"]
+    assert (meta["threshold"], meta["min_area_m2"]) == ("0.6", "250.0")
+    given = run_infer(
+        InferConfig(scene=scene, out=tmp_path / "g.gpkg", model=tuned, device="cpu", window=32,
+                    min_area=1000, threshold=0.55)
+    )  # fmt: skip
+    meta = pyogrio.read_info(given.fields, layer="fields")["layer_metadata"]
+    assert (meta["threshold"], meta["min_area_m2"]) == ("0.55", "1000.0")  # the user's win
+    old = run_infer(
+        InferConfig(scene=scene, out=tmp_path / "o.gpkg", model=tmp_path / "plain.pt",
+                    device="cpu", window=32)
+    )  # fmt: skip
+    meta = pyogrio.read_info(old.fields, layer="fields")["layer_metadata"]
+    assert (meta["threshold"], meta["min_area_m2"]) == ("0.5", "500.0")  # nothing tuned: defaults
+    command = ["vectorize", str(summary.prob), "-o", str(tmp_path / "r.gpkg")]
+    resplit = CliRunner().invoke(app, command, catch_exceptions=False)
+    assert resplit.exit_code == 0, resplit.output
+    meta = pyogrio.read_info(tmp_path / "r.gpkg", layer="fields")["layer_metadata"]
+    assert (meta["threshold"], meta["min_area_m2"]) == ("0.6", "250.0")  # the stored settings
 
 
 def test_hann_weight_is_positive_and_smooth() -> None:

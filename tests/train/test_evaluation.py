@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rs_seg.field_rule import FieldRule
 from rs_seg.levels import level_to_threshold, threshold_to_level
-from rs_seg.train.evaluation import Batch, score_split
+from rs_seg.train.evaluation import Batch, chip_fields, field_rule, score_split, tune_fields
 from rs_seg.train.metrics import ThresholdSweep, metrics_from_counts, quantize
 
 
@@ -64,3 +65,39 @@ def test_threshold_and_level_round_trip() -> None:
     for level in range(1, 256):
         assert threshold_to_level(level_to_threshold(level)) == level
     assert quantize(torch.tensor([0.0, 0.5, 1.0, 1.2])).tolist() == [0, 128, 255, 255]
+
+
+# --- field settings tuned on validation --------------------------------------------------------
+
+
+def _two_touching_fields(boundary_probability: float) -> Batch:
+    """Two labelled fields sharing an edge, a predicted boundary of the given probability along
+    it, and a 4 x 4 px speck of predicted cropland that is no field."""
+    target = np.zeros((1, 32, 32), dtype=np.uint8)
+    target[0, 4:28, 2:30] = 1
+    target[0, 4:28, 15:17] = 2  # the burned shared outline
+    extent = np.where(target > 0, 230, 10).astype(np.uint8)
+    extent[0, 29:32, 0:5] = 230  # a speck: 15 px of predicted cropland outside every field
+    boundary = np.full_like(extent, 5)
+    boundary[0, 4:28, 15:17] = round(boundary_probability * 255)
+    return Batch(torch.from_numpy(extent), torch.from_numpy(target), 0, torch.from_numpy(boundary))
+
+
+def test_tuning_finds_the_boundary_and_minimum_area_that_give_the_labelled_fields() -> None:
+    batch = _two_touching_fields(0.35)
+    tuned = tune_fields([batch], threshold_to_level(0.5), pixel_area=1.0)
+    assert tuned is not None and tuned["validation_object_f1"] == 1.0
+    assert tuned["boundary_threshold"] <= 0.3  # a weaker boundary would merge the two
+    assert tuned["min_area"] > 15  # and the speck is dropped
+    rule = field_rule(tuned, 1.0)
+    assert chip_fields(batch, threshold_to_level(0.5), rule).tp == 2
+    untuned = FieldRule(threshold_to_level(0.5), threshold_to_level(0.5))
+    counts = chip_fields(batch, threshold_to_level(0.5), untuned)
+    assert (counts.tp, counts.predicted) == (0, 2)  # merged field and the speck
+
+
+def test_a_cropland_model_has_no_field_settings() -> None:
+    batch = _two_touching_fields(0.35)
+    cropland = Batch(batch.levels, batch.target, 0)
+    assert tune_fields([cropland], 128, 1.0) is None
+    assert field_rule(None, 1.0) is None

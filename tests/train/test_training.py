@@ -23,6 +23,7 @@ from rs_seg.bundle import ModelBundle
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
 from rs_seg.run_folder import read_status, write_status
+from rs_seg.train.evaluation import BOUNDARY_CANDIDATES, MIN_AREA_CANDIDATES
 from rs_seg.train.fit import check_resumable, train, with_task
 from rs_seg.train.module import CroplandModule, lr_factor, task_loss
 from tests.helpers import ROOT, train_config
@@ -106,8 +107,22 @@ def test_chips_with_field_boundaries_train_the_fields_task(trained) -> None:
     assert fields["fields_labelled"] > 0 and 0 <= fields["object_f1"] <= 1
     assert "| object F1 |" in (evaluation.report / "README.md").read_text()
     assert "object F1" in evaluation.summary()
-    tuned = evaluation.metrics["boundary_threshold"]
-    assert tuned in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8) and bundle.boundary_threshold == tuned
+    tuned = evaluation.metrics["fields"]
+    assert tuned["boundary_threshold"] in BOUNDARY_CANDIDATES
+    assert (
+        bundle.boundary_threshold
+        == tuned["boundary_threshold"]
+        == evaluation.metrics["boundary_threshold"]
+    )
+    assert bundle.fields == tuned and bundle.field_min_area in MIN_AREA_CANDIDATES
+    assert bundle.field_threshold == tuned["threshold"]
+    assert "fields        extent" in bundle.describe()
+    # fields on whole test scenes: table, figure and metrics
+    scenes = evaluation.metrics["test_scenes"]
+    assert scenes and all(0 <= m["object_f1"] <= 1 for m in scenes.values())
+    assert (evaluation.report / "fields_scenes.png").stat().st_size > 5000
+    report = (evaluation.report / "README.md").read_text()
+    assert "## Fields on whole test scenes" in report and "fields_scenes.png" in report
 
 
 def test_the_task_follows_the_chips_unless_given(tiny_chips: Path, tmp_path: Path) -> None:
