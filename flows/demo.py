@@ -43,6 +43,7 @@ from rs_seg.config import (
 )
 from rs_seg.errors import RsSegError
 from rs_seg.infer.run import choose_fields, load_model
+from rs_seg.infer.vectorize import LAYER
 from rs_seg.records import ObjectMetrics
 from rs_seg.staging import (
     FolderKind,
@@ -112,7 +113,7 @@ def _fields_against_parcels(incoming: IncomingConfig, labels: Path) -> ObjectMet
     """
     if incoming.merged is None or not incoming.merged.exists():
         return None
-    predicted = pyogrio.read_dataframe(incoming.merged)
+    predicted = pyogrio.read_dataframe(incoming.merged, layer=LAYER)
     parcels = pyogrio.read_dataframe(labels).to_crs(predicted.crs)
     bundle = load_model(incoming.infer.model, incoming.infer.models_dir)
     parcels = parcels[parcels.area >= choose_fields(incoming.infer, bundle).min_area]

@@ -40,6 +40,7 @@ from rs_seg.prepare.index import (
     SUMMARY_FILE,
     PrepareSummary,
     build_index,
+    mask_target,
     write_outputs,
 )
 from rs_seg.prepare.labels import is_vector_path
@@ -322,6 +323,9 @@ def chips_up_to_date(cfg: PrepareConfig) -> tuple[bool, str]:
         summary = json.loads((out / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return False, f"{out / SUMMARY_FILE} cannot be read"
+    made, wanted = summary.get("target", "cropland"), mask_target(cfg)
+    if made != wanted:  # chips from before field boundaries existed, or another label kind
+        return False, f"the chips hold {made} masks, this config makes {wanted} masks"
     old = {k: v for k, v in summary.get("config", {}).items() if k != "overwrite"}
     changed = differences(old, json.loads(cfg.model_dump_json(exclude={"overwrite"})))
     if changed:

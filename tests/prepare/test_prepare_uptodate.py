@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -57,3 +58,13 @@ def test_a_new_scene_matching_the_glob_makes_chips_stale(prepared) -> None:
     assert not current and reason == f"new input {new}"
     new.unlink()
     assert chips_up_to_date(prepared)[0]
+
+
+def test_chips_from_before_field_boundaries_are_stale(prepared) -> None:
+    """A chip set prepared by an older rs_seg (binary masks, no ``target``) is made again."""
+    summary = prepared.out / "summary.json"
+    document = json.loads(summary.read_text())
+    assert document.pop("target") == "fields"
+    summary.write_text(json.dumps(document))
+    current, reason = chips_up_to_date(prepared)
+    assert not current and reason == "the chips hold cropland masks, this config makes fields masks"
