@@ -87,3 +87,8 @@ test-loaded: $(STAMP)
 .PHONY: bench-vectorize
 bench-vectorize: $(STAMP)
 	$(PY) benchmarks/bench_vectorize.py
+
+## bench-fields: the boundary output's inference cost, split vectorize against --no-split and bare I/O (about 8 minutes)
+.PHONY: bench-fields
+bench-fields: $(STAMP)
+	$(PY) benchmarks/bench_fields.py

@@ -80,7 +80,9 @@ def child_synth(size: int, out: str) -> dict:
     return {"scene": str(result.scenes[0]), "seconds": time.perf_counter() - started}
 
 
-def child_bundle(scene: str, out: str, arch: str, encoder: str, device: str) -> dict:
+def child_bundle(
+    scene: str, out: str, arch: str, encoder: str, device: str, task: str = "cropland"
+) -> dict:
     """A bundle with seeded random weights and normalization measured on the scene."""
     import numpy as np
     import rasterio
@@ -106,7 +108,7 @@ def child_bundle(scene: str, out: str, arch: str, encoder: str, device: str) -> 
         mean, std = sample.mean(axis=1), np.maximum(sample.std(axis=1), 1.0)
         res, crs, count = [abs(v) for v in src.res], src.crs.to_string(), src.count
     torch.manual_seed(0)
-    model = ModelConfig(arch=arch, encoder=encoder)
+    model = ModelConfig(arch=arch, encoder=encoder, task=task)
     net = build_model(model, count, False)
     ModelBundle(
         model=model.model_dump(mode="json"),

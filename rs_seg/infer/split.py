@@ -33,7 +33,8 @@ pre-filter work as in :mod:`rs_seg.infer.polygonize`, whose machinery is used he
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -76,6 +77,9 @@ class _Strip:
     @property
     def stop(self) -> int:
         return self.row0 + len(self.values)
+
+
+_Loaded = tuple[_Strip, np.ndarray, int]  # a strip as read, its seed labels and their count
 
 
 class _Fields:
@@ -186,14 +190,18 @@ def field_records(
     starts = range(0, height, strip_rows)
     read: deque[_Strip] = deque()  # the strips growth still needs, as core or halo
     to_grow: deque[_Strip] = deque()  # read, not yet grown and polygonized
-    bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
-    for row0 in bar:
+
+    def load(row0: int) -> _Loaded:
+        """A strip read, its small regions removed and its seeds labelled (GIL-free, mostly)."""
         rows = min(strip_rows, height - row0)
         too_small = None
         if polygonize._PREFILTER and min_area > 0:
             too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=row0 + rows == height)
         strip = _read_strip(src, Window(0, row0, width, rows), level, boundary_level, too_small)
-        labels, count = label_components(strip.seeds)
+        return strip, *label_components(strip.seeds)
+
+    bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
+    for strip, labels, count in _read_ahead(load, bar):
         strip.seeds = seed_keys.add(count, labels[0], labels[-1])[labels]
         del labels
         read.append(strip)
@@ -215,6 +223,23 @@ def field_records(
             del completed
             yield ready
             del ready
+
+
+def _read_ahead(load: Callable[[int], _Loaded], starts: Iterable[int]) -> Iterator[_Loaded]:
+    """``load(row0)`` of every strip, the next one loading in a thread while this one is used.
+
+    Reading, decoding, thresholding and labelling release the GIL, so they overlap with growing
+    and polygonizing the strip before; one strip more is in memory.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-seg-split") as pool:
+        pending: Future[_Loaded] | None = None
+        for row0 in starts:
+            following = pool.submit(load, row0)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
 
 
 def _read_strip(

@@ -11,15 +11,18 @@ only once it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +61,7 @@ DEFAULT_MIN_AREA = 500.0  # m², where neither the user nor the model says
 BAND_NAMES = ("cropland", "boundary")  # band descriptions of a two-band probability raster
 MAX_GROW = 256  # pixels: growth reads as many rows above and below each strip
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -290,13 +294,52 @@ def _write_layer(
     """Polygonize ``src`` strip by strip into the layer at ``path``, styled for QGIS."""
     writer = _Writer(path, info, metres)
     completed = _field_records(src, settings, metres, progress)
-    for records in completed:
+    for records in computed_ahead(completed):
         writer.add(records, settings.simplify)
         del records  # not kept alive while the next strip is polygonized
     writer.close()
     if info.driver == "GPKG":
         add_default_style(path, LAYER)
     return writer
+
+
+def computed_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """``items``, each computed in a thread while the one before it is used.
+
+    The fields of the next strip are found while this strip's are simplified and written:
+    shapely, GDAL and numpy release the GIL for most of both. At most one result waits, so memory
+    grows by one strip's records; an error in the thread is raised here, and a consumer that stops
+    early stops the thread at its next result.
+    """
+    results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                results.put(("item", item))
+            results.put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            results.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="rs-seg-vectorize", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = results.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting to put, then let it finish
+            with contextlib.suppress(queue.Empty):
+                results.get(timeout=0.05)
+        thread.join()
 
 
 def splits_fields(src: rasterio.io.DatasetReader, settings: VectorizeSettings) -> bool:
