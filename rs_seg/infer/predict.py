@@ -94,18 +94,24 @@ class WindowPredictor:
         """(N, bands, H, W) float32 -> (N, outputs, H, W) float32 probabilities."""
         images = torch.from_numpy(batch).to(self.device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
-        flips = [(), (3,), (2,), (2, 3)] if self.tta else [()]
-        outputs = self.bundle.outputs
-        total = torch.zeros(images.shape[0], outputs, *images.shape[2:], device=self.device)
+        if not self.tta:  # the common case: no running sum, no extra copy of the outputs
+            return self._probabilities(images).cpu().numpy()
+        total: torch.Tensor | None = None
+        flips: list[tuple[int, ...]] = [(), (3,), (2,), (2, 3)]
         for dims in flips:
-            flipped = torch.flip(images, dims) if dims else images
-            with torch.autocast(
-                self.device.type, dtype=self.autocast, enabled=self.autocast is not None
-            ):
-                logits = self.net(flipped).float()
-            prob = torch.sigmoid(logits)
-            total += (torch.flip(prob, dims) if dims else prob)[:, :outputs]
+            prob = self._probabilities(torch.flip(images, dims) if dims else images)
+            prob = torch.flip(prob, dims) if dims else prob
+            total = prob if total is None else total + prob
+        assert total is not None
         return (total / len(flips)).cpu().numpy()
+
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of the network's outputs (extent, and boundary for a fields model)."""
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            logits = self.net(images).float()
+        return torch.sigmoid(logits[:, : self.bundle.outputs])
 
 
 @dataclass

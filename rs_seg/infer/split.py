@@ -217,12 +217,23 @@ def field_records(
             while read and read[0].stop <= core.stop - grow:
                 read.popleft()  # not in the next strip's halo
             completed = fields.complete(None if final else core.stop - max(grow, 1))
+            completed = [f for f in completed if _box_pixels(f) * pixel_area >= min_area]
             _to_crs(completed, to_crs)
             boxes = fields.open_boxes() if may_hold else np.empty((0, 3), dtype=np.int64)
             ready = assembler.add(completed, boxes, final)
             del completed
             yield ready
             del ready
+
+
+def _box_pixels(field: _Field) -> int:
+    """Pixels of a field's bounding box: the most its polygon can cover once holes are filled.
+
+    A field whose box is under the minimum area is dropped before its outline is built; the
+    assembler would drop it anyway, and nothing else depends on it (its holes fill no others).
+    Splitting makes many such fields (specks of core, slivers of boundary).
+    """
+    return (field.last_row - field.first[0] + 1) * (field.right - field.left)
 
 
 def _read_ahead(load: Callable[[int], _Loaded], starts: Iterable[int]) -> Iterator[_Loaded]:

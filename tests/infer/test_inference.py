@@ -152,6 +152,24 @@ def test_a_fields_bundle_maps_with_its_tuned_field_settings_and_stores_them(
     assert (meta["threshold"], meta["min_area_m2"]) == ("0.6", "250.0")  # the stored settings
 
 
+@pytest.mark.parametrize("task", ["cropland", "fields"])
+def test_flip_tta_of_a_network_without_spatial_context_is_the_plain_prediction(
+    tmp_path: Path, task: str
+) -> None:
+    """Each flipped prediction is flipped back: for a 1 x 1 convolution all four agree."""
+    import torch
+
+    bundle = ModelBundle.load(make_bundle(tmp_path / "b.pt", task=task))
+    plain = WindowPredictor(bundle, torch.device("cpu"), tta=False)
+    flipped = WindowPredictor(bundle, torch.device("cpu"), tta=True)
+    torch.manual_seed(0)
+    flipped.net = plain.net = torch.nn.Conv2d(3, bundle.outputs, 1)
+    batch = np.random.default_rng(0).normal(size=(2, 3, 32, 48)).astype(np.float32)
+    expected = plain(batch)
+    assert expected.shape == (2, bundle.outputs, 32, 48)
+    np.testing.assert_allclose(flipped(batch), expected, atol=1e-6)
+
+
 def test_hann_weight_is_positive_and_smooth() -> None:
     weight = hann_weight(64)
     assert weight.min() > 0 and weight.max() <= 1
