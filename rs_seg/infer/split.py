@@ -56,7 +56,6 @@ from rs_seg.infer.polygonize import (
     _Assembler,
     _Field,
     _find,
-    _label_sums,
     _TooSmall,
     rows_per_strip,
 )
@@ -349,12 +348,16 @@ def _pieces(core: _Strip, keys: np.ndarray) -> Iterator[tuple[int, _Field]]:
     used = np.zeros(int(present.max()) - low + 1, dtype=bool)
     used[present - low] = True
     number = np.cumsum(used, dtype=np.int32)
-    labels = np.zeros(keys.shape, dtype=np.int32)
-    labels[mask] = number[present - low]
+    ids = number[present - low]  # the piece of every cropland pixel, 1..count
     del present
+    labels = np.zeros(keys.shape, dtype=np.int32)
+    labels[mask] = ids
     piece_keys = (np.flatnonzero(used) + low).tolist()
     count = len(piece_keys)
-    totals, pixels = _label_sums(core.values, labels, mask, count)
+    # sums of integers, exact in any order; from the cropland pixels alone, already gathered
+    totals = np.bincount(ids, weights=core.values[mask], minlength=count + 1)[1:]
+    pixels = np.bincount(ids, minlength=count + 1)[1:]
+    del ids
     pixel_space = Affine.translation(0, core.row0)
     parts: list[list[shapely.Polygon]] = [[] for _ in range(count)]
     found = shapes(labels, mask=mask, connectivity=4, transform=pixel_space)
