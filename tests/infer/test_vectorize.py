@@ -23,7 +23,7 @@ from scipy import ndimage
 
 import rs_seg.infer.polygonize as polygonize_module
 from rs_seg.errors import RsSegError
-from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
+from rs_seg.infer.vectorize import LAYER, VectorizeSettings, computed_ahead, vectorize
 from rs_seg.levels import threshold_to_level
 from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box
 
@@ -646,3 +646,28 @@ def test_wide_rasters_get_shorter_strips_so_memory_does_not_grow_with_width() ->
     assert rows_per_strip(1024, 16384) * 16384 <= STRIP_PIXELS
     assert rows_per_strip(1024, 10**7) == 1, "never zero rows"
     assert rows_per_strip(64, 100) == 64, "a smaller setting is kept"
+
+
+def test_computed_ahead_keeps_order_raises_errors_and_stops_early() -> None:
+    """The thread that computes the next strip's fields while one is written."""
+    assert list(computed_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield 1
+        raise RsSegError("strip 2 is unreadable")
+
+    items = computed_ahead(failing())
+    assert next(items) == 1
+    with pytest.raises(RsSegError, match="strip 2"):
+        next(items)
+    produced = []
+
+    def endless():
+        for i in range(10**6):
+            produced.append(i)
+            yield i
+
+    items = computed_ahead(endless())
+    assert next(items) == 0
+    items.close()  # the consumer stops: the producer stops too, a result or two later
+    assert len(produced) <= 4
