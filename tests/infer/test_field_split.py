@@ -335,7 +335,7 @@ def test_strips_give_the_same_fields_as_the_whole_raster(
             patch.setattr(polygonize_module, "_PREFILTER", False)
             vectorize(prob, root / "all.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(split_module, "SPECKLE_CHANGES", 0.0)  # pre-filter every strip
+            patch.setattr(split_module, "SPECKS_PER_MPX", 0)  # pre-filter every strip
             vectorize(prob, root / "pre.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
         stripped, whole = read_fields(root / "strips.gpkg"), read_fields(root / "whole.gpkg")
         everything = read_fields(root / "all.gpkg")
