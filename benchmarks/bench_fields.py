@@ -152,9 +152,9 @@ def child_bare(path: str) -> dict:
     return {"seconds": time.perf_counter() - started, "seed_pixels": seeds}
 
 
-def child_bundle(scene: str, out: str, task: str) -> dict:
-    """``bench_infer``'s random-weight bundle, for one task."""
-    return bench_infer.child_bundle(scene, out, "FPN", "tu-mobilenetv3_small_050", "cpu", task=task)
+def child_bundle(scene: str, out: str, arch: str, encoder: str, task: str) -> dict:
+    """``bench_infer``'s random-weight bundle, for one network and task."""
+    return bench_infer.child_bundle(scene, out, arch, encoder, "cpu", task=task)
 
 
 CHILDREN = {
