@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,25 @@ from rasterio.windows import Window
 
 from rs_seg.errors import RsSegError
 from rs_seg.rasters import gdal_message
+
+_T = TypeVar("_T")
+
+
+def loaded_ahead(load: Callable[[int], _T], starts: Iterable[int]) -> Iterator[_T]:
+    """``load(start)`` for every start, the next one loading in a thread while this one is used.
+
+    Reading and decoding with GDAL (and numpy's thresholding and scipy's labelling) release the
+    GIL, so they overlap with the work on the strip before; one result more is in memory.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-seg-read") as pool:
+        pending: Future[_T] | None = None
+        for start in starts:
+            following = pool.submit(load, start)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
 
 
 def window_stride(size: int, overlap: float) -> int:

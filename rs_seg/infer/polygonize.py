@@ -136,6 +136,34 @@ def _strip_fields(
     return labels, fields
 
 
+# values, vertices, vertex -> ring, ring -> polygon
+_Rings = tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.intp], npt.NDArray[np.intp]
+]
+
+
+def shape_rings(found: Iterator[tuple[dict[str, Any], float]]) -> _Rings | None:
+    """GeoJSON-like ``shapes`` output as flat arrays for shapely's vectorized constructors.
+
+    Returns each polygon's value, every vertex, each vertex's ring and each ring's polygon;
+    None when there is no polygon.
+    """
+    rings: list[npt.NDArray[np.float64]] = []
+    value_list: list[int] = []
+    ring_counts: list[int] = []
+    for geometry, value in found:
+        coordinates = geometry["coordinates"]
+        rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
+        ring_counts.append(len(coordinates))
+        value_list.append(int(value))
+    if not rings:
+        return None
+    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
+    polygon_index = np.repeat(np.arange(len(value_list)), ring_counts)
+    values = np.array(value_list, dtype=np.int64)
+    return values, np.concatenate(rings), ring_index, polygon_index
+
+
 def _shapes_to_polygons(
     found: Iterator[tuple[dict[str, Any], float]],
     to_crs: _CoordinateFunction,
@@ -148,19 +176,10 @@ def _shapes_to_polygons(
     The pixel-space polygon, needed only to join a region with its parts in other strips, is None
     unless ``joinable[value]``: most regions of a noisy strip lie inside it.
     """
-    rings: list[npt.NDArray[np.float64]] = []
-    value_list: list[int] = []
-    ring_counts: list[int] = []
-    for geometry, value in found:
-        coordinates = geometry["coordinates"]
-        rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
-        ring_counts.append(len(coordinates))
-        value_list.append(int(value))
-    if not rings:
+    gathered = shape_rings(found)
+    if gathered is None:
         return zip([], [], [], strict=True)
-    coords = np.concatenate(rings)
-    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    polygon_index = np.repeat(np.arange(len(value_list)), ring_counts)
+    values, coords, ring_index, polygon_index = gathered
     # With ``indices`` the shapely constructors return arrays; the stubs' overloads also allow
     # a single geometry.
     crs = cast(
@@ -170,7 +189,6 @@ def _shapes_to_polygons(
             indices=polygon_index,
         ),
     )
-    values = np.array(value_list, dtype=np.int64)
     # GDAL gives one polygon per 4-connected region; should a label ever come in several, its
     # polygons are joined from pixel space like a field spanning strips
     repeated = np.bincount(values, minlength=len(joinable)) > 1

@@ -21,7 +21,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from rs_seg.infer.checks import Compatibility, check_compatibility
 from rs_seg.levels import threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.staging import scratch_path
-from rs_seg.windows import axis_offsets, hann_weight, read_padded, window_stride
+from rs_seg.windows import axis_offsets, hann_weight, loaded_ahead, read_padded, window_stride
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +178,7 @@ def _strip_reader(
         image, valid, _ = read_padded(src, Window(0, row, width, size))
         return row, image, valid
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, row_offsets[0])
-        for next_row in [*row_offsets[1:], None]:
-            current = pending.result()
-            if next_row is not None:
-                pending = pool.submit(read, next_row)
-            yield current
+    return loaded_ahead(read, row_offsets)
 
 
 def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:

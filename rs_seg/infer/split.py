@@ -33,8 +33,7 @@ pre-filter work as in :mod:`rs_seg.infer.polygonize`, whose machinery is used he
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -58,8 +57,9 @@ from rs_seg.infer.polygonize import (
     _find,
     _TooSmall,
     rows_per_strip,
+    shape_rings,
 )
-from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
+from rs_seg.windows import loaded_ahead, unreadable_pixels_in_one_line, valid_pixels
 
 _GeoArray = npt.NDArray[np.object_]
 
@@ -205,7 +205,7 @@ def field_records(
         return strip, *label_components(strip.seeds)
 
     bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
-    for strip, labels, count in _read_ahead(load, bar):
+    for strip, labels, count in loaded_ahead(load, bar):
         strip.seeds = seed_keys.add(count, labels[0], labels[-1])[labels]
         del labels
         read.append(strip)
@@ -238,23 +238,6 @@ def _box_pixels(field: _Field) -> int:
     Splitting makes many such fields (specks of core, slivers of boundary).
     """
     return (field.last_row - field.first[0] + 1) * (field.right - field.left)
-
-
-def _read_ahead(load: Callable[[int], _Loaded], starts: Iterable[int]) -> Iterator[_Loaded]:
-    """``load(row0)`` of every strip, the next one loading in a thread while this one is used.
-
-    Reading, decoding, thresholding and labelling release the GIL, so they overlap with growing
-    and polygonizing the strip before; one strip more is in memory.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-seg-split") as pool:
-        pending: Future[_Loaded] | None = None
-        for row0 in starts:
-            following = pool.submit(load, row0)
-            if pending is not None:
-                yield pending.result()
-            pending = following
-        if pending is not None:
-            yield pending.result()
 
 
 def _read_strip(
@@ -387,21 +370,13 @@ def _pixel_polygons(
     found: Iterator[tuple[dict[str, Any], float]],
 ) -> Iterator[tuple[int, shapely.Polygon]]:
     """(value, polygon) from GeoJSON-like ``shapes`` output, built with vectorized calls."""
-    rings: list[npt.NDArray[np.float64]] = []
-    values: list[int] = []
-    ring_counts: list[int] = []
-    for geometry, value in found:
-        coordinates = geometry["coordinates"]
-        rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
-        ring_counts.append(len(coordinates))
-        values.append(int(value))
-    if not rings:
+    gathered = shape_rings(found)
+    if gathered is None:
         return iter(())
-    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    polygon_index = np.repeat(np.arange(len(values)), ring_counts)
-    linear = shapely.linearrings(np.concatenate(rings), indices=ring_index)
+    values, coords, ring_index, polygon_index = gathered
+    linear = shapely.linearrings(coords, indices=ring_index)
     polygons = cast(_GeoArray, shapely.polygons(cast(_GeoArray, linear), indices=polygon_index))
-    return zip(values, polygons.tolist(), strict=True)
+    return zip(values.tolist(), polygons.tolist(), strict=True)
 
 
 def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction) -> None:
