@@ -128,15 +128,19 @@ def chip_fields(batch: Batch, level: int, fields: FieldRule | None = None) -> Ob
     vectorizing applies to a scene). Objects cut by a chip's edge are objects of that chip.
     """
     if batch.boundary is None or fields is None:
-        return _counts(label_components((batch.levels >= level).numpy()), batch)
-    return _counts(_split(batch, fields), batch)
+        return _counts(label_components((batch.levels >= level).numpy()), _labelled(batch))
+    return _counts(_split(batch, fields), _labelled(batch))
 
 
-def _counts(predicted: np.ndarray, batch: Batch) -> ObjectCounts:
-    """Object counts of predicted field ids ``(N, H, W)`` against a batch's labelled fields."""
+def _labelled(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's labelled field ids ``(N, H, W)`` and its ignored pixels."""
     target = batch.target.numpy()
-    labelled = label_components(target == MASK_CROPLAND)
-    return chip_object_counts(predicted, labelled, target == MASK_IGNORE)
+    return label_components(target == MASK_CROPLAND), target == MASK_IGNORE
+
+
+def _counts(predicted: np.ndarray, labelled: tuple[np.ndarray, np.ndarray]) -> ObjectCounts:
+    """Object counts of predicted field ids ``(N, H, W)`` against :func:`_labelled` fields."""
+    return chip_object_counts(predicted, *labelled)
 
 
 def _split(batch: Batch, rule: FieldRule) -> np.ndarray:
@@ -161,14 +165,15 @@ def tune_fields(batches: list[Batch], level: int, pixel_area: float | None) -> F
     area = pixel_area or 1.0
     pixel_threshold = level_to_threshold(level)
     extents = sorted({pixel_threshold, *EXTENT_CANDIDATES})
+    truths = [_labelled(b) for b in batches]  # the same for every candidate
     best: tuple[tuple[float, ...], FieldSettings] | None = None
     for extent, boundary in itertools.product(extents, BOUNDARY_CANDIDATES):
         rule = FieldRule(threshold_to_level(extent), threshold_to_level(boundary), 0.0)
-        split = [(_split(b, rule), b) for b in batches]  # split once, filter by each area
+        split = [_split(b, rule) for b in batches]  # split once, filter by each area
         for min_area in MIN_AREA_CANDIDATES:
             counts = sum_counts(
-                _counts(np.stack([drop_small(i, min_area / area) for i in ids]), b)
-                for ids, b in split
+                _counts(np.stack([drop_small(i, min_area / area) for i in ids]), truth)
+                for ids, truth in zip(split, truths, strict=True)
             )
             f1 = object_metrics(counts)["object_f1"]
             key = (
