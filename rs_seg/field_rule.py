@@ -33,16 +33,35 @@ def grow_seeds(cropland: np.ndarray, seeds: np.ndarray, grow: int) -> np.ndarray
     south; all pixels of a step are decided at once. Returns keys for the whole window, 0 where no
     seed was within ``grow`` steps; only pixels ``grow`` rows or more from the window's top and
     bottom (unless those are the raster's) have their whole-raster value.
-
-    Works on the flat indices of the boundary pixels still pending, with one padding column and
-    a padding row above and below, so neighbours never wrap.
     """
     height, width = seeds.shape
-    stride = width + 1
-    padded = np.zeros((height + 2, stride), dtype=np.int64)
+    padded = padded_keys(height, width)
     padded[1:-1, :width] = seeds
+    grown, _ = grow_padded(cropland, padded, grow)
+    return grown
+
+
+def padded_keys(height: int, width: int, dtype: type = np.int64) -> np.ndarray:
+    """Zeroed keys for a window, with one padding column and a row above and below.
+
+    The padding keeps neighbours of flat indices from wrapping (see :func:`grow_padded`).
+    """
+    return np.zeros((height + 2, width + 1), dtype=dtype)
+
+
+def grow_padded(
+    cropland: np.ndarray, padded: np.ndarray, grow: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`grow_seeds` in place on seed keys already in a :func:`padded_keys` array.
+
+    Streaming writes each strip's keys straight into the padded window, so the window is copied
+    once. Returns the window's keys (a view) and the padded flat indices of the cropland pixels
+    no seed reached, which become fields of their own.
+    """
+    width = cropland.shape[1]
+    stride = width + 1
     flat = padded.reshape(-1)
-    pending = np.flatnonzero(cropland & (seeds == 0))
+    pending = np.flatnonzero(cropland & (padded[1:-1, :width] == 0))
     pending += pending // width + stride  # window index -> padded index
     for _ in range(grow):
         if pending.size == 0:
@@ -56,7 +75,7 @@ def grow_seeds(cropland: np.ndarray, seeds: np.ndarray, grow: int) -> np.ndarray
         reached = chosen > 0
         flat[pending[reached]] = chosen[reached]
         pending = pending[~reached]
-    return padded[1:-1, :width]
+    return padded[1:-1, :width], pending
 
 
 def split_labels(

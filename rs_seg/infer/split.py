@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +47,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from tqdm import tqdm
 
-from rs_seg.field_rule import FOUR_CONNECTED, grow_seeds, label_components
+from rs_seg.field_rule import FOUR_CONNECTED, grow_padded, label_components, padded_keys
 from rs_seg.infer import polygonize
 from rs_seg.infer.polygonize import (
     FieldRecord,
@@ -71,7 +71,8 @@ class _Strip:
     row0: int
     values: np.ndarray  # band 1, uint8: the fields' pixel sums
     cropland: np.ndarray  # bool, small regions already removed
-    seeds: np.ndarray  # the seed mask as read, then int64 keys of seed components (0: no seed)
+    seeds: np.ndarray  # the seed mask as read, then int32 labels of seed components (0: none)
+    base: int = 0  # the key of seed label ``i`` is ``base + i``
 
     @property
     def stop(self) -> int:
@@ -98,12 +99,16 @@ class _Fields:
         self._open: dict[int, _Field] = {}
         self._next_key = 1
 
-    def new_keys(self, count: int) -> np.ndarray:
-        """Keys for ``count`` new components, with 0 in front: ``keys[label]`` for labels 0..n."""
-        keys = np.arange(self._next_key - 1, self._next_key + count, dtype=np.int64)
-        keys[0] = 0
+    @property
+    def next_key(self) -> int:
+        """The key the next component will get."""
+        return self._next_key
+
+    def new_keys(self, count: int) -> int:
+        """Reserve keys for ``count`` new components; they are ``base + 1 .. base + count``."""
+        base = self._next_key - 1
         self._next_key += count
-        return keys
+        return base
 
     def join(self, pairs: np.ndarray) -> None:
         """Join the components of each (key, key) pair; the older (smaller) root stays."""
@@ -149,19 +154,25 @@ class _SeamKeys:
         self._fields = fields
         self._bottom: np.ndarray | None = None  # keys on the last row of the previous strip
 
-    def add(self, count: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-        """Keys for labels 0..count (``keys[0] = 0``) of a strip with ``top`` and ``bottom`` rows.
+    @property
+    def next_key(self) -> int:
+        """The key the next component will get."""
+        return self._fields.next_key
 
-        Components on the top row are joined with those of the strip above that they touch.
+    def add(self, count: int, top: np.ndarray, bottom: np.ndarray) -> int:
+        """The key base of labels 1..count of a strip with ``top`` and ``bottom`` label rows.
+
+        Label ``i`` gets key ``base + i``. Components on the top row are joined with those of
+        the strip above that they touch.
         """
-        keys = self._fields.new_keys(count)
-        top_keys = keys[top]
+        base = self._fields.new_keys(count)
+        top_keys = np.where(top > 0, top.astype(np.int64) + base, 0)
         if self._bottom is not None and count:
             touch = (self._bottom > 0) & (top_keys > 0)
             pairs = np.stack([self._bottom[touch], top_keys[touch]], axis=1)
             self._fields.join(np.unique(pairs, axis=0))
-        self._bottom = keys[bottom]
-        return keys
+        self._bottom = np.where(bottom > 0, bottom.astype(np.int64) + base, 0)
+        return base
 
 
 def field_records(
@@ -206,18 +217,17 @@ def field_records(
 
     bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
     for strip, labels, count in loaded_ahead(load, bar):
-        strip.seeds = seed_keys.add(count, labels[0], labels[-1])[labels]
-        del labels
+        strip.seeds, strip.base = labels, seed_keys.add(count, labels[0], labels[-1])
         read.append(strip)
         to_grow.append(strip)
         # growing a strip needs ``grow`` rows below it: all read, or the raster's end
         while to_grow and (to_grow[0].stop + grow <= strip.stop or strip.stop == height):
             core = to_grow.popleft()
             final = core.stop == height
-            labels = _core_keys(read, core, grow, height, unreached_keys)
-            for key, piece in _pieces(core, labels):
+            keys, base = _core_keys(read, core, grow, height, unreached_keys)
+            for key, piece in _pieces(core, keys, base):
                 fields.add_piece(key, piece)
-            del labels
+            del keys
             while read and read[0].stop <= core.stop - grow:
                 read.popleft()  # not in the next strip's halo
             completed = fields.complete(None if final else core.stop - max(grow, 1))
@@ -289,94 +299,136 @@ def _speckled(cropland: np.ndarray) -> bool:
 
 def _core_keys(
     read: deque[_Strip], core: _Strip, grow: int, height: int, unreached_keys: _SeamKeys
-) -> np.ndarray:
-    """Every cropland pixel's key in the core strip: its grown seed key, else its unreached one."""
-    if grow == 0:
-        keys = core.seeds.copy()
-    else:
-        top, bottom = max(0, core.row0 - grow), min(height, core.stop + grow)
-        window = [s for s in read if s.stop > top and s.row0 < bottom]
-        rows = [slice(max(top, s.row0) - s.row0, min(bottom, s.stop) - s.row0) for s in window]
-        cropland = np.concatenate([s.cropland[r] for s, r in zip(window, rows, strict=True)])
-        seeds = np.concatenate([s.seeds[r] for s, r in zip(window, rows, strict=True)])
-        grown = grow_seeds(cropland, seeds, grow)
-        del cropland, seeds
-        keys = grown[core.row0 - top : core.stop - top].copy()
-        del grown
-    _add_unreached(keys, core.cropland & (keys == 0), unreached_keys)
-    return keys
+) -> tuple[np.ndarray, int]:
+    """Every cropland pixel's key in the core strip: its grown seed key, else its unreached one.
 
-
-def _add_unreached(keys: np.ndarray, unreached: np.ndarray, unreached_keys: _SeamKeys) -> None:
-    """Key the unreached pixels' components into ``keys``, in place.
-
-    They are usually a few pixels, so only the rows from the first to the last that has any are
-    labelled.
+    Keys are returned as int32 offsets from a base (key = base + offset, 0: no cropland): half
+    the memory traffic of int64 and what GDAL takes, and a window spans only the components of a
+    few strips. The seed keys of the core and its halo are written once, straight into the
+    padded window that growth works on; the core's keys are a view of it.
     """
-    occupied = np.flatnonzero(unreached.any(axis=1))
+    top, bottom = max(0, core.row0 - grow), min(height, core.stop + grow)
+    window = [s for s in read if s.stop > top and s.row0 < bottom]
+    base = min(strip.base for strip in window)
+    if unreached_keys.next_key - base >= np.iinfo(np.int32).max:
+        raise OverflowError("a window's field keys span more than int32 holds")
+    padded = padded_keys(bottom - top, core.values.shape[1], np.int32)
+    croplands = []
+    for strip in window:
+        start, stop = max(top, strip.row0) - strip.row0, min(bottom, strip.stop) - strip.row0
+        labels = strip.seeds[start:stop]
+        rows = padded[1 + strip.row0 + start - top : 1 + strip.row0 + stop - top, :-1]
+        np.multiply(labels > 0, strip.base - base, out=rows)  # where= is ten times slower
+        rows += labels
+        croplands.append(strip.cropland[start:stop])
+    cropland = croplands[0] if len(croplands) == 1 else np.concatenate(croplands)
+    del croplands
+    grown, unreached = grow_padded(cropland, padded, grow)
+    del cropland
+    offset = core.row0 - top
+    keys = grown[offset : offset + len(core.values)]
+    stride = padded.shape[1]
+    rows, cols = unreached // stride - 1 - offset, unreached % stride
+    _add_unreached(keys, base, rows, cols, unreached_keys)
+    return keys, base
+
+
+def _add_unreached(
+    keys: np.ndarray, base: int, rows: np.ndarray, cols: np.ndarray, unreached_keys: _SeamKeys
+) -> None:
+    """Key the components of the unreached pixels at (``rows``, ``cols``) into ``keys``, in place.
+
+    ``keys`` hold offsets from ``base``, as :func:`_core_keys` returns them.
+
+    Growth hands over every unreached pixel of its window; those of the core strip are usually a
+    few, so only the rows from the first to the last that has any are labelled.
+    """
+    inside = (rows >= 0) & (rows < len(keys))
+    rows, cols = rows[inside], cols[inside]
     none = np.zeros(keys.shape[1], dtype=np.int32)
-    if occupied.size == 0:
+    if rows.size == 0:
         unreached_keys.add(0, none, none)
         return
-    first, stop = int(occupied[0]), int(occupied[-1]) + 1
-    labels, count = label_components(unreached[first:stop])
+    first, stop = int(rows.min()), int(rows.max()) + 1
+    unreached = np.zeros((stop - first, keys.shape[1]), dtype=bool)
+    unreached[rows - first, cols] = True
+    labels, count = label_components(unreached)
     top = labels[0] if first == 0 else none
     bottom = labels[-1] if stop == len(keys) else none
-    lookup = unreached_keys.add(count, top, bottom)
-    rows, cols = np.nonzero(labels)
-    keys[rows + first, cols] = lookup[labels[rows, cols]]
+    unreached_base = unreached_keys.add(count, top, bottom)
+    keys[rows, cols] = labels[rows - first, cols] + (unreached_base - base)
 
 
-def _pieces(core: _Strip, keys: np.ndarray) -> Iterator[tuple[int, _Field]]:
+def _pieces(core: _Strip, keys: np.ndarray, base: int) -> Iterator[tuple[int, _Field]]:
     """The strip's pixels polygonized by key: (key, piece) with pixel-space parts.
 
-    Keys are renumbered 1..n for GDAL (int32) and ``find_objects``; a key's pixels may form
-    several polygons in one strip (a field entering it twice), all kept as parts.
+    ``keys`` are int32 offsets from ``base`` (:func:`_core_keys`), which GDAL takes as they are;
+    a key's pixels may form several polygons in one strip (a field entering it twice), all kept
+    as parts. A piece's pixel count, rows, columns and first pixel come from its polygons'
+    vertices (a pixel-edge outline's area is its pixel count; the leftmost vertex on its top
+    edge starts its first pixel), so only the pixel sums need another pass over the strip.
     """
     mask = core.cropland
-    present = keys[mask]
-    if present.size == 0:
+    if not mask.any():
         return
-    low = int(present.min())
-    used = np.zeros(int(present.max()) - low + 1, dtype=bool)
-    used[present - low] = True
-    number = np.cumsum(used, dtype=np.int32)
-    ids = number[present - low]  # the piece of every cropland pixel, 1..count
-    del present
-    labels = np.zeros(keys.shape, dtype=np.int32)
-    labels[mask] = ids
-    piece_keys = (np.flatnonzero(used) + low).tolist()
-    count = len(piece_keys)
-    # sums of integers, exact in any order; from the cropland pixels alone, already gathered
-    totals = np.bincount(ids, weights=core.values[mask], minlength=count + 1)[1:]
-    pixels = np.bincount(ids, minlength=count + 1)[1:]
-    del ids
+    local = np.ascontiguousarray(keys)
     pixel_space = Affine.translation(0, core.row0)
-    parts: list[list[shapely.Polygon]] = [[] for _ in range(count)]
-    found = shapes(labels, mask=mask, connectivity=4, transform=pixel_space)
-    for value, polygon in _pixel_polygons(found):
-        parts[value - 1].append(polygon)
-    row0 = core.row0
-    for index, (rows, cols) in enumerate(ndimage.find_objects(labels)):
-        top = labels[rows.start, cols] == index + 1
-        first = (row0 + rows.start, cols.start + int(np.argmax(top)))
-        sums = float(totals[index]), int(pixels[index])
-        last_row = row0 + rows.stop - 1
-        piece = _Field(parts[index], None, *sums, first, last_row, cols.start, cols.stop)
-        yield piece_keys[index], piece
-
-
-def _pixel_polygons(
-    found: Iterator[tuple[dict[str, Any], float]],
-) -> Iterator[tuple[int, shapely.Polygon]]:
-    """(value, polygon) from GeoJSON-like ``shapes`` output, built with vectorized calls."""
+    found = shapes(local, mask=mask, connectivity=4, transform=pixel_space)
     gathered = shape_rings(found)
     if gathered is None:
-        return iter(())
+        return
     values, coords, ring_index, polygon_index = gathered
     linear = shapely.linearrings(coords, indices=ring_index)
     polygons = cast(_GeoArray, shapely.polygons(cast(_GeoArray, linear), indices=polygon_index))
-    return zip(values.tolist(), polygons.tolist(), strict=True)
+    ids, piece_of = np.unique(values, return_inverse=True)
+    # sums of integers, exact in any order; from the cropland pixels alone
+    totals = np.bincount(local[mask], weights=core.values[mask])[ids]
+    del local
+    pixels = np.bincount(piece_of, weights=shapely.area(polygons), minlength=len(ids))
+    top, bottom, left, right, first_col = _piece_extents(
+        coords, ring_index, piece_of[polygon_index]
+    )
+    parts: list[list[shapely.Polygon]] = [[] for _ in range(len(ids))]
+    for index, polygon in zip(piece_of.tolist(), polygons.tolist(), strict=True):
+        parts[index].append(polygon)
+    columns = zip(
+        (ids + base).tolist(),
+        parts,
+        totals.tolist(),
+        pixels.tolist(),
+        top.tolist(),
+        first_col.tolist(),
+        bottom.tolist(),
+        left.tolist(),
+        right.tolist(),
+        strict=True,
+    )
+    for key, polygons_of, total, count, row, col, stop, start, end in columns:
+        yield key, _Field(polygons_of, None, total, round(count), (row, col), stop - 1, start, end)
+
+
+def _piece_extents(
+    coords: np.ndarray, ring_index: np.ndarray, ring_piece: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Top row, bottom row (exclusive), left and right column and first column of each piece.
+
+    From the vertices alone (every ring bounds its piece's pixels, so holes change no extent);
+    the first column is the leftmost vertex on the piece's top edge.
+    """
+    count = int(ring_piece.max()) + 1
+    piece = ring_piece[ring_index]
+    x, y = coords[:, 0].astype(np.int64), coords[:, 1].astype(np.int64)
+    big = np.iinfo(np.int64).max
+    top, left = np.full(count, big), np.full(count, big)
+    bottom, right = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    np.minimum.at(top, piece, y)
+    np.maximum.at(bottom, piece, y)
+    np.minimum.at(left, piece, x)
+    np.maximum.at(right, piece, x)
+    on_top = y == top[piece]
+    first_col = np.full(count, big)
+    np.minimum.at(first_col, piece[on_top], x[on_top])
+    return top, bottom, left, right, first_col
 
 
 def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction) -> None:
