@@ -33,6 +33,7 @@ from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
+from rs_seg.infer.outlines import shape_rings
 from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
 
 STRIP_PIXELS = 2048 * 1024  # pixels per strip at most: bounds memory for any scene width
@@ -134,34 +135,6 @@ def _strip_fields(
             _Field(parts[index], crs_parts[index], *sums, first, last_row, cols.start, cols.stop)
         )
     return labels, fields
-
-
-# values, vertices, vertex -> ring, ring -> polygon
-_Rings = tuple[
-    npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.intp], npt.NDArray[np.intp]
-]
-
-
-def shape_rings(found: Iterator[tuple[dict[str, Any], float]]) -> _Rings | None:
-    """GeoJSON-like ``shapes`` output as flat arrays for shapely's vectorized constructors.
-
-    Returns each polygon's value, every vertex, each vertex's ring and each ring's polygon;
-    None when there is no polygon.
-    """
-    rings: list[npt.NDArray[np.float64]] = []
-    value_list: list[int] = []
-    ring_counts: list[int] = []
-    for geometry, value in found:
-        coordinates = geometry["coordinates"]
-        rings.extend(np.asarray(ring, dtype=np.float64) for ring in coordinates)
-        ring_counts.append(len(coordinates))
-        value_list.append(int(value))
-    if not rings:
-        return None
-    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    polygon_index = np.repeat(np.arange(len(value_list)), ring_counts)
-    values = np.array(value_list, dtype=np.int64)
-    return values, np.concatenate(rings), ring_index, polygon_index
 
 
 def _shapes_to_polygons(

@@ -41,14 +41,13 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 import shapely
-from affine import Affine
-from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
 from tqdm import tqdm
 
 from rs_seg.field_rule import FOUR_CONNECTED, grow_padded, label_components, padded_keys
 from rs_seg.infer import polygonize
+from rs_seg.infer.outlines import Outliner, Rings
 from rs_seg.infer.polygonize import (
     FieldRecord,
     _affine_function,
@@ -57,7 +56,6 @@ from rs_seg.infer.polygonize import (
     _find,
     _TooSmall,
     rows_per_strip,
-    shape_rings,
 )
 from rs_seg.windows import loaded_ahead, unreadable_pixels_in_one_line, valid_pixels
 
@@ -79,6 +77,8 @@ class _Strip:
         return self.row0 + len(self.values)
 
 
+# scenes of this many pixels or more are outlined in a child process (see outlines.Outliner)
+OUTLINE_CHILD_PIXELS = 4_000_000
 # small regions are removed first where a strip has at least this many isolated cropland pixels
 # per million (noise: hundreds of thousands; a model's fields: a handful; 0: every strip)
 SPECKS_PER_MPX = 100
@@ -215,29 +215,40 @@ def field_records(
             strip = _without_small_regions(strip, too_small)
         return strip, *label_components(strip.seeds)
 
+    def finish(core: _Strip, keys: np.ndarray, base: int) -> list[FieldRecord]:
+        """Add a grown strip's pieces (once outlined) and hand on the fields it completes."""
+        for key, piece in _pieces(core, keys, base, outliner.result()):
+            fields.add_piece(key, piece)
+        final = core.stop == height
+        completed = fields.complete(None if final else core.stop - max(grow, 1))
+        completed = [f for f in completed if _box_pixels(f) * pixel_area >= min_area]
+        _to_crs(completed, to_crs)
+        boxes = fields.open_boxes() if may_hold else np.empty((0, 3), dtype=np.int64)
+        return assembler.add(completed, boxes, final)
+
+    # a strip is outlined while the next one grows: one strip's keys more in memory
+    outliner = Outliner(in_child=height * width >= OUTLINE_CHILD_PIXELS and len(starts) > 1)
+    outlining: deque[tuple[_Strip, np.ndarray, int]] = deque()
     bar = tqdm(starts, desc="vectorize", unit="strip", disable=not progress, leave=False)
-    for strip, labels, count in loaded_ahead(load, bar):
-        strip.seeds, strip.base = labels, seed_keys.add(count, labels[0], labels[-1])
-        read.append(strip)
-        to_grow.append(strip)
-        # growing a strip needs ``grow`` rows below it: all read, or the raster's end
-        while to_grow and (to_grow[0].stop + grow <= strip.stop or strip.stop == height):
-            core = to_grow.popleft()
-            final = core.stop == height
-            keys, base = _core_keys(read, core, grow, height, unreached_keys)
-            for key, piece in _pieces(core, keys, base):
-                fields.add_piece(key, piece)
-            del keys
-            while read and read[0].stop <= core.stop - grow:
-                read.popleft()  # not in the next strip's halo
-            completed = fields.complete(None if final else core.stop - max(grow, 1))
-            completed = [f for f in completed if _box_pixels(f) * pixel_area >= min_area]
-            _to_crs(completed, to_crs)
-            boxes = fields.open_boxes() if may_hold else np.empty((0, 3), dtype=np.int64)
-            ready = assembler.add(completed, boxes, final)
-            del completed
-            yield ready
-            del ready
+    with outliner:
+        for strip, labels, count in loaded_ahead(load, bar):
+            strip.seeds, strip.base = labels, seed_keys.add(count, labels[0], labels[-1])
+            read.append(strip)
+            to_grow.append(strip)
+            # growing a strip needs ``grow`` rows below it: all read, or the raster's end
+            while to_grow and (to_grow[0].stop + grow <= strip.stop or strip.stop == height):
+                core = to_grow.popleft()
+                keys, base = _core_keys(read, core, grow, height, unreached_keys)
+                keys = np.ascontiguousarray(keys)
+                outliner.submit(keys, core.cropland, core.row0)
+                outlining.append((core, keys, base))
+                del keys
+                while read and read[0].stop <= core.stop - grow:
+                    read.popleft()  # not in the next strip's halo
+                if len(outlining) > 1:
+                    yield finish(*outlining.popleft())
+        while outlining:
+            yield finish(*outlining.popleft())
 
 
 def _box_pixels(field: _Field) -> int:
@@ -359,31 +370,26 @@ def _add_unreached(
     keys[rows, cols] = labels[rows - first, cols] + (unreached_base - base)
 
 
-def _pieces(core: _Strip, keys: np.ndarray, base: int) -> Iterator[tuple[int, _Field]]:
-    """The strip's pixels polygonized by key: (key, piece) with pixel-space parts.
+def _pieces(
+    core: _Strip, keys: np.ndarray, base: int, rings: Rings | None
+) -> Iterator[tuple[int, _Field]]:
+    """The strip's pixels as (key, piece) with pixel-space parts, from their outlines.
 
-    ``keys`` are int32 offsets from ``base`` (:func:`_core_keys`), which GDAL takes as they are;
-    a key's pixels may form several polygons in one strip (a field entering it twice), all kept
-    as parts. A piece's pixel count, rows, columns and first pixel come from its polygons'
-    vertices (a pixel-edge outline's area is its pixel count; the leftmost vertex on its top
-    edge starts its first pixel), so only the pixel sums need another pass over the strip.
+    ``keys`` are int32 offsets from ``base`` (:func:`_core_keys`), which GDAL took as they are
+    to draw ``rings``; a key's pixels may form several polygons in one strip (a field entering
+    it twice), all kept as parts. A piece's pixel count, rows, columns and first pixel come from
+    its polygons' vertices (a pixel-edge outline's area is its pixel count; the leftmost vertex
+    on its top edge starts its first pixel), so only the pixel sums need another pass.
     """
+    if rings is None:
+        return
+    values, coords, ring_index, polygon_index = rings
     mask = core.cropland
-    if not mask.any():
-        return
-    local = np.ascontiguousarray(keys)
-    pixel_space = Affine.translation(0, core.row0)
-    found = shapes(local, mask=mask, connectivity=4, transform=pixel_space)
-    gathered = shape_rings(found)
-    if gathered is None:
-        return
-    values, coords, ring_index, polygon_index = gathered
     linear = shapely.linearrings(coords, indices=ring_index)
     polygons = cast(_GeoArray, shapely.polygons(cast(_GeoArray, linear), indices=polygon_index))
     ids, piece_of = np.unique(values, return_inverse=True)
     # sums of integers, exact in any order; from the cropland pixels alone
-    totals = np.bincount(local[mask], weights=core.values[mask])[ids]
-    del local
+    totals = np.bincount(keys[mask], weights=core.values[mask])[ids]
     pixels = np.bincount(piece_of, weights=shapely.area(polygons), minlength=len(ids))
     top, bottom, left, right, first_col = _piece_extents(
         coords, ring_index, piece_of[polygon_index]
