@@ -409,8 +409,11 @@ def _pieces(
         right.tolist(),
         strict=True,
     )
+    row0 = core.row0
     for key, polygons_of, total, count, row, col, stop, start, end in columns:
-        yield key, _Field(polygons_of, None, total, round(count), (row, col), stop - 1, start, end)
+        first = (row, col)
+        piece = _Field(polygons_of, None, total, round(count), first, stop - 1, start, end, [row0])
+        yield key, piece
 
 
 def _piece_extents(
@@ -452,8 +455,67 @@ def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction) -> Non
     geometries[:] = [f.parts[0] if len(f.parts) == 1 else None for f in fields]
     joined = [i for i, f in enumerate(fields) if len(f.parts) > 1]
     if joined:
-        unions = [shapely.union_all(fields[i].parts) for i in joined]
-        geometries[joined] = shapely.simplify(unions, 0, preserve_topology=False)
+        geometries[joined] = shapely.simplify(_unions(fields, joined), 0, preserve_topology=False)
     moved = shapely.transform(shapely.normalize(geometries), to_crs)
     for item, geometry in zip(fields, moved.tolist(), strict=True):
         item.crs, item.parts = geometry, []
+
+
+def _unions(fields: list[_Field], joined: list[int]) -> list[shapely.Geometry]:
+    """The exact union of the pieces of each joined field.
+
+    Pieces of one key in consecutive strips never overlap and meet only along the seam rows;
+    noded there (:func:`_noded_at_seams`) they form a coverage, whose union GEOS builds many
+    times faster than a general overlay (at 16384 px the overlay took a fifth of the run). Two
+    keys of one field in the same strip (joined through other strips) may share any edge, so
+    such fields take the general union.
+    """
+    unions: list[shapely.Geometry] = [shapely.Polygon()] * len(joined)
+    coverage = []
+    for j, i in enumerate(joined):
+        strips = fields[i].strips
+        if len(set(strips)) == len(strips):
+            coverage.append(j)
+        else:
+            unions[j] = shapely.union_all(fields[i].parts)
+    if coverage:
+        parts = [part for j in coverage for part in fields[joined[j]].parts]
+        noded = _noded_at_seams(parts).tolist()
+        ends = np.cumsum([len(fields[joined[j]].parts) for j in coverage]).tolist()
+        for j, start, end in zip(coverage, [0, *ends[:-1]], ends, strict=True):
+            unions[j] = shapely.coverage_union_all(noded[start:end])
+    return unions
+
+
+def _noded_at_seams(parts: list[shapely.Polygon]) -> _GeoArray:
+    """``parts`` with a vertex at every pixel corner of their top and bottom edges.
+
+    A piece meets the pieces of its field in the strips above and below only along its own top
+    and bottom rows, where GDAL put vertices only at turns; the same points on both sides make
+    the pieces a correctly noded coverage. The extra vertices lie in line and are removed again.
+    """
+    _, coords, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(parts)
+    ring_of = np.repeat(np.arange(len(ring_offsets) - 1), np.diff(ring_offsets))
+    polygon_of = np.repeat(np.arange(len(polygon_offsets) - 1), np.diff(polygon_offsets))[ring_of]
+    x, y = coords[:, 0], coords[:, 1]
+    top = np.full(len(parts), np.inf)
+    bottom = np.full(len(parts), -np.inf)
+    np.minimum.at(top, polygon_of, y)
+    np.maximum.at(bottom, polygon_of, y)
+    step = np.zeros(len(x))
+    step[:-1] = x[1:] - x[:-1]
+    same_ring = np.zeros(len(x), dtype=bool)
+    same_ring[:-1] = ring_of[1:] == ring_of[:-1]
+    level = np.zeros(len(x), dtype=bool)
+    level[:-1] = y[1:] == y[:-1]
+    on_edge = (y == top[polygon_of]) | (y == bottom[polygon_of])
+    seam = same_ring & level & on_edge & (np.abs(step) > 1)
+    added = np.where(seam, np.abs(step) - 1, 0).astype(np.int64)
+    counts = added + 1
+    dense = np.repeat(coords, counts, axis=0)
+    within = np.arange(len(dense)) - np.repeat(np.cumsum(counts) - counts, counts)
+    dense[:, 0] += within * np.repeat(np.sign(step), counts)
+    ring_sizes = np.bincount(ring_of, weights=counts, minlength=len(ring_offsets) - 1)
+    dense_offsets = np.concatenate([[0], np.cumsum(ring_sizes)]).astype(np.int64)
+    polygon = shapely.GeometryType.POLYGON
+    return shapely.from_ragged_array(polygon, dense, (dense_offsets, polygon_offsets))
