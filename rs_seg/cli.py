@@ -459,7 +459,7 @@ def vectorize(
     )  # fmt: skip
     typer.echo(
         f"{summary.polygons} fields ({summary.area_ha:,.1f} ha) -> {summary.out} "
-        f"({summary.megapixels:.1f} Mpx in {summary.seconds:.1f} s)"
+        f"({summary.megapixels:.1f} Mpx in {summary.seconds:.2f} s)"
     )
 
 
