@@ -17,6 +17,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import IO, Any
@@ -92,7 +93,7 @@ class Outliner:
         if self._child is None:
             self._done.append(outlines(labels, mask, row0))
         else:
-            self._requests.put((labels, mask, row0))
+            self._hand_to_writer((labels, mask, row0))  # if the child died, result() says so
 
     def result(self) -> Rings | None:
         """The outlines of the oldest strip not yet answered."""
@@ -108,7 +109,8 @@ class Outliner:
         child, self._child = self._child, None
         if child is None:
             return
-        self._requests.put(None)
+        if not self._hand_to_writer(None, patience=10):
+            child.kill()  # hung: the writer's blocked write fails and it stops
         self._writer.join(timeout=10)
         try:
             child.wait(timeout=10)
@@ -116,6 +118,24 @@ class Outliner:
             child.kill()
             child.wait()
         self._reader.join(timeout=10)
+
+    def _hand_to_writer(
+        self, item: tuple[np.ndarray, np.ndarray, int] | None, patience: float | None = None
+    ) -> bool:
+        """Queue ``item`` for the writer; False once it has stopped or ``patience`` s ran out.
+
+        A plain ``put`` would wait forever on a full queue whose writer stopped (the child died).
+        """
+        deadline = None if patience is None else time.monotonic() + patience
+        while self._writer.is_alive():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            try:
+                self._requests.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __enter__(self) -> Outliner:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,33 @@ def test_a_child_that_dies_is_an_error_not_a_hang() -> None:
         child.submit(*strips(1)[0])
         with pytest.raises(RsSegError, match="outline process failed"):
             child.result()
+
+
+def test_strips_submitted_after_the_child_died_neither_hang_nor_pass() -> None:
+    child = Outliner(in_child=True)
+    assert child._child is not None
+    child._child.kill()
+    child._child.wait()
+    closed = threading.Event()
+    raised: list[BaseException] = []
+
+    def use_and_close() -> None:
+        try:
+            for request in strips(3):  # the writer stops at the first; the rest must not block
+                child.submit(*request)
+            child.result()
+        except BaseException as exc:
+            raised.append(exc)
+        finally:
+            child.close()
+            closed.set()
+
+    thread = threading.Thread(target=use_and_close, daemon=True)
+    thread.start()
+    assert closed.wait(timeout=30), "submit or close hung on a dead child"
+    thread.join()
+    assert len(raised) == 1 and isinstance(raised[0], RsSegError)
+    assert "outline process failed" in str(raised[0])
 
 
 def test_split_vectorize_in_the_child_gives_the_same_fields(
