@@ -69,13 +69,10 @@ class _Field:
     last_row: int
     left: int
     right: int
-    # split vectorize: the strip (its first row) of every part, see split._unions
-    strips: list[int] = field(default_factory=list)
 
     def absorb(self, other: _Field) -> None:
         """Take over a region found to be connected to this one across a strip boundary."""
         self.parts.extend(other.parts)
-        self.strips.extend(other.strips)
         self.crs = None
         self.total += other.total
         self.pixels += other.pixels

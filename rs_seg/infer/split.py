@@ -222,7 +222,7 @@ def field_records(
         final = core.stop == height
         completed = fields.complete(None if final else core.stop - max(grow, 1))
         completed = [f for f in completed if _box_pixels(f) * pixel_area >= min_area]
-        _to_crs(completed, to_crs)
+        _to_crs(completed, to_crs, strip_rows)
         boxes = fields.open_boxes() if may_hold else np.empty((0, 3), dtype=np.int64)
         return assembler.add(completed, boxes, final)
 
@@ -409,11 +409,8 @@ def _pieces(
         right.tolist(),
         strict=True,
     )
-    row0 = core.row0
     for key, polygons_of, total, count, row, col, stop, start, end in columns:
-        first, strips = (row, col), [row0] * len(polygons_of)
-        piece = _Field(polygons_of, None, total, round(count), first, stop - 1, start, end, strips)
-        yield key, piece
+        yield key, _Field(polygons_of, None, total, round(count), (row, col), stop - 1, start, end)
 
 
 def _piece_extents(
@@ -440,7 +437,7 @@ def _piece_extents(
     return top, bottom, left, right, first_col
 
 
-def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction) -> None:
+def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction, strip_rows: int) -> None:
     """Join each field's pieces and move it to the CRS, in the same form for any strips.
 
     The union is exact in pixel space. GDAL's outlines have vertices only where they turn; the
@@ -455,27 +452,31 @@ def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction) -> Non
     geometries[:] = [f.parts[0] if len(f.parts) == 1 else None for f in fields]
     joined = [i for i, f in enumerate(fields) if len(f.parts) > 1]
     if joined:
-        geometries[joined] = shapely.simplify(_unions(fields, joined), 0, preserve_topology=False)
+        geometries[joined] = shapely.simplify(
+            _unions(fields, joined, strip_rows), 0, preserve_topology=False
+        )
     moved = shapely.transform(shapely.normalize(geometries), to_crs)
     for item, geometry in zip(fields, moved.tolist(), strict=True):
         item.crs, item.parts = geometry, []
 
 
-def _unions(fields: list[_Field], joined: list[int]) -> list[shapely.Geometry]:
+def _unions(fields: list[_Field], joined: list[int], strip_rows: int) -> list[shapely.Geometry]:
     """The exact union of the pieces of each joined field.
 
     Pieces from different strips never overlap and meet only along seam rows; noded there
     (:func:`_noded_at_seams`) they form a coverage, whose union GEOS builds many times faster
     than a general overlay (at 16384 px the overlay took a fifth of the run). Within one strip,
     two keys of a field (joined through other strips) may share any edge, so the parts of each
-    strip are first joined by a general union, which is small.
+    strip are first joined by a general union, which is small. A part's strip is where its top
+    row lies (strips are ``strip_rows`` tall).
     """
     polygons: list[shapely.Polygon] = []
     counts = []
     for index in joined:
         field = fields[index]
         by_strip: dict[int, list[shapely.Polygon]] = {}
-        for strip, part in zip(field.strips, field.parts, strict=True):
+        strips = (shapely.bounds(field.parts)[:, 1] // strip_rows).astype(int).tolist()
+        for strip, part in zip(strips, field.parts, strict=True):
             by_strip.setdefault(strip, []).append(part)
         before = len(polygons)
         for parts in by_strip.values():
