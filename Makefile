@@ -92,3 +92,14 @@ bench-vectorize: $(STAMP)
 .PHONY: bench-fields
 bench-fields: $(STAMP)
 	$(PY) benchmarks/bench_fields.py
+
+## qgis-check: the real-client tests alone (PyQGIS and GDAL's validators under /usr/bin/python3;
+## they skip without python3-qgis / python3-gdal, which .ci/run installs where apt-get works)
+.PHONY: qgis-check qgis-render-demo
+qgis-check: $(STAMP)
+	$(PY) -m pytest tests/clients -m "slow or not slow" -q
+
+## qgis-render-demo: `make demo`'s first arrival scene, its probability and fields as QGIS draws
+## them -> docs/images/qgis-fields.png (tests/clients/render_demo.py --help for options)
+qgis-render-demo:
+	QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/clients/render_demo.py $(RENDER_ARGS)
