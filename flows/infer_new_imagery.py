@@ -8,6 +8,10 @@ overlapping or repeated runs map every scene exactly once and failures are retri
 without blocking the others (:mod:`rs_seg.ops.incoming`). Scene tasks run on the flow's task
 runner: threads by default, a Dask cluster for many machines.
 
+With ``stac:`` instead of ``incoming:`` the scenes are the items of a STAC catalog or item
+collection that pass its collection, bbox and datetime filters (the others are reported as
+*excluded*), each read where its asset is (:mod:`rs_seg.ops.stac`), recorded with its item id.
+
 Run locally:  python -m flows.infer_new_imagery configs/my-incoming.yaml
 """
 
@@ -38,8 +42,9 @@ from rs_seg.ops.incoming import (
     write_merged,
 )
 from rs_seg.ops.ledger import check_writable
+from rs_seg.remote import display
 
-STATUSES = ("mapped", "skipped", "failed", "waiting")
+STATUSES = ("mapped", "skipped", "failed", "waiting", "excluded")
 
 
 @task(
@@ -75,19 +80,21 @@ def map_scenes_on(config: IncomingConfig, jobs: list[SceneJob], runner: Any) -> 
 
 @flow(name="infer-new-imagery", log_prints=True)
 def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
-    """Map every new or changed scene of the incoming folder once with the current model.
+    """Map every new or changed scene of the incoming folder (or STAC source) once.
 
     Scenes still being copied are reported as waiting (with the reason) and left alone: no claim,
-    no output, not a failure; a later run maps them once they are complete.
+    no output, not a failure; a later run maps them once they are complete. STAC items outside
+    the source's filters are reported as excluded (with the filter).
     """
     logger = get_run_logger()
     runner = task_runner(config.runner)  # an unreachable Dask scheduler fails before any claim
     found = scan(config)
     jobs = found.jobs
     model = jobs[0].model_id if jobs else "-"
-    logger.info("%d complete scenes, %d waiting in %s; model %s; %s", len(jobs),
-                len(found.waiting), config.incoming, model, describe(config.runner))  # fmt: skip
-    results = list(found.waiting)
+    logger.info("%d complete scenes, %d waiting, %d excluded in %s; model %s; %s", len(jobs),
+                len(found.waiting), len(found.excluded), config.source, model,
+                describe(config.runner))  # fmt: skip
+    results = [*found.waiting, *found.excluded]
     if jobs:
         with runner:
             results += map_scenes_on(config, jobs, runner)
@@ -101,25 +108,32 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
         logger.info("merged layer %s: %d fields from %d scenes", config.merged, fields,
                     len(outputs))  # fmt: skip
     for result in results:
-        if result.status == "failed":
-            logger.warning("%s failed (retried next run): %s", result.scene, result.error)
-        elif result.status == "waiting":
-            logger.info("%s waiting (mapped by a later run once complete): %s", result.scene,
-                        result.reason)  # fmt: skip
-        for warning in result.warnings:
-            logger.warning("%s: %s", result.scene.name, warning)
+        _log_result(logger, result)
     create_markdown_artifact(
         key="infer-new-imagery",
         markdown=_markdown(config, results, counts, merged),
-        description="Scenes mapped, skipped (already done), failed (retried next run) and "
-        "waiting (still being copied)",
+        description="Scenes mapped, skipped (already done), failed (retried next run), "
+        "waiting (still being copied) and excluded (outside the STAC filters)",
     )
     return {**counts, "merged": merged, "results": [_row(r) for r in results]}
 
 
+def _log_result(logger: Any, result: SceneResult) -> None:
+    """One log line for a scene that needs attention (failed, waiting, excluded, warnings)."""
+    scene = result.item_id or display(result.scene)
+    if result.status == "failed":
+        logger.warning("%s failed (retried next run): %s", scene, result.error)
+    elif result.status == "waiting":
+        logger.info("%s waiting (mapped by a later run once complete): %s", scene, result.reason)
+    elif result.status == "excluded":
+        logger.info("%s excluded by the STAC filters: %s", scene, result.reason)
+    for warning in result.warnings:
+        logger.warning("%s: %s", result.label, warning)
+
+
 def _row(result: SceneResult) -> dict[str, Any]:
     return {
-        "scene": str(result.scene), "status": result.status,
+        "scene": display(result.scene), "item_id": result.item_id, "status": result.status,
         "fields": str(result.fields) if result.fields else None, "polygons": result.polygons,
         "error": result.error, "warnings": list(result.warnings), "reason": result.reason,
     }  # fmt: skip
@@ -132,10 +146,12 @@ def _markdown(
     merged: dict[str, Any] | None,
 ) -> str:
     lines = [
-        f"## New imagery in `{config.incoming}`",
+        f"## New imagery in `{config.source}`",
         "",
         f"mapped {counts['mapped']}, already done {counts['skipped']}, failed {counts['failed']},"
-        f" waiting {counts['waiting']} (ledger `{config.ledger_path}`)",
+        f" waiting {counts['waiting']}"
+        + (f", excluded {counts['excluded']}" if config.stac else "")
+        + f" (ledger `{config.ledger_path}`)",
         "",
     ]
     if merged:
@@ -151,7 +167,7 @@ def _markdown(
     for r in results:
         notes = "; ".join(n for n in (r.error, r.reason, *r.warnings) if n)
         polygons = r.polygons if r.status == "mapped" else ""
-        lines.append(f"| {r.scene.name} | {r.status} | {r.fields or ''} | {polygons} | {notes} |")
+        lines.append(f"| {r.label} | {r.status} | {r.fields or ''} | {polygons} | {notes} |")
     return "\n".join(lines) + "\n"
 
 

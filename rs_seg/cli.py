@@ -344,7 +344,13 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 @app.command()
 @reports_errors
 def infer(
-    scene: Annotated[Path, typer.Argument(help="Scene to map (GeoTIFF).")],
+    scene: Annotated[
+        str,
+        typer.Argument(
+            help="Scene to map: a GeoTIFF, or an http(s):// or s3:// URL of a COG (read window "
+            "by window)."
+        ),
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb or .geojson.")
     ] = None,

@@ -14,9 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rs_seg.errors import RsSegError
+from rs_seg.remote import display, output_text, scene_text
+from rs_seg.timespan import parse_range
 
 MASK_BACKGROUND = 0
 MASK_CROPLAND = 1  # field interior; cropland is 1 or 2
@@ -25,6 +36,15 @@ MASK_IGNORE = 255
 # What a chip set's masks hold, and what a model predicts: cropland (0/1) or fields (0/1/2).
 MaskTarget = Literal["cropland", "fields"]
 SYNTH_LABELS_FILE = "fields.gpkg"  # the labels file of a ``rs-seg synth`` folder
+
+
+# A scene: a local path, or an http(s)://, s3:// or gs:// URL of a COG, kept as the GDAL path it
+# is read through and written out (JSON, YAML, the Prefect UI) as the URL again.
+ScenePath = Annotated[
+    Path, BeforeValidator(scene_text), PlainSerializer(display, return_type=str, when_used="json")
+]
+# A file or folder rs_seg writes: never a URL.
+OutputPath = Annotated[Path, BeforeValidator(output_text)]
 
 
 class StrictModel(BaseModel):
@@ -379,12 +399,17 @@ class InferOptions(StrictModel):
 class InferConfig(InferOptions):
     """Scene inference (``rs-seg infer``): a whole scene -> probability COG + field polygons."""
 
-    scene: Path = Field(description="GeoTIFF (or any GDAL raster) to map")
-    out: Path = Field(Path("fields.gpkg"), description=".gpkg (layer fields), .fgb or .geojson")
-    prob_out: Path | None = Field(
+    scene: ScenePath = Field(
+        description="GeoTIFF (or any GDAL raster) to map: a path, or an http(s)://, s3:// or "
+        "gs:// URL of a COG, read window by window"
+    )
+    out: OutputPath = Field(
+        Path("fields.gpkg"), description=".gpkg (layer fields), .fgb or .geojson"
+    )
+    prob_out: OutputPath | None = Field(
         None, description="probability COG (uint8 0-255) [<out stem>_prob.tif beside out]"
     )
-    mask_out: Path | None = Field(None, description="optional binary mask COG (0/1)")
+    mask_out: OutputPath | None = Field(None, description="optional binary mask COG (0/1)")
     overwrite: bool = False
 
     @property
@@ -440,16 +465,72 @@ def _flat_infer_keys_in_schema(schema: dict[str, Any]) -> None:
         )
 
 
+BBox = tuple[float, float, float, float]  # west, south, east, north
+
+
+class StacSource(StrictModel):
+    """Scenes from a STAC catalog or item collection: one asset of every item the filters keep.
+
+    A static catalog (walked through its child links) or an ItemCollection file (a STAC API
+    search's answer, saved), as a path or an http(s) URL; the asset is read where it is.
+    """
+
+    href: str = Field(
+        description="catalog.json, collection.json or item collection JSON: a path or http(s) URL"
+    )
+    asset: str = Field(
+        "visual", description="key of the scene asset in each item, e.g. visual or image [visual]"
+    )
+    collections: list[str] | None = Field(
+        None, description="only items of these collections [every collection]"
+    )
+    bbox: BBox | None = Field(
+        None,
+        description="only items whose bbox intersects west,south,east,north (WGS84 degrees) "
+        "[anywhere]",
+    )
+    datetime: str | None = Field(
+        None,
+        description="only items of this time range: START/END (ISO 8601 dates or times, UTC "
+        "unless given; '..' or empty for an open end; a date alone is the whole day), or one "
+        "date or time [any time]",
+    )
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox_order(cls, bbox: BBox | None) -> BBox | None:
+        if bbox is not None and not (bbox[0] <= bbox[2] and bbox[1] <= bbox[3]):
+            raise ValueError(
+                f"bbox {list(bbox)} must be west,south,east,north with west <= east and "
+                "south <= north (a range across the antimeridian: two sources)"
+            )
+        return bbox
+
+    @field_validator("datetime")
+    @classmethod
+    def _datetime_range(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_range(text)  # raises ValueError naming the wrong part
+        return text
+
+
 class IncomingConfig(StrictModel):
-    """New-imagery mapping: where scenes arrive, where outputs and the ledger go, which model."""
+    """New-imagery mapping: where scenes come from (a folder or STAC), outputs, ledger, model."""
 
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, json_schema_extra=_flat_infer_keys_in_schema
     )
 
-    incoming: str = Field(description="folder of scenes, or a glob such as 'inbox/**/*.tif'")
-    out_dir: Path = Field(Path("data/mapped"), description="one folder of outputs per scene")
-    ledger: Path | None = Field(None, description="SQLite ledger [<out_dir>/ledger.sqlite]")
+    incoming: str | None = Field(
+        None, description="folder of scenes, or a glob such as 'inbox/**/*.tif' (or give stac)"
+    )
+    stac: StacSource | None = Field(
+        None,
+        description="scenes from a STAC catalog or item collection instead of a folder: href, "
+        "asset, collections, bbox, datetime; each item's scene folder is named by its id",
+    )
+    out_dir: OutputPath = Field(Path("data/mapped"), description="one folder of outputs per scene")
+    ledger: OutputPath | None = Field(None, description="SQLite ledger [<out_dir>/ledger.sqlite]")
     reprocess_on_model_change: bool = Field(
         True, description="map every scene again when the latest model changes"
     )
@@ -458,7 +539,7 @@ class IncomingConfig(StrictModel):
         description="map a scene only once its size and mtime have not changed for this long "
         "(a copy still in progress waits for a later run); 0: as soon as it reads as a raster",
     )
-    merged: Path | None = Field(
+    merged: OutputPath | None = Field(
         None, description="also write every mapped scene's fields into this one .gpkg"
     )
     merged_crs: str | None = Field(None, description="CRS of the merged layer [first scene's]")
@@ -492,10 +573,23 @@ class IncomingConfig(StrictModel):
         rest = {key: value for key, value in data.items() if key not in flat}
         return {**rest, "infer": {**nested, **flat}}
 
+    @model_validator(mode="after")
+    def _one_source(self) -> IncomingConfig:
+        if (self.incoming is None) == (self.stac is None):
+            raise ValueError(
+                "give incoming (a folder or glob of scenes) or stac (a catalog), exactly one"
+            )
+        return self
+
     @property
     def ledger_path(self) -> Path:
         """The ledger file."""
         return self.ledger or self.out_dir / "ledger.sqlite"
+
+    @property
+    def source(self) -> str:
+        """Where the scenes come from, for logs and reports."""
+        return f"STAC {self.stac.href}" if self.stac is not None else str(self.incoming)
 
 
 class RsSegConfig(StrictModel):

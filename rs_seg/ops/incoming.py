@@ -13,6 +13,12 @@ records in the calling process, :func:`map_scene` wherever the caller submits it
 is this process, one scene after another; the ``infer-new-imagery`` flow passes its task runner's
 submit (threads, a Dask cluster), whose workers need the scenes and the output folder but never
 the ledger.
+
+Scenes can also come from a STAC catalog or item collection (``stac:`` instead of ``incoming:``,
+:mod:`rs_seg.ops.stac`): each item the filters keep is a job whose scene is its asset (a URL read
+window by window, or a local file), keyed in the ledger by a fingerprint of the item and recorded
+with the item id; its folder is ``<out_dir>/<item id>/<model id>/``. Items are complete when
+published, so they never wait; items the filters leave out are listed as *excluded*.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from rs_seg.infer.run import run_infer
 from rs_seg.infer.vectorize import add_default_style
 from rs_seg.ops.ledger import ANY_MODEL, Ledger
 from rs_seg.ops.registry import latest_bundle
+from rs_seg.ops.stac import folder_name, select_scenes
 from rs_seg.rasters import GDAL_ENV, gdal_message
+from rs_seg.remote import display, file_name
 from rs_seg.staging import (
     FolderKind,
     check_not_inputs,
@@ -65,11 +73,12 @@ SCENE_FOLDER = FolderKind(
 class SceneJob:
     """One scene to consider: where it is, what it contains, which model maps it."""
 
-    scene: Path
+    scene: Path  # a local file, or a URL as GDAL opens it (rs_seg.remote.scene_path)
     fingerprint: str
     model: Path
     model_id: str
     ledger_key: str
+    item_id: str | None = None  # the STAC item the scene is the asset of
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,18 @@ class SceneResult:
     """What happened to one scene in this run."""
 
     scene: Path
-    status: Literal["mapped", "skipped", "failed", "waiting"]
+    status: Literal["mapped", "skipped", "failed", "waiting", "excluded"]
     fields: Path | None = None
     polygons: int = 0
     error: str | None = None
     warnings: tuple[str, ...] = ()  # input checks, e.g. drift from the training statistics
-    reason: str | None = None  # waiting: why the scene is not complete yet
+    reason: str | None = None  # waiting: why the scene is not complete yet; excluded: which filter
+    item_id: str | None = None  # STAC scenes: the item
+
+    @property
+    def label(self) -> str:
+        """What reports call the scene: its STAC item id, else its file name."""
+        return self.item_id or file_name(self.scene)
 
 
 Outcome = SceneResult | BaseException
@@ -92,10 +107,15 @@ Handle = TypeVar("Handle")
 
 @dataclass(frozen=True)
 class Scan:
-    """The scenes of one run: complete ones to claim, and the ones still waiting."""
+    """The scenes of one run: complete ones to claim, ones still waiting, STAC items left out.
+
+    An excluded item's ``scene`` is its item id (the filters may leave out items that have no
+    scene asset at all).
+    """
 
     jobs: list[SceneJob] = field(default_factory=list)
     waiting: list[SceneResult] = field(default_factory=list)
+    excluded: list[SceneResult] = field(default_factory=list)
 
 
 def list_scenes(incoming: str) -> list[Path]:
@@ -115,10 +135,41 @@ def scan(cfg: IncomingConfig, now: float | None = None) -> Scan:
     every scene is still waiting, needs no model, so a schedule set up before the first training
     run idles quietly instead of failing every interval.
     """
+    if cfg.stac is not None:
+        return scan_stac(cfg)
+    assert cfg.incoming is not None  # IncomingConfig holds one source
     scenes = list_scenes(cfg.incoming)
     ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
     with ledger.scanning():
         return _scan(cfg, ledger, scenes, time.time() if now is None else now)
+
+
+def scan_stac(cfg: IncomingConfig) -> Scan:
+    """The items of the STAC source as jobs (the run's model, the item's key), the rest excluded.
+
+    As for an inbox, no item to map needs no model. The catalog is read before the ledger is
+    touched, so a source that cannot be read fails in one line and changes nothing.
+    """
+    assert cfg.stac is not None
+    selection = select_scenes(cfg.stac)
+    Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
+    excluded = [
+        SceneResult(Path(e.item_id), "excluded", reason=e.reason, item_id=e.item_id)
+        for e in selection.excluded
+    ]
+    if not selection.scenes:
+        return Scan([], [], excluded)
+    model, model_id, key = _run_model(cfg)
+    jobs = [SceneJob(s.scene, s.fingerprint, model, model_id, key, s.item_id)
+            for s in selection.scenes]  # fmt: skip
+    return Scan(jobs, [], excluded)
+
+
+def _run_model(cfg: IncomingConfig) -> tuple[Path, str, str]:
+    """The run's model bundle, its id, and the ledger key scenes are claimed under."""
+    model = Path(cfg.infer.model or latest_bundle(cfg.infer.models_dir))
+    model_id = ModelBundle.load(model).model_id
+    return model, model_id, model_id if cfg.reprocess_on_model_change else ANY_MODEL
 
 
 def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -> Scan:
@@ -132,9 +183,7 @@ def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -
             waiting.append(SceneResult(scene, "waiting", reason=reason))
     if not ready:
         return Scan([], waiting)
-    model = cfg.infer.model or latest_bundle(cfg.infer.models_dir)
-    model_id = ModelBundle.load(model).model_id
-    key = model_id if cfg.reprocess_on_model_change else ANY_MODEL
+    model, model_id, key = _run_model(cfg)
     jobs = []
     for scene in ready:
         try:
@@ -148,7 +197,7 @@ def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -
             reason = "size or mtime changed while it was being read"
             waiting.append(SceneResult(scene, "waiting", reason=reason))
             continue
-        jobs.append(SceneJob(scene, fingerprint, Path(model), model_id, key))
+        jobs.append(SceneJob(scene, fingerprint, model, model_id, key))
     return Scan(jobs, sorted(waiting, key=lambda r: r.scene))
 
 
@@ -219,13 +268,16 @@ def read_problem(scene: Path) -> str | None:
 
 
 def scene_outputs(cfg: IncomingConfig, job: SceneJob) -> Path:
-    """Per-scene folder: ``<out_dir>/<scene stem>/<model id>/``."""
-    return cfg.out_dir / job.scene.stem / job.model_id
+    """Per-scene folder: ``<out_dir>/<scene stem or STAC item id>/<model id>/``."""
+    name = folder_name(job.item_id) if job.item_id is not None else job.scene.stem
+    return cfg.out_dir / name / job.model_id
 
 
 def claim(cfg: IncomingConfig, job: SceneJob) -> bool:
     """Take the scene in the ledger; False when it is done or another live run holds it."""
-    return Ledger(cfg.ledger_path).claim(job.fingerprint, job.ledger_key, job.scene)
+    return Ledger(cfg.ledger_path).claim(
+        job.fingerprint, job.ledger_key, display(job.scene), item_id=job.item_id
+    )
 
 
 def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
@@ -242,7 +294,7 @@ def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
         _rename_in_metadata(staging / "fields.gpkg", staging, final)
     return SceneResult(
         job.scene, "mapped", final / "fields.gpkg", summary.polygons,
-        warnings=tuple(summary.warnings),
+        warnings=tuple(summary.warnings), item_id=job.item_id,
     )  # fmt: skip
 
 
@@ -276,14 +328,17 @@ def record(cfg: IncomingConfig, job: SceneJob, outcome: SceneResult | BaseExcept
         "the ledger was replaced during the run (this scene's claim was gone); its outcome was "
         "recorded again"
     )
+    scene = display(job.scene)
     if isinstance(outcome, SceneResult):
-        if ledger.complete(job.fingerprint, job.ledger_key, outcome.fields or Path(), job.scene):
+        output = outcome.fields or Path()
+        if ledger.complete(job.fingerprint, job.ledger_key, output, scene, job.item_id):
             outcome = replace(outcome, warnings=(*outcome.warnings, replaced))
         return outcome
     message = str(outcome) or type(outcome).__name__
-    again = ledger.fail(job.fingerprint, job.ledger_key, message, job.scene)
-    log.warning("%s: failed, will be retried by the next run: %s", job.scene, message)
-    return SceneResult(job.scene, "failed", error=message, warnings=(replaced,) if again else ())
+    again = ledger.fail(job.fingerprint, job.ledger_key, message, scene, job.item_id)
+    log.warning("%s: failed, will be retried by the next run: %s", scene, message)
+    return SceneResult(job.scene, "failed", error=message, warnings=(replaced,) if again else (),
+                       item_id=job.item_id)  # fmt: skip
 
 
 def map_scenes(
@@ -306,7 +361,7 @@ def map_scenes(
     try:
         for job in jobs:
             if not claim(cfg, job):
-                results[job] = SceneResult(job.scene, "skipped")
+                results[job] = SceneResult(job.scene, "skipped", item_id=job.item_id)
                 continue
             claimed.append(job)
             handles[submit(job) if submit else job] = job

@@ -13,6 +13,10 @@ The ledger also remembers how each file looked when a scan last saw it (size, mt
 has not changed), so a file that is still being copied can be told from a complete one without
 sleeping in the scan (:meth:`Ledger.sight`). A ledger file deleted or replaced during a run loses
 that run's claims; recording an outcome then writes the row again instead of losing it silently.
+
+A scene from a STAC catalog is keyed by a fingerprint of its item instead of its bytes (a remote
+COG is never downloaded whole, :mod:`rs_seg.ops.stac`) and its row records the item id. Columns
+added since the first ledgers (``item_id``) are added to an older ledger file on first use.
 """
 
 from __future__ import annotations
@@ -47,9 +51,14 @@ CREATE TABLE IF NOT EXISTS scenes (
     finished_at REAL,
     output      TEXT,
     error       TEXT,
+    item_id     TEXT,
     PRIMARY KEY (fingerprint, model_id)
 )
 """
+# Columns added since the first ledgers were written, with their declarations: a ledger from an
+# older version gets them on first use (ALTER TABLE ... ADD COLUMN keeps every row, as NULL).
+# item_id: the STAC item a scene came from (NULL for inbox scenes).
+_ADDED_COLUMNS = {"item_id": "TEXT"}
 # Fingerprints of files as last seen (path, size, mtime): a schedule that scans a large archive
 # every few minutes re-reads only the files that changed, not every byte of every scene.
 _FINGERPRINTS = """
@@ -123,6 +132,23 @@ def _read_only_mount(folder: Path) -> str | None:
     return f"{folder} is on a read-only file system" if read_only else None
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a ledger written by an older version up to the current ``scenes`` columns.
+
+    Two runs may both find a column missing; the second ALTER then fails with "duplicate
+    column", which means the column is there, as wanted.
+    """
+    present = {row[1] for row in db.execute("PRAGMA table_info(scenes)")}
+    for column, declaration in _ADDED_COLUMNS.items():
+        if column in present:
+            continue
+        try:
+            db.execute(f"ALTER TABLE scenes ADD COLUMN {column} {declaration}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+
+
 def run_owner() -> str:
     """Who holds a claim: host and process, shown when a scene is busy or stuck."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -166,6 +192,7 @@ class Entry:
     finished_at: float | None
     output: str | None
     error: str | None
+    item_id: str | None = None  # the STAC item of the scene; None for inbox scenes
 
 
 class Ledger:
@@ -201,6 +228,7 @@ class Ledger:
                 db.execute("PRAGMA busy_timeout=60000")
                 for schema in (_SCHEMA, _FINGERPRINTS, _SIGHTINGS):
                     db.execute(schema)
+                _add_missing_columns(db)
                 yield db
             finally:
                 db.close()
@@ -315,8 +343,15 @@ class Ledger:
                 (str(sighting.path.resolve()), sighting.size, sighting.mtime_ns),
             )
 
-    def claim(self, fingerprint: str, model_id: str, path: Path, owner: str | None = None) -> bool:
-        """Take a scene for processing; False when it is done or another live run holds it."""
+    def claim(
+        self, fingerprint: str, model_id: str, path: Path | str, owner: str | None = None,
+        item_id: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Take a scene for processing; False when it is done or another live run holds it.
+
+        ``path``: where the scene is read (a file, or a URL); ``item_id``: the STAC item it
+        came from, recorded with it.
+        """
         now = time.time()
         owner = owner or run_owner()
         with self._transaction() as db:
@@ -327,9 +362,9 @@ class Ledger:
             ).fetchone()
             if row is None:
                 db.execute(
-                    "INSERT INTO scenes (fingerprint, model_id, path, status, owner, claimed_at)"
-                    " VALUES (?, ?, ?, 'running', ?, ?)",
-                    (fingerprint, model_id, str(path), owner, now),
+                    "INSERT INTO scenes (fingerprint, model_id, path, status, owner, claimed_at,"
+                    " item_id) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                    (fingerprint, model_id, str(path), owner, now, item_id),
                 )
                 return True
             status, claimed_at, holder = row
@@ -338,15 +373,15 @@ class Ledger:
                 return False
             db.execute(
                 "UPDATE scenes SET status = 'running', attempts = attempts + 1, owner = ?,"
-                " claimed_at = ?, path = ?, error = NULL"
+                " claimed_at = ?, path = ?, error = NULL, item_id = ?"
                 " WHERE fingerprint = ? AND model_id = ?",
-                (owner, now, str(path), fingerprint, model_id),
+                (owner, now, str(path), item_id, fingerprint, model_id),
             )
             return True
 
     def _finish(
-        self, fingerprint: str, model_id: str, status: str, path: Path | None,
-        output: str | None = None, error: str | None = None,
+        self, fingerprint: str, model_id: str, status: str, path: Path | str | None,
+        output: str | None = None, error: str | None = None, item_id: str | None = None,
     ) -> bool:  # fmt: skip
         """Write the outcome; True when the claim was gone and the row was written again."""
         now = time.time()
@@ -359,9 +394,9 @@ class Ledger:
             if not updated:  # the ledger was deleted or replaced since the claim
                 db.execute(
                     "INSERT INTO scenes (fingerprint, model_id, path, status, owner, claimed_at,"
-                    " finished_at, output, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " finished_at, output, error, item_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (fingerprint, model_id, str(path or output or ""), status, run_owner(), now,
-                     now, output, error),
+                     now, output, error, item_id),
                 )  # fmt: skip
         if not updated:
             log.warning(
@@ -371,23 +406,29 @@ class Ledger:
         return not updated
 
     def complete(
-        self, fingerprint: str, model_id: str, output: Path, path: Path | None = None
-    ) -> bool:
+        self, fingerprint: str, model_id: str, output: Path, path: Path | str | None = None,
+        item_id: str | None = None,
+    ) -> bool:  # fmt: skip
         """Record a scene (at ``path``) as mapped, with where its outputs are.
 
         True when the ledger was replaced since the claim and the row was written again.
         """
-        return self._finish(fingerprint, model_id, "done", path, output=str(output))
+        return self._finish(fingerprint, model_id, "done", path, output=str(output),
+                            item_id=item_id)  # fmt: skip
 
-    def fail(self, fingerprint: str, model_id: str, error: str, path: Path | None = None) -> bool:
+    def fail(
+        self, fingerprint: str, model_id: str, error: str, path: Path | str | None = None,
+        item_id: str | None = None,
+    ) -> bool:  # fmt: skip
         """Record a failure; the next run claims the scene again. True as for :meth:`complete`."""
-        return self._finish(fingerprint, model_id, "failed", path, error=error[:1000])
+        return self._finish(fingerprint, model_id, "failed", path, error=error[:1000],
+                            item_id=item_id)  # fmt: skip
 
     def entries(self) -> list[Entry]:
         """Every row, oldest claim first (for reports and tests)."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT fingerprint, model_id, path, status, attempts, owner, claimed_at,"
-                " finished_at, output, error FROM scenes ORDER BY claimed_at"
+                " finished_at, output, error, item_id FROM scenes ORDER BY claimed_at"
             ).fetchall()
         return [Entry(*row) for row in rows]
