@@ -42,8 +42,8 @@ from rs_seg.config import (
     load_training_configs,
 )
 from rs_seg.errors import RsSegError
+from rs_seg.infer.field_layer import LAYER
 from rs_seg.infer.run import choose_fields, load_model
-from rs_seg.infer.vectorize import LAYER
 from rs_seg.records import ObjectMetrics
 from rs_seg.staging import (
     FolderKind,

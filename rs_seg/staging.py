@@ -337,7 +337,13 @@ FIELD_COLUMNS = frozenset({"field_id", "area_ha", "mean_prob", "model_id"})
 
 
 def fields_written_by_rs_seg(path: Path) -> bool:
-    """A field layer rs_seg wrote: one ``fields`` layer (plus its style) with rs_seg's columns."""
+    """A field layer rs_seg wrote: one ``fields`` layer (plus its style) with rs_seg's columns.
+
+    A GeoParquet file is rs_seg's when its file metadata carry rs_seg's provenance and the fiboa
+    collection (see :mod:`rs_seg.infer.fiboa`).
+    """
+    if Path(path).suffix.lower() == ".parquet":
+        return _parquet_written_by_rs_seg(path)
     # GDAL loads only for the recognizers; the CLI imports staging at start
     import pyogrio
 
@@ -347,6 +353,16 @@ def fields_written_by_rs_seg(path: Path) -> bool:
     except Exception:
         return False
     return layers <= {"fields", "layer_styles"} and columns >= FIELD_COLUMNS
+
+
+def _parquet_written_by_rs_seg(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:
+        return False
+    return b"rs_seg" in metadata and b"fiboa" in metadata
 
 
 # --- staging and publication ---------------------------------------------------------------------

@@ -1,26 +1,23 @@
-"""Field layers from a probability raster: settings, raster checks, layer writer and QGIS style.
+"""Field layers from a probability raster: settings, raster checks and the strip-wise write.
 
 :func:`vectorize` checks the raster (uint8, one band or two, a projected CRS), turns the m²
 settings into CRS units and writes the field records completed strip by strip: by
 :func:`rs_seg.infer.polygonize.field_records` (cropland regions) for one band, by
 :func:`rs_seg.infer.split.field_records` (cropland split into fields by the boundary band) for
-two. GeoPackages are written in batches, FlatGeobuf and GeoJSON at the end, with provenance as
-layer metadata and, in a GeoPackage, a default QGIS style. Each output is staged and published
-only once it is complete.
+two. The records are simplified, made valid and numbered here, and written by the one field layer
+writer (:mod:`rs_seg.infer.field_layer`: schema, formats, provenance, QGIS style). Each output is
+staged and published only once it is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -28,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 import shapely
-from pyogrio.raw import write as write_layer
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from shapely.geometry.base import BaseGeometry
@@ -36,6 +32,16 @@ from shapely.geometry.base import BaseGeometry
 import rs_seg
 from rs_seg.errors import RsSegError
 from rs_seg.field_rule import GROW
+from rs_seg.infer.field_layer import (
+    BATCH,
+    LAYER,
+    FieldBatch,
+    FieldLayerWriter,
+    LayerInfo,
+    output_driver,
+    scene_key,
+    today,
+)
 from rs_seg.infer.polygonize import FieldRecord, field_records
 from rs_seg.infer.split import field_records as split_field_records
 from rs_seg.levels import threshold_to_level
@@ -44,21 +50,14 @@ from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_fi
 
 log = logging.getLogger(__name__)
 
-LAYER = "fields"
-DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".geojson": "GeoJSON"}
-STYLE_NAME = "rs_seg fields"
-_LAYER_OPTIONS = {
-    "GPKG": {"SPATIAL_INDEX": "YES"},
-    "FlatGeobuf": {"SPATIAL_INDEX": "YES"},
-    "GeoJSON": {"RFC7946": "YES"},
-}
-_GPKG_BATCH = 5000  # features per append: one transaction each, bounded memory
 BOUNDARY_TAG = "boundary_threshold_used"  # the boundary threshold a fields model's raster stores
 FIELD_THRESHOLD_TAG = "field_threshold_used"  # a fields model's extent threshold for fields
 MIN_AREA_TAG = "min_area_used"  # the smallest field (m²) rs-seg infer kept
 THRESHOLD_TAGS = ("threshold_used", "threshold")  # the cropland threshold, newest name first
 DEFAULT_MIN_AREA = 500.0  # m², where neither the user nor the model says
-BAND_NAMES = ("cropland", "boundary")  # band descriptions of a two-band probability raster
+# band descriptions of a two-band probability raster: today's, and those before scale/offset
+BAND_NAMES = ("cropland probability", "boundary probability")
+_OLD_BAND_NAMES = ("cropland", "boundary")
 MAX_GROW = 256  # pixels: growth reads as many rows above and below each strip
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 _T = TypeVar("_T")
@@ -255,19 +254,21 @@ def vectorize(
     ):
         metres = _check_raster(src, prob_path)
         splits = splits_fields(src, settings)
-        info = _LayerInfo(
+        scene = scene or _scene_name(prob_path)
+        info = LayerInfo(
             driver=driver,
             crs=_crs_text(src.crs),
-            scene=scene,
-            model_id=model_id,
             metadata=_layer_metadata(prob_path, settings, splits, scene, model_id, metadata),
         )
+        records = _Records(scene, model_id, settings.simplify)
         if publish:
             check_not_inputs([out_path], [prob_path])
             with staged_file(out_path, overwrite, owned=fields_written_by_rs_seg) as staging:
-                writer = _write_layer(src, staging, info, settings, metres, progress)
+                writer = _write_layer(src, FieldLayerWriter(staging, info, metres), records,
+                                      settings, metres, progress)  # fmt: skip
         else:
-            writer = _write_layer(src, out_path, info, settings, metres, progress)
+            writer = _write_layer(src, FieldLayerWriter(out_path, info, metres), records,
+                                  settings, metres, progress)  # fmt: skip
         megapixels = src.width * src.height / 1e6
     if writer.count == 0:
         level = threshold_to_level(settings.threshold)
@@ -285,22 +286,60 @@ def vectorize(
 
 def _write_layer(
     src: rasterio.io.DatasetReader,
-    path: Path,
-    info: _LayerInfo,
+    writer: FieldLayerWriter,
+    records: _Records,
     settings: VectorizeSettings,
     metres: float,
     progress: bool,
-) -> _Writer:
-    """Polygonize ``src`` strip by strip into the layer at ``path``, styled for QGIS."""
-    writer = _Writer(path, info, metres)
+) -> FieldLayerWriter:
+    """Polygonize ``src`` strip by strip into ``writer``'s layer and complete it."""
     completed = _field_records(src, settings, metres, progress)
-    for records in computed_ahead(completed):
-        writer.add(records, settings.simplify)
-        del records  # not kept alive while the next strip is polygonized
+    for strip_records in computed_ahead(completed):
+        for start in range(0, len(strip_records), BATCH):
+            writer.write(records.batch(strip_records[start : start + BATCH]))
+        del strip_records  # not kept alive while the next strip is polygonized
     writer.close()
-    if info.driver == "GPKG":
-        add_default_style(path, LAYER)
     return writer
+
+
+class _Records:
+    """Turns a scene's field records into batches for the writer: simplified, valid, numbered.
+
+    A noisy strip completes 100 000 fields or more at once: they are prepared a batch at a
+    time, so the simplified copies and WKB of only one batch exist at a time.
+    """
+
+    def __init__(self, scene: str, model_id: str, tolerance: float) -> None:
+        self._scene = scene
+        self._model_id = model_id
+        self._tolerance = tolerance
+        self._date = today()
+        self._count = 0
+
+    def batch(self, records: list[FieldRecord]) -> FieldBatch:
+        geometries = _final_geometries([r.geometry for r in records], self._tolerance)
+        # a field that collapsed entirely is no field; numpy's stubs refuse None as an operand,
+        # though on an object array it compares element-wise
+        kept = np.not_equal(geometries, None)  # type: ignore[call-overload]
+        geometries = geometries[kept]
+        mean_prob = np.array([r.mean_prob for r, k in zip(records, kept, strict=True) if k])
+        n = len(geometries)
+        numbers = np.arange(self._count + 1, self._count + n + 1, dtype=np.int64)
+        self._count += n
+        return FieldBatch(
+            geometries=geometries,
+            field_id=scene_key(self._scene, numbers),
+            mean_prob=mean_prob.astype(np.float64),
+            scene=np.full(n, self._scene, dtype=object),
+            model_id=np.full(n, self._model_id, dtype=object),
+            date=np.full(n, self._date, dtype="datetime64[D]"),
+        )
+
+
+def _scene_name(prob_path: Path) -> str:
+    """The scene a probability raster was predicted from: its tag, else its name less ``_prob``."""
+    stem = prob_path.stem
+    return stem[: -len("_prob")] if stem.endswith("_prob") and len(stem) > 5 else stem
 
 
 def computed_ahead(items: Iterator[_T]) -> Iterator[_T]:
@@ -366,15 +405,6 @@ def _field_records(
     )  # fmt: skip
 
 
-def output_driver(path: Path) -> str:
-    """The OGR driver for an output path, so a wrong extension fails before any work is done."""
-    driver = DRIVERS.get(Path(path).suffix.lower())
-    if driver is None:
-        supported = ", ".join(DRIVERS)
-        raise RsSegError(f"unsupported output format; use one of {supported}", path)
-    return driver
-
-
 def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
     """Refuse rasters the polygons would be wrong for; return metres per CRS unit.
 
@@ -392,7 +422,7 @@ def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
         if dtype != "uint8":
             raise RsSegError(f"probability raster must be uint8 (0-255), found {dtype}", path)
     names = tuple(src.descriptions)
-    if src.count == 2 and any(names) and names != BAND_NAMES:
+    if src.count == 2 and any(names) and names not in (BAND_NAMES, _OLD_BAND_NAMES):
         raise RsSegError(
             f"two-band probability raster must have bands {BAND_NAMES}, found {names}", path
         )
@@ -451,99 +481,6 @@ def _layer_metadata(
 # --- output ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _LayerInfo:
-    """What every write of the layer needs besides the features."""
-
-    driver: str
-    crs: str
-    scene: str
-    model_id: str
-    metadata: dict[str, str]
-
-
-class _Writer:
-    """Collects finished features and writes them: GeoPackages in batches, others at the end."""
-
-    def __init__(self, path: Path, info: _LayerInfo, metres: float) -> None:
-        self._path = path
-        self._info = info
-        self._metres = metres
-        self._date = np.datetime64(dt.datetime.now(dt.UTC).date().isoformat(), "D")
-        self._geometries: list[bytes] = []
-        self._columns: dict[str, list[float]] = {"area_ha": [], "perimeter_m": [], "mean_prob": []}
-        self._created = False
-        self.count = 0
-        self.area_ha = 0.0
-
-    def add(self, records: list[FieldRecord], tolerance: float) -> None:
-        """Simplify, validate and queue ``records``; flush a GeoPackage batch when it is full.
-
-        A noisy strip completes 100 000 fields or more at once: they are prepared and written a
-        batch at a time, so the simplified copies and WKB of only one batch exist at a time.
-        """
-        for start in range(0, len(records), _GPKG_BATCH):
-            self._add_batch(records[start : start + _GPKG_BATCH], tolerance)
-
-    def _add_batch(self, records: list[FieldRecord], tolerance: float) -> None:
-        geometries = _final_geometries([r.geometry for r in records], tolerance)
-        # a field that collapsed entirely is no field; numpy's stubs refuse None as an operand,
-        # though on an object array it compares element-wise
-        kept = np.not_equal(geometries, None)  # type: ignore[call-overload]
-        geometries, records = geometries[kept], [r for r, k in zip(records, kept, strict=True) if k]
-        area_ha = shapely.area(geometries) * self._metres**2 / 10_000
-        self._geometries.extend(shapely.to_wkb(geometries).tolist())
-        self._columns["area_ha"].extend(area_ha.tolist())
-        self._columns["perimeter_m"].extend((shapely.length(geometries) * self._metres).tolist())
-        self._columns["mean_prob"].extend(r.mean_prob for r in records)
-        self.area_ha += float(area_ha.sum())
-        if self._info.driver == "GPKG" and len(self._geometries) >= _GPKG_BATCH:
-            self._flush()
-
-    def close(self) -> None:
-        """Write what is left; an empty result still creates the layer with its full schema."""
-        if self._geometries or not self._created:
-            self._flush()
-
-    def _flush(self) -> None:
-        n = len(self._geometries)
-        ids = np.arange(self.count + 1, self.count + n + 1, dtype=np.int64)
-        data = [ids] + [np.asarray(self._columns[k], dtype=np.float64) for k in self._columns]
-        data += [
-            np.full(n, self._info.scene, dtype=object),
-            np.full(n, self._info.model_id, dtype=object),
-            np.full(n, self._date, dtype="datetime64[D]"),
-        ]
-        write_layer(
-            self._path,
-            np.array(self._geometries, dtype=object),
-            data,
-            ["field_id", *self._columns, "scene", "model_id", "date"],
-            layer=LAYER,
-            driver=self._info.driver,
-            geometry_type="MultiPolygon",
-            crs=self._info.crs,
-            append=self._created,
-            **self._creation_options(),
-        )
-        self._created = True
-        self.count += n
-        self._geometries = []
-        self._columns = {k: [] for k in self._columns}
-
-    def _creation_options(self) -> dict[str, Any]:
-        if self._created:
-            return {}
-        options = {
-            "layer_options": _LAYER_OPTIONS[self._info.driver],
-            "layer_metadata": self._info.metadata if self._info.driver != "GeoJSON" else None,
-        }
-        if self._info.driver == "GPKG":
-            # GeoPackage 1.2: read without warnings by the GDAL of older QGIS releases too.
-            options["dataset_options"] = {"VERSION": "1.2"}
-        return options
-
-
 def _final_geometries(geometries: list[BaseGeometry], tolerance: float) -> _GeoArray:
     """Simplified, valid MultiPolygons (one geometry type for the layer); None where none is left.
 
@@ -563,52 +500,3 @@ def _final_geometries(geometries: list[BaseGeometry], tolerance: float) -> _GeoA
     keep = polygon & ~shapely.is_empty(parts)
     out = np.full(len(array), None, dtype=object)
     return cast(_GeoArray, shapely.multipolygons(parts[keep], indices=index[keep], out=out))
-
-
-# --- QGIS style --------------------------------------------------------------------------------
-
-_LAYER_STYLES_SQL = """
-CREATE TABLE IF NOT EXISTS layer_styles (
-    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
-    f_table_catalog TEXT(256), f_table_schema TEXT(256), f_table_name TEXT(256),
-    f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, styleSLD TEXT,
-    useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
-    update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-)
-"""
-
-
-def field_style() -> str:
-    """The QML style of the field layer (semi-transparent fill, dark outline, map tip)."""
-    return resources.files("rs_seg.styles").joinpath("fields.qml").read_text(encoding="utf-8")
-
-
-def add_default_style(gpkg: Path, layer: str) -> None:
-    """Store the field style as the layer's default in the GeoPackage's ``layer_styles`` table.
-
-    QGIS looks there when a GeoPackage layer is opened and applies the row marked
-    ``useAsDefault``; the table is registered in ``gpkg_contents`` as an attributes table, as QGIS
-    itself does, so GDAL and the GeoPackage validator accept it.
-    """
-    connection = sqlite3.connect(gpkg)
-    try:
-        with connection:
-            column = connection.execute(
-                "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)
-            ).fetchone()[0]
-            connection.execute(_LAYER_STYLES_SQL)
-            connection.execute(
-                "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier) "
-                "VALUES ('layer_styles', 'attributes', 'layer_styles')"
-            )
-            connection.execute(
-                "UPDATE layer_styles SET useAsDefault = 0 WHERE f_table_name = ?", (layer,)
-            )
-            connection.execute(
-                "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
-                "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
-                "owner, ui) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', '')",
-                (layer, column, STYLE_NAME, field_style(), "cropland fields from rs_seg"),
-            )
-    finally:
-        connection.close()

@@ -23,8 +23,10 @@ published, so they never wait; items the filters leave out are listed as *exclud
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import logging
+import os
 import sqlite3
 import time
 import warnings
@@ -42,8 +44,8 @@ from rasterio.windows import Window
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import IncomingConfig
 from rs_seg.errors import RsSegError
+from rs_seg.infer.field_layer import FieldLayerWriter, LayerInfo, merge_scenes, output_driver
 from rs_seg.infer.run import run_infer
-from rs_seg.infer.vectorize import add_default_style
 from rs_seg.ops.ledger import ANY_MODEL, Ledger
 from rs_seg.ops.registry import latest_bundle
 from rs_seg.ops.stac import folder_name, select_scenes
@@ -65,7 +67,7 @@ SCENE_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 SCENE_FOLDER = FolderKind(
     command="infer-new-imagery",
     marker="fields.gpkg",
-    names=("fields.gpkg", "fields_prob.tif", ".fields*"),
+    names=("fields.gpkg", "fields_prob.tif", "fields_prob.qml", ".fields*"),
 )
 
 
@@ -398,24 +400,57 @@ def mapped_outputs(cfg: IncomingConfig, jobs: list[SceneJob]) -> list[Path]:
 
 
 def write_merged(outputs: list[Path], out: Path, crs: str | None = None) -> int:
-    """All scenes' fields in one GeoPackage layer ``fields``, one scene in memory at a time.
+    """All scenes' fields in one layer ``fields``, one scene in memory at a time.
 
-    Written to a temporary name and renamed, so readers never see half a layer; an existing file
+    Written by the same writer as each scene's file (:mod:`rs_seg.infer.field_layer`: same
+    GeoPackage version, columns and types, ``<scene>/<n>`` keys, default style), with provenance
+    of its own: the models, thresholds and source files (relative to the merged file's folder).
+    Built under a temporary name and renamed, so readers never see half a layer; an existing file
     is replaced only if it is an rs_seg field layer. Scenes in other CRSs are reprojected to
     ``crs`` (default: the first scene's). Returns the number of fields.
     """
     if not outputs:
         return 0
     check_not_inputs([out], outputs)
-    total = 0
+    driver = output_driver(out)
+    infos = [pyogrio.read_info(source, layer="fields") for source in outputs]
+    crs = crs or str(infos[0]["crs"])
+    metadata = merged_metadata(outputs, [i.get("layer_metadata") or {} for i in infos], out)
     with staged_file(out, overwrite=True, owned=fields_written_by_rs_seg) as staging:
-        for source in outputs:
-            fields = pyogrio.read_dataframe(source, layer="fields")
-            crs = crs or fields.crs.to_string()
-            pyogrio.write_dataframe(
-                fields.to_crs(crs), staging, layer="fields", driver="GPKG", append=total > 0,
-                promote_to_multi=True,
-            )  # fmt: skip
-            total += len(fields)
-        add_default_style(staging, "fields")
-    return total
+        writer = FieldLayerWriter(staging, LayerInfo(driver, crs, metadata), _metres(crs))
+        merge_scenes(outputs, writer, crs)
+        writer.close()
+    return writer.count
+
+
+def merged_metadata(
+    outputs: list[Path], sources: list[dict[str, str]], out: Path
+) -> dict[str, str]:
+    """What a merged layer says about itself: rs_seg version, models, thresholds, sources."""
+    import json
+
+    import rs_seg
+
+    def values(key: str) -> str:
+        return ",".join(sorted({m[key] for m in sources if m.get(key)}))
+
+    return {
+        "rs_seg_version": rs_seg.__version__,
+        "merged_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model_id": values("model_id"),
+        "threshold": values("threshold"),
+        "boundary_threshold": values("boundary_threshold"),
+        "min_area_m2": values("min_area_m2"),
+        "scenes": json.dumps([m.get("scene", "") for m in sources]),
+        "source_files": json.dumps(
+            [os.path.relpath(p.resolve(), out.resolve().parent) for p in outputs]
+        ),
+    }
+
+
+def _metres(crs: str) -> float:
+    """Metres per unit of the merged layer's CRS (a projected one, like every scene's)."""
+    from pyproj import CRS
+
+    unit = CRS.from_user_input(crs).axis_info[0]
+    return float(unit.unit_conversion_factor)

@@ -58,7 +58,9 @@ def scene_folders(root: Path) -> list[Path]:
 
 def assert_complete(folder: Path) -> None:
     """A published scene folder holds both outputs, whole and of one run."""
-    assert sorted(p.name for p in folder.iterdir()) == ["fields.gpkg", "fields_prob.tif"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "fields.gpkg", "fields_prob.qml", "fields_prob.tif",
+    ]  # fmt: skip
     with rasterio.open(folder / "fields_prob.tif") as src:
         src.read(1)
         prob_run = src.tags()["run_id"]

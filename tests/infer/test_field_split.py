@@ -258,9 +258,9 @@ def test_no_boundaries_give_the_cropland_regions(tmp_path: Path, fill_holes_belo
 def test_two_bands_without_a_boundary_threshold_are_band_one_as_today(tmp_path: Path) -> None:
     extent, boundary = random_fields(np.random.default_rng(11))
     config = VectorizeSettings(strip_rows=5, min_area=150, boundary_threshold=None)
-    vectorize(write_prob(tmp_path / "one.tif", extent), tmp_path / "one.gpkg", config)
+    vectorize(write_prob(tmp_path / "one.tif", extent), tmp_path / "one.gpkg", config, scene="s")
     prob = write_fields_prob(tmp_path / "two.tif", extent, boundary)
-    vectorize(prob, tmp_path / "two.gpkg", config)
+    vectorize(prob, tmp_path / "two.gpkg", config, scene="s")
     assert_identical_layers(read_fields(tmp_path / "two.gpkg"), read_fields(tmp_path / "one.gpkg"))
 
 
@@ -415,7 +415,8 @@ def test_for_raster_reads_the_stored_boundary_threshold() -> None:
 def test_swapped_bands_are_refused(tmp_path: Path) -> None:
     extent = np.full((8, 8), 200, dtype=np.uint8)
     prob = write_fields_prob(tmp_path / "p.tif", extent, extent, names=("boundary", "cropland"))
-    with pytest.raises(RsSegError, match="cropland', 'boundary"):
+    expected = r"'cropland probability', 'boundary probability'\), found \('boundary', 'cropland'"
+    with pytest.raises(RsSegError, match=expected):
         vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings())
     unnamed = write_fields_prob(tmp_path / "u.tif", extent, extent * 0, names=None)
     assert vectorize(unnamed, tmp_path / "u.gpkg", VectorizeSettings()).polygons == 1

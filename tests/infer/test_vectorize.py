@@ -86,7 +86,8 @@ def in_raster_order(fields):
 def assert_same_fields(left, right, *, same_order: bool = True) -> None:
     """Same fields (identical geometry up to float noise, same attributes), numbered 1..N."""
     assert len(left) == len(right)
-    assert sorted(left.field_id) == list(range(1, len(left) + 1))
+    numbers = sorted(int(key.rsplit("/", 1)[1]) for key in left.field_id)
+    assert numbers == list(range(1, len(left) + 1))
     if not same_order:
         left, right = in_raster_order(left), in_raster_order(right)
     for a, b in zip(left.geometry, right.geometry, strict=True):
@@ -431,7 +432,7 @@ def test_attributes_of_a_known_field(tmp_path: Path) -> None:
     prob = write_prob(tmp_path / "prob.tif", values)
     vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(strip_rows=3), scene="s1", model_id="m7")
     fields = read_fields(tmp_path / "f.gpkg")
-    assert list(fields.field_id) == [1, 2]
+    assert list(fields.field_id) == ["s1/1", "s1/2"]
     first = fields.iloc[0]
     assert first.geometry.equals(shapely.MultiPolygon([pixel_box(2, 3, 7, 7)]))
     assert first.area_ha == pytest.approx(20 * PIXEL_AREA / 10_000)
@@ -491,21 +492,23 @@ def test_geopackage_is_ready_for_qgis(tmp_path: Path) -> None:
         ).fetchall()
     assert "rtree_fields_geom" in tables
     assert [row[:3] for row in styles] == [("fields", "geom", 1)]
-    assert "<qgis" in styles[0][3] and "SimpleFill" in styles[0][3]
+    assert "<qgis" in styles[0][3] and "SimpleLine" in styles[0][3]
     assert pyogrio.read_dataframe(out, layer="layer_styles").useAsDefault.tolist() == [1]
 
 
 def test_geopackage_written_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rs_seg.infer.field_layer as layer_module
     import rs_seg.infer.vectorize as module
 
-    monkeypatch.setattr(module, "_GPKG_BATCH", 2)
+    monkeypatch.setattr(module, "BATCH", 2)
+    monkeypatch.setattr(layer_module, "BATCH", 2)
     values = np.zeros((20, 20), dtype=np.uint8)
     values[1:19:4, 1:19:4] = 255  # 25 one-pixel fields
     out = tmp_path / "fields.gpkg"
     summary = vectorize(write_prob(tmp_path / "prob.tif", values), out, VectorizeSettings())
     fields = read_fields(out)
     assert summary.polygons == len(fields) == 25
-    assert list(fields.field_id) == list(range(1, 26))
+    assert list(fields.field_id) == [f"prob/{n}" for n in range(1, 26)], "scene: the raster's"
     assert pyogrio.read_info(out, layer=LAYER)["layer_metadata"]["level"] == "128"
 
 
@@ -542,7 +545,7 @@ def test_geojson_is_rfc7946_wgs84(tmp_path: Path) -> None:
 
 def test_unknown_extension_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "fields.shp"
-    with pytest.raises(RsSegError, match=r"fields\.shp.*\.gpkg, \.fgb, \.geojson"):
+    with pytest.raises(RsSegError, match=r"fields\.shp.*\.gpkg, \.fgb, \.geojson, \.parquet"):
         vectorize(two_fields(tmp_path), out, VectorizeSettings())
     assert not out.exists()
 
@@ -597,7 +600,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
 def test_failure_while_writing_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rs_seg.infer.vectorize as module
+    import rs_seg.infer.field_layer as module
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

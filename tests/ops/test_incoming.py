@@ -227,7 +227,7 @@ def test_a_scene_copied_in_two_steps_waits_until_complete(tmp_path: Path) -> Non
     assert entries["late.tif"].fingerprint == content_fingerprint(source), "the complete file"
     assert (entries["late.tif"].status, entries["late.tif"].attempts) == ("done", 1)
     assert sorted(p.name for p in (cfg.out_dir / "late").rglob("*")) == [
-        entries["late.tif"].model_id, "fields.gpkg", "fields_prob.tif"
+        entries["late.tif"].model_id, "fields.gpkg", "fields_prob.qml", "fields_prob.tif"
     ]  # fmt: skip
 
 
@@ -339,7 +339,9 @@ def test_a_scene_folder_appears_whole_and_failures_leave_nothing(tmp_path: Path,
     result = map_scene(cfg, job)
     [(existed, staging)] = seen
     assert not existed and staging.startswith(f".{job.model_id}.partial-"), "built aside"
-    assert sorted(p.name for p in final.iterdir()) == ["fields.gpkg", "fields_prob.tif"]
+    assert sorted(p.name for p in final.iterdir()) == [
+        "fields.gpkg", "fields_prob.qml", "fields_prob.tif",
+    ]  # fmt: skip
     assert sorted(p.name for p in final.parent.iterdir()) == [job.model_id], "no staging left"
     meta = pyogrio.read_info(result.fields, layer="fields")["layer_metadata"]
     assert meta["probability_raster"] == str(final / "fields_prob.tif"), "the published path"
