@@ -352,7 +352,8 @@ def infer(
         ),
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb or .geojson.")
+        Path | None,
+        typer.Option("--out", "-o", help="Fields: .gpkg, .fgb, .geojson or .parquet (fiboa)."),
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="Model bundle [latest in --models-dir].")
@@ -408,7 +409,9 @@ def infer(
 @reports_errors
 def vectorize(
     prob: Annotated[Path, typer.Argument(help="Probability raster from rs-seg infer.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb or .geojson.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb, .geojson or .parquet (fiboa).")
+    ],
     threshold: Annotated[
         float | None, typer.Option(help="Probability threshold [the one stored in the raster].")
     ] = None,

@@ -404,7 +404,8 @@ class InferConfig(InferOptions):
         "gs:// URL of a COG, read window by window"
     )
     out: OutputPath = Field(
-        Path("fields.gpkg"), description=".gpkg (layer fields), .fgb or .geojson"
+        Path("fields.gpkg"),
+        description=".gpkg (layer fields), .fgb, .geojson or .parquet (fiboa GeoParquet)",
     )
     prob_out: OutputPath | None = Field(
         None, description="probability COG (uint8 0-255) [<out stem>_prob.tif beside out]"

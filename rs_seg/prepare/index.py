@@ -253,7 +253,10 @@ def write_outputs(
         boundary_width=cfg.boundary_width if mask_target(cfg) == "fields" else None,
     )
     table = chips.drop(columns=_HELPER_COLUMNS)[[*_COLUMN_ORDER, "geometry"]]
-    pyogrio.write_dataframe(table, out_dir / INDEX_FILE, layer=INDEX_LAYER, driver="GPKG")
+    # GeoPackage 1.2, as the field layers: GDAL < 3.7 (QGIS 3.22 on Debian 12) reads it cleanly
+    pyogrio.write_dataframe(
+        table, out_dir / INDEX_FILE, layer=INDEX_LAYER, driver="GPKG", VERSION="1.2"
+    )
     document = {
         "rs_seg_version": rs_seg.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -248,3 +248,26 @@ def test_sld_twin_has_the_same_lines_and_a_scale_limited_label() -> None:
     assert rules[1].findtext(f"{SE}MaxScaleDenominator") == "25000"
     label = rules[1].find(f"{SE}TextSymbolizer/{SE}Label")
     assert label.find(f"{OGC}Function/{OGC}PropertyName").text == "area_ha"
+
+
+def test_cli_writes_geoparquet_and_gdal_reads_it_where_it_has_the_driver(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    import geopandas as gpd
+    from typer.testing import CliRunner
+
+    from rs_seg.cli import app
+
+    prob = scene_prob(tmp_path / "north_prob.tif")
+    out = tmp_path / "fields.parquet"
+    args = ["vectorize", str(prob), "-o", str(out), "--threshold", "0.5", "--min-area", "0"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "3 fields" in result.output and len(gpd.read_parquet(out)) == 3
+    ogrinfo = shutil.which("ogrinfo")
+    formats = ogrinfo and subprocess.run([ogrinfo, "--formats"], capture_output=True, text=True)
+    if not formats or "parquet" not in formats.stdout.lower():
+        pytest.skip("no GDAL with the (Geo)Parquet driver here (GDAL >= 3.5 built with Arrow)")
+    info = subprocess.run([str(ogrinfo), "-so", "-al", str(out)], capture_output=True, text=True)
+    assert info.returncode == 0 and "Feature Count: 3" in info.stdout, info.stderr
