@@ -40,8 +40,10 @@ def test_the_flow_maps_a_stac_catalog_once_by_item_id(tmp_path: Path) -> None:
             stac_item("tile-b", f"{server.url}/b.tif", "2022-05-01T10:00:00Z"),
         ])  # fmt: skip
         source = {"href": f"{server.url}/stac/{catalog.name}", "datetime": "2024-01-01/.."}
-        cfg = IncomingConfig(stac=source, out_dir=tmp_path / "out", merged=tmp_path / "all.gpkg",
-                             model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0)  # fmt: skip
+        cfg = IncomingConfig(
+            stac=source, out_dir=tmp_path / "out", merged=tmp_path / "all.gpkg",
+            model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0,
+        )  # fmt: skip
         env = ephemeral_prefect_env(tmp_path) | {"GDAL_HTTP_RETRY_DELAY": "0.01"}
         done = subprocess.run(
             [sys.executable, "-c", FLOW_SCRIPT, cfg.model_dump_json()], env=env, cwd=ROOT,
