@@ -482,37 +482,29 @@ class StacSource(StrictModel):
     asset: str = Field(
         "visual", description="key of the scene asset in each item, e.g. visual or image [visual]"
     )
-    collections: list[str] | None = Field(
-        None, description="only items of these collections [every collection]"
-    )
+    collections: list[str] | None = Field(None, description="only items of these collections")
     bbox: BBox | None = Field(
-        None,
-        description="only items whose bbox intersects west,south,east,north (WGS84 degrees) "
-        "[anywhere]",
+        None, description="only items whose bbox meets west,south,east,north (WGS84 degrees)"
     )
     datetime: str | None = Field(
         None,
-        description="only items of this time range: START/END (ISO 8601 dates or times, UTC "
-        "unless given; '..' or empty for an open end; a date alone is the whole day), or one "
-        "date or time [any time]",
+        description="only items of this time range: START/END (ISO 8601, UTC unless given; '..' "
+        "or empty: open; a date alone is the whole day), or one date or time",
     )
 
-    @field_validator("bbox")
-    @classmethod
-    def _bbox_order(cls, bbox: BBox | None) -> BBox | None:
+    @model_validator(mode="after")
+    def _filters(self) -> StacSource:
+        bbox = self.bbox
         if bbox is not None and not (bbox[0] <= bbox[2] and bbox[1] <= bbox[3]):
             raise ValueError(
                 f"bbox {list(bbox)} must be west,south,east,north with west <= east and "
                 "south <= north (a range across the antimeridian: two sources)"
             )
-        return bbox
-
-    @field_validator("datetime")
-    @classmethod
-    def _datetime_range(cls, text: str | None) -> str | None:
-        if text is not None:
-            parse_range(text)  # raises ValueError naming the wrong part
-        return text
+        try:
+            parse_range(self.datetime or "..")
+        except ValueError as exc:  # names the wrong part
+            raise ValueError(f"datetime {exc}") from None
+        return self
 
 
 class IncomingConfig(StrictModel):
@@ -577,9 +569,7 @@ class IncomingConfig(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> IncomingConfig:
         if (self.incoming is None) == (self.stac is None):
-            raise ValueError(
-                "give incoming (a folder or glob of scenes) or stac (a catalog), exactly one"
-            )
+            raise ValueError("give incoming (a folder or glob) or stac (a catalog), exactly one")
         return self
 
     @property
