@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +27,6 @@ import shapely
 from pyproj import CRS
 
 import rs_seg
-
-if TYPE_CHECKING:
-    from rs_seg.infer.field_layer import FieldBatch
 
 FIBOA_VERSION = "0.2.0"
 GEOPARQUET_VERSION = "1.1.0"
@@ -75,21 +71,33 @@ class ParquetFields:
             path, SCHEMA.with_metadata(base), compression="zstd", write_statistics=True
         )
 
-    def write(self, batch: FieldBatch, area_ha: np.ndarray, perimeter_m: np.ndarray) -> None:
-        """One row group: the batch's fields with their area and perimeter."""
-        dates = batch.date.astype("datetime64[ms]")
+    def write(
+        self,
+        *,
+        field_id: list[str],
+        geometries: np.ndarray,
+        area_ha: np.ndarray,
+        perimeter_m: np.ndarray,
+        mean_prob: np.ndarray,
+        scene: np.ndarray,
+        model_id: np.ndarray,
+        date: np.ndarray,
+    ) -> None:
+        """One row group: a batch of fields (MultiPolygons) and their attributes."""
+        n = len(field_id)
+        dates = date.astype("datetime64[ms]")
         table = pa.table(
             {
-                "id": pa.array(batch.field_id, pa.string()),
-                "geometry": pa.array(shapely.to_wkb(batch.geometries).tolist(), pa.binary()),
+                "id": pa.array(field_id, pa.string()),
+                "geometry": pa.array(shapely.to_wkb(geometries).tolist(), pa.binary()),
                 "area": pa.array(area_ha.astype(np.float32)),
                 "perimeter": pa.array(perimeter_m.astype(np.float32)),
-                "determination_method": pa.array([DETERMINATION_METHOD] * len(batch), pa.string()),
+                "determination_method": pa.array([DETERMINATION_METHOD] * n, pa.string()),
                 "determination_datetime": pa.array(dates, pa.timestamp("ms", tz="UTC")),
-                "determination_details": pa.array([self._details] * len(batch), pa.string()),
-                "mean_prob": pa.array(batch.mean_prob.astype(np.float64)),
-                "scene": pa.array(batch.scene.tolist(), pa.string()),
-                "model_id": pa.array(batch.model_id.tolist(), pa.string()),
+                "determination_details": pa.array([self._details] * n, pa.string()),
+                "mean_prob": pa.array(mean_prob.astype(np.float64)),
+                "scene": pa.array(scene.tolist(), pa.string()),
+                "model_id": pa.array(model_id.tolist(), pa.string()),
             },
             schema=SCHEMA,
         )

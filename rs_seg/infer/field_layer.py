@@ -180,11 +180,16 @@ class FieldLayerWriter:
     def _write_parquet(
         self, batch: FieldBatch, area_ha: npt.NDArray[np.float64], perimeter_m: np.ndarray
     ) -> None:
+        # pyarrow loads only for GeoParquet outputs
         from rs_seg.infer.fiboa import ParquetFields
 
         if self._parquet is None:
             self._parquet = ParquetFields(self._path, self._info.crs, self._info.metadata)
-        self._parquet.write(batch, area_ha, perimeter_m)
+        self._parquet.write(
+            field_id=batch.field_id, geometries=batch.geometries, area_ha=area_ha,
+            perimeter_m=perimeter_m, mean_prob=batch.mean_prob, scene=batch.scene,
+            model_id=batch.model_id, date=batch.date,
+        )  # fmt: skip
 
     def _creation_options(self) -> dict[str, Any]:
         if self._created:
@@ -225,6 +230,7 @@ def merge_scenes(sources: list[Path], writer: FieldLayerWriter, crs: str) -> Non
     ``<scene>/<n>`` (integer ``field_id``) get that key here, so the merged layer's keys are
     unique whatever wrote its sources; a key seen twice (one scene merged twice) is refused.
     """
+    # GDAL's reader of the sources only where scenes are merged
     import pyogrio
 
     seen: set[str] = set()
@@ -247,7 +253,7 @@ def _source_batch(fields: Any) -> FieldBatch:
 
     Files of earlier versions may lack ``date`` (then today's) or hold it as a DateTime.
     """
-    import pandas as pd
+    import pandas as pd  # with geopandas, loaded by the caller's read already
 
     n = len(fields)
     scene = fields["scene"].astype(str).to_numpy(dtype=object)

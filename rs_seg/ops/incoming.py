@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import logging
 import os
 import sqlite3
@@ -38,9 +39,11 @@ from xml.sax.saxutils import escape
 
 import pyogrio
 import rasterio
+from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
+import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import IncomingConfig
 from rs_seg.errors import RsSegError
@@ -427,9 +430,6 @@ def merged_metadata(
     outputs: list[Path], sources: list[dict[str, str]], out: Path
 ) -> dict[str, str]:
     """What a merged layer says about itself: rs_seg version, models, thresholds, sources."""
-    import json
-
-    import rs_seg
 
     def values(key: str) -> str:
         return ",".join(sorted({m[key] for m in sources if m.get(key)}))
@@ -450,7 +450,5 @@ def merged_metadata(
 
 def _metres(crs: str) -> float:
     """Metres per unit of the merged layer's CRS (a projected one, like every scene's)."""
-    from pyproj import CRS
-
     unit = CRS.from_user_input(crs).axis_info[0]
     return float(unit.unit_conversion_factor)
