@@ -333,6 +333,23 @@ def raster_written_by_rs_seg(path: Path) -> bool:
     return "rs_seg_version" in tags or {"model_id", "threshold"} <= tags.keys()
 
 
+STYLE_MARKER = "<!-- rs_seg style:"  # the comment every QGIS style rs_seg ships opens with
+
+
+def style_written_by_rs_seg(path: Path) -> bool:
+    """A QGIS style sidecar (``.qml``) rs_seg wrote: its marker comment is near the top.
+
+    QGIS rewrites the whole file when a user saves a style as the layer's default, and the marker
+    goes with it, so a style the user customized is theirs and ``--overwrite`` never replaces it.
+    """
+    try:
+        with Path(path).open("rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False
+    return STYLE_MARKER.encode() in head
+
+
 FIELD_COLUMNS = frozenset({"field_id", "area_ha", "mean_prob", "model_id"})
 
 

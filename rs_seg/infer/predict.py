@@ -8,9 +8,19 @@ edge, where a CNN's predictions are least reliable, so overlapping predictions f
 without seams. When the next grid row starts, the rows above it are final and are written at once,
 so memory is bounded by one strip and does not depend on the scene's height.
 
-The probability raster stores ``round(p * 255)`` as uint8, exactly the levels the threshold was
-tuned on, with nodata pixels masked by an internal GDAL mask (every 0-255 value is a probability).
-It is written as a tiled GeoTIFF, then copied to a Cloud-Optimized GeoTIFF with overviews.
+The probability raster explains itself to a GIS (:mod:`rs_seg.levels`): uint8 levels
+``round(p * 255)``, exactly the levels the threshold was tuned on, clipped to 0-254 (``p = 1``
+stores 254 and reads 0.996), with 255 as the nodata value of every band, the band scale 1/255 and
+offset 0, so QGIS shows probabilities 0-1 and its band and zonal statistics skip nodata, and band
+descriptions. There is no internal mask band any more: QGIS showed it as an extra alpha band and
+counted masked pixels as probability 0; GDAL derives the same mask from the nodata value, so
+readers of ``read_masks`` / dataset masks (vectorize, split) see nodata as before. Rasters of
+earlier releases (internal mask, 255 a valid level, no nodata) still read the same way.
+
+It is written as a tiled GeoTIFF, then copied to a Cloud-Optimized GeoTIFF with overviews (GDAL's
+COG driver keeps nodata, scale/offset, descriptions and tags, and averages overviews over valid
+pixels only). A QGIS style goes beside it as ``<stem>.qml`` (:func:`write_style`), which QGIS
+loads as the layer's default: a colour ramp over 0-1, transparent below 0.3.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +47,7 @@ import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_compatibility
-from rs_seg.levels import threshold_to_level
+from rs_seg.levels import MAX_LEVEL, NODATA_LEVEL, OFFSET, SCALE, threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.staging import scratch_path
 from rs_seg.windows import axis_offsets, hann_weight, loaded_ahead, read_padded, window_stride
@@ -44,12 +55,21 @@ from rs_seg.windows import axis_offsets, hann_weight, loaded_ahead, read_padded,
 log = logging.getLogger(__name__)
 
 # The probability raster's bands: band 1 is what every model predicts; fields models add band 2.
-BAND_DESCRIPTIONS = ("cropland", "boundary")
+# vectorize checks a two-band raster's names (its BAND_NAMES; rasters of earlier releases say
+# "cropland", "boundary"), so swapped bands are never split by the extent.
+BAND_DESCRIPTIONS = ("cropland probability", "boundary probability")
+_LEVELS_TEXT = (
+    "probability = value / 255 (band scale 1/255, offset 0); levels 0-254, p = 1 stored as 254 "
+    "(0.996); 255 = nodata"
+)
 VALUES = {
-    "cropland": "cropland probability x 255; nodata masked",
-    "fields": "band 1 cropland probability x 255, band 2 field-boundary probability x 255; "
-    "nodata masked",
+    "cropland": f"cropland probability; {_LEVELS_TEXT}",
+    "fields": f"band 1 cropland probability, band 2 field-boundary probability; {_LEVELS_TEXT}",
 }
+MASK_DESCRIPTION = "cropland (1) / background (0)"
+MASK_VALUES = "1 cropland, 0 background; 255 = nodata"
+PROBABILITY_STYLE = "probability.qml"  # QGIS styles shipped in rs_seg/styles, one per raster kind
+MASK_STYLE = "mask.qml"
 
 COG_OPTIONS = {
     "driver": "COG",
@@ -132,18 +152,20 @@ class StripBuffer:
         self.prob[:, :rows, col : col + cols] += prob * weight
         self.weight[:rows, col : col + cols] += weight
 
-    def finished(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 probabilities (outputs x rows x width) and the valid mask (255/0) of the rows."""
+    def finished(self, rows: int) -> np.ndarray:
+        """uint8 levels (outputs x rows x width) of the rows: 0-254, nodata pixels 255.
+
+        Clipping to 254 before rounding is the same as rounding and then capping 255 at 254.
+        """
         weight = self.weight[:rows]
         covered = weight > 0
         prob = np.zeros((self.outputs, rows, self.width), dtype=np.float32)
         np.divide(self.prob[:, :rows], weight, out=prob, where=covered)
-        np.clip(prob, 0, 1, out=prob)
         prob *= 255
+        np.clip(prob, 0, MAX_LEVEL, out=prob)
         levels = np.rint(prob, out=prob).astype(np.uint8)
-        mask = (self.valid[:rows] & covered).astype(np.uint8) * np.uint8(255)
-        levels[:, mask == 0] = 0
-        return levels, mask
+        levels[:, ~(self.valid[:rows] & covered)] = NODATA_LEVEL
+        return levels
 
     def advance(self, rows: int) -> None:
         """Drop the finished top rows and shift the rest up."""
@@ -182,9 +204,11 @@ def _strip_reader(
 
 
 def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
+    """The scratch GeoTIFF: uint8 with nodata 255, so no mask band is written (nor copied)."""
     return {
         "driver": "GTiff", "height": src.height, "width": src.width, "count": count,
-        "dtype": "uint8", "crs": src.crs, "transform": src.transform, "tiled": True,
+        "dtype": "uint8", "nodata": NODATA_LEVEL, "crs": src.crs, "transform": src.transform,
+        "tiled": True,
         # Scratch file only (copied to the COG): the fastest codec, not the most portable one.
         "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1,
         "bigtiff": "IF_SAFER",
@@ -298,9 +322,7 @@ class ScenePredictor:
             index = rows.index(row.top)
             next_top = rows[index + 1] if index + 1 < len(rows) else height
             done = next_top - row.top
-            levels, mask = buffer.finished(done)
-            dst.write(levels, window=Window(0, row.top, width, done))
-            dst.write_mask(mask, window=Window(0, row.top, width, done))
+            dst.write(buffer.finished(done), window=Window(0, row.top, width, done))
             if next_top < height:
                 buffer.advance(done)
 
@@ -328,7 +350,7 @@ def predict_scene(
     t0 = time.perf_counter()
     predictor = WindowPredictor(bundle, resolve_device(device), tta)
     scratch = scratch_path(prob_path, "tiles")
-    with rasterio.Env(**GDAL_ENV, GDAL_TIFF_INTERNAL_MASK=True), open_raster(scene, "scene") as src:
+    with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src:
         if src.crs is None:
             raise RsSegError("scene has no CRS; field polygons need a georeferenced scene", scene)
         compatibility = check_compatibility(src, bundle, scene, size)
@@ -339,11 +361,10 @@ def predict_scene(
                 windows, skipped = ScenePredictor(predictor, size, overlap, batch_size).run(
                     src, dst, progress
                 )
-                for band, description in enumerate(BAND_DESCRIPTIONS[: bundle.outputs], 1):
-                    dst.set_band_description(band, description)
+                _describe_bands(dst, BAND_DESCRIPTIONS[: bundle.outputs])
                 dst.update_tags(**_tags(bundle, scene, size, overlap, tta, started, tags),
                                 **compatibility.metadata())  # fmt: skip
-            rasterio.shutil.copy(scratch, prob_path, **COG_OPTIONS)
+            copy_to_cog(scratch, prob_path)
         finally:
             scratch.unlink(missing_ok=True)
         megapixels = src.width * src.height / 1e6
@@ -354,6 +375,14 @@ def predict_scene(
     return PredictSummary(
         prob_path, windows, skipped, megapixels, seconds, compatibility, pixel_size
     )
+
+
+def _describe_bands(dst: rasterio.io.DatasetWriter, descriptions: tuple[str, ...]) -> None:
+    """Band names, and the scale/offset that turn levels into probabilities 0-1 in a GIS."""
+    for band, description in enumerate(descriptions, 1):
+        dst.set_band_description(band, description)
+    dst.scales = (SCALE,) * dst.count
+    dst.offsets = (OFFSET,) * dst.count
 
 
 def _tags(
@@ -385,23 +414,67 @@ def _tags(
 def write_binary_mask(
     prob_path: Path, mask_path: Path, level: int, run_id: str = "", strip_rows: int = 1024
 ) -> None:
-    """A 0/1 cropland COG from the probability raster, strip by strip, nodata kept masked."""
+    """A 0/1 cropland COG from the probability raster, strip by strip, nodata 255 kept.
+
+    Validity comes from GDAL's mask of band 1, so a probability raster of either format (nodata
+    value, or an earlier release's internal mask) gives the same mask.
+    """
     scratch = scratch_path(mask_path, "tiles")
-    with rasterio.Env(**GDAL_ENV, GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(prob_path) as src:
+    with rasterio.Env(**GDAL_ENV), rasterio.open(prob_path) as src:
         try:
             with rasterio.open(scratch, "w", **_profile(src)) as dst:
                 for top in range(0, src.height, strip_rows):
                     window = Window(0, top, src.width, min(strip_rows, src.height - top))
                     prob, valid = src.read(1, window=window), src.read_masks(1, window=window)
-                    dst.write(((prob >= level) & (valid > 0)).astype(np.uint8), 1, window=window)
-                    dst.write_mask(valid, window=window)
+                    binary = (prob >= level).astype(np.uint8)
+                    binary[valid == 0] = NODATA_LEVEL
+                    dst.write(binary, 1, window=window)
+                dst.set_band_description(1, MASK_DESCRIPTION)
                 dst.update_tags(
-                    values="1 cropland, 0 background; nodata masked", level=str(level),
-                    rs_seg_version=rs_seg.__version__, run_id=run_id,
+                    values=MASK_VALUES, level=str(level), rs_seg_version=rs_seg.__version__,
+                    run_id=run_id,
                 )  # fmt: skip
-            rasterio.shutil.copy(scratch, mask_path, **COG_OPTIONS)
+            copy_to_cog(scratch, mask_path)
         finally:
             scratch.unlink(missing_ok=True)
+
+
+def copy_to_cog(scratch: Path, path: Path) -> None:
+    """Copy the tiled scratch GeoTIFF to a COG at ``path`` and check that it reads to the end.
+
+    On a full disk GDAL's COG copy can return without an error (libtiff only logs the failed
+    writes) and leave a file cut short, which vectorize would then call corrupt. A COG stores the
+    full-resolution blocks last, so reading the last one finds any cut; its read error reaches the
+    staging, which reports a full disk as such (measured on a tmpfs filled 2 KiB at a time: every
+    truncated copy failed this read, no complete one did).
+    """
+    rasterio.shutil.copy(scratch, path, **COG_OPTIONS)
+    with rasterio.open(path) as src:
+        rows, cols = src.block_shapes[0]
+        top, left = (src.height - 1) // rows * rows, (src.width - 1) // cols * cols
+        src.read(window=Window(left, top, src.width - left, src.height - top))
+
+
+def style_path(raster: Path) -> Path:
+    """The QGIS style sidecar of a raster: ``<stem>.qml`` beside it, the name QGIS loads.
+
+    QGIS takes a file layer's default style from its folder, complete base name and ``.qml``
+    (``QgsMapLayer::styleURI``), so ``fields_prob.tif`` gets ``fields_prob.qml``.
+    """
+    return Path(raster).with_suffix(".qml")
+
+
+def write_style(path: Path, style: str, run_id: str = "") -> None:
+    """Write one of rs_seg's shipped QGIS styles (:data:`PROBABILITY_STYLE`, ...) to ``path``.
+
+    The caller stages ``path`` (published with its raster); the text carries rs_seg's marker
+    comment, which is how ``--overwrite`` later knows the file is rs_seg's own, and the run id
+    its raster carries, so a style of one run is told from another's like the rasters are.
+    """
+    text = resources.files("rs_seg.styles").joinpath(style).read_text(encoding="utf-8")
+    doctype, _, rest = text.partition("\n")
+    stamp = f"<!-- rs_seg run_id: {run_id} -->\n" if run_id else ""
+    Path(path).write_text(f"{doctype}\n{stamp}{rest}", encoding="utf-8")
 
 
 def window_count(height: int, width: int, size: int, overlap: float) -> int:

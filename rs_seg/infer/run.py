@@ -1,20 +1,27 @@
-"""The whole ``rs-seg infer`` command: scene -> probability COG (+ mask) -> field polygons."""
+"""The whole ``rs-seg infer`` command: scene -> probability COG (+ mask) -> field polygons.
+
+Each raster is published with its QGIS style sidecar (``<stem>.qml``, which QGIS loads as the
+layer's default style), all files of a run as one set, fields last.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig, InferOptions
 from rs_seg.infer.predict import (
+    MASK_STYLE,
+    PROBABILITY_STYLE,
     PredictSummary,
     megapixels_per_second,
     predict_scene,
+    style_path,
     write_binary_mask,
+    write_style,
 )
 from rs_seg.infer.vectorize import (
     BOUNDARY_TAG,
@@ -27,12 +34,14 @@ from rs_seg.infer.vectorize import (
 from rs_seg.levels import threshold_to_level
 from rs_seg.ops.registry import latest_bundle
 from rs_seg.staging import (
+    Owned,
     check_distinct,
     check_file_output,
     check_not_inputs,
     fields_written_by_rs_seg,
     raster_written_by_rs_seg,
     staged_files,
+    style_written_by_rs_seg,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ class InferSummary:
     predict: PredictSummary
     vectorize_seconds: float
     warnings: list[str]
+    styles: tuple[Path, ...] = ()  # the QGIS style sidecar of each raster
 
     def report(self) -> str:
         """What the CLI prints."""
@@ -61,6 +71,8 @@ class InferSummary:
             f"{p.seconds:.1f} s ({megapixels_per_second(p):.2f} Mpx/s); "
             f"polygons in {self.vectorize_seconds:.1f} s",
         ]
+        if self.styles:
+            lines.insert(2, "QGIS styles: " + ", ".join(str(style) for style in self.styles))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -121,15 +133,17 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     fields_choice = choose_fields(cfg, bundle)
     run_id = uuid.uuid4().hex[:12]
     with staged_files(outputs, cfg.overwrite, owned) as staged:
-        prob, fields = staged[0], staged[-1]
-        mask = staged[1] if cfg.mask_out else None
+        prob, prob_style, *mask_files, fields = staged
+        write_style(prob_style, PROBABILITY_STYLE, run_id)
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
             tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags()},
         )  # fmt: skip
-        if mask is not None:
+        if mask_files:
+            mask, mask_style = mask_files
             write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
+            write_style(mask_style, MASK_STYLE, run_id)
         settings = VectorizeSettings.for_raster(
             fields_choice.threshold, predicted.pixel_size, fields_choice.min_area, cfg.simplify,
             cfg.fill_holes_below, boundary_threshold=fields_choice.boundary,
@@ -156,15 +170,22 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         predict=predicted,
         vectorize_seconds=vectorized.seconds,
         warnings=predicted.compatibility.warnings,
+        styles=tuple(style_path(raster) for raster in [cfg.prob_path, cfg.mask_out] if raster),
     )
 
 
-def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Callable[[Path], bool]]]:
-    """Outputs in publication order (fields last) with the recognizer of each one's owner."""
-    rasters = [cfg.prob_path, *([cfg.mask_out] if cfg.mask_out else [])]
-    outputs = [Path(p) for p in [*rasters, cfg.out]]
-    owners: list[Callable[[Path], bool]] = [raster_written_by_rs_seg] * len(rasters)
-    return outputs, [*owners, fields_written_by_rs_seg]
+def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Owned]]:
+    """Outputs in publication order with the recognizer of each one's owner.
+
+    The probability raster, its style, the mask and its style (with ``--mask-out``), the fields
+    last: ``[prob, prob.qml, (mask, mask.qml,) fields]``. A style is rs_seg's own only while it
+    carries rs_seg's marker, so one the user saved from QGIS blocks ``--overwrite`` like any other
+    file of theirs.
+    """
+    rasters = [Path(cfg.prob_path), *([Path(cfg.mask_out)] if cfg.mask_out else [])]
+    outputs = [path for raster in rasters for path in (raster, style_path(raster))]
+    owners: list[Owned] = [raster_written_by_rs_seg, style_written_by_rs_seg] * len(rasters)
+    return [*outputs, Path(cfg.out)], [*owners, fields_written_by_rs_seg]
 
 
 def check_infer_outputs(cfg: InferConfig) -> None:
