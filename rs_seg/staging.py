@@ -373,6 +373,7 @@ def fields_written_by_rs_seg(path: Path) -> bool:
 
 
 def _parquet_written_by_rs_seg(path: Path) -> bool:
+    # pyarrow loads only for this recognizer, as GDAL does for the others
     import pyarrow.parquet as pq
 
     try:
