@@ -49,6 +49,7 @@ from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_compatibility
 from rs_seg.levels import MAX_LEVEL, NODATA_LEVEL, OFFSET, SCALE, threshold_to_level
 from rs_seg.rasters import GDAL_ENV, open_raster
+from rs_seg.remote import display
 from rs_seg.staging import scratch_path
 from rs_seg.windows import axis_offsets, hann_weight, loaded_ahead, read_padded, window_stride
 
@@ -401,7 +402,7 @@ def _tags(
         "model": f"{bundle.model['arch']}/{bundle.model['encoder']}",
         "threshold": f"{bundle.threshold:.6f}",
         "threshold_level": str(threshold_to_level(bundle.threshold)),
-        "scene": str(scene),
+        "scene": display(scene),
         "window": str(size),
         "overlap": f"{overlap:g}",
         "tta": str(tta).lower(),

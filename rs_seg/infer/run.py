@@ -7,6 +7,7 @@ layer's default style), all files of a run as one set, fields last.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from rs_seg.infer.vectorize import (
 )
 from rs_seg.levels import threshold_to_level
 from rs_seg.ops.registry import latest_bundle
+from rs_seg.remote import display, is_remote, scene_stem
 from rs_seg.staging import (
     Owned,
     check_distinct,
@@ -151,14 +153,14 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         metadata = {
             "model_id": bundle.model_id,
             "cropland_threshold": f"{threshold:.6f}",  # the mask's; "threshold": the polygons'
-            "scene": str(cfg.scene),
-            "probability_raster": str(cfg.prob_path),
+            "scene": relative_to(cfg.scene, cfg.out),
+            "probability_raster": relative_to(cfg.prob_path, cfg.out),
             "source": cfg.prob_path.name,
             "run_id": run_id,
             **predicted.compatibility.metadata(),
         }
         vectorized = vectorize(
-            prob, fields, settings, scene=cfg.scene.stem, model_id=bundle.model_id,
+            prob, fields, settings, scene=scene_stem(cfg.scene), model_id=bundle.model_id,
             progress=progress, metadata=metadata, publish=False,
         )  # fmt: skip
     return InferSummary(
@@ -172,6 +174,17 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         warnings=predicted.compatibility.warnings,
         styles=tuple(style_path(raster) for raster in [cfg.prob_path, cfg.mask_out] if raster),
     )
+
+
+def relative_to(path: Path, layer: Path) -> str:
+    """``path`` as a layer's metadata stores it: relative to the layer's folder, a URL as itself.
+
+    So the paths resolve from where the file sits, wherever the folder is moved or mounted, and
+    a scene folder built in staging names the same files once published.
+    """
+    if is_remote(path):
+        return display(path)
+    return os.path.relpath(Path(path).absolute(), Path(layer).absolute().parent)
 
 
 def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Owned]]:

@@ -28,14 +28,12 @@ import glob
 import json
 import logging
 import os
-import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from xml.sax.saxutils import escape
 
 import pyogrio
 import rasterio
@@ -295,31 +293,12 @@ def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
     """
     final = scene_outputs(cfg, job)
     with staged_dir(final, overwrite=True, kind=SCENE_FOLDER) as staging:
+        # the staging folder sits beside the final one, so the layer's relative paths hold for both
         summary = run_infer(cfg.infer.for_scene(job.scene, staging / "fields.gpkg", job.model))
-        _rename_in_metadata(staging / "fields.gpkg", staging, final)
     return SceneResult(
         job.scene, "mapped", final / "fields.gpkg", summary.polygons,
         warnings=tuple(summary.warnings), item_id=job.item_id,
     )  # fmt: skip
-
-
-def _rename_in_metadata(gpkg: Path, staging: Path, final: Path) -> None:
-    """Point the layer metadata (``probability_raster``) at the published folder.
-
-    The fields were written inside the staging folder, so their metadata names its hidden path;
-    GDAL keeps GeoPackage layer metadata as XML in the ``gpkg_metadata`` table.
-    """
-    replacements = {(str(staging), str(final)), (escape(str(staging)), escape(str(final)))}
-    db = sqlite3.connect(gpkg)
-    try:
-        with db:
-            for old, new in replacements:
-                sql = "UPDATE gpkg_metadata SET metadata = replace(metadata, ?, ?)"
-                db.execute(sql, (old, new))
-    except sqlite3.Error as exc:  # a GeoPackage without metadata: nothing names the staging path
-        log.debug("%s: metadata left as written (%s)", gpkg, exc)
-    finally:
-        db.close()
 
 
 def record(cfg: IncomingConfig, job: SceneJob, outcome: SceneResult | BaseException) -> SceneResult:

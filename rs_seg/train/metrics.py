@@ -73,10 +73,14 @@ class ThresholdSweep:
         return tp, fp, float(self.negative.sum()) - fp, float(self.positive.sum()) - tp
 
     def best_level(self) -> int:
-        """The level (1-255) with the best mean IoU; ties go to the level nearest the middle."""
+        """The level (1-254) with the best mean IoU; ties go to the level nearest the middle.
+
+        Level 255 is the probability rasters' nodata value, so no threshold maps to it
+        (:func:`rs_seg.levels.threshold_to_level`); a tuned 255 would quietly become 254.
+        """
         pos_above = self.positive.flip(0).cumsum(0).flip(0)
         neg_above = self.negative.flip(0).cumsum(0).flip(0)
-        tp, fp = pos_above[1:], neg_above[1:]
+        tp, fp = pos_above[1:255], neg_above[1:255]
         fn, tn = self.positive.sum() - tp, self.negative.sum() - fp
         crop = tp / (tp + fp + fn).clamp(min=1)
         back = tn / (tn + fn + fp).clamp(min=1)

@@ -71,7 +71,8 @@ STEPS = {  # kill point -> which files hold the new run right after the kill
     "staged": (False, False),
     "journal": (False, False),
     "replaced-1": (True, False),
-    "replaced-2": (True, True),
+    "replaced-2": (True, False),  # the probability raster's style is published second
+    "replaced-3": (True, True),
     "published": (True, True),
 }
 

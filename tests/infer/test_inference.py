@@ -80,7 +80,7 @@ def test_stitching_reproduces_a_pointwise_model_everywhere(
     valid[:, :3] = False
     assert (mask[~valid] == 0).all() and (mask[valid] == 255).all(), "nodata stays nodata"
     assert np.abs(levels[valid].astype(int) - expected[valid]).max() <= 1
-    assert (levels[~valid] == 0).all()
+    assert (levels[~valid] == 255).all(), "nodata pixels hold the nodata value"
 
 
 def test_a_fields_model_writes_extent_and_boundary_bands(
@@ -92,14 +92,15 @@ def test_a_fields_model_writes_extent_and_boundary_bands(
     assert (bundle.task, bundle.outputs) == ("fields", 2)
     predict_scene(scene, bundle, tmp_path / "p.tif", window=32, overlap=0.5, device="cpu")
     with rasterio.open(tmp_path / "p.tif") as src, rasterio.open(scene) as image:
-        assert src.count == 2 and src.descriptions == ("cropland", "boundary")
+        assert src.count == 2
+        assert src.descriptions == ("cropland probability", "boundary probability")
         extent, boundary, valid = src.read(1), src.read(2), src.read_masks(1) > 0
         assert "field-boundary probability" in src.tags()["values"]
         band = image.read(1).astype(np.float32)
     expected = np.round(255 / (1 + np.exp(-(band - 1000) / 300))).astype(int)
     assert np.abs(extent[valid].astype(int) - expected[valid]).max() <= 1
     assert np.abs(boundary[valid].astype(int) - (255 - expected[valid])).max() <= 1
-    assert (boundary[~valid] == 0).all(), "nodata stays nodata in both bands"
+    assert (boundary[~valid] == 255).all(), "nodata stays nodata in both bands"
     summary = run_infer(
         InferConfig(scene=scene, out=tmp_path / "f.gpkg", model=bundle.source, device="cpu",
                     window=32, boundary_threshold=0.3)

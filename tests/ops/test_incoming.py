@@ -344,7 +344,8 @@ def test_a_scene_folder_appears_whole_and_failures_leave_nothing(tmp_path: Path,
     ]  # fmt: skip
     assert sorted(p.name for p in final.parent.iterdir()) == [job.model_id], "no staging left"
     meta = pyogrio.read_info(result.fields, layer="fields")["layer_metadata"]
-    assert meta["probability_raster"] == str(final / "fields_prob.tif"), "the published path"
+    assert meta["probability_raster"] == "fields_prob.tif", "relative to the layer's folder"
+    assert (final / meta["scene"]).resolve() == job.scene.resolve(), "resolves from the file"
     assert map_scene(cfg, job).status == "mapped", "mapping again replaces its own folder"
 
     (final / "notes.txt").write_text("mine")

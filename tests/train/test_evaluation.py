@@ -62,8 +62,9 @@ def test_best_level_maximises_mean_iou() -> None:
 
 
 def test_threshold_and_level_round_trip() -> None:
-    for level in range(1, 256):
+    for level in range(1, 255):
         assert threshold_to_level(level_to_threshold(level)) == level
+    assert threshold_to_level(level_to_threshold(255)) == 254, "255 is the rasters' nodata"
     assert quantize(torch.tensor([0.0, 0.5, 1.0, 1.2])).tolist() == [0, 128, 255, 255]
 
 
