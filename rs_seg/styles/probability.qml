@@ -23,14 +23,15 @@
       </minMaxOrigin>
       <rastershader>
         <!-- Interpolated: colour and alpha blend between items. Fully transparent up to 0.3 (the
-             imagery shows through where the model sees no cropland), then ever more opaque. -->
+             imagery shows through where the model sees no cropland), then ever more opaque, up to
+             70 % at p = 1, so the scene stays readable under confident cropland. -->
         <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0" minimumValue="0" maximumValue="1" labelPrecision="2">
           <item value="0" color="#ffffcc" alpha="0" label="0.00"/>
           <item value="0.3" color="#ffffcc" alpha="0" label="0.30"/>
-          <item value="0.5" color="#fed976" alpha="140" label="0.50"/>
-          <item value="0.7" color="#a1d76a" alpha="200" label="0.70"/>
-          <item value="0.9" color="#4dac26" alpha="235" label="0.90"/>
-          <item value="1" color="#1b7837" alpha="255" label="1.00 cropland probability"/>
+          <item value="0.5" color="#fed976" alpha="100" label="0.50"/>
+          <item value="0.7" color="#a1d76a" alpha="135" label="0.70"/>
+          <item value="0.9" color="#4dac26" alpha="160" label="0.90"/>
+          <item value="1" color="#1b7837" alpha="175" label="1.00 cropland probability"/>
         </colorrampshader>
       </rastershader>
     </rasterrenderer>

@@ -73,7 +73,7 @@ def test_probability_style_ramps_over_probabilities_transparent_when_low(
     assert values == sorted(values) and values[0] == 0 and values[-1] == 1, "scaled 0-1, not 0-255"
     assert all(alpha == 0 for value, alpha in items if value <= 0.3)
     above = [alpha for value, alpha in items if value > 0.3]
-    assert above == sorted(above) and above[0] > 0 and above[-1] == 255
+    assert above == sorted(above) and above[0] > 0 and 128 <= above[-1] < 255, "imagery shows"
     with rasterio.open(summary.prob) as src:
         run_id = src.tags()["run_id"]
     assert f"<!-- rs_seg run_id: {run_id} -->" in style.read_text(encoding="utf-8")
