@@ -7,9 +7,10 @@ version, columns and types, and open the same way in QGIS:
 * ``field_id`` (text) ``<scene>/<n>``: ``n`` numbers a scene's fields in the order vectorizing
   completes them, which depends only on the raster and the settings, so the key is unique within
   any layer (a merged layer holds each scene once) and stable across runs of the same inputs;
-* ``area_ha``, ``perimeter_m`` (from the written geometry), ``mean_prob`` (the field's own
-  pixels), ``scene``, ``model_id``, and ``date`` (the UTC date the field was mapped; a GeoPackage
-  DATE).
+* ``area_ha``, ``perimeter_m`` (from the written geometry in the scene's projected CRS; a merged
+  layer keeps its scenes' values, so they stay metric in any merged CRS), ``mean_prob`` (the
+  field's own pixels), ``scene``, ``model_id``, and ``date`` (the UTC date the field was
+  mapped; a GeoPackage DATE).
 
 Formats follow the extension: GeoPackage 1.2 (GDAL < 3.7, as in QGIS 3.22 on Debian 12, reads it
 without warnings; R-tree index, a default QGIS style with an SLD twin in ``layer_styles``),
@@ -95,6 +96,8 @@ class FieldBatch:
     scene: npt.NDArray[np.object_]
     model_id: npt.NDArray[np.object_]
     date: npt.NDArray[np.datetime64]
+    area_ha: npt.NDArray[np.float64] | None = None  # None: the writer measures the geometries
+    perimeter_m: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.geometries)
@@ -107,10 +110,12 @@ class FieldLayerWriter:
         path: The file to write (a staging path: the caller publishes it).
         info: Driver, CRS and layer metadata (stored in GeoPackage and FlatGeobuf layers and in
             GeoParquet file metadata).
-        metres: Metres per CRS unit, for ``area_ha`` and ``perimeter_m``.
+        metres: Metres per CRS unit, for ``area_ha`` and ``perimeter_m`` of batches that do not
+            bring their own; None where every batch does (a merged layer, whose CRS may be
+            geographic).
     """
 
-    def __init__(self, path: Path, info: LayerInfo, metres: float) -> None:
+    def __init__(self, path: Path, info: LayerInfo, metres: float | None) -> None:
         self._path = path
         self._info = info
         self._metres = metres
@@ -142,8 +147,7 @@ class FieldLayerWriter:
     def _flush(self) -> None:
         batch = _concatenated(self._waiting)
         self._waiting = []
-        area_ha = shapely.area(batch.geometries) * self._metres**2 / 10_000
-        perimeter_m = shapely.length(batch.geometries) * self._metres
+        area_ha, perimeter_m = self._measures(batch)
         self.area_ha += float(area_ha.sum())
         if self._info.driver == "Parquet":
             self._write_parquet(batch, area_ha, perimeter_m)
@@ -151,6 +155,14 @@ class FieldLayerWriter:
             self._write_ogr(batch, area_ha, perimeter_m)
         self._created = True
         self.count += len(batch)
+
+    def _measures(self, batch: FieldBatch) -> tuple[np.ndarray, np.ndarray]:
+        if batch.area_ha is not None and batch.perimeter_m is not None:
+            return batch.area_ha, batch.perimeter_m
+        if self._metres is None:
+            raise ValueError("a batch without area and perimeter needs the CRS's metres")
+        area_ha = shapely.area(batch.geometries) * self._metres**2 / 10_000
+        return area_ha, shapely.length(batch.geometries) * self._metres
 
     def _write_ogr(
         self, batch: FieldBatch, area_ha: npt.NDArray[np.float64], perimeter_m: np.ndarray
@@ -217,7 +229,15 @@ def _concatenated(batches: list[FieldBatch]) -> FieldBatch:
         np.concatenate([b.scene for b in batches]),
         np.concatenate([b.model_id for b in batches]),
         np.concatenate([b.date for b in batches]),
+        _joined([b.area_ha for b in batches]),
+        _joined([b.perimeter_m for b in batches]),
     )
+
+
+def _joined(parts: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float64] | None:
+    """The batches' own measures end to end; None unless every batch has them."""
+    present = [part for part in parts if part is not None]
+    return np.concatenate(present) if len(present) == len(parts) else None
 
 
 # --- merging scenes ----------------------------------------------------------------------------
@@ -271,6 +291,8 @@ def _source_batch(fields: Any) -> FieldBatch:
         scene=scene,
         model_id=fields["model_id"].astype(str).to_numpy(dtype=object),
         date=dates.astype("datetime64[D]"),
+        area_ha=fields["area_ha"].to_numpy(dtype=np.float64),
+        perimeter_m=fields["perimeter_m"].to_numpy(dtype=np.float64),
     )
 
 
@@ -282,6 +304,8 @@ def _sliced(batch: FieldBatch, start: int, stop: int) -> FieldBatch:
         batch.scene[start:stop],
         batch.model_id[start:stop],
         batch.date[start:stop],
+        None if batch.area_ha is None else batch.area_ha[start:stop],
+        None if batch.perimeter_m is None else batch.perimeter_m[start:stop],
     )
 
 

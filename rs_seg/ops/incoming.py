@@ -37,7 +37,6 @@ from typing import Any, Literal, TypeVar
 
 import pyogrio
 import rasterio
-from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -399,7 +398,8 @@ def write_merged(outputs: list[Path], out: Path, crs: str | None = None) -> int:
     crs = crs or str(infos[0]["crs"])
     metadata = merged_metadata(outputs, [i.get("layer_metadata") or {} for i in infos], out)
     with staged_file(out, overwrite=True, owned=fields_written_by_rs_seg) as staging:
-        writer = FieldLayerWriter(staging, LayerInfo(driver, crs, metadata), _metres(crs))
+        # the scenes' own areas and perimeters, measured in their projected CRSs, are kept
+        writer = FieldLayerWriter(staging, LayerInfo(driver, crs, metadata), metres=None)
         merge_scenes(outputs, writer, crs)
         writer.close()
     return writer.count
@@ -425,9 +425,3 @@ def merged_metadata(
             [os.path.relpath(p.resolve(), out.resolve().parent) for p in outputs]
         ),
     }
-
-
-def _metres(crs: str) -> float:
-    """Metres per unit of the merged layer's CRS (a projected one, like every scene's)."""
-    unit = CRS.from_user_input(crs).axis_info[0]
-    return float(unit.unit_conversion_factor)

@@ -271,3 +271,14 @@ def test_cli_writes_geoparquet_and_gdal_reads_it_where_it_has_the_driver(tmp_pat
         pytest.skip("no GDAL with the (Geo)Parquet driver here (GDAL >= 3.5 built with Arrow)")
     info = subprocess.run([str(ogrinfo), "-so", "-al", str(out)], capture_output=True, text=True)
     assert info.returncode == 0 and "Feature Count: 3" in info.stdout, info.stderr
+
+
+def test_a_merged_layer_in_degrees_keeps_the_scenes_metric_areas(tmp_path: Path) -> None:
+    outputs = [mapped(tmp_path, "north"), mapped(tmp_path, "south", offset=2)]
+    merged = tmp_path / "wgs84.gpkg"
+    write_merged(outputs, merged, "EPSG:4326")
+    table = pyogrio.read_dataframe(merged, layer=LAYER)
+    scenes = [pyogrio.read_dataframe(o, layer=LAYER) for o in outputs]
+    assert table.crs.to_epsg() == 4326
+    assert np.allclose(table.area_ha, np.concatenate([s.area_ha for s in scenes]))
+    assert np.allclose(table.perimeter_m, np.concatenate([s.perimeter_m for s in scenes]))
