@@ -24,6 +24,10 @@ NODATA_LEVEL = 255  # what masked pixels store, and the rasters' nodata value
 MAX_LEVEL = 254  # the highest level a probability is stored as (p = 1 included)
 SCALE = 1 / 255  # GDAL band scale: value * SCALE + OFFSET = probability
 OFFSET = 0.0
+# Band descriptions of the probability raster: band 1 is what every model predicts, fields models
+# add band 2. Vectorize checks a two-band raster's names against them, so swapped bands are never
+# split by the extent; rasters of earlier releases named the bands "cropland", "boundary".
+BAND_DESCRIPTIONS = ("cropland probability", "boundary probability")
 
 
 def level_to_threshold(level: int) -> float:

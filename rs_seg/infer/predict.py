@@ -47,7 +47,14 @@ import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_compatibility
-from rs_seg.levels import MAX_LEVEL, NODATA_LEVEL, OFFSET, SCALE, threshold_to_level
+from rs_seg.levels import (
+    BAND_DESCRIPTIONS,
+    MAX_LEVEL,
+    NODATA_LEVEL,
+    OFFSET,
+    SCALE,
+    threshold_to_level,
+)
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.remote import display
 from rs_seg.staging import scratch_path
@@ -55,10 +62,6 @@ from rs_seg.windows import axis_offsets, hann_weight, loaded_ahead, read_padded,
 
 log = logging.getLogger(__name__)
 
-# The probability raster's bands: band 1 is what every model predicts; fields models add band 2.
-# vectorize checks a two-band raster's names (its BAND_NAMES; rasters of earlier releases say
-# "cropland", "boundary"), so swapped bands are never split by the extent.
-BAND_DESCRIPTIONS = ("cropland probability", "boundary probability")
 _LEVELS_TEXT = (
     "probability = value / 255 (band scale 1/255, offset 0); levels 0-254, p = 1 stored as 254 "
     "(0.996); 255 = nodata"

@@ -44,7 +44,7 @@ from rs_seg.infer.field_layer import (
 )
 from rs_seg.infer.polygonize import FieldRecord, field_records
 from rs_seg.infer.split import field_records as split_field_records
-from rs_seg.levels import threshold_to_level
+from rs_seg.levels import BAND_DESCRIPTIONS, threshold_to_level
 from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
 from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file
 
@@ -55,9 +55,7 @@ FIELD_THRESHOLD_TAG = "field_threshold_used"  # a fields model's extent threshol
 MIN_AREA_TAG = "min_area_used"  # the smallest field (m²) rs-seg infer kept
 THRESHOLD_TAGS = ("threshold_used", "threshold")  # the cropland threshold, newest name first
 DEFAULT_MIN_AREA = 500.0  # m², where neither the user nor the model says
-# band descriptions of a two-band probability raster: today's, and those before scale/offset
-BAND_NAMES = ("cropland probability", "boundary probability")
-_OLD_BAND_NAMES = ("cropland", "boundary")
+_OLD_BAND_NAMES = ("cropland", "boundary")  # a two-band raster's names before scale/offset
 MAX_GROW = 256  # pixels: growth reads as many rows above and below each strip
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 _T = TypeVar("_T")
@@ -422,9 +420,10 @@ def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
         if dtype != "uint8":
             raise RsSegError(f"probability raster must be uint8 (0-255), found {dtype}", path)
     names = tuple(src.descriptions)
-    if src.count == 2 and any(names) and names not in (BAND_NAMES, _OLD_BAND_NAMES):
+    if src.count == 2 and any(names) and names not in (BAND_DESCRIPTIONS, _OLD_BAND_NAMES):
         raise RsSegError(
-            f"two-band probability raster must have bands {BAND_NAMES}, found {names}", path
+            f"two-band probability raster must have bands {BAND_DESCRIPTIONS}, found {names}",
+            path,
         )
     if src.crs is None:
         raise RsSegError("probability raster has no CRS; polygons need georeferencing", path)
