@@ -1,8 +1,10 @@
 """Fields as fiboa GeoParquet: the field-boundary exchange format Fields of The World writes.
 
-A ``.parquet`` output is GeoParquet 1.1 (WKB MultiPolygons, the layer's CRS as PROJJSON; no
-file-level bounding box, which would have to be known before the first row group, but every row
-group's statistics) carrying the fiboa 0.2 core columns
+A ``.parquet`` output is GeoParquet 1.1 (WKB MultiPolygons, the layer's CRS as PROJJSON, and
+a ``bbox`` covering column: WKB statistics say nothing about where a row group lies, the
+bounding-box column's min/max statistics do, so readers such as GDAL and DuckDB skip row groups
+outside their area; no file-level bounding box, which would have to be known before the first
+row group) carrying the fiboa 0.2 core columns
 
 * ``id`` (``<scene>/<n>``, as ``field_id`` elsewhere), ``geometry``, ``area`` (ha), ``perimeter``
   (m), ``determination_method`` (``auto-imagery``) and ``determination_datetime`` (UTC,
@@ -31,10 +33,13 @@ import rs_seg
 FIBOA_VERSION = "0.2.0"
 GEOPARQUET_VERSION = "1.1.0"
 DETERMINATION_METHOD = "auto-imagery"
+BBOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
+BBOX = pa.struct([pa.field(key, pa.float64()) for key in BBOX_KEYS])
 SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
         pa.field("geometry", pa.binary(), nullable=False),
+        pa.field("bbox", BBOX, nullable=False),
         pa.field("area", pa.float32()),
         pa.field("perimeter", pa.float32()),
         pa.field("determination_method", pa.string()),
@@ -90,6 +95,7 @@ class ParquetFields:
             {
                 "id": pa.array(field_id, pa.string()),
                 "geometry": pa.array(shapely.to_wkb(geometries).tolist(), pa.binary()),
+                "bbox": _bbox(geometries),
                 "area": pa.array(area_ha.astype(np.float32)),
                 "perimeter": pa.array(perimeter_m.astype(np.float32)),
                 "determination_method": pa.array([DETERMINATION_METHOD] * n, pa.string()),
@@ -112,9 +118,16 @@ class ParquetFields:
             "encoding": "WKB",
             "geometry_types": ["MultiPolygon"],
             "crs": self._crs.to_json_dict(),
+            "covering": {"bbox": {key: ["bbox", key] for key in BBOX_KEYS}},
         }
         return {"version": GEOPARQUET_VERSION, "primary_column": "geometry",
                 "columns": {"geometry": column}}  # fmt: skip
+
+
+def _bbox(geometries: np.ndarray) -> pa.StructArray:
+    """Each geometry's bounding box, the GeoParquet 1.1 covering column."""
+    bounds = shapely.bounds(geometries).reshape(-1, 4)
+    return pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)], fields=list(BBOX))
 
 
 def _collection(metadata: dict[str, str]) -> dict[str, object]:

@@ -146,8 +146,9 @@ def test_geoparquet_has_fiboa_core_columns_and_reads_in_geopandas(tmp_path: Path
     schema = pq.read_schema(out)
     types = {f.name: str(f.type) for f in schema}
     assert types == {
-        "id": "string", "geometry": "binary", "area": "float", "perimeter": "float",
-        "determination_method": "string", "determination_datetime": "timestamp[ms, tz=UTC]",
+        "id": "string", "geometry": "binary",
+        "bbox": "struct<xmin: double, ymin: double, xmax: double, ymax: double>",
+        "area": "float", "perimeter": "float", "determination_method": "string", "determination_datetime": "timestamp[ms, tz=UTC]",
         "determination_details": "string", "mean_prob": "double", "scene": "string",
         "model_id": "string",
     }  # fmt: skip
@@ -158,7 +159,15 @@ def test_geoparquet_has_fiboa_core_columns_and_reads_in_geopandas(tmp_path: Path
     column = geo["columns"]["geometry"]
     assert geo["primary_column"] == "geometry" and column["encoding"] == "WKB"
     assert column["geometry_types"] == ["MultiPolygon"] and column["crs"]["id"]["code"] == 32633
+    assert column["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
     fields = gpd.read_parquet(out)
+    table = pq.read_table(out)
+    bounds = np.array([[box[k] for k in ("xmin", "ymin", "xmax", "ymax")]
+                       for box in table["bbox"].to_pylist()])  # fmt: skip
+    assert np.allclose(bounds, fields.geometry.bounds.to_numpy())
+    # the row group's bbox statistics say where it lies: what lets readers skip row groups
+    stats = pq.ParquetFile(out).metadata.row_group(0).column(2).statistics
+    assert stats.has_min_max and np.isclose(stats.min, bounds[:, 0].min())
     reference = pyogrio.read_dataframe(gpkg, layer=LAYER)
     assert fields.crs.to_epsg() == 32633 and len(fields) == summary.polygons == 3
     assert list(fields["id"]) == list(reference.field_id)
