@@ -363,6 +363,9 @@ def infer(
     overlap: Annotated[float | None, typer.Option(help="Window overlap 0-0.9 [0.25].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Windows per batch [16].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Reading / normalizing threads [one per core, max 8].")
+    ] = None,
     tta: Annotated[bool | None, typer.Option("--tta", help="Average over flips (4x).")] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Probability threshold [the bundle's].")
@@ -395,8 +398,8 @@ def infer(
         {
             "scene": scene, "out": out, "model": model, "models_dir": models_dir,
             "window": window, "overlap": overlap, "batch_size": batch_size, "device": device,
-            "tta": tta, "threshold": threshold, "boundary_threshold": boundary_threshold,
-            "prob_out": prob_out, "mask_out": mask_out,
+            "workers": workers, "tta": tta, "threshold": threshold,
+            "boundary_threshold": boundary_threshold, "prob_out": prob_out, "mask_out": mask_out,
             "min_area": min_area, "simplify": simplify, "overwrite": overwrite,
         },
     )  # fmt: skip

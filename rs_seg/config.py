@@ -367,6 +367,11 @@ class InferOptions(StrictModel):
     )
     batch_size: Annotated[int, Field(ge=1)] = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="threads that read the scene and normalize windows, as many of each, "
+        "beside the model's [one per core, at most 8]",
+    )
     tta: bool = Field(False, description="average over flips (4x the compute)")
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None, description="cropland probability threshold [the bundle's, tuned on validation]"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+import queue
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -34,15 +36,41 @@ def loaded_ahead(load: Callable[[int], _T], starts: Iterable[int]) -> Iterator[_
     Reading and decoding with GDAL (and numpy's thresholding and scipy's labelling) release the
     GIL, so they overlap with the work on the strip before; one result more is in memory.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-seg-read") as pool:
-        pending: Future[_T] | None = None
+    return loaded_in_order(lambda _, start: load(start), [None], starts)
+
+
+_H = TypeVar("_H")
+
+
+def loaded_in_order(
+    load: Callable[[_H, int], _T], handles: Sequence[_H], starts: Iterable[int]
+) -> Iterator[_T]:
+    """``load(handle, start)`` for every start, on one thread per handle, yielded in order.
+
+    A GDAL dataset must not be read by two threads at once, so each load borrows a handle of
+    its own (one dataset per thread, opened by the caller) and gives it back; with ``n`` handles
+    ``n`` loads run while the consumer works on the result before them, and at most ``n + 1``
+    results are in memory.
+    """
+    free: queue.SimpleQueue[_H] = queue.SimpleQueue()
+    for handle in handles:
+        free.put(handle)
+
+    def borrowed(start: int) -> _T:
+        handle = free.get()
+        try:
+            return load(handle, start)
+        finally:
+            free.put(handle)
+
+    with ThreadPoolExecutor(len(handles), thread_name_prefix="rs-seg-read") as pool:
+        pending: deque[Future[_T]] = deque()
         for start in starts:
-            following = pool.submit(load, start)
-            if pending is not None:
-                yield pending.result()
-            pending = following
-        if pending is not None:
-            yield pending.result()
+            pending.append(pool.submit(borrowed, start))
+            if len(pending) > len(handles):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def window_stride(size: int, overlap: float) -> int:

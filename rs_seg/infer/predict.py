@@ -6,7 +6,9 @@ padded). Each grid row of windows is read as one strip, predicted in batches, an
 rolling buffer of one window height with a Hann weight, which falls smoothly towards every window
 edge, where a CNN's predictions are least reliable, so overlapping predictions fade into each other
 without seams. When the next grid row starts, the rows above it are final and are written at once,
-so memory is bounded by one strip and does not depend on the scene's height.
+so memory is bounded by a few strips and batches and does not depend on the scene's height. The
+stages run on threads of their own (:class:`ScenePredictor`), so the model, on a GPU a hundred
+times faster than the CPU work around it, is fed without waiting for reads or writes.
 
 The probability raster explains itself to a GIS (:mod:`rs_seg.levels`): uint8 levels
 ``round(p * 255)``, exactly the levels the threshold was tuned on, clipped to 0-254 (``p = 1``
@@ -28,9 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -58,7 +63,13 @@ from rs_seg.levels import (
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.remote import display
 from rs_seg.staging import scratch_path
-from rs_seg.windows import axis_offsets, hann_weight, loaded_ahead, read_padded, window_stride
+from rs_seg.windows import (
+    axis_offsets,
+    hann_weight,
+    loaded_in_order,
+    read_padded,
+    window_stride,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +111,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+MAX_AUTO_WORKERS = 8  # each worker keeps one batch ahead: 16 MB at batch 16, 4 bands, 256 px
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Preparation threads: ``None`` gives one per usable core, at most :data:`MAX_AUTO_WORKERS`."""
+    if workers is not None:
+        if workers < 1:
+            raise RsSegError(f"workers must be at least 1, got {workers}")
+        return workers
+    return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
+
+
 class WindowPredictor:
     """Normalized windows -> cropland probabilities, in batches, optionally with flip TTA."""
 
@@ -113,9 +136,21 @@ class WindowPredictor:
         self.autocast = torch.bfloat16 if device.type == "cuda" else None
         self.band_index = np.asarray(bundle.bands) - 1
 
-    def normalize(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def normalize(
+        self, image: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """The bundle's band selection and normalization, exactly as in training."""
-        return self.bundle.normalization.apply(image[self.band_index], valid)
+        return self.bundle.normalization.apply(image[self.band_index], valid, out)
+
+    def host_buffer(self, windows: int, size: int) -> np.ndarray:
+        """An empty float32 batch (windows x bands x size x size) for normalized windows.
+
+        On CUDA it is page-locked (torch caches such blocks), so the copy to the device runs
+        asynchronously (``non_blocking``) instead of through a staging copy.
+        """
+        shape = (windows, len(self.band_index), size, size)
+        pinned = self.device.type == "cuda"
+        return torch.empty(shape, dtype=torch.float32, pin_memory=pinned).numpy()
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -203,15 +238,15 @@ class PredictSummary:
 
 
 def _strip_reader(
-    src: rasterio.io.DatasetReader, row_offsets: list[int], size: int, width: int
+    sources: Sequence[rasterio.io.DatasetReader], row_offsets: list[int], size: int, width: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Strips of one window height, read one ahead in a thread while the model runs."""
+    """Strips of one window height, in order, read ahead on one thread per open dataset."""
 
-    def read(row: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def read(src: rasterio.io.DatasetReader, row: int) -> tuple[int, np.ndarray, np.ndarray]:
         image, valid, _ = read_padded(src, Window(0, row, width, size))
         return row, image, valid
 
-    return loaded_ahead(read, row_offsets)
+    return loaded_in_order(read, sources, row_offsets)
 
 
 def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
@@ -231,11 +266,15 @@ def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
 
 @dataclass
 class GridRow:
-    """One row of windows on its way through the model: predictions arrive batch by batch."""
+    """One row of windows on its way through the model: predictions arrive batch by batch.
+
+    ``expected`` is known when the row is read (its windows that are not all nodata), so the
+    writer can tell a complete row however its windows were batched.
+    """
 
     top: int
     valid: np.ndarray
-    expected: int = 0
+    expected: int
     results: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
     @property
@@ -244,101 +283,183 @@ class GridRow:
         return len(self.results) == self.expected
 
 
-class ScenePredictor:
-    """Runs the window grid over one scene and writes the stitched probability raster.
+class RowWriter:
+    """Blends predictions into the strip buffer and writes finished rows, in grid order.
 
-    Batches are always full: they fill across grid rows, and predictions that belong to a later
-    row wait (at most one batch of them) until the rows above are blended and written, so a
-    narrow last batch per row never slows the model down.
+    It runs on one thread of its own (every call is queued to it in order), so blending, the
+    levels and the GeoTIFF writes overlap with the model instead of waiting for it.
     """
 
     def __init__(
-        self, predictor: WindowPredictor, size: int, overlap: float, batch_size: int
+        self, dst: rasterio.io.DatasetWriter, size: int, rows: list[int], outputs: int
+    ) -> None:
+        self.dst = dst
+        self.size = size
+        self.rows = rows
+        self.buffer = StripBuffer(min(size, dst.height), dst.width, outputs)
+        self.weight = hann_weight(size)
+        self.pending: deque[GridRow] = deque()
+
+    def register(self, row: GridRow) -> None:
+        """A grid row whose windows are about to be predicted (rows come in order)."""
+        self.pending.append(row)
+        self.write_complete_rows()
+
+    def deliver(self, places: list[tuple[GridRow, int]], probs: np.ndarray) -> None:
+        """One batch of predictions; writes every row it completes."""
+        for prob, (row, col) in zip(probs, places, strict=True):
+            row.results.append((col, prob))
+        self.write_complete_rows()
+
+    def write_complete_rows(self) -> None:
+        """Blend finished grid rows in order and write the scene rows no later window touches."""
+        height, width = self.dst.height, self.dst.width
+        buffer = self.buffer
+        while self.pending and self.pending[0].complete:
+            row = self.pending.popleft()
+            buffer.valid[:] = row.valid
+            for col, prob in row.results:
+                cut_rows = min(self.size, height - row.top, buffer.height)
+                cut_cols = min(self.size, width - col)
+                buffer.add(col, prob[:, :cut_rows, :cut_cols], self.weight[:cut_rows, :cut_cols])
+            row.results.clear()
+            index = self.rows.index(row.top)
+            next_top = self.rows[index + 1] if index + 1 < len(self.rows) else height
+            done = next_top - row.top
+            self.dst.write(buffer.finished(done), window=Window(0, row.top, width, done))
+            if next_top < height:
+                buffer.advance(done)
+
+
+class ScenePredictor:
+    """Runs the window grid over one scene and writes the stitched probability raster.
+
+    Four kinds of work overlap, each where it does not hold up the model: strips are read (and
+    decoded by GDAL on ``workers`` threads) one ahead; windows are normalized into batches by
+    ``workers`` threads, a few batches ahead; the model runs on the calling thread; blending
+    and writing run on a writer thread (:class:`RowWriter`). numpy and GDAL release the GIL for
+    all but the bookkeeping, so on a CPU the stages share the cores and on a GPU the model is
+    fed while the host works. Every queue is bounded (batches ahead, writes behind), so memory
+    still depends on the scene's width, not its height. Batches are always full: they fill
+    across grid rows, so a narrow last batch per row never slows the model down.
+    """
+
+    def __init__(
+        self,
+        predictor: WindowPredictor,
+        size: int,
+        overlap: float,
+        batch_size: int,
+        workers: int = 1,
     ) -> None:
         self.predictor = predictor
         self.size = size
         self.stride = window_stride(size, overlap)
         self.batch_size = batch_size
-        self.weight = hann_weight(size)
-        self._images: list[np.ndarray] = []
-        self._places: list[tuple[GridRow, int]] = []
+        self.workers = workers
+        self._registered: deque[Future[None]] = deque()
 
     def run(
-        self, src: rasterio.io.DatasetReader, dst: rasterio.io.DatasetWriter, progress: bool
+        self,
+        sources: Sequence[rasterio.io.DatasetReader],
+        dst: rasterio.io.DatasetWriter,
+        progress: bool,
     ) -> tuple[int, int]:
-        """Predict every window and write finished rows; returns (windows, skipped windows)."""
-        height, width = src.height, src.width
-        rows = axis_offsets(height, self.size, self.stride)
-        cols = axis_offsets(width, self.size, self.stride)
-        buffer = StripBuffer(min(self.size, height), width, self.predictor.bundle.outputs)
-        pending: deque[GridRow] = deque()
-        skipped = 0
+        """Predict every window and write finished rows; returns (windows, skipped windows).
+
+        ``sources``: the scene opened once per reading thread (at least once).
+        """
+        src = sources[0]
+        self._registered.clear()
+        rows = axis_offsets(src.height, self.size, self.stride)
+        cols = axis_offsets(src.width, self.size, self.stride)
+        writer = RowWriter(dst, self.size, rows, self.predictor.bundle.outputs)
         bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
-        strips = _strip_reader(src, rows, self.size, max(width, self.size))
-        for top, image, valid in strips:
-            row = GridRow(top, valid[: buffer.height, :width].copy())
-            pending.append(row)
-            skipped += self._queue_windows(row, image, valid, cols)
-            bar.update(len(cols))
-            self._write_complete_rows(pending, buffer, dst, rows, height)
-        if self._images:
-            self._predict_batch()
-        self._write_complete_rows(pending, buffer, dst, rows, height)
+        strips = _strip_reader(sources, rows, self.size, max(src.width, self.size))
+        skipped = 0
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="rs-seg-prep") as prep,
+            ThreadPoolExecutor(1, thread_name_prefix="rs-seg-write") as write,
+        ):
+            ahead: deque[tuple[list[tuple[GridRow, int]], Future[np.ndarray]]] = deque()
+            behind: deque[Future[None]] = deque()
+            for batch in self._batches(strips, cols, writer, write):
+                skipped += batch.skipped
+                bar.update(batch.windows)
+                if batch.places:
+                    places = [(row, col) for row, _, _, col in batch.places]
+                    ahead.append((places, prep.submit(self._normalized, batch.places)))
+                while len(ahead) > self.workers:
+                    self._predict(*ahead.popleft(), writer, write, behind)
+            while ahead:
+                self._predict(*ahead.popleft(), writer, write, behind)
+            while behind:
+                behind.popleft().result()
+            for registered in self._registered:
+                registered.result()
         bar.close()
         return len(rows) * len(cols), skipped
 
-    def _queue_windows(
-        self, row: GridRow, image: np.ndarray, valid: np.ndarray, cols: list[int]
-    ) -> int:
-        """Queue the strip's windows (normalized one by one) and predict every full batch.
-
-        Windows are normalized separately rather than the strip at once: a queued window then
-        holds only itself, not a whole normalized strip (67 MB at 16384 px wide, two of them
-        while a batch spans two rows), for about 0.5 % more time.
-        """
-        skipped = 0
-        for col in cols:
-            window_valid = valid[:, col : col + self.size]
-            if not window_valid.any():
-                skipped += 1
-                continue
-            row.expected += 1
-            window = image[:, :, col : col + self.size]
-            self._images.append(self.predictor.normalize(window, window_valid))
-            self._places.append((row, col))
-            if len(self._images) == self.batch_size:
-                self._predict_batch()
-        return skipped
-
-    def _predict_batch(self) -> None:
-        probs = self.predictor(np.stack(self._images))
-        for prob, (row, col) in zip(probs, self._places, strict=True):
-            row.results.append((col, prob))
-        self._images, self._places = [], []
-
-    def _write_complete_rows(
+    def _predict(
         self,
-        pending: deque[GridRow],
-        buffer: StripBuffer,
-        dst: rasterio.io.DatasetWriter,
-        rows: list[int],
-        height: int,
+        places: list[tuple[GridRow, int]],
+        images: Future[np.ndarray],
+        writer: RowWriter,
+        write: ThreadPoolExecutor,
+        behind: deque[Future[None]],
     ) -> None:
-        """Blend finished grid rows in order and write the scene rows no later window touches."""
-        while pending and pending[0].complete:
-            row = pending.popleft()
-            buffer.valid[:] = row.valid
-            width = buffer.width
-            for col, prob in row.results:
-                cut_rows = min(self.size, height - row.top, buffer.height)
-                cut_cols = min(self.size, width - col)
-                buffer.add(col, prob[:, :cut_rows, :cut_cols], self.weight[:cut_rows, :cut_cols])
-            index = rows.index(row.top)
-            next_top = rows[index + 1] if index + 1 < len(rows) else height
-            done = next_top - row.top
-            dst.write(buffer.finished(done), window=Window(0, row.top, width, done))
-            if next_top < height:
-                buffer.advance(done)
+        """Run the model on one prepared batch and queue its blending; at most two queued."""
+        probs = self.predictor(images.result())
+        behind.append(write.submit(writer.deliver, places, probs))
+        while len(behind) > 2:
+            behind.popleft().result()  # also re-raises a failed write here, on the main thread
+        while self._registered and self._registered[0].done():
+            self._registered.popleft().result()  # a row without windows is written on register
+
+    def _batches(
+        self,
+        strips: Iterator[tuple[int, np.ndarray, np.ndarray]],
+        cols: list[int],
+        writer: RowWriter,
+        write: ThreadPoolExecutor,
+    ) -> Iterator[_BatchPlan]:
+        """Full batches of windows across grid rows (the last one may be short).
+
+        Each strip's grid row goes to the writer before any of its windows is predicted, so
+        the writer knows how many predictions to wait for.
+        """
+        plan = _BatchPlan()
+        for top, image, valid in strips:
+            keep = [col for col in cols if valid[:, col : col + self.size].any()]
+            row = GridRow(top, valid[: writer.buffer.height, : writer.dst.width].copy(), len(keep))
+            self._registered.append(write.submit(writer.register, row))
+            plan.windows += len(cols)
+            plan.skipped += len(cols) - len(keep)
+            for col in keep:
+                plan.places.append((row, image, valid, col))
+                if len(plan.places) == self.batch_size:
+                    yield plan
+                    plan = _BatchPlan()
+        yield plan
+
+    def _normalized(self, places: list[tuple[GridRow, np.ndarray, np.ndarray, int]]) -> np.ndarray:
+        """The batch's windows normalized (on a worker thread), bands first, as the model takes."""
+        size = self.size
+        batch = self.predictor.host_buffer(len(places), size)
+        for i, (_, image, valid, col) in enumerate(places):
+            self.predictor.normalize(
+                image[:, :, col : col + size], valid[:, col : col + size], out=batch[i]
+            )
+        return batch
+
+
+@dataclass
+class _BatchPlan:
+    """Windows gathered for one batch, and how many grid windows they stand for."""
+
+    places: list[tuple[GridRow, np.ndarray, np.ndarray, int]] = field(default_factory=list)
+    windows: int = 0
+    skipped: int = 0
 
 
 def predict_scene(
@@ -351,10 +472,14 @@ def predict_scene(
     batch_size: int = 16,
     device: str = "auto",
     tta: bool = False,
+    workers: int | None = None,
     progress: bool = False,
     tags: dict[str, str] | None = None,
 ) -> PredictSummary:
     """Predict a whole scene into a probability COG at ``prob_path`` (a path the caller owns).
+
+    ``workers``: threads that read strips (each with the scene opened once more) and threads
+    that normalize windows into batches, as many of each (:func:`resolve_workers`).
 
     The caller handles atomic publication (``rs_seg.staging.staged_file``); here the raster is built
     as a tiled GeoTIFF beside it and copied to a COG with overviews.
@@ -364,17 +489,20 @@ def predict_scene(
     t0 = time.perf_counter()
     predictor = WindowPredictor(bundle, resolve_device(device), tta)
     scratch = scratch_path(prob_path, "tiles")
-    with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src:
+    threads = resolve_workers(workers)
+    with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src, ExitStack() as stack:
         if src.crs is None:
             raise RsSegError("scene has no CRS; field polygons need a georeferenced scene", scene)
         compatibility = check_compatibility(src, bundle, scene, size)
         for warning in compatibility.warnings:
             log.warning("%s: %s", scene, warning)
+        # one dataset per reading thread: GDAL reads a dataset on one thread at a time
+        sources = [src] + [stack.enter_context(open_raster(scene, "scene"))
+                           for _ in range(threads - 1)]  # fmt: skip
         try:
             with rasterio.open(scratch, "w", **_profile(src, bundle.outputs)) as dst:
-                windows, skipped = ScenePredictor(predictor, size, overlap, batch_size).run(
-                    src, dst, progress
-                )
+                scene_predictor = ScenePredictor(predictor, size, overlap, batch_size, threads)
+                windows, skipped = scene_predictor.run(sources, dst, progress)
                 _describe_bands(dst, BAND_DESCRIPTIONS[: bundle.outputs])
                 dst.update_tags(**_tags(bundle, scene, size, overlap, tta, started, tags),
                                 **compatibility.metadata())  # fmt: skip

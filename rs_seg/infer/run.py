@@ -139,7 +139,8 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         write_style(prob_style, PROBABILITY_STYLE, run_id)
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
-            batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, progress=progress,
+            batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, workers=cfg.workers,
+            progress=progress,
             tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags()},
         )  # fmt: skip
         if mask_files:

@@ -46,13 +46,27 @@ class Normalization:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def apply(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(bands, H, W) raw values -> float32 z-scores; invalid and non-finite pixels become 0."""
+    def apply(
+        self, image: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(bands, H, W) raw values -> float32 z-scores; invalid and non-finite pixels become 0.
+
+        ``out`` (float32, bands x H x W, any strides) receives the result: scene inference
+        passes a view of its channels-last batch, so the network gets its memory layout
+        without another copy. Two shortcuts keep the one code path cheap: integer images
+        cannot hold NaN or infinity (no scan for them), and a window with every pixel valid
+        needs no masking.
+        """
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        out = (image.astype(np.float32) - mean) / std
-        out[:, ~valid] = 0.0
-        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = (1 / np.asarray(self.std, dtype=np.float32))[:, None, None]
+        if out is None:
+            out = np.empty(image.shape, dtype=np.float32)
+        np.subtract(image, mean, out=out, dtype=np.float32, casting="unsafe")
+        np.multiply(out, scale, out=out)
+        if not np.issubdtype(image.dtype, np.integer):
+            np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if not valid.all():
+            out[:, ~valid] = 0.0
         return out
 
     def to_dict(self) -> dict[str, list[float]]:

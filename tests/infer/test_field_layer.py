@@ -148,7 +148,8 @@ def test_geoparquet_has_fiboa_core_columns_and_reads_in_geopandas(tmp_path: Path
     assert types == {
         "id": "string", "geometry": "binary",
         "bbox": "struct<xmin: double, ymin: double, xmax: double, ymax: double>",
-        "area": "float", "perimeter": "float", "determination_method": "string", "determination_datetime": "timestamp[ms, tz=UTC]",
+        "area": "float", "perimeter": "float", "determination_method": "string",
+        "determination_datetime": "timestamp[ms, tz=UTC]",
         "determination_details": "string", "mean_prob": "double", "scene": "string",
         "model_id": "string",
     }  # fmt: skip

@@ -83,6 +83,41 @@ def test_stitching_reproduces_a_pointwise_model_everywhere(
     assert (levels[~valid] == 255).all(), "nodata pixels hold the nodata value"
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_threaded_pipeline_gives_the_same_raster_with_any_worker_count(
+    tmp_path: Path, bundle_path: Path, workers: int
+) -> None:
+    """Readers, normalizers and the writer on threads: the bytes do not depend on how many.
+
+    A narrow scene with a small window puts many grid rows in every batch, so predictions of
+    several rows are in flight at once and a row is written only when all its windows are back.
+    """
+    scene = write_scene(tmp_path / "s.tif", 301, 90, nodata_cols=3)
+    bundle = ModelBundle.load(bundle_path)
+    kwargs = {"window": 32, "overlap": 0.5, "batch_size": 5, "device": "cpu"}
+    predict_scene(scene, bundle, tmp_path / "one.tif", workers=1, **kwargs)
+    predict_scene(scene, bundle, tmp_path / "many.tif", workers=workers, **kwargs)
+    one, many = read(tmp_path / "one.tif"), read(tmp_path / "many.tif")
+    assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+
+
+def test_a_failed_write_on_the_writer_thread_fails_the_run(
+    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error on the writer thread reaches the caller: no run that looks finished but is not."""
+    from rs_seg.infer import predict as module
+
+    def failing(self: module.RowWriter) -> None:
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(module.RowWriter, "write_complete_rows", failing)
+    scene = write_scene(tmp_path / "s.tif", 200, 90)
+    with pytest.raises(OSError, match="injected"):
+        predict_scene(scene, ModelBundle.load(bundle_path), tmp_path / "p.tif", window=32,
+                      device="cpu", workers=2)  # fmt: skip
+    assert not (tmp_path / "p.tif").exists()
+
+
 def test_a_fields_model_writes_extent_and_boundary_bands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -243,13 +278,16 @@ def test_memory_does_not_grow_with_scene_height(
     monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
     bundle = ModelBundle.load(bundle_path)
     peaks = []
-    for height in (256, 2048):
+    # From 2048 rows on, the pipeline (batches being normalized, predicted and blended) is full;
+    # a 256-row scene has one grid row and never fills it. Measured with two workers: 4.6 MB at
+    # 2048 rows, 4.9 at 4096, 5.0 at 8192.
+    for height in (2048, 8192):
         scene = write_scene(tmp_path / f"s{height}.tif", height, 512, seed=height)
         tracemalloc.start()
         predict_scene(scene, bundle, tmp_path / f"p{height}.tif", device="cpu")
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    assert peaks[1] < 1.3 * peaks[0], peaks
+    assert peaks[1] < 1.2 * peaks[0], peaks
 
 
 def _config(tmp_path: Path, scene: Path, bundle: Path, **kwargs) -> InferConfig:
