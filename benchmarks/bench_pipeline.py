@@ -7,8 +7,9 @@ script measures that ceiling on any machine by replacing the network with a 1x1 
 run, alternating the kinds within each repeat, every measurement in a fresh child process:
 
 * ``null``: ``rs_seg.infer.predict.predict_scene`` end to end (scene open, compatibility sample,
-  windows of 256 px at overlap 0.25, batch 16, normalization, the 1x1 "model", Hann blending,
-  strip writes, COG copy) with ``workers`` preparation threads. Timed: the ``predict_scene`` call.
+  windows of 256 px at overlap 0.25, batch 16, normalization, the 1x1 "model" on one torch
+  thread, Hann blending, strip writes, COG copy) with ``workers`` reading and normalizing threads.
+  Timed: the ``predict_scene`` call.
 * ``bare_io``: the limit: the scene read strip by strip (256 rows, every band, no overlap) with
   rasterio, and one uint8 band per strip written to a tiled GeoTIFF with predict's scratch profile
   (zstd 1, 512 px blocks); no COG. Timed: open to close.
@@ -70,6 +71,10 @@ def child_null(scene: str, bundle_path: str, prob: str, workers: int) -> dict:
         return torch.nn.Conv2d(self.in_channels, self.outputs, 1).to(device).eval()
 
     ModelBundle.build = null_network  # type: ignore[method-assign]
+    # One torch thread: the 1x1 convolution is cheap either way, and idle OpenMP threads spin
+    # between batches, taking the cores the pipeline is measured on (about 15 % at 4096 px); on
+    # a GPU the model's thread only launches kernels.
+    torch.set_num_threads(1)
     started, cpu = time.perf_counter(), time.process_time()
     summary = predict_scene(
         Path(scene), bundle, Path(prob), overlap=OVERLAP, batch_size=BATCH, device="cpu",

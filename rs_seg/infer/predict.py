@@ -240,13 +240,51 @@ class PredictSummary:
 def _strip_reader(
     sources: Sequence[rasterio.io.DatasetReader], row_offsets: list[int], size: int, width: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Strips of one window height, in order, read ahead on one thread per open dataset."""
+    """Strips of one window height, in order, each scene row decoded once.
 
-    def read(src: rasterio.io.DatasetReader, row: int) -> tuple[int, np.ndarray, np.ndarray]:
-        image, valid, _ = read_padded(src, Window(0, row, width, size))
-        return row, image, valid
+    The scene is read in chunks of whole block rows (:func:`_chunk_rows`), on one thread per
+    open dataset, ahead of the consumer, and every strip is cut from the chunks it spans. Reading
+    the overlapping strips themselves decoded each block row two or three times: GDAL (3.12)
+    decodes the blocks of a large read straight into the caller's array without keeping them,
+    and a strip at a stride of 192 px spans two 256 px block rows (4096 px, 4 bands: 21 strip
+    reads at 40 ms against 16 chunk reads).
+    """
+    chunk = _chunk_rows(sources[0], size)
+    end = row_offsets[-1] + size  # the last strip may run past the scene: padded, like a window
 
-    return loaded_in_order(read, sources, row_offsets)
+    def read(src: rasterio.io.DatasetReader, start: int) -> tuple[int, np.ndarray, np.ndarray]:
+        image, valid, _ = read_padded(src, Window(0, start, width, min(chunk, end - start)))
+        return start, image, valid
+
+    chunks = loaded_in_order(read, sources, range(0, end, chunk))
+    held: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+    for top in row_offsets:
+        while not held or held[-1][0] + held[-1][1].shape[1] < top + size:
+            held.append(next(chunks))
+        while held[0][0] + held[0][1].shape[1] <= top:
+            held.popleft()
+        yield top, *_rows_of(held, top, size)
+
+
+def _chunk_rows(src: rasterio.io.DatasetReader, size: int) -> int:
+    """Rows per read: whole block rows of band 1, about a window's height (at least one block)."""
+    block = max(1, int(src.block_shapes[0][0]))
+    return max(block, size // block * block)
+
+
+def _rows_of(
+    held: deque[tuple[int, np.ndarray, np.ndarray]], top: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``top`` to ``top + size`` of consecutive chunks (a view when one chunk holds them)."""
+    images, valids = [], []
+    for start, image, valid in held:
+        rows = slice(max(0, top - start), max(0, min(image.shape[1], top + size - start)))
+        if rows.stop > rows.start:
+            images.append(image[:, rows])
+            valids.append(valid[rows])
+    if len(images) == 1:
+        return images[0], valids[0]
+    return np.concatenate(images, axis=1), np.concatenate(valids, axis=0)
 
 
 def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
