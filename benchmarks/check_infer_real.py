@@ -93,6 +93,9 @@ def main() -> int:
     parser.add_argument("--chips", type=Path, default=ROOT / "data/naip-fields/chips")
     parser.add_argument("--out", type=Path, default=Path("/tmp/rs_seg_infer_real"))
     parser.add_argument("--min-area", type=float, default=500.0)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="forward-pass precision; results of a non-default one go to "
+                        "infer_real_<precision>.json")  # fmt: skip
     args = parser.parse_args()
     if not LABELS.exists() or not args.model.exists() or not (args.chips / "index.gpkg").exists():
         print(f"skipped: needs {LABELS}, {args.model} and {args.chips}/index.gpkg")
@@ -107,7 +110,7 @@ def main() -> int:
         scene = scene if scene.is_absolute() else (ROOT / scene).resolve()
         cfg = InferConfig(
             scene=scene, out=args.out / f"{scene.stem}.gpkg", model=args.model,
-            min_area=args.min_area, overwrite=True,
+            min_area=args.min_area, overwrite=True, precision=args.precision,
         )  # fmt: skip
         started = time.perf_counter()
         summary = run_infer(cfg)
@@ -136,6 +139,8 @@ def main() -> int:
         "date": _harness.today(),
         "machine": _harness.machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "model": str(args.model),
+        "precision": args.precision,
+        "seconds": round(sum(row["seconds"] for row in rows), 1),
         "scenes": rows,
         "pixel": metrics_from_counts(*totals),
         "object": {
@@ -144,7 +149,8 @@ def main() -> int:
             "f1": scored["object_f1"], **scored,
         },
     }  # fmt: skip
-    _harness.write_json(_harness.RESULTS / "infer_real.json", result)
+    name = "infer_real.json" if args.precision == "auto" else f"infer_real_{args.precision}.json"
+    _harness.write_json(_harness.RESULTS / name, result)
     print(json.dumps({"pixel": result["pixel"], "object": result["object"]}, indent=2))
     return 0
 

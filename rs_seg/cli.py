@@ -366,6 +366,9 @@ def infer(
     workers: Annotated[
         int | None, typer.Option(help="Reading / normalizing threads [one per core, max 8].")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16 [auto].")
+    ] = None,
     tta: Annotated[bool | None, typer.Option("--tta", help="Average over flips (4x).")] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Probability threshold [the bundle's].")
@@ -398,7 +401,7 @@ def infer(
         {
             "scene": scene, "out": out, "model": model, "models_dir": models_dir,
             "window": window, "overlap": overlap, "batch_size": batch_size, "device": device,
-            "workers": workers, "tta": tta, "threshold": threshold,
+            "workers": workers, "precision": precision, "tta": tta, "threshold": threshold,
             "boundary_threshold": boundary_threshold, "prob_out": prob_out, "mask_out": mask_out,
             "min_area": min_area, "simplify": simplify, "overwrite": overwrite,
         },

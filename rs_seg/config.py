@@ -372,6 +372,11 @@ class InferOptions(StrictModel):
         description="threads that read the scene and normalize windows, as many of each, "
         "beside the model's [one per core, at most 8]",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="forward-pass precision: auto = bf16 autocast on CUDA, fp32 on a CPU; bf16 "
+        "on a CPU needs native bfloat16 (AVX512-BF16 / AMX)",
+    )
     tta: bool = Field(False, description="average over flips (4x the compute)")
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None, description="cropland probability threshold [the bundle's, tuned on validation]"

@@ -123,17 +123,39 @@ def resolve_workers(workers: int | None) -> int:
     return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the network's forward pass (None: plain fp32).
+
+    ``auto`` is bf16 on CUDA and fp32 on a CPU, where bf16 is asked for by name (its speed and
+    accuracy against fp32 on the NAIP test scenes: BENCHMARKS.md). A CPU without native bf16
+    (AVX512-BF16 or AMX) would emulate it slower than fp32, so asking there is an error rather
+    than a slow surprise.
+    """
+    if precision not in PRECISIONS:
+        raise RsSegError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise RsSegError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
+    return torch.bfloat16
+
+
 class WindowPredictor:
     """Normalized windows -> cropland probabilities, in batches, optionally with flip TTA."""
 
-    def __init__(self, bundle: ModelBundle, device: torch.device, tta: bool) -> None:
+    def __init__(
+        self, bundle: ModelBundle, device: torch.device, tta: bool, precision: str = "auto"
+    ) -> None:
         self.bundle = bundle
         self.device = device
         self.tta = tta
         net = bundle.build(device)
         # Module.to takes memory_format at runtime; torch's overloads for it leave it out.
         self.net: torch.nn.Module = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.autocast = torch.bfloat16 if device.type == "cuda" else None
+        self.autocast = autocast_dtype(precision, device)
         self.band_index = np.asarray(bundle.bands) - 1
 
     def normalize(
@@ -142,15 +164,22 @@ class WindowPredictor:
         """The bundle's band selection and normalization, exactly as in training."""
         return self.bundle.normalization.apply(image[self.band_index], valid, out)
 
-    def host_buffer(self, windows: int, size: int) -> np.ndarray:
-        """An empty float32 batch (windows x bands x size x size) for normalized windows.
+    def in_model_layout(self, batch: np.ndarray) -> np.ndarray:
+        """The batch in the memory the network reads: channels-last, page-locked on CUDA.
 
-        On CUDA it is page-locked (torch caches such blocks), so the copy to the device runs
-        asynchronously (``non_blocking``) instead of through a staging copy.
+        Called on a preparation thread, so the layout copy (5 ms a batch of 16 x 4 x 256 px)
+        stays off the model's thread; the array keeps its (N, bands, H, W) shape, only its
+        strides change, and ``__call__`` hands it to torch without another copy. Page-locked
+        memory (torch caches such blocks) lets the copy to the device run asynchronously.
         """
-        shape = (windows, len(self.band_index), size, size)
+        n, bands, height, width = batch.shape
         pinned = self.device.type == "cuda"
-        return torch.empty(shape, dtype=torch.float32, pin_memory=pinned).numpy()
+        # numpy, not torch, copies: torch ops on this thread would wake OpenMP threads that then
+        # spin beside the model's (a fifth more CPU time, measured with a null model)
+        last = torch.empty((n, height, width, bands), dtype=torch.float32, pin_memory=pinned)
+        channels_last: np.ndarray = last.numpy()
+        np.copyto(channels_last, batch.transpose(0, 2, 3, 1))
+        return channels_last.transpose(0, 3, 1, 2)
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -483,12 +512,12 @@ class ScenePredictor:
     def _normalized(self, places: list[tuple[GridRow, np.ndarray, np.ndarray, int]]) -> np.ndarray:
         """The batch's windows normalized (on a worker thread), bands first, as the model takes."""
         size = self.size
-        batch = self.predictor.host_buffer(len(places), size)
+        batch = np.empty((len(places), len(self.predictor.band_index), size, size), np.float32)
         for i, (_, image, valid, col) in enumerate(places):
             self.predictor.normalize(
                 image[:, :, col : col + size], valid[:, col : col + size], out=batch[i]
             )
-        return batch
+        return self.predictor.in_model_layout(batch)
 
 
 @dataclass
@@ -511,12 +540,14 @@ def predict_scene(
     device: str = "auto",
     tta: bool = False,
     workers: int | None = None,
+    precision: str = "auto",
     progress: bool = False,
     tags: dict[str, str] | None = None,
 ) -> PredictSummary:
     """Predict a whole scene into a probability COG at ``prob_path`` (a path the caller owns).
 
-    ``workers``: threads that read strips (each with the scene opened once more) and threads
+    ``precision``: the forward pass's autocast (:func:`autocast_dtype`). ``workers``: threads
+    that read strips (each with the scene opened once more) and threads
     that normalize windows into batches, as many of each (:func:`resolve_workers`).
 
     The caller handles atomic publication (``rs_seg.staging.staged_file``); here the raster is built
@@ -525,7 +556,7 @@ def predict_scene(
     size = window or bundle.chip_size
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    predictor = WindowPredictor(bundle, resolve_device(device), tta)
+    predictor = WindowPredictor(bundle, resolve_device(device), tta, precision)
     scratch = scratch_path(prob_path, "tiles")
     threads = resolve_workers(workers)
     with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src, ExitStack() as stack:
@@ -543,6 +574,7 @@ def predict_scene(
                 windows, skipped = scene_predictor.run(sources, dst, progress)
                 _describe_bands(dst, BAND_DESCRIPTIONS[: bundle.outputs])
                 dst.update_tags(**_tags(bundle, scene, size, overlap, tta, started, tags),
+                                precision="bf16" if predictor.autocast else "fp32",
                                 **compatibility.metadata())  # fmt: skip
             copy_to_cog(scratch, prob_path)
         finally:
