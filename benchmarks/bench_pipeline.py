@@ -45,9 +45,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import _harness
 import bench_infer
 
-CHIP = 256
-OVERLAP = 0.25
-BATCH = 16
+CHIP, OVERLAP, BATCH = bench_infer.CHIP, bench_infer.OVERLAP, bench_infer.BATCH  # same windows
 RATIO_GOAL = 0.5
 LOADER_BEFORE = 116.0  # chips/s in one process before issue 14 (the issue's figure)
 LOADER_GOAL = 2.0

@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -39,7 +40,7 @@ import shapely
 from rasterio.features import rasterize
 
 import rs_seg  # noqa: F401
-from rs_seg.config import InferConfig
+from rs_seg.config import InferConfig, Precision
 from rs_seg.infer.run import run_infer
 from rs_seg.levels import threshold_to_level
 from rs_seg.train.metrics import metrics_from_counts
@@ -93,7 +94,7 @@ def main() -> int:
     parser.add_argument("--chips", type=Path, default=ROOT / "data/naip-fields/chips")
     parser.add_argument("--out", type=Path, default=Path("/tmp/rs_seg_infer_real"))
     parser.add_argument("--min-area", type=float, default=500.0)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    parser.add_argument("--precision", choices=get_args(Precision), default="auto",
                         help="forward-pass precision; results of a non-default one go to "
                         "infer_real_<precision>.json")  # fmt: skip
     args = parser.parse_args()

@@ -350,6 +350,10 @@ class TrainConfig(StrictModel):
     overwrite: bool = False
 
 
+# Forward-pass precision of scene inference: what each means, rs_seg.infer.predict.autocast_dtype
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 class InferOptions(StrictModel):
     """How a scene is mapped: model, windows, threshold and polygon settings of ``rs-seg infer``.
 
@@ -372,7 +376,7 @@ class InferOptions(StrictModel):
         description="threads that read the scene and normalize windows, as many of each, "
         "beside the model's [one per core, at most 8]",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto",
         description="forward-pass precision: auto = bf16 autocast on CUDA, fp32 on a CPU; bf16 "
         "on a CPU needs native bfloat16 (AVX512-BF16 / AMX)",

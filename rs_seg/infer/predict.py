@@ -39,7 +39,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import rasterio
@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 import rs_seg
 from rs_seg.bundle import ModelBundle
+from rs_seg.config import Precision
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_compatibility
 from rs_seg.levels import (
@@ -123,7 +124,7 @@ def resolve_workers(workers: int | None) -> int:
     return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -281,9 +282,9 @@ def _strip_reader(
     when they are normalized. Reading the overlapping strips themselves decoded each block row
     two or three times: GDAL (3.12) decodes the blocks of a large read straight into the
     caller's array without keeping them, and a strip at a stride of 192 px spans two 256 px
-    block rows (4096 px, 4 bands: 21 strip reads at 40 ms against 16 chunk reads). Copying
-    strips out of the chunks instead of viewing them cost 370 MB more peak RSS at 16384 px
-    than at 4096 (null model, two workers), against 140 MB before.
+    block rows (4096 px, 4 bands: 21 strip reads at 40 ms against 16 chunk reads). Strips
+    copied out of the chunks instead of viewed raised peak RSS at 16384 px from 1308 to 1407
+    MB (1016 / 1036 MB at 4096 px; null model, two workers, one run each).
     """
     chunk = _chunk_rows(sources[0], size)
     end = row_offsets[-1] + size  # the last strip may run past the scene: padded, like a window
@@ -404,10 +405,11 @@ class RowWriter:
 class ScenePredictor:
     """Runs the window grid over one scene and writes the stitched probability raster.
 
-    Four kinds of work overlap, each where it does not hold up the model: strips are read (and
-    decoded by GDAL on ``workers`` threads) one ahead; windows are normalized into batches by
-    ``workers`` threads, a few batches ahead; the model runs on the calling thread; blending
-    and writing run on a writer thread (:class:`RowWriter`). numpy and GDAL release the GIL for
+    Four kinds of work overlap, each where it does not hold up the model: the scene is read in
+    block-row chunks by ``workers`` threads, each with a dataset of its own, ahead of use
+    (:func:`_strip_reader`); windows are normalized into batches by ``workers`` threads, a few
+    batches ahead; the model runs on the calling thread; blending and writing run on a writer
+    thread (:class:`RowWriter`). numpy and GDAL release the GIL for
     all but the bookkeeping, so on a CPU the stages share the cores and on a GPU the model is
     fed while the host works. Every queue is bounded (batches ahead, writes behind), so memory
     still depends on the scene's width, not its height. Batches are always full: they fill
@@ -427,7 +429,6 @@ class ScenePredictor:
         self.stride = window_stride(size, overlap)
         self.batch_size = batch_size
         self.workers = workers
-        self._registered: deque[Future[None]] = deque()
 
     def run(
         self,
@@ -440,7 +441,6 @@ class ScenePredictor:
         ``sources``: the scene opened once per reading thread (at least once).
         """
         src = sources[0]
-        self._registered.clear()
         rows = axis_offsets(src.height, self.size, self.stride)
         cols = axis_offsets(src.width, self.size, self.stride)
         writer = RowWriter(dst, self.size, rows, self.predictor.bundle.outputs)
@@ -452,21 +452,21 @@ class ScenePredictor:
             ThreadPoolExecutor(1, thread_name_prefix="rs-seg-write") as write,
         ):
             ahead: deque[tuple[list[tuple[GridRow, int]], Future[np.ndarray]]] = deque()
+            # queued writer calls: blending of predicted batches, and rows as they are read
             behind: deque[Future[None]] = deque()
-            for batch in self._batches(strips, cols, writer, write):
+            registered: deque[Future[None]] = deque()
+            for batch in self._batches(strips, cols, writer, write, registered):
                 skipped += batch.skipped
                 bar.update(batch.windows)
                 if batch.places:
                     places = [(row, col) for row, _, col in batch.places]
                     ahead.append((places, prep.submit(self._normalized, batch.places)))
                 while len(ahead) > self.workers:
-                    self._predict(*ahead.popleft(), writer, write, behind)
+                    self._predict(*ahead.popleft(), writer, write, behind, registered)
             while ahead:
-                self._predict(*ahead.popleft(), writer, write, behind)
-            while behind:
-                behind.popleft().result()
-            for registered in self._registered:
-                registered.result()
+                self._predict(*ahead.popleft(), writer, write, behind, registered)
+            for queued in (*behind, *registered):
+                queued.result()
         bar.close()
         return len(rows) * len(cols), skipped
 
@@ -477,14 +477,15 @@ class ScenePredictor:
         writer: RowWriter,
         write: ThreadPoolExecutor,
         behind: deque[Future[None]],
+        registered: deque[Future[None]],
     ) -> None:
         """Run the model on one prepared batch and queue its blending; at most two queued."""
         probs = self.predictor(images.result())
         behind.append(write.submit(writer.deliver, places, probs))
         while len(behind) > 2:
             behind.popleft().result()  # also re-raises a failed write here, on the main thread
-        while self._registered and self._registered[0].done():
-            self._registered.popleft().result()  # a row without windows is written on register
+        while registered and registered[0].done():
+            registered.popleft().result()  # a row without windows is written on register
 
     def _batches(
         self,
@@ -492,6 +493,7 @@ class ScenePredictor:
         cols: list[int],
         writer: RowWriter,
         write: ThreadPoolExecutor,
+        registered: deque[Future[None]],
     ) -> Iterator[_BatchPlan]:
         """Full batches of windows across grid rows (the last one may be short).
 
@@ -502,7 +504,7 @@ class ScenePredictor:
         for top, pieces, valid in strips:
             keep = [col for col in cols if valid[:, col : col + self.size].any()]
             row = GridRow(top, valid[: writer.buffer.height, : writer.dst.width], len(keep))
-            self._registered.append(write.submit(writer.register, row))
+            registered.append(write.submit(writer.register, row))
             plan.windows += len(cols)
             plan.skipped += len(cols) - len(keep)
             for col in keep:
@@ -552,8 +554,8 @@ def predict_scene(
     """Predict a whole scene into a probability COG at ``prob_path`` (a path the caller owns).
 
     ``precision``: the forward pass's autocast (:func:`autocast_dtype`). ``workers``: threads
-    that read strips (each with the scene opened once more) and threads
-    that normalize windows into batches, as many of each (:func:`resolve_workers`).
+    that read the scene (each with a dataset of its own) and threads that normalize windows
+    into batches, as many of each (:func:`resolve_workers`).
 
     The caller handles atomic publication (``rs_seg.staging.staged_file``); here the raster is built
     as a tiled GeoTIFF beside it and copied to a COG with overviews.

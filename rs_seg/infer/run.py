@@ -140,8 +140,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, workers=cfg.workers,
-            precision=cfg.precision,
-            progress=progress,
+            precision=cfg.precision, progress=progress,
             tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags()},
         )  # fmt: skip
         if mask_files:

@@ -52,8 +52,8 @@ class Normalization:
         """(bands, H, W) raw values -> float32 z-scores; invalid and non-finite pixels become 0.
 
         ``out`` (float32, bands x H x W, any strides) receives the result: scene inference
-        passes a view of its channels-last batch, so the network gets its memory layout
-        without another copy. Two shortcuts keep the one code path cheap: integer images
+        normalizes each window (or the rows of it one chunk holds) straight into its batch.
+        Two shortcuts keep the one code path cheap: integer images
         cannot hold NaN or infinity (no scan for them), and a window with every pixel valid
         needs no masking.
         """
