@@ -350,8 +350,7 @@ class TrainConfig(StrictModel):
     overwrite: bool = False
 
 
-# Forward-pass precision of scene inference: what each means, rs_seg.infer.predict.autocast_dtype
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]  # scene inference's forward pass (autocast_dtype)
 
 
 class InferOptions(StrictModel):
@@ -372,14 +371,10 @@ class InferOptions(StrictModel):
     batch_size: Annotated[int, Field(ge=1)] = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: Annotated[int, Field(ge=1)] | None = Field(
-        None,
-        description="threads that read the scene and normalize windows, as many of each, "
-        "beside the model's [one per core, at most 8]",
+        None, description="threads reading the scene, as many normalizing windows [1 a core, max 8]"
     )
     precision: Precision = Field(
-        "auto",
-        description="forward-pass precision: auto = bf16 autocast on CUDA, fp32 on a CPU; bf16 "
-        "on a CPU needs native bfloat16 (AVX512-BF16 / AMX)",
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; CPU bf16 needs AVX512-BF16"
     )
     tta: bool = Field(False, description="average over flips (4x the compute)")
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(

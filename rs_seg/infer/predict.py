@@ -7,8 +7,8 @@ rolling buffer of one window height with a Hann weight, which falls smoothly tow
 edge, where a CNN's predictions are least reliable, so overlapping predictions fade into each other
 without seams. When the next grid row starts, the rows above it are final and are written at once,
 so memory is bounded by a few strips and batches and does not depend on the scene's height. The
-stages run on threads of their own (:class:`ScenePredictor`), so the model, on a GPU a hundred
-times faster than the CPU work around it, is fed without waiting for reads or writes.
+stages run on threads of their own (:mod:`rs_seg.infer.pipeline`), so the model, on a GPU a
+hundred times faster than the CPU work around it, is fed without waiting for reads or writes.
 
 The probability raster explains itself to a GIS (:mod:`rs_seg.levels`): uint8 levels
 ``round(p * 255)``, exactly the levels the threshold was tuned on, clipped to 0-254 (``p = 1``
@@ -30,13 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
@@ -46,16 +42,15 @@ import rasterio
 import rasterio.shutil
 import torch
 from rasterio.windows import Window
-from tqdm import tqdm
 
 import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import Precision
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_compatibility
+from rs_seg.infer.pipeline import ScenePredictor, resolve_workers
 from rs_seg.levels import (
     BAND_DESCRIPTIONS,
-    MAX_LEVEL,
     NODATA_LEVEL,
     OFFSET,
     SCALE,
@@ -64,13 +59,7 @@ from rs_seg.levels import (
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.remote import display
 from rs_seg.staging import scratch_path
-from rs_seg.windows import (
-    axis_offsets,
-    hann_weight,
-    loaded_in_order,
-    read_padded,
-    window_stride,
-)
+from rs_seg.windows import axis_offsets, window_stride
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +99,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RsSegError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
-
-
-MAX_AUTO_WORKERS = 8  # each worker keeps one batch ahead: 16 MB at batch 16, 4 bands, 256 px
-
-
-def resolve_workers(workers: int | None) -> int:
-    """Preparation threads: ``None`` gives one per usable core, at most :data:`MAX_AUTO_WORKERS`."""
-    if workers is not None:
-        if workers < 1:
-            raise RsSegError(f"workers must be at least 1, got {workers}")
-        return workers
-    return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
 
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -207,53 +184,6 @@ class WindowPredictor:
         return torch.sigmoid(logits[:, : self.bundle.outputs])
 
 
-@dataclass
-class StripBuffer:
-    """Weighted sums of the rows one window tall below the grid row being finished."""
-
-    height: int
-    width: int
-    outputs: int = 1
-
-    def __post_init__(self) -> None:
-        self.prob = np.zeros((self.outputs, self.height, self.width), dtype=np.float32)
-        self.weight = np.zeros((self.height, self.width), dtype=np.float32)
-        self.valid = np.zeros((self.height, self.width), dtype=bool)
-
-    def add(self, col: int, prob: np.ndarray, weight: np.ndarray) -> None:
-        """Blend one window's prediction (outputs x rows x cols, cropped to the scene)."""
-        _, rows, cols = prob.shape
-        self.prob[:, :rows, col : col + cols] += prob * weight
-        self.weight[:rows, col : col + cols] += weight
-
-    def finished(self, rows: int) -> np.ndarray:
-        """uint8 levels (outputs x rows x width) of the rows: 0-254, nodata pixels 255.
-
-        Clipping to 254 before rounding is the same as rounding and then capping 255 at 254.
-        """
-        weight = self.weight[:rows]
-        covered = weight > 0
-        # one factor per pixel, 255 / weight (0 where no window reached): a multiply per band
-        # instead of a masked divide and a scale (numpy's where= is many times slower)
-        factor = np.zeros((rows, self.width), dtype=np.float32)
-        np.divide(np.float32(255), weight, out=factor, where=covered)
-        prob = np.multiply(self.prob[:, :rows], factor)
-        np.clip(prob, 0, MAX_LEVEL, out=prob)
-        levels = np.rint(prob, out=prob).astype(np.uint8)
-        levels[:, ~(self.valid[:rows] & covered)] = NODATA_LEVEL
-        return levels
-
-    def advance(self, rows: int) -> None:
-        """Drop the finished top rows and shift the rest up."""
-        keep = self.height - rows
-        for array in (self.prob, self.weight, self.valid):
-            rows_axis = array.ndim - 2
-            view = np.moveaxis(array, rows_axis, 0)
-            if keep > 0:
-                view[:keep] = view[rows:].copy()
-            view[max(keep, 0) :] = 0
-
-
 @dataclass(frozen=True)
 class PredictSummary:
     """What a prediction pass did."""
@@ -265,59 +195,6 @@ class PredictSummary:
     seconds: float
     compatibility: Compatibility
     pixel_size: float  # mean of the scene's pixel width and height, CRS units
-
-
-# A strip as rows of the chunks it spans: (first row within the strip, image, valid) views.
-StripPieces = list[tuple[int, np.ndarray, np.ndarray]]
-
-
-def _strip_reader(
-    sources: Sequence[rasterio.io.DatasetReader], row_offsets: list[int], size: int, width: int
-) -> Iterator[tuple[int, StripPieces, np.ndarray]]:
-    """Strips of one window height, in order, each scene row decoded once and never copied.
-
-    The scene is read in chunks of whole block rows (:func:`_chunk_rows`), on one thread per
-    open dataset, ahead of the consumer; a strip is handed on as views of the chunks it spans,
-    with its validity (``size x width``) as one array, and windows are cut from those views
-    when they are normalized. Reading the overlapping strips themselves decoded each block row
-    two or three times: GDAL (3.12) decodes the blocks of a large read straight into the
-    caller's array without keeping them, and a strip at a stride of 192 px spans two 256 px
-    block rows (4096 px, 4 bands: 21 strip reads at 40 ms against 16 chunk reads). Strips
-    copied out of the chunks instead of viewed raised peak RSS at 16384 px from 1308 to 1407
-    MB (1016 / 1036 MB at 4096 px; null model, two workers, one run each).
-    """
-    chunk = _chunk_rows(sources[0], size)
-    end = row_offsets[-1] + size  # the last strip may run past the scene: padded, like a window
-
-    def read(src: rasterio.io.DatasetReader, start: int) -> tuple[int, np.ndarray, np.ndarray]:
-        image, valid, _ = read_padded(src, Window(0, start, width, min(chunk, end - start)))
-        return start, image, valid
-
-    chunks = loaded_in_order(read, sources, range(0, end, chunk))
-    held: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
-    for top in row_offsets:
-        while not held or held[-1][0] + held[-1][1].shape[1] < top + size:
-            held.append(next(chunks))
-        while held[0][0] + held[0][1].shape[1] <= top:
-            held.popleft()
-        pieces = _pieces(held, top, size)
-        yield top, pieces, np.concatenate([valid for _, _, valid in pieces], axis=0)
-
-
-def _chunk_rows(src: rasterio.io.DatasetReader, size: int) -> int:
-    """Rows per read: whole block rows of band 1, about a window's height (at least one block)."""
-    block = max(1, int(src.block_shapes[0][0]))
-    return max(block, size // block * block)
-
-
-def _pieces(held: deque[tuple[int, np.ndarray, np.ndarray]], top: int, size: int) -> StripPieces:
-    """Rows ``top`` to ``top + size`` of consecutive chunks, as views of them."""
-    pieces: StripPieces = []
-    for start, image, valid in held:
-        rows = slice(max(0, top - start), max(0, min(image.shape[1], top + size - start)))
-        if rows.stop > rows.start:
-            pieces.append((start + rows.start - top, image[:, rows], valid[rows]))
-    return pieces
 
 
 def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
@@ -333,207 +210,6 @@ def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
         # band of a fields model then costs the model's thread almost nothing
         "num_threads": "ALL_CPUS",
     }  # fmt: skip
-
-
-@dataclass
-class GridRow:
-    """One row of windows on its way through the model: predictions arrive batch by batch.
-
-    ``expected`` is known when the row is read (its windows that are not all nodata), so the
-    writer can tell a complete row however its windows were batched.
-    """
-
-    top: int
-    valid: np.ndarray
-    expected: int
-    results: list[tuple[int, np.ndarray]] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """Every window of the row (that was not all nodata) has its prediction."""
-        return len(self.results) == self.expected
-
-
-class RowWriter:
-    """Blends predictions into the strip buffer and writes finished rows, in grid order.
-
-    It runs on one thread of its own (every call is queued to it in order), so blending, the
-    levels and the GeoTIFF writes overlap with the model instead of waiting for it.
-    """
-
-    def __init__(
-        self, dst: rasterio.io.DatasetWriter, size: int, rows: list[int], outputs: int
-    ) -> None:
-        self.dst = dst
-        self.size = size
-        self.rows = rows
-        self.buffer = StripBuffer(min(size, dst.height), dst.width, outputs)
-        self.weight = hann_weight(size)
-        self.pending: deque[GridRow] = deque()
-
-    def register(self, row: GridRow) -> None:
-        """A grid row whose windows are about to be predicted (rows come in order)."""
-        self.pending.append(row)
-        self.write_complete_rows()
-
-    def deliver(self, places: list[tuple[GridRow, int]], probs: np.ndarray) -> None:
-        """One batch of predictions; writes every row it completes."""
-        for prob, (row, col) in zip(probs, places, strict=True):
-            row.results.append((col, prob))
-        self.write_complete_rows()
-
-    def write_complete_rows(self) -> None:
-        """Blend finished grid rows in order and write the scene rows no later window touches."""
-        height, width = self.dst.height, self.dst.width
-        buffer = self.buffer
-        while self.pending and self.pending[0].complete:
-            row = self.pending.popleft()
-            buffer.valid[:] = row.valid
-            for col, prob in row.results:
-                cut_rows = min(self.size, height - row.top, buffer.height)
-                cut_cols = min(self.size, width - col)
-                buffer.add(col, prob[:, :cut_rows, :cut_cols], self.weight[:cut_rows, :cut_cols])
-            row.results.clear()
-            index = self.rows.index(row.top)
-            next_top = self.rows[index + 1] if index + 1 < len(self.rows) else height
-            done = next_top - row.top
-            self.dst.write(buffer.finished(done), window=Window(0, row.top, width, done))
-            if next_top < height:
-                buffer.advance(done)
-
-
-class ScenePredictor:
-    """Runs the window grid over one scene and writes the stitched probability raster.
-
-    Four kinds of work overlap, each where it does not hold up the model: the scene is read in
-    block-row chunks by ``workers`` threads, each with a dataset of its own, ahead of use
-    (:func:`_strip_reader`); windows are normalized into batches by ``workers`` threads, a few
-    batches ahead; the model runs on the calling thread; blending and writing run on a writer
-    thread (:class:`RowWriter`). numpy and GDAL release the GIL for
-    all but the bookkeeping, so on a CPU the stages share the cores and on a GPU the model is
-    fed while the host works. Every queue is bounded (batches ahead, writes behind), so memory
-    still depends on the scene's width, not its height. Batches are always full: they fill
-    across grid rows, so a narrow last batch per row never slows the model down.
-    """
-
-    def __init__(
-        self,
-        predictor: WindowPredictor,
-        size: int,
-        overlap: float,
-        batch_size: int,
-        workers: int = 1,
-    ) -> None:
-        self.predictor = predictor
-        self.size = size
-        self.stride = window_stride(size, overlap)
-        self.batch_size = batch_size
-        self.workers = workers
-
-    def run(
-        self,
-        sources: Sequence[rasterio.io.DatasetReader],
-        dst: rasterio.io.DatasetWriter,
-        progress: bool,
-    ) -> tuple[int, int]:
-        """Predict every window and write finished rows; returns (windows, skipped windows).
-
-        ``sources``: the scene opened once per reading thread (at least once).
-        """
-        src = sources[0]
-        rows = axis_offsets(src.height, self.size, self.stride)
-        cols = axis_offsets(src.width, self.size, self.stride)
-        writer = RowWriter(dst, self.size, rows, self.predictor.bundle.outputs)
-        bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
-        strips = _strip_reader(sources, rows, self.size, max(src.width, self.size))
-        skipped = 0
-        with (
-            ThreadPoolExecutor(self.workers, thread_name_prefix="rs-seg-prep") as prep,
-            ThreadPoolExecutor(1, thread_name_prefix="rs-seg-write") as write,
-        ):
-            ahead: deque[tuple[list[tuple[GridRow, int]], Future[np.ndarray]]] = deque()
-            # queued writer calls: blending of predicted batches, and rows as they are read
-            behind: deque[Future[None]] = deque()
-            registered: deque[Future[None]] = deque()
-            for batch in self._batches(strips, cols, writer, write, registered):
-                skipped += batch.skipped
-                bar.update(batch.windows)
-                if batch.places:
-                    places = [(row, col) for row, _, col in batch.places]
-                    ahead.append((places, prep.submit(self._normalized, batch.places)))
-                while len(ahead) > self.workers:
-                    self._predict(*ahead.popleft(), writer, write, behind, registered)
-            while ahead:
-                self._predict(*ahead.popleft(), writer, write, behind, registered)
-            for queued in (*behind, *registered):
-                queued.result()
-        bar.close()
-        return len(rows) * len(cols), skipped
-
-    def _predict(
-        self,
-        places: list[tuple[GridRow, int]],
-        images: Future[np.ndarray],
-        writer: RowWriter,
-        write: ThreadPoolExecutor,
-        behind: deque[Future[None]],
-        registered: deque[Future[None]],
-    ) -> None:
-        """Run the model on one prepared batch and queue its blending; at most two queued."""
-        probs = self.predictor(images.result())
-        behind.append(write.submit(writer.deliver, places, probs))
-        while len(behind) > 2:
-            behind.popleft().result()  # also re-raises a failed write here, on the main thread
-        while registered and registered[0].done():
-            registered.popleft().result()  # a row without windows is written on register
-
-    def _batches(
-        self,
-        strips: Iterator[tuple[int, StripPieces, np.ndarray]],
-        cols: list[int],
-        writer: RowWriter,
-        write: ThreadPoolExecutor,
-        registered: deque[Future[None]],
-    ) -> Iterator[_BatchPlan]:
-        """Full batches of windows across grid rows (the last one may be short).
-
-        Each strip's grid row goes to the writer before any of its windows is predicted, so
-        the writer knows how many predictions to wait for.
-        """
-        plan = _BatchPlan()
-        for top, pieces, valid in strips:
-            keep = [col for col in cols if valid[:, col : col + self.size].any()]
-            row = GridRow(top, valid[: writer.buffer.height, : writer.dst.width], len(keep))
-            registered.append(write.submit(writer.register, row))
-            plan.windows += len(cols)
-            plan.skipped += len(cols) - len(keep)
-            for col in keep:
-                plan.places.append((row, pieces, col))
-                if len(plan.places) == self.batch_size:
-                    yield plan
-                    plan = _BatchPlan()
-        yield plan
-
-    def _normalized(self, places: list[tuple[GridRow, StripPieces, int]]) -> np.ndarray:
-        """The batch's windows cut from their chunks and normalized (on a worker thread)."""
-        size = self.size
-        batch = np.empty((len(places), len(self.predictor.band_index), size, size), np.float32)
-        for i, (_, pieces, col) in enumerate(places):
-            for first, image, valid in pieces:
-                rows = slice(first, first + image.shape[1])
-                self.predictor.normalize(
-                    image[:, :, col : col + size], valid[:, col : col + size], batch[i][:, rows]
-                )
-        return self.predictor.in_model_layout(batch)
-
-
-@dataclass
-class _BatchPlan:
-    """Windows gathered for one batch, and how many grid windows they stand for."""
-
-    places: list[tuple[GridRow, StripPieces, int]] = field(default_factory=list)
-    windows: int = 0
-    skipped: int = 0
 
 
 def predict_scene(

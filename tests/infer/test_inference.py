@@ -127,7 +127,7 @@ def test_a_failed_write_on_the_writer_thread_fails_the_run(
     tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error on the writer thread reaches the caller: no run that looks finished but is not."""
-    from rs_seg.infer import predict as module
+    from rs_seg.infer import pipeline as module
 
     def failing(self: module.RowWriter) -> None:
         raise OSError("disk full (injected)")
