@@ -494,8 +494,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
         torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)
         for n in ("full", "killed")
     ]
-    # last.ckpt is the final epoch even where it is not the best (this run's best is its first).
-    assert max(rows[0], key=lambda r: r["val_iou"])["epoch"] == 1
+    # last.ckpt is the final epoch whichever epoch scored best (which one does varies by CPU).
     assert [(c["epoch"], c["global_step"]) for c in ckpts] == [(epochs - 1, epochs * 4)] * 2
     weights = [c["state_dict"] for c in ckpts]
     assert weights[0].keys() == weights[1].keys()
