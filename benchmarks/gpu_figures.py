@@ -199,7 +199,8 @@ def child_train(config: str, chips: str, out: str, epochs: int, on_gpu: bool) ->
     import torch
 
     import rs_seg.train.fit as fit  # first: rs_seg arms its torchvision shim before lightning
-    from rs_seg.config import TrainConfig, build_config
+    from rs_seg.config import TrainConfig
+    from rs_seg.config_files import build_config
     from rs_seg.train.evaluation import evaluate_run
 
     accelerator = "gpu" if on_gpu else "cpu"

@@ -39,8 +39,8 @@ from rs_seg.config import (
     PrepareConfig,
     SynthConfig,
     TrainConfig,
-    load_training_configs,
 )
+from rs_seg.config_files import load_training_configs
 from rs_seg.errors import RsSegError
 from rs_seg.infer.field_layer import LAYER
 from rs_seg.infer.run import choose_fields, load_model

@@ -31,7 +31,8 @@ from prefect.futures import PrefectFuture, as_completed
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
 from flows.runners import check_scheduler, describe, retry_io_errors, task_runner
 from flows.server import run_command
-from rs_seg.config import IncomingConfig, build_config
+from rs_seg.config import IncomingConfig
+from rs_seg.config_files import build_config
 from rs_seg.ops.incoming import (
     SceneJob,
     SceneResult,

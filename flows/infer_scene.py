@@ -23,7 +23,8 @@ import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries a
 from flows import infer_new_imagery
 from flows.runners import retry_io_errors
 from flows.server import run_command
-from rs_seg.config import InferConfig, build_config, read_yaml
+from rs_seg.config import InferConfig
+from rs_seg.config_files import build_config, read_yaml
 from rs_seg.infer.run import InferSummary, run_infer
 
 

@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runners import describe, retry_io_errors, task_runner
 from flows.server import run_command
-from rs_seg.config import PrepareConfig, RunnerConfig, build_config
+from rs_seg.config import PrepareConfig, RunnerConfig
+from rs_seg.config_files import build_config
 from rs_seg.prepare.chips import SceneChips, SceneInput
 from rs_seg.prepare.run import CHIP_FOLDER, PreparePlan, chip_scene, finish, plan_prepare
 from rs_seg.staging import staged_dir

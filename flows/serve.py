@@ -37,7 +37,8 @@ from flows.server import (
     prefect_api,
     require_api,
 )
-from rs_seg.config import IncomingConfig, build_config, load_training_configs
+from rs_seg.config import IncomingConfig
+from rs_seg.config_files import build_config, load_training_configs
 from rs_seg.errors import RsSegError
 
 if TYPE_CHECKING:

@@ -35,7 +35,8 @@ from prefect.cache_policies import NO_CACHE
 import rs_seg  # noqa: F401 - arms the torchvision shim before smp / torchmetrics are imported
 from flows.runners import retry_io_errors
 from flows.server import run_command
-from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig, load_training_configs
+from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig
+from rs_seg.config_files import load_training_configs
 from rs_seg.ops.registry import Registration, register
 from rs_seg.prepare.index import SUMMARY_FILE
 from rs_seg.prepare.run import chips_up_to_date

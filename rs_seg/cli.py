@@ -27,8 +27,8 @@ from rs_seg.config import (
     PrepareConfig,
     SynthConfig,
     TrainConfig,
-    build_config,
 )
+from rs_seg.config_files import build_config
 from rs_seg.errors import RsSegError, Terminated
 from rs_seg.staging import forget_interrupts, raise_interrupt
 

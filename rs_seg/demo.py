@@ -14,7 +14,8 @@ from pathlib import Path
 
 import typer
 
-from rs_seg.config import InferConfig, PrepareConfig, SynthConfig, TrainConfig, build_config
+from rs_seg.config import InferConfig, PrepareConfig, SynthConfig, TrainConfig
+from rs_seg.config_files import build_config
 from rs_seg.infer.run import run_infer
 from rs_seg.prepare.run import prepare
 from rs_seg.synthetic import generate_scenes

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rs_seg.config import TrainConfig, load_training_configs
+from rs_seg.config import TrainConfig
+from rs_seg.config_files import load_training_configs
 from rs_seg.errors import RsSegError
 
 
@@ -31,7 +32,8 @@ def test_config_file_sections_and_generated_scenes(tmp_path) -> None:
 def test_new_imagery_maps_with_the_settings_of_rs_seg_infer(tmp_path) -> None:
     from pathlib import Path
 
-    from rs_seg.config import IncomingConfig, InferConfig, InferOptions, build_config
+    from rs_seg.config import IncomingConfig, InferConfig, InferOptions
+    from rs_seg.config_files import build_config
 
     nested = tmp_path / "nested.yaml"
     nested.write_text(
