@@ -17,7 +17,10 @@ run, alternating the kinds within each repeat, every measurement in a fresh chil
   mask chips, normalize, flips and rotations) through a torch ``DataLoader`` (batch 16, shuffled,
   ``num_workers`` processes; 0 = in the main process). Timed: iterating the chips once, after the
   first batch (worker start-up excluded).
-* ``bare_chips``: the limit: each chip's image and mask opened and read with rasterio, nothing else.
+  ``cached``: the same from the decoded chip cache (:mod:`rs_seg.train.chip_cache`), built before
+  the clock starts, as training builds it before its first epoch.
+* ``bare_chips``: the limit for reading chip files: each chip's image and mask opened and read
+  with rasterio, nothing else.
 
 Core counts are set with ``taskset`` (the child then sees, and torch and GDAL use, only those
 cores); ``workers`` above the core count is oversubscription and shows what extra threads cost.
@@ -51,7 +54,10 @@ LOADER_BEFORE = 116.0  # chips/s in one process before issue 14 (the issue's fig
 LOADER_GOAL = 2.0
 # (cores, workers) of the inference runs: one core; two cores with one, two and four workers
 INFER_SETUPS = ((1, 1), (2, 1), (2, 2), (2, 4))
-LOADER_SETUPS = ((1, 0), (2, 0), (2, 1), (2, 2))  # (cores, DataLoader worker processes)
+# (cores, DataLoader worker processes, from the decoded chip cache)
+LOADER_SETUPS = (
+    (1, 0, False), (2, 0, False), (2, 1, False), (2, 2, False), (1, 0, True), (2, 1, True),
+)  # fmt: skip
 
 
 # --- children ------------------------------------------------------------------------------------
@@ -134,21 +140,25 @@ def _chip_paths(chips: str) -> tuple[list[str], list[str], list[int]]:
     return images, masks, list(splits.bands)
 
 
-def child_loader(chips: str, workers: int, passes: int) -> dict:
+def child_loader(chips: str, workers: int, passes: int, cached: bool, cache_dir: str) -> dict:
     import torch
 
     from rs_seg.config import AugmentConfig
+    from rs_seg.train.chip_cache import split_cache
     from rs_seg.train.dataset import ChipDataset, Normalization, build_augmentation
 
     images, masks, bands = _chip_paths(chips)
-    images, masks = images * passes, masks * passes
+    cache = None
+    if cached:  # decoded before the clock starts, as training does before its first epoch
+        paths = [Path(p) for p in images], [Path(p) for p in masks]
+        cache = split_cache(Path(cache_dir), "all", *paths, bands, CHIP)
     normalization = Normalization((1000.0,) * len(bands), (300.0,) * len(bands))
     dataset = ChipDataset(
-        images, masks, bands, normalization, build_augmentation(AugmentConfig(), seed=0)
+        images, masks, bands, normalization, build_augmentation(AugmentConfig(), seed=0), cache
     )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-        persistent_workers=False, generator=torch.Generator().manual_seed(0),
+        torch.utils.data.ConcatDataset([dataset] * passes), batch_size=BATCH, shuffle=True,
+        num_workers=workers, persistent_workers=False, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     batches = iter(loader)
     first = len(next(batches)[0])
@@ -255,20 +265,28 @@ def bench_loader(args: argparse.Namespace) -> dict:
     chips = _harness.generated(
         data_dir, lambda: run_child("chips", out=str(data_dir)), "preparing chips ..."
     )["chips"]
-    runs: dict[str, list[dict]] = {"bare_chips": []} | {f"{c}c/{w}w": [] for c, w in LOADER_SETUPS}
+    names = {setup: _loader_name(*setup) for setup in LOADER_SETUPS}
+    runs: dict[str, list[dict]] = {"bare_chips": []} | {name: [] for name in names.values()}
+    cache_dir = args.workdir / "chip-cache"
     for repeat in range(args.repeats):
         runs["bare_chips"].append(run_child("bare_chips", cores=1, chips=chips, passes=3))
-        for cores, workers in LOADER_SETUPS:
-            result = run_child("loader", cores=cores, chips=chips, workers=workers, passes=3)
-            runs[f"{cores}c/{workers}w"].append(result)
+        for (cores, workers, cached), name in names.items():
+            result = run_child("loader", cores=cores, chips=chips, workers=workers, passes=3,
+                               cached=cached, cache_dir=str(cache_dir))  # fmt: skip
+            runs[name].append(result)
         print(f"[loader] repeat {repeat + 1}: " + ", ".join(
             f"{k} {v[-1]['chips'] / v[-1]['seconds']:.0f}" for k, v in runs.items()
         ) + " chips/s", flush=True)  # fmt: skip
+    shutil.rmtree(cache_dir, ignore_errors=True)
     rates = {kind: rate(kind_runs, "chips") for kind, kind_runs in runs.items()}
     for kind, value in rates.items():
         cores = 1 if kind == "bare_chips" else int(kind.split("c/")[0])
         value["per_core"] = value["per_s"] / cores
     return rates
+
+
+def _loader_name(cores: int, workers: int, cached: bool) -> str:
+    return f"{cores}c/{workers}w" + (" cached" if cached else "")
 
 
 def evaluate_goals(inference: list[dict], loader: dict) -> list[dict]:
@@ -280,10 +298,10 @@ def evaluate_goals(inference: list[dict], loader: dict) -> list[dict]:
             "value": round(best["ratio_to_bare_io"], 3),
             "met": best["ratio_to_bare_io"] >= RATIO_GOAL,
         })  # fmt: skip
-    if loader:
-        per_core = loader["1c/0w"]["per_core"]
+    for name in ("1c/0w", "1c/0w cached") if loader else ():
+        per_core = loader[name]["per_core"]
         goals.append({
-            "goal": f"loader >= {LOADER_GOAL} x {LOADER_BEFORE:g} chips/s per core (one core)",
+            "goal": f"loader >= {LOADER_GOAL} x {LOADER_BEFORE:g} chips/s per core ({name})",
             "value": round(per_core, 1), "met": per_core >= LOADER_GOAL * LOADER_BEFORE,
         })  # fmt: skip
     return goals
@@ -296,12 +314,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rs_seg_bench_infer"))
     parser.add_argument("--out", type=Path, default=_harness.RESULTS)
     parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1024 px, one repeat")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeats = [1024], 1
     args.workdir.mkdir(parents=True, exist_ok=True)
-    inference = [bench_inference(size, args) for size in args.sizes]
+    inference = [] if args.skip_inference else [bench_inference(size, args) for size in args.sizes]
     loader = {} if args.skip_loader else bench_loader(args)
     report = _harness.report(
         "pipeline",

@@ -341,6 +341,10 @@ class TrainConfig(StrictModel):
     )
     channels_last: bool = True
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    cache_chips: bool | Literal["auto"] = Field(
+        "auto", description="decode train/val chips once into memory maps in the run folder "
+        "(auto: if they take at most 8 GiB and a quarter of the free disk)",
+    )  # fmt: skip
     limit_train_batches: Annotated[int, Field(ge=1)] | None = Field(
         None, description="at most this many training batches per epoch (quick looks)"
     )

@@ -33,7 +33,7 @@ class RunFolder:
     CONFIG: ClassVar[str] = "train.yaml"
     NAMES: ClassVar[tuple[str, ...]] = (
         CONFIG, "normalization.json", "history.json", "run.json", "checkpoints", BUNDLE_FILE,
-        "metrics.json", "report",
+        "metrics.json", "report", "chip-cache",
     )  # fmt: skip
 
     @property

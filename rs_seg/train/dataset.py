@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, SupportsInt, cast
+from typing import Any, Protocol, SupportsInt, cast
 
 import albumentations as A
 import lightning as L
@@ -189,8 +189,20 @@ def reseed(augment: A.Compose, seed: int) -> None:
     augment.set_random_state(np.random.default_rng(seed % 2**32), random.Random(seed))
 
 
+class DecodedChips(Protocol):
+    """Chips already read (:class:`rs_seg.train.chip_cache.ChipCache`), by index."""
+
+    def chip(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image values (bands x H x W), valid mask and label mask of chip ``index``."""
+        ...
+
+
 class ChipDataset(Dataset[ChipPair]):
-    """Normalized image chips (float32, bands x H x W) with their 0/1/255 masks (uint8, H x W)."""
+    """Normalized image chips (float32, bands x H x W) with their 0/1/255 masks (uint8, H x W).
+
+    With a ``cache`` (:mod:`rs_seg.train.chip_cache`: the same chips, decoded once) pixels come
+    from its memory maps instead of the chip files; everything after reading is the same.
+    """
 
     def __init__(
         self,
@@ -199,12 +211,14 @@ class ChipDataset(Dataset[ChipPair]):
         bands: Sequence[int],
         normalization: Normalization,
         augment: A.Compose | None = None,
+        cache: DecodedChips | None = None,
     ) -> None:
         self.images = [Path(p) for p in images]
         self.masks = [Path(p) for p in masks]
         self.bands = list(bands)
         self.normalization = normalization
         self.augment = augment
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.images)
@@ -215,6 +229,18 @@ class ChipDataset(Dataset[ChipPair]):
             index, seed = index
             if self.augment is not None:
                 reseed(self.augment, seed)
+        raw, valid, mask = self._read(index)
+        image = self.normalization.apply(raw, valid)
+        if self.augment is not None:
+            out = self.augment(image=image.transpose(1, 2, 0), mask=mask)
+            image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
+            mask = out["mask"]
+        return torch.from_numpy(image), torch.from_numpy(np.array(mask, order="C"))
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image values, valid mask and label mask of one chip, from the cache or the files."""
+        if self.cache is not None:
+            return self.cache.chip(index)
         raw, valid = read_chip(self.images[index], self.bands)
         mask_path = self.masks[index]
         mask = read_mask(mask_path)
@@ -224,12 +250,7 @@ class ChipDataset(Dataset[ChipPair]):
                 f"{raw.shape[2]} x {raw.shape[1]}; prepare the chips again",
                 mask_path,
             )
-        image = self.normalization.apply(raw, valid)
-        if self.augment is not None:
-            out = self.augment(image=image.transpose(1, 2, 0), mask=mask)
-            image = np.ascontiguousarray(out["image"].transpose(2, 0, 1))
-            mask = np.ascontiguousarray(out["mask"])
-        return torch.from_numpy(image), torch.from_numpy(mask)
+        return raw, valid, mask
 
 
 def seed_augmentation(worker_id: int) -> None:
@@ -465,6 +486,7 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: int,
         seed: int,
         pin_memory: bool = False,
+        caches: Mapping[str, DecodedChips] | None = None,
     ) -> None:
         super().__init__()
         self.splits = splits
@@ -474,13 +496,15 @@ class ChipDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
+        self.caches = caches or {}
         self._start_epoch = 0
 
     def dataset(self, split: str, augment: bool = False) -> ChipDataset:
         """The chips of one split; augmentation only when asked (train)."""
         images, masks = self.splits.paths(split)
         transform = build_augmentation(self.augment, seed=self.seed) if augment else None
-        return ChipDataset(images, masks, self.splits.bands, self.normalization, transform)
+        cache = self.caches.get(split)
+        return ChipDataset(images, masks, self.splits.bands, self.normalization, transform, cache)
 
     def train_sampler(self, dataset: ChipDataset) -> EpochSampler:
         """The training order for the trainer's rank, starting at the epoch training continues at.

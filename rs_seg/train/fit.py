@@ -49,6 +49,7 @@ from rs_seg.staging import (
     staging_path,
     write_json,
 )
+from rs_seg.train.chip_cache import remove_caches, training_caches
 from rs_seg.train.dataset import (
     ChipDataModule,
     ChipSplits,
@@ -538,7 +539,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
         )
         data = ChipDataModule(
             splits, normalization, cfg.augment, cfg.batch_size, hardware.num_workers, cfg.seed,
-            pin_memory=hardware.on_gpu,
+            pin_memory=hardware.on_gpu, caches=training_caches(splits, cfg.cache_chips, work),
         )  # fmt: skip
         _log_start(running, splits, hardware, module, resume)
         trainer = build_trainer(running, hardware, progress)
@@ -551,6 +552,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
         check_not_interrupted()  # one that arrived after the last batch
     except BaseException as exc:
         full = is_disk_full(exc, work.parent)  # before a failed run's folder frees the space
+        if rank_zero:
+            remove_caches(work)
         _record_failure(running, interrupts.seen or exc, Path(cfg.out))
         if _is_oom(exc):
             raise _out_of_memory(cfg) from None
@@ -568,6 +571,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
         raise
     if not trainer.is_global_zero or is_ddp_child():
         return None
+    remove_caches(work)
     return _finish(running, trainer, Path(cfg.out))
 
 

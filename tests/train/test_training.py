@@ -91,6 +91,7 @@ def test_short_fit_learns_and_writes_a_complete_run(trained) -> None:
         assert (outcome.run / "report" / name).exists(), name
     assert json.loads((outcome.run / "run.json").read_text())["status"] == "evaluated"
     assert (outcome.run / "checkpoints" / "best.ckpt").exists()
+    assert not (outcome.run / "chip-cache").exists(), "the decoded chips go when training ends"
 
 
 def test_chips_with_field_boundaries_train_the_fields_task(trained) -> None:
@@ -485,7 +486,9 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
     status = read_status(out)
     assert status["status"] == "interrupted" and status["resumable"] is True
     assert f"pid {child.pid}" in status["error"]
+    assert (out / "chip-cache" / "train" / "key.json").exists(), "trained from decoded chips"
     _train_in_child(tiny_chips, out, epochs, workers=1, resume=True)
+    assert not (out / "chip-cache").exists()
 
     keys = ("epoch", "train_loss", "val_loss", "val_iou", "val_mean_iou", "lr")
     rows = [json.loads((tmp_path / n / "history.json").read_text()) for n in ("full", "killed")]
