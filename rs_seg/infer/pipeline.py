@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -193,12 +193,20 @@ class RowWriter:
 
     It runs on one thread of its own (every call is queued to it in order), so blending, the
     levels and the GeoTIFF writes overlap with the model instead of waiting for it.
+    ``on_rows`` gets every block of finished rows after it is written, in order (the COG's
+    overviews are built from them: :mod:`rs_seg.infer.overviews`).
     """
 
     def __init__(
-        self, dst: rasterio.io.DatasetWriter, size: int, rows: list[int], outputs: int
+        self,
+        dst: rasterio.io.DatasetWriter,
+        size: int,
+        rows: list[int],
+        outputs: int,
+        on_rows: Callable[[np.ndarray], None] | None = None,
     ) -> None:
         self.dst = dst
+        self.on_rows = on_rows
         self.size = size
         self.rows = rows
         self.buffer = StripBuffer(min(size, dst.height), dst.width, outputs)
@@ -231,7 +239,10 @@ class RowWriter:
             index = self.rows.index(row.top)
             next_top = self.rows[index + 1] if index + 1 < len(self.rows) else height
             done = next_top - row.top
-            self.dst.write(buffer.finished(done), window=Window(0, row.top, width, done))
+            levels = buffer.finished(done)
+            self.dst.write(levels, window=Window(0, row.top, width, done))
+            if self.on_rows is not None:
+                self.on_rows(levels)
             if next_top < height:
                 buffer.advance(done)
 
@@ -269,15 +280,17 @@ class ScenePredictor:
         sources: Sequence[rasterio.io.DatasetReader],
         dst: rasterio.io.DatasetWriter,
         progress: bool,
+        on_rows: Callable[[np.ndarray], None] | None = None,
     ) -> tuple[int, int]:
         """Predict every window and write finished rows; returns (windows, skipped windows).
 
-        ``sources``: the scene opened once per reading thread (at least once).
+        ``sources``: the scene opened once per reading thread (at least once); ``on_rows``: as
+        for :class:`RowWriter`.
         """
         src = sources[0]
         rows = axis_offsets(src.height, self.size, self.stride)
         cols = axis_offsets(src.width, self.size, self.stride)
-        writer = RowWriter(dst, self.size, rows, self.predictor.bundle.outputs)
+        writer = RowWriter(dst, self.size, rows, self.predictor.bundle.outputs, on_rows)
         bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
         strips = _strip_reader(sources, rows, self.size, max(src.width, self.size))
         skipped = 0

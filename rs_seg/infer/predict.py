@@ -19,9 +19,10 @@ counted masked pixels as probability 0; GDAL derives the same mask from the noda
 readers of ``read_masks`` / dataset masks (vectorize, split) see nodata as before. Rasters of
 earlier releases (internal mask, 255 a valid level, no nodata) still read the same way.
 
-It is written as a tiled GeoTIFF, then copied to a Cloud-Optimized GeoTIFF with overviews (GDAL's
-COG driver keeps nodata, scale/offset, descriptions and tags, and averages overviews over valid
-pixels only). A QGIS style goes beside it as ``<stem>.qml`` (:func:`write_style`), which QGIS
+It is written as a tiled GeoTIFF, then copied to a Cloud-Optimized GeoTIFF (GDAL's COG driver
+keeps nodata, scale/offset, descriptions and tags). Its overviews, averaged over valid pixels
+only, are built while the rows are written (:mod:`rs_seg.infer.overviews`), so the copy only
+copies. A QGIS style goes beside it as ``<stem>.qml`` (:func:`write_style`), which QGIS
 loads as the layer's default: a colour ramp over 0-1, transparent below 0.3.
 """
 
@@ -31,7 +32,8 @@ import datetime as dt
 import logging
 import math
 import time
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -48,6 +50,7 @@ from rs_seg.bundle import ModelBundle
 from rs_seg.config import Precision
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_compatibility
+from rs_seg.infer.overviews import OverviewPyramid
 from rs_seg.infer.pipeline import ScenePredictor, resolve_workers
 from rs_seg.levels import (
     BAND_DESCRIPTIONS,
@@ -240,7 +243,6 @@ def predict_scene(
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     predictor = WindowPredictor(bundle, resolve_device(device), tta, precision)
-    scratch = scratch_path(prob_path, "tiles")
     threads = resolve_workers(workers)
     with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src, ExitStack() as stack:
         if src.crs is None:
@@ -251,17 +253,13 @@ def predict_scene(
         # one dataset per reading thread: GDAL reads a dataset on one thread at a time
         sources = [src] + [stack.enter_context(open_raster(scene, "scene"))
                            for _ in range(threads - 1)]  # fmt: skip
-        try:
-            with rasterio.open(scratch, "w", **_profile(src, bundle.outputs)) as dst:
-                scene_predictor = ScenePredictor(predictor, size, overlap, batch_size, threads)
-                windows, skipped = scene_predictor.run(sources, dst, progress)
-                _describe_bands(dst, BAND_DESCRIPTIONS[: bundle.outputs])
-                dst.update_tags(**_tags(bundle, scene, size, overlap, tta, started, tags),
-                                precision="bf16" if predictor.autocast else "fp32",
-                                **compatibility.metadata())  # fmt: skip
-            copy_to_cog(scratch, prob_path)
-        finally:
-            scratch.unlink(missing_ok=True)
+        with streamed_cog(prob_path, _profile(src, bundle.outputs)) as (dst, add_rows):
+            scene_predictor = ScenePredictor(predictor, size, overlap, batch_size, threads)
+            windows, skipped = scene_predictor.run(sources, dst, progress, add_rows)
+            _describe_bands(dst, BAND_DESCRIPTIONS[: bundle.outputs])
+            dst.update_tags(**_tags(bundle, scene, size, overlap, tta, started, tags),
+                            precision="bf16" if predictor.autocast else "fp32",
+                            **compatibility.metadata())  # fmt: skip
         megapixels = src.width * src.height / 1e6
         pixel_size = float(np.mean(np.abs(src.res)))
     if skipped == windows:
@@ -314,28 +312,52 @@ def write_binary_mask(
     Validity comes from GDAL's mask of band 1, so a probability raster of either format (nodata
     value, or an earlier release's internal mask) gives the same mask.
     """
-    scratch = scratch_path(mask_path, "tiles")
-    with rasterio.Env(**GDAL_ENV), rasterio.open(prob_path) as src:
+    with (
+        rasterio.Env(**GDAL_ENV),
+        rasterio.open(prob_path) as src,
+        streamed_cog(mask_path, _profile(src)) as (dst, add_rows),
+    ):
+        for top in range(0, src.height, strip_rows):
+            window = Window(0, top, src.width, min(strip_rows, src.height - top))
+            prob, valid = src.read(1, window=window), src.read_masks(1, window=window)
+            binary = (prob >= level).astype(np.uint8)
+            binary[valid == 0] = NODATA_LEVEL
+            dst.write(binary, 1, window=window)
+            add_rows(binary[None])
+        dst.set_band_description(1, MASK_DESCRIPTION)
+        dst.update_tags(
+            values=MASK_VALUES, level=str(level), rs_seg_version=rs_seg.__version__,
+            run_id=run_id,
+        )  # fmt: skip
+
+
+@contextmanager
+def streamed_cog(
+    path: Path, profile: dict[str, Any]
+) -> Iterator[tuple[rasterio.io.DatasetWriter, Callable[[np.ndarray], None]]]:
+    """A raster written top to bottom that becomes a COG at ``path`` (a path the caller owns).
+
+    Yields the tiled scratch GeoTIFF to write and the function that takes each block of its
+    finished rows (bands x rows x width) for the overviews, in order. Once the block closes
+    without an error, the scratch raster and its overviews are copied to the COG; the scratch
+    files are removed either way.
+    """
+    scratch = scratch_path(path, "tiles")
+    with OverviewPyramid(scratch, profile) as pyramid:
         try:
-            with rasterio.open(scratch, "w", **_profile(src)) as dst:
-                for top in range(0, src.height, strip_rows):
-                    window = Window(0, top, src.width, min(strip_rows, src.height - top))
-                    prob, valid = src.read(1, window=window), src.read_masks(1, window=window)
-                    binary = (prob >= level).astype(np.uint8)
-                    binary[valid == 0] = NODATA_LEVEL
-                    dst.write(binary, 1, window=window)
-                dst.set_band_description(1, MASK_DESCRIPTION)
-                dst.update_tags(
-                    values=MASK_VALUES, level=str(level), rs_seg_version=rs_seg.__version__,
-                    run_id=run_id,
-                )  # fmt: skip
-            copy_to_cog(scratch, mask_path)
+            with rasterio.open(scratch, "w", **profile) as dst:
+                yield dst, pyramid.add
+            copy_to_cog(pyramid.write_vrt(), path, existing_overviews=True)
         finally:
             scratch.unlink(missing_ok=True)
+            pyramid.remove()
 
 
-def copy_to_cog(scratch: Path, path: Path) -> None:
+def copy_to_cog(scratch: Path, path: Path, existing_overviews: bool = False) -> None:
     """Copy the tiled scratch GeoTIFF to a COG at ``path`` and check that it reads to the end.
+
+    ``existing_overviews``: ``scratch`` (a VRT from :mod:`rs_seg.infer.overviews`) has its
+    overviews already; otherwise the copy computes them.
 
     On a full disk GDAL's COG copy can return without an error (libtiff only logs the failed
     writes) and leave a file cut short, which vectorize would then call corrupt. A COG stores the
@@ -343,7 +365,8 @@ def copy_to_cog(scratch: Path, path: Path) -> None:
     staging, which reports a full disk as such (measured on a tmpfs filled 2 KiB at a time: every
     truncated copy failed this read, no complete one did).
     """
-    rasterio.shutil.copy(scratch, path, **COG_OPTIONS)
+    overviews = "FORCE_USE_EXISTING" if existing_overviews else COG_OPTIONS["overviews"]
+    rasterio.shutil.copy(scratch, path, **{**COG_OPTIONS, "overviews": overviews})
     with rasterio.open(path) as src:
         rows, cols = src.block_shapes[0]
         top, left = (src.height - 1) // rows * rows, (src.width - 1) // cols * cols

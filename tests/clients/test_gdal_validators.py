@@ -54,3 +54,39 @@ def test_the_probability_raster_is_a_valid_cloud_optimized_geotiff(
     message = (done.stdout + done.stderr).strip()
     assert done.returncode == 0, message
     assert "is a valid cloud optimized GeoTIFF" in message and "warning" not in message.lower()
+
+
+def test_a_cog_with_overviews_built_while_writing_is_valid(
+    gdal_validators: dict[str, Path], tmp_path: Path
+) -> None:
+    """Scenes above one block get their overviews from the writer (rs_seg.infer.overviews)."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    from rs_seg.infer.overviews import OverviewPyramid
+    from rs_seg.infer.predict import copy_to_cog
+
+    height, width = 1100, 1300
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": 2, "dtype": "uint8",
+        "nodata": 255, "crs": "EPSG:32615", "transform": Affine(1.0, 0, 500000, 0, -1.0, 0),
+        "tiled": True, "blockxsize": 512, "blockysize": 512,
+    }  # fmt: skip
+    image = np.random.default_rng(0).integers(0, 256, size=(2, height, width), dtype=np.uint8)
+    scratch = tmp_path / "scratch.tif"
+    with (
+        OverviewPyramid(scratch, profile) as pyramid,
+        rasterio.open(scratch, "w", **profile) as dst,
+    ):
+        for top in range(0, height, 300):
+            rows = image[:, top : top + 300]
+            dst.write(rows, window=((top, top + rows.shape[1]), (0, width)))
+            pyramid.add(rows)
+    cog = tmp_path / "prob.tif"
+    copy_to_cog(pyramid.write_vrt(), cog, existing_overviews=True)
+    pyramid.remove()
+    done = run_validator("validate_cloud_optimized_geotiff.py", "--full-check=yes", cog)
+    message = (done.stdout + done.stderr).strip()
+    assert done.returncode == 0, message
+    assert "is a valid cloud optimized GeoTIFF" in message and "warning" not in message.lower()
