@@ -282,3 +282,30 @@ def truncated_copy(source: Path, target: Path, fraction: float = 0.5) -> Path:
 def with_model(cfg: IncomingConfig, model: Path) -> IncomingConfig:
     """The same new-imagery settings with another model bundle (a "new latest model")."""
     return cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"model": model})})
+
+
+def uint8_profile(height: int, width: int, bands: int = 2, block: int = 512) -> dict[str, Any]:
+    """A tiled uint8 GeoTIFF profile with nodata 255, the form of rs_seg's probability rasters."""
+    return {
+        "driver": "GTiff", "height": height, "width": width, "count": bands, "dtype": "uint8",
+        "nodata": 255, "crs": UTM, "transform": from_origin(*ORIGIN, 2.0, 2.0), "tiled": True,
+        "blockxsize": block, "blockysize": block,
+    }  # fmt: skip
+
+
+def write_streamed_cog(path: Path, image: np.ndarray, rows_per_block: int, **tags: str) -> Path:
+    """``image`` as a COG through ``predict.streamed_cog``, in blocks of rows as inference writes.
+
+    Band descriptions are ``band_1``, ``band_2``, ...; ``tags`` become the raster's tags.
+    """
+    from rs_seg.infer.predict import streamed_cog
+
+    bands, height, width = image.shape
+    with streamed_cog(path, uint8_profile(height, width, bands)) as (dst, add_rows):
+        for top in range(0, height, rows_per_block):
+            rows = image[:, top : top + rows_per_block]
+            dst.write(rows, window=((top, top + rows.shape[1]), (0, width)))
+            add_rows(rows)
+        dst.descriptions = tuple(f"band_{b + 1}" for b in range(bands))
+        dst.update_tags(**tags)
+    return path

@@ -117,7 +117,7 @@ class OverviewPyramid:
                 self._stack.callback(level.dst.close)
                 self.levels.append(level)
         except BaseException:
-            self.close()
+            self.remove()  # the levels created before the failure
             raise
 
     def __enter__(self) -> OverviewPyramid:

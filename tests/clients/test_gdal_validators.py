@@ -6,9 +6,11 @@ import re
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.clients.support import ClientOutputs, run_validator
+from tests.helpers import write_streamed_cog
 
 GPKG_CASES = ["scene", "inbox", "merged", "chips"]
 # GDAL 3.6's validator (Debian 12) checks the R-tree triggers of GeoPackage 1.2/1.3 (update1-4);
@@ -60,32 +62,8 @@ def test_a_cog_with_overviews_built_while_writing_is_valid(
     gdal_validators: dict[str, Path], tmp_path: Path
 ) -> None:
     """Scenes above one block get their overviews from the writer (rs_seg.infer.overviews)."""
-    import numpy as np
-    import rasterio
-    from affine import Affine
-
-    from rs_seg.infer.overviews import OverviewPyramid
-    from rs_seg.infer.predict import copy_to_cog
-
-    height, width = 1100, 1300
-    profile = {
-        "driver": "GTiff", "height": height, "width": width, "count": 2, "dtype": "uint8",
-        "nodata": 255, "crs": "EPSG:32615", "transform": Affine(1.0, 0, 500000, 0, -1.0, 0),
-        "tiled": True, "blockxsize": 512, "blockysize": 512,
-    }  # fmt: skip
-    image = np.random.default_rng(0).integers(0, 256, size=(2, height, width), dtype=np.uint8)
-    scratch = tmp_path / "scratch.tif"
-    with (
-        OverviewPyramid(scratch, profile) as pyramid,
-        rasterio.open(scratch, "w", **profile) as dst,
-    ):
-        for top in range(0, height, 300):
-            rows = image[:, top : top + 300]
-            dst.write(rows, window=((top, top + rows.shape[1]), (0, width)))
-            pyramid.add(rows)
-    cog = tmp_path / "prob.tif"
-    copy_to_cog(pyramid.write_vrt(), cog, existing_overviews=True)
-    pyramid.remove()
+    image = np.random.default_rng(0).integers(0, 256, size=(2, 1100, 1300), dtype=np.uint8)
+    cog = write_streamed_cog(tmp_path / "prob.tif", image, 300)
     done = run_validator("validate_cloud_optimized_geotiff.py", "--full-check=yes", cog)
     message = (done.stdout + done.stderr).strip()
     assert done.returncode == 0, message

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rs_seg.infer.overviews import OverviewPyramid, halve, overview_factors
 from rs_seg.infer.predict import COG_OPTIONS, copy_to_cog
+from tests.helpers import uint8_profile, write_streamed_cog
 
 NODATA = 255
 
@@ -30,14 +30,6 @@ def reference_halve(image: np.ndarray) -> np.ndarray:
                 if valid.size:
                     out[b, y, x] = (valid.sum() + valid.size // 2) // valid.size
     return out
-
-
-def _profile(height: int, width: int, bands: int = 2) -> dict:
-    return {
-        "driver": "GTiff", "height": height, "width": width, "count": bands, "dtype": "uint8",
-        "nodata": NODATA, "crs": "EPSG:32615", "transform": Affine(2.0, 0, 500000, 0, -2.0, 0),
-        "tiled": True, "blockxsize": 16, "blockysize": 16,
-    }  # fmt: skip
 
 
 def _image(rng: np.random.Generator, height: int, width: int, bands: int = 2) -> np.ndarray:
@@ -61,7 +53,7 @@ def test_levels_equal_the_whole_raster_halved_whatever_the_row_blocks(
     image = _image(np.random.default_rng(seed), height, width)
     edges = [0, *sorted({c for c in cuts if c < height}), height]
     base = folder / "base.tif"
-    with OverviewPyramid(base, _profile(height, width), block=8) as pyramid:
+    with OverviewPyramid(base, uint8_profile(height, width, block=16), block=8) as pyramid:
         for top, bottom in itertools.pairwise(edges):
             pyramid.add(image[:, top:bottom])
     assert len(pyramid.levels) == len(overview_factors(height, width, 8))
@@ -80,8 +72,7 @@ def test_halving_a_single_row_and_odd_columns() -> None:
 def test_the_factors_are_those_of_gdal_auto(tmp_path: Path) -> None:
     for height, width in ((4096, 4096), (1300, 700), (513, 40), (512, 512)):
         scratch = tmp_path / "scratch.tif"
-        with rasterio.open(scratch, "w", **{**_profile(height, width, 1), "blockxsize": 512,
-                                            "blockysize": 512}) as dst:  # fmt: skip
+        with rasterio.open(scratch, "w", **uint8_profile(height, width, 1)) as dst:
             dst.write(np.zeros((1, height, width), dtype=np.uint8))
         rasterio.shutil.copy(scratch, tmp_path / "cog.tif", **COG_OPTIONS)
         with rasterio.open(tmp_path / "cog.tif") as src:
@@ -92,21 +83,13 @@ def test_the_cog_from_built_overviews_matches_gdals_own(tmp_path: Path) -> None:
     """Same levels, values within one level of GDAL's AVERAGE, same nodata, tags and bands."""
     height, width = 1100, 1300
     image = _image(np.random.default_rng(3), height, width)
-    profile = {**_profile(height, width), "blockxsize": 512, "blockysize": 512}
-    scratch = tmp_path / "scratch.tif"
-    with (
-        OverviewPyramid(scratch, profile) as pyramid,
-        rasterio.open(scratch, "w", **profile) as dst,
-    ):
-        for top in range(0, height, 192):
-            rows = image[:, top : top + 192]
-            dst.write(rows, window=((top, top + rows.shape[1]), (0, width)))
-            pyramid.add(rows)
-        dst.descriptions = ("cropland", "boundary")
+    write_streamed_cog(tmp_path / "ours.tif", image, 192, model_id="m1", threshold="0.5")
+    scratch = tmp_path / "scratch.tif"  # the same raster, its overviews left to GDAL's copy
+    with rasterio.open(scratch, "w", **uint8_profile(height, width)) as dst:
+        dst.write(image)
+        dst.descriptions = ("band_1", "band_2")
         dst.update_tags(model_id="m1", threshold="0.5")
-    copy_to_cog(pyramid.write_vrt(), tmp_path / "ours.tif", existing_overviews=True)
     copy_to_cog(scratch, tmp_path / "gdal.tif")
-    pyramid.remove()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gdal.tif", "ours.tif", "scratch.tif"]
     with rasterio.open(tmp_path / "ours.tif") as ours, rasterio.open(tmp_path / "gdal.tif") as gdal:
         assert ours.overviews(1) == gdal.overviews(1) == [2, 4]
