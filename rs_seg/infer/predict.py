@@ -184,7 +184,11 @@ class WindowPredictor:
             self.device.type, dtype=self.autocast, enabled=self.autocast is not None
         ):
             logits = self.net(images).float()
-        return torch.sigmoid(logits[:, : self.bundle.outputs])
+        # band-major (NCHW): a channels_last network returns the outputs pixel-interleaved, and
+        # blending each band of a fields model's two through a stride of 2 cost the writer
+        # thread 0.4 s per 4096 px scene (six times the contiguous add); one output is the same
+        # either way, so this copies nothing for a cropland model
+        return torch.sigmoid(logits[:, : self.bundle.outputs]).contiguous()
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ def _profile(src: rasterio.io.DatasetReader, count: int = 1) -> dict[str, Any]:
         "tiled": True,
         # Scratch file only (copied to the COG): the fastest codec, not the most portable one.
         "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1,
+        "interleave": "band",  # rows arrive band by band: written without interleaving
         "bigtiff": "IF_SAFER",
         # GDAL compresses finished blocks in worker threads while the model runs on: the second
         # band of a fields model then costs the model's thread almost nothing

@@ -228,6 +228,20 @@ def test_flip_tta_of_a_network_without_spatial_context_is_the_plain_prediction(
     np.testing.assert_allclose(flipped(batch), expected, atol=1e-6)
 
 
+def test_a_fields_predictor_hands_out_band_major_probabilities(tmp_path: Path) -> None:
+    """A channels_last network's two outputs come back pixel-interleaved from torch; the writer
+    blends each band on its own, six times slower through a stride, so they are made NCHW."""
+    bundle = ModelBundle.load(make_bundle(tmp_path / "b.pt", task="fields"))
+    predictor = WindowPredictor(bundle, torch.device("cpu"), tta=False)
+    predictor.net = torch.nn.Conv2d(3, 2, 1).to(memory_format=torch.channels_last)
+    batch = np.random.default_rng(0).normal(size=(2, 3, 32, 48)).astype(np.float32)
+    probs = predictor(predictor.in_model_layout(batch))
+    assert probs.shape == (2, 2, 32, 48) and probs.flags["C_CONTIGUOUS"]
+    with torch.no_grad():
+        expected = torch.sigmoid(predictor.net(torch.from_numpy(batch))).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
 def test_hann_weight_is_positive_and_smooth() -> None:
     weight = hann_weight(64)
     assert weight.min() > 0 and weight.max() <= 1
