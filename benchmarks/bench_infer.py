@@ -18,6 +18,10 @@ child processes, alternating the kinds within each repeat:
   device in channels_last, ``torch.no_grad()``, the network, autocast and sigmoid of
   ``WindowPredictor.__call__``. Timed: the batch loop after one untimed warm-up batch (on CUDA up
   to a ``synchronize``). Reported as the equivalent scene throughput, scene Mpx / time.
+* ``rs_seg_bf16`` and ``bare_bf16``: the same two with ``precision="bf16"`` (CPU autocast), run
+  where the CPU has native bfloat16 (AVX512-BF16 / AMX; on CUDA the plain kinds are bf16
+  already). The ratio's limit is the fastest bare forward of the run, so a CPU that runs bf16
+  faster sets a higher bar for rs_seg's default fp32; ``bf16_speed_ratio_*`` give bf16 / fp32.
 * ``naive``: the classic recipe: ``src.read()`` of the whole scene as float32, normalized as a
   whole, padded to whole 256 px tiles, non-overlapping tiles one at a time (batch 1, NCHW fp32,
   ``torch.no_grad()``), every probability into one in-memory array, then one plain uint8 GeoTIFF
@@ -32,8 +36,8 @@ model construction excluded), the median of the runs; peak RSS is ``ru_maxrss`` 
 the largest over the runs. Dirty pages are flushed (``os.sync``) before each child. Repeats:
 ``--repeats`` (default 3) for sizes up to 4096, ``--repeats-large`` (default 1) above, since one
 16384 px pass of all kinds takes tens of minutes on two CPU cores. Goals checked: rs_seg reaches
-at least 0.8 of the bare limit at every size, and its peak RSS at the largest size is at most
-1.5 GB (1500 MiB) and at most 1.2 x that at the smallest size. Results go to
+at least 0.8 of the fastest bare limit at every size, and its peak RSS at the largest size is at
+most 1.5 GB (1500 MiB) and at most 1.2 x that at the smallest size. Results go to
 ``benchmarks/results/infer.json`` and ``infer.png`` (``--out`` to change).
 
     python benchmarks/bench_infer.py [--sizes 4096 16384] [--device auto] [--workdir DIR]
@@ -59,7 +63,8 @@ CHIP = 256
 OVERLAP = 0.25
 BATCH = 16
 BANDS = 4
-KINDS = ("rs_seg", "bare", "naive", "vectorize")
+KINDS = ("rs_seg", "bare", "rs_seg_bf16", "bare_bf16", "naive", "vectorize")
+BF16_KINDS = ("rs_seg_bf16", "bare_bf16")  # on a CPU only: on CUDA rs_seg runs bf16 already
 RATIO_GOAL = 0.8
 RSS_GOAL_MB = 1500.0
 RSS_GROWTH_GOAL = 1.2
@@ -150,7 +155,9 @@ def _cuda_peak(device) -> dict:
     return {"cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
-def child_rs_seg(scene: str, bundle_path: str, prob: str, device: str) -> dict:
+def child_rs_seg(
+    scene: str, bundle_path: str, prob: str, device: str, precision: str = "auto"
+) -> dict:
     import torch
 
     from rs_seg.bundle import ModelBundle
@@ -165,8 +172,9 @@ def child_rs_seg(scene: str, bundle_path: str, prob: str, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats(resolved)
     started, cpu = time.perf_counter(), time.process_time()
     summary = predict_scene(
-        Path(scene), bundle, Path(prob), overlap=OVERLAP, batch_size=BATCH, device=device
-    )
+        Path(scene), bundle, Path(prob), overlap=OVERLAP, batch_size=BATCH, device=device,
+        precision=precision,
+    )  # fmt: skip
     return {
         "seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu,
@@ -181,7 +189,9 @@ def child_rs_seg(scene: str, bundle_path: str, prob: str, device: str) -> dict:
     }
 
 
-def child_bare(height: int, width: int, bundle_path: str, device: str) -> dict:
+def child_bare(
+    height: int, width: int, bundle_path: str, device: str, precision: str = "auto"
+) -> dict:
     """Forward passes alone for the windows predict_scene runs, on batches already on the device."""
     import torch
 
@@ -190,7 +200,7 @@ def child_bare(height: int, width: int, bundle_path: str, device: str) -> dict:
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
-    predictor = WindowPredictor(bundle, resolved, tta=False)
+    predictor = WindowPredictor(bundle, resolved, tta=False, precision=precision)
     windows = window_count(height, width, CHIP, OVERLAP)
     generator = torch.Generator().manual_seed(0)
     pool = [
@@ -307,12 +317,31 @@ CHILDREN = {
     "bundle": child_bundle,
     "rs_seg": child_rs_seg,
     "bare": child_bare,
+    "rs_seg_bf16": child_rs_seg,
+    "bare_bf16": child_bare,
     "naive": child_naive,
     "vectorize": child_vectorize,
 }
 
 
 # --- parent --------------------------------------------------------------------------------------
+
+
+def bf16_unavailable(device: str) -> str | None:
+    """Why the bf16 kinds are not run here, or None: they compare CPU fp32 with CPU bf16."""
+    import torch
+
+    from rs_seg.errors import RsSegError
+    from rs_seg.infer.predict import autocast_dtype, resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cpu":
+        return f"{resolved.type}: rs_seg and bare run bf16 there already (precision auto)"
+    try:
+        autocast_dtype("bf16", resolved)
+    except RsSegError as exc:
+        return str(exc)
+    return None if torch.backends.mkldnn.is_available() else "no oneDNN in this torch build"
 
 
 def run_child(kind: str, allow_failure: bool = False, **arguments) -> dict:
@@ -360,7 +389,7 @@ def summarize(kind: str, runs: list[dict]) -> dict:
         "mpx_per_s_runs": rates,
         "peak_rss_mb_runs": _harness.rss_runs(measured),
     }
-    count = {"rs_seg": "windows", "bare": "windows", "naive": "tiles"}.get(kind)
+    count = {"naive": "tiles"}.get(kind, "windows" if kind.startswith(("rs_seg", "bare")) else None)
     if count:
         out[count] = measured[0][count]
         out[f"{count}_per_s"] = statistics.median(r[count] / r["seconds"] for r in measured)
@@ -399,22 +428,30 @@ def bench_size(size: int, args: argparse.Namespace, repeats: int) -> tuple[dict,
             f"{ram / 2**30:.1f} GiB RAM"
         )
         print(f"[{size}] naive skipped: {skipped['naive']}", flush=True)
+    no_bf16 = bf16_unavailable(args.device)
+    for kind in BF16_KINDS:
+        if kind in kinds and no_bf16:
+            skipped[kind] = no_bf16
+            print(f"[{size}] {kind} skipped: {no_bf16}", flush=True)
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for attempt in range(1, repeats + 1):  # alternate, so drift on the machine hits all alike
         for kind in kinds:
             if kind in skipped:
                 continue
             print(f"[{size}] run {attempt}/{repeats}: {kind} ...", flush=True)
-            if kind == "rs_seg":
-                prob.unlink(missing_ok=True)  # removing the old output is not inference
+            precision = "bf16" if kind in BF16_KINDS else "auto"
+            if kind in ("rs_seg", "rs_seg_bf16"):
+                out = prob if kind == "rs_seg" else run_dir / "prob_bf16.tif"
+                out.unlink(missing_ok=True)  # removing the old output is not inference
                 result = run_child(
-                    kind, scene=scene["scene"], bundle_path=bundle, prob=str(prob),
-                    device=args.device,
+                    kind, scene=scene["scene"], bundle_path=bundle, prob=str(out),
+                    device=args.device, precision=precision,
                 )  # fmt: skip
-            elif kind == "bare":
+            elif kind in ("bare", "bare_bf16"):
                 result = run_child(
-                    kind, height=size, width=size, bundle_path=bundle, device=args.device
-                )
+                    kind, height=size, width=size, bundle_path=bundle, device=args.device,
+                    precision=precision,
+                )  # fmt: skip
             elif kind == "naive":
                 out = run_dir / "naive.tif"
                 out.unlink(missing_ok=True)
@@ -450,9 +487,18 @@ def bench_size(size: int, args: argparse.Namespace, repeats: int) -> tuple[dict,
         "medians": medians,
         "runs": runs,
     }
-    ours, bare = medians.get("rs_seg", {}), medians.get("bare", {})
-    if "mpx_per_s" in ours and "mpx_per_s" in bare:
-        row["ratio_rs_seg_vs_bare"] = ours["mpx_per_s"] / bare["mpx_per_s"]
+    ours = medians.get("rs_seg", {})
+    # the limit is the fastest bare forward measured: bf16 where this CPU runs it natively
+    limits = {k: medians[k]["mpx_per_s"] for k in ("bare", "bare_bf16")
+              if "mpx_per_s" in medians.get(k, {})}  # fmt: skip
+    if "mpx_per_s" in ours and limits:
+        row["limit"] = max(limits, key=lambda k: limits[k])
+        row["ratio_rs_seg_vs_bare"] = ours["mpx_per_s"] / limits[row["limit"]]
+    for fast, plain in (("bare_bf16", "bare"), ("rs_seg_bf16", "rs_seg")):
+        if "mpx_per_s" in medians.get(fast, {}) and "mpx_per_s" in medians.get(plain, {}):
+            row[f"bf16_speed_ratio_{plain}"] = (
+                medians[fast]["mpx_per_s"] / medians[plain]["mpx_per_s"]
+            )
     naive = medians.get("naive", {})
     if "mpx_per_s" in ours and "mpx_per_s" in naive:
         row["speedup_rs_seg_vs_naive"] = ours["mpx_per_s"] / naive["mpx_per_s"]
@@ -466,7 +512,8 @@ def evaluate_goals(rows: list[dict]) -> list[dict]:
         ratio = row.get("ratio_rs_seg_vs_bare")
         if ratio is not None:
             goals.append({
-                "goal": f"rs_seg >= {RATIO_GOAL} x bare at {row['size']} px",
+                "goal": f"rs_seg >= {RATIO_GOAL} x the fastest bare forward ({row['limit']}) "
+                f"at {row['size']} px",
                 "value": round(ratio, 3),
                 "met": ratio >= RATIO_GOAL,
             })  # fmt: skip
@@ -493,7 +540,9 @@ def evaluate_goals(rows: list[dict]) -> list[dict]:
 
 STYLE = {
     "bare": ("bare forward (limit)", "#adb5bd"),
+    "bare_bf16": ("bare forward, bf16", "#868e96"),
     "rs_seg": ("rs_seg predict_scene", "#2b8a3e"),
+    "rs_seg_bf16": ("rs_seg predict_scene, bf16", "#74b816"),
     "naive": ("naive whole-scene recipe", "#e8590c"),
     "vectorize": ("rs_seg vectorize", "#4c6ef5"),
 }
@@ -502,7 +551,7 @@ STYLE = {
 def plot(report: dict, path: Path) -> None:
     plt = _harness.pyplot()
     rows = report["rows"]
-    order = ("bare", "rs_seg", "naive", "vectorize")  # the limit first
+    order = ("bare", "bare_bf16", "rs_seg", "rs_seg_bf16", "naive", "vectorize")  # limits first
     kinds = [k for k in order if any("mpx_per_s" in r["medians"].get(k, {}) for r in rows)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for panel, key, unit in ((ax1, "mpx_per_s", "{:.2f}"), (ax2, "peak_rss_mb", "{:.0f}")):
@@ -551,7 +600,10 @@ def print_table(report: dict) -> None:
             cells = (m["mpx_per_s"], m["seconds"], str(count), m["peak_rss_mb"])
             print(table.row(row["size"], kind, *cells))
         if "ratio_rs_seg_vs_bare" in row:
-            print(f"{'':>6} rs_seg / bare = {row['ratio_rs_seg_vs_bare']:.3f}")
+            print(f"{'':>6} rs_seg / {row['limit']} = {row['ratio_rs_seg_vs_bare']:.3f}")
+        for plain in ("bare", "rs_seg"):
+            if f"bf16_speed_ratio_{plain}" in row:
+                print(f"{'':>6} {plain}: bf16 / fp32 = {row[f'bf16_speed_ratio_{plain}']:.3f}")
     _harness.print_checks(report["goals"], name="goal")
 
 
@@ -596,6 +648,8 @@ def main() -> None:
             "after a warm-up build, all windows, blending, strip writes, COG copy)",
             "bare": "forward + sigmoid for the same windows in batches of 16 already on the "
             "device, after one warm-up batch",
+            "rs_seg_bf16": "as rs_seg, with precision bf16 (CPU autocast)",
+            "bare_bf16": "as bare, under bf16 CPU autocast",
             "naive": "whole-scene read + normalize, batch-1 tiles, uint8 GeoTIFF write",
             "vectorize": "the vectorize call on rs_seg's probability COG",
         },

@@ -1,8 +1,8 @@
 """Training-throughput benchmark: rs_seg's training loop against the bare model train step.
 
-Both sides train the same network (Unet/resnet18 by default, 256 px chips, batch 8, fp32,
-channels_last) on the same synthetic chips, alternating in one process so they see the same
-machine state:
+Both sides train the same network (Unet/resnet18 by default, 256 px chips, batch 8, channels_last,
+fp32 or bf16 autocast with ``--precision bf16-mixed``) on the same synthetic chips, alternating in
+one process so they see the same machine state:
 
 * ``bare``: the lower bound: batches already normalized and in memory; each step is forward,
   BCE + Dice loss, backward and an AdamW step, nothing else.
@@ -74,8 +74,11 @@ def build(chips: Path, encoder: str, batch: int, workers: int, cache: Path | Non
     return data, module
 
 
-def bare_steps(data, module, batches: int) -> float:
-    """Chips per second of forward + loss + backward + AdamW on batches already in memory."""
+def bare_steps(data, module, batches: int, precision: str = "32-true") -> float:
+    """Chips per second of forward + loss + backward + AdamW on batches already in memory.
+
+    ``bf16-mixed``: the forward pass and the loss under CPU autocast, as Lightning runs them.
+    """
     import torch
 
     from rs_seg.train.module import task_loss
@@ -87,8 +90,10 @@ def bare_steps(data, module, batches: int) -> float:
 
     def step(images, target):
         optimizer.zero_grad(set_to_none=True)
-        logits = net(images.contiguous(memory_format=torch.channels_last))
-        task_loss(logits, target, module.loss_cfg).backward()  # the loss training uses
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits = net(images.contiguous(memory_format=torch.channels_last))
+            loss = task_loss(logits, target, module.loss_cfg)  # the loss training uses
+        loss.backward()
         optimizer.step()
 
     step(*cached[0])  # warm-up (allocator, kernels)
@@ -121,13 +126,14 @@ class EpochClock:
         return _Clock()
 
 
-def rs_seg_fit(data, module, batches: int) -> float:
+def rs_seg_fit(data, module, batches: int, precision: str = "32-true") -> float:
     """Chips per second of rs_seg's Lightning training loop reading chips from disk."""
     import lightning as L
 
     clock = EpochClock()
     trainer = L.Trainer(
         accelerator="cpu",
+        precision=precision,
         max_epochs=1,
         limit_train_batches=batches + 1,
         limit_val_batches=0,
@@ -164,7 +170,8 @@ def plot(result: dict, path: Path) -> None:
         ax.text(value, y, f" {value:.1f}", va="center")
     ax.set_xlabel("chips per second (median)")
     ax.set_title(
-        f"Training throughput, {result['model']}, batch {result['batch_size']}: "
+        f"Training throughput, {result['model']}, batch {result['batch_size']}, "
+        f"{result['precision']}: "
         f"overhead {result['overhead_percent']:.1f} %",
         fontsize=9,
     )
@@ -180,6 +187,10 @@ def main() -> None:
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for rs_seg")
+    parser.add_argument(
+        "--precision", choices=["32-true", "bf16-mixed"], default="32-true",
+        help="bf16-mixed: CPU autocast on both sides (results in train_bf16-mixed.json)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -190,10 +201,10 @@ def main() -> None:
         cache = Path(tmp) / "run"
         for repeat in range(args.repeats):
             data, module = build(chips, args.encoder, args.batch_size, args.workers, None)
-            bare.append(bare_steps(data, module, args.batches))
+            bare.append(bare_steps(data, module, args.batches, args.precision))
             files.append(loader_only(data, args.batches))
             data, module = build(chips, args.encoder, args.batch_size, args.workers, cache)
-            ours.append(rs_seg_fit(data, module, args.batches))
+            ours.append(rs_seg_fit(data, module, args.batches, args.precision))
             loader.append(loader_only(data, args.batches))
             print(
                 f"repeat {repeat + 1}: bare {bare[-1]:.2f}, rs_seg {ours[-1]:.2f}, "
@@ -210,7 +221,7 @@ def main() -> None:
         chip_size=256,
         bands=4,
         batch_size=args.batch_size,
-        precision="32-true",
+        precision=args.precision,
         batches_timed=args.batches,
         repeats=args.repeats,
         bare_runs=bare,
@@ -225,8 +236,9 @@ def main() -> None:
     result["overhead_percent"] = 100 * (
         1 - result["rs_seg_chips_per_s"] / result["bare_chips_per_s"]
     )
-    _harness.write_json(_harness.RESULTS / "train.json", result)
-    plot(result, _harness.RESULTS / "train.png")
+    name = "train" if args.precision == "32-true" else f"train_{args.precision}"
+    _harness.write_json(_harness.RESULTS / f"{name}.json", result)
+    plot(result, _harness.RESULTS / f"{name}.png")
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_runs")}, indent=2))
 
 

@@ -6,6 +6,7 @@ layer's default style), all files of a run as one set, fields last.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
@@ -80,11 +81,29 @@ class InferSummary:
 
 
 def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
-    """The given bundle, or the registry's latest model."""
+    """The given bundle, or the registry's latest model (read once per file version).
+
+    A process that maps several scenes (the incoming flow's workers) reads and checks a bundle
+    once, and so builds its network once (:func:`rs_seg.infer.predict.model_network`): the
+    file's path, inode, size and change times are the key, so a bundle replaced on disk (a new
+    inode after the atomic rename of :meth:`ModelBundle.save`) is read again.
+    """
     if model is None:
         model = latest_bundle(models_dir)
         log.info("model: %s (latest in %s)", model, models_dir)
-    return ModelBundle.load(model)
+    path = Path(model)
+    try:
+        stat = path.stat()
+    except OSError:
+        return ModelBundle.load(path)  # its own one-line error for a missing file
+    version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _loaded(path.resolve(), version)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(path: Path, version: tuple[int, ...]) -> ModelBundle:
+    """:meth:`ModelBundle.load`, remembered for the last two file versions read."""
+    return ModelBundle.load(path)
 
 
 @dataclass(frozen=True)

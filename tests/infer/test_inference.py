@@ -20,7 +20,7 @@ from rs_seg.cli import app
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.infer.predict import WindowPredictor, predict_scene
-from rs_seg.infer.run import run_infer
+from rs_seg.infer.run import load_model, run_infer
 from rs_seg.windows import hann_weight
 from tests.helpers import (
     LEARNABLE_BOXES,
@@ -240,6 +240,51 @@ def test_a_fields_predictor_hands_out_band_major_probabilities(tmp_path: Path) -
     with torch.no_grad():
         expected = torch.sigmoid(predictor.net(torch.from_numpy(batch))).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_a_bundle_builds_its_network_once_and_a_replaced_file_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The incoming flow maps scene after scene in one process: one read, one build per model."""
+    builds: list[ModelBundle] = []
+    build = ModelBundle.build
+
+    def counted(self: ModelBundle, device: str | torch.device = "cpu") -> torch.nn.Module:
+        builds.append(self)
+        return build(self, device)
+
+    monkeypatch.setattr(ModelBundle, "build", counted)
+    path = make_bundle(tmp_path / "m.pt")
+    scene = write_scene(tmp_path / "s.tif", 70, 60)
+    bundle = load_model(path, tmp_path)
+    assert load_model(path, tmp_path) is bundle
+    for name in ("a", "b"):
+        predict_scene(scene, bundle, tmp_path / f"{name}.tif", device="cpu")
+    assert builds == [bundle]
+    np.testing.assert_array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
+
+    replaced = ModelBundle.load(path)
+    replaced.threshold = 0.25
+    replaced.save(path, overwrite=True)
+    again = load_model(path, tmp_path)
+    assert again is not bundle and again.threshold == 0.25
+    predict_scene(scene, again, tmp_path / "c.tif", device="cpu")
+    assert builds == [bundle, again]  # another bundle object: its own network
+
+
+def test_drift_from_the_training_data_is_logged_and_stored_in_the_raster(
+    tmp_path: Path, bundle_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drift sample runs beside the windows; its warning still reaches the log and tags."""
+    scene = write_scene(tmp_path / "s.tif", 90, 80)  # values 200-4000: the bundle saw 1000 +- 300
+    with caplog.at_level("WARNING", logger="rs_seg.infer.predict"):
+        predict_scene(scene, ModelBundle.load(bundle_path), tmp_path / "p.tif", device="cpu")
+    logged = [r.getMessage() for r in caplog.records if "differ from the training" in r.message]
+    assert len(logged) == 1 and logged[0].startswith(str(scene))
+    with rasterio.open(tmp_path / "p.tif") as src:
+        tags = src.tags()
+    assert "differ from the training data" in tags["input_warnings"]
+    assert [float(v) > 3 for v in tags["input_drift_z"].split(",")] == [True] * 3
 
 
 def test_hann_weight_is_positive_and_smooth() -> None:

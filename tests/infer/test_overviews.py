@@ -32,8 +32,12 @@ def reference_halve(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image(rng: np.random.Generator, height: int, width: int, bands: int = 2) -> np.ndarray:
+def _image(
+    rng: np.random.Generator, height: int, width: int, bands: int = 2, nodata: bool = True
+) -> np.ndarray:
     image = rng.integers(0, 255, size=(bands, height, width), dtype=np.uint8)
+    if not nodata:  # every pixel valid: halve's fast path, from the first level up
+        return image
     image[rng.random(image.shape) < 0.2] = NODATA
     image[:, : height // 3, : width // 4] = NODATA  # a corner of nodata: whole blocks invalid
     return image
@@ -45,12 +49,13 @@ def _image(rng: np.random.Generator, height: int, width: int, bands: int = 2) ->
     width=st.integers(1, 90),
     cuts=st.lists(st.integers(1, 89), max_size=6),
     seed=st.integers(0, 2**16),
+    nodata=st.booleans(),
 )
 def test_levels_equal_the_whole_raster_halved_whatever_the_row_blocks(
-    tmp_path_factory, height: int, width: int, cuts: list[int], seed: int
+    tmp_path_factory, height: int, width: int, cuts: list[int], seed: int, nodata: bool
 ) -> None:
     folder = tmp_path_factory.mktemp("pyramid")
-    image = _image(np.random.default_rng(seed), height, width)
+    image = _image(np.random.default_rng(seed), height, width, nodata=nodata)
     edges = [0, *sorted({c for c in cuts if c < height}), height]
     base = folder / "base.tif"
     with OverviewPyramid(base, uint8_profile(height, width, block=16), block=8) as pyramid:
@@ -62,6 +67,11 @@ def test_levels_equal_the_whole_raster_halved_whatever_the_row_blocks(
         expected = reference_halve(expected)
         with rasterio.open(level.path) as src:
             np.testing.assert_array_equal(src.read(), expected)
+
+
+def test_halving_rows_without_nodata_rounds_half_up() -> None:
+    rows = np.array([[[0, 1, 254, 254], [1, 0, 253, 253]]], dtype=np.uint8)
+    np.testing.assert_array_equal(halve(rows, NODATA), [[[1, 254]]])  # 0.5 -> 1, 253.5 -> 254
 
 
 def test_halving_a_single_row_and_odd_columns() -> None:
