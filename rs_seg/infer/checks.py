@@ -67,11 +67,34 @@ def _pixel_size_warning(src: rasterio.io.DatasetReader, bundle: ModelBundle) -> 
     return None
 
 
-def _sample_windows(height: int, width: int, size: int) -> list[Window]:
-    """Up to 16 windows spread evenly over the scene (a 4 x 4 lattice of window centres)."""
-    rows = sorted({int(v) for v in np.linspace(0, max(0, height - size), DRIFT_SAMPLE_LATTICE)})
-    cols = sorted({int(v) for v in np.linspace(0, max(0, width - size), DRIFT_SAMPLE_LATTICE)})
+def _sample_windows(
+    height: int, width: int, size: int, block: tuple[int, int] = (1, 1)
+) -> list[Window]:
+    """Up to 16 windows spread evenly over the scene (a 4 x 4 lattice of window centres).
+
+    Their corners snap to the scene's ``block`` grid (rows, cols) where a block is no larger
+    than a window: a window of a block's size that straddles four blocks decodes all four, one
+    on the grid decodes one. Along an axis of larger blocks (strips) nothing snaps.
+    """
+
+    def offsets(length: int, block_length: int) -> list[int]:
+        step = block_length if block_length <= size else 1
+        spread = np.linspace(0, max(0, length - size), DRIFT_SAMPLE_LATTICE)
+        return sorted({int(v) // step * step for v in spread})
+
+    rows, cols = offsets(height, block[0]), offsets(width, block[1])
     return [Window(c, r, min(size, width), min(size, height)) for r in rows for c in cols]
+
+
+def _valid_pixels_float(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(bands, pixels) float64 values of the valid pixels of a (bands, H, W) window.
+
+    A window with every pixel valid (most of them) is reshaped, not masked: indexing with an
+    all-true mask (and squaring a copy) took 5-6 ms a window, against 0.2 ms; the whole sample
+    of a 4096 px scene now costs 0.03 s of CPU instead of 0.07-0.09 s.
+    """
+    flat = image.reshape(len(image), -1) if valid.all() else image[:, valid]
+    return flat.astype(np.float64)
 
 
 def check_compatibility(
@@ -91,11 +114,12 @@ def check_compatibility(
     total = np.zeros(len(bundle.bands))
     squares = np.zeros(len(bundle.bands))
     count = 0
-    for window in _sample_windows(src.height, src.width, size):
+    block = src.block_shapes[0]
+    for window in _sample_windows(src.height, src.width, size, (int(block[0]), int(block[1]))):
         image, valid, _ = read_padded(src, window)
-        pixels = image[np.asarray(bundle.bands) - 1][:, valid].astype(np.float64)
+        pixels = _valid_pixels_float(image[np.asarray(bundle.bands) - 1], valid)
         total += pixels.sum(axis=1)
-        squares += (pixels**2).sum(axis=1)
+        squares += np.einsum("ij,ij->i", pixels, pixels)  # no squared copy
         count += pixels.shape[1]
     if count == 0:
         return result

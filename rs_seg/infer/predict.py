@@ -128,6 +128,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def _band_selection(band_index: np.ndarray) -> slice | np.ndarray:
+    """The bundle's bands as a slice where they are consecutive: a view, not a copy per window."""
+    first = int(band_index[0])
+    if np.array_equal(band_index, np.arange(first, first + len(band_index))):
+        return slice(first, first + len(band_index))
+    return band_index
+
+
 _NETWORKS: OrderedDict[tuple[int, str], tuple[weakref.ref[ModelBundle], torch.nn.Module]] = (
     OrderedDict()
 )
@@ -172,12 +180,13 @@ class WindowPredictor:
         self.net = model_network(bundle, device)
         self.autocast = autocast_dtype(precision, device)
         self.band_index = np.asarray(bundle.bands) - 1
+        self._bands = _band_selection(self.band_index)
 
     def normalize(
         self, image: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None
     ) -> np.ndarray:
         """The bundle's band selection and normalization, exactly as in training."""
-        return self.bundle.normalization.apply(image[self.band_index], valid, out)
+        return self.bundle.normalization.apply(image[self._bands], valid, out)
 
     def in_model_layout(self, batch: np.ndarray) -> np.ndarray:
         """The batch in the memory the network reads: channels-last, page-locked on CUDA.
