@@ -67,9 +67,7 @@ def _pixel_size_warning(src: rasterio.io.DatasetReader, bundle: ModelBundle) -> 
     return None
 
 
-def _sample_windows(
-    height: int, width: int, size: int, block: tuple[int, int] = (1, 1)
-) -> list[Window]:
+def _sample_windows(height: int, width: int, size: int, block: tuple[int, int]) -> list[Window]:
     """Up to 16 windows spread evenly over the scene (a 4 x 4 lattice of window centres).
 
     Their corners snap to the scene's ``block`` grid (rows, cols) where a block is no larger
@@ -114,8 +112,7 @@ def check_compatibility(
     total = np.zeros(len(bundle.bands))
     squares = np.zeros(len(bundle.bands))
     count = 0
-    block = src.block_shapes[0]
-    for window in _sample_windows(src.height, src.width, size, (int(block[0]), int(block[1]))):
+    for window in _sample_windows(src.height, src.width, size, src.block_shapes[0]):
         image, valid, _ = read_padded(src, window)
         pixels = _valid_pixels_float(image[np.asarray(bundle.bands) - 1], valid)
         total += pixels.sum(axis=1)

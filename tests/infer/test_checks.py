@@ -60,8 +60,7 @@ def test_drift_statistics_are_the_mean_and_spread_of_the_valid_sampled_pixels(
     bundle = ModelBundle.load(make_bundle(tmp_path / "model.pt", bands=3, chip=256))
     with rasterio.open(scene) as src:
         result = check_compatibility(src, bundle, scene, 256)
-        block = src.block_shapes[0]
-        windows = _sample_windows(src.height, src.width, 256, block)
+        windows = _sample_windows(src.height, src.width, 256, src.block_shapes[0])
         samples = [read_padded(src, window) for window in windows]
     pixels = np.concatenate(
         [image[:, valid].astype(np.float64) for image, valid, _ in samples], axis=1
