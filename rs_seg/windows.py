@@ -8,6 +8,7 @@ extends past the scene and is padded by the reader.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import queue
@@ -43,15 +44,19 @@ _H = TypeVar("_H")
 
 
 def loaded_in_order(
-    load: Callable[[_H, int], _T], handles: Sequence[_H], starts: Iterable[int]
+    load: Callable[[_H, int], _T],
+    handles: Sequence[_H],
+    starts: Iterable[int],
+    ahead: int | None = None,
 ) -> Iterator[_T]:
     """``load(handle, start)`` for every start, on one thread per handle, yielded in order.
 
     A GDAL dataset must not be read by two threads at once, so each load borrows a handle of
-    its own (one dataset per thread, opened by the caller) and gives it back; with ``n`` handles
-    ``n`` loads run while the consumer works on the result before them, and at most ``n + 1``
-    results are in memory.
+    its own (one dataset per thread, opened by the caller) and gives it back. ``ahead`` loads
+    (default and at most: one per handle, at least one) run while the consumer works on the
+    result before them, so at most ``ahead + 1`` results are in memory.
     """
+    ahead = len(handles) if ahead is None else max(1, min(ahead, len(handles)))
     free: queue.SimpleQueue[_H] = queue.SimpleQueue()
     for handle in handles:
         free.put(handle)
@@ -67,7 +72,7 @@ def loaded_in_order(
         pending: deque[Future[_T]] = deque()
         for start in starts:
             pending.append(pool.submit(borrowed, start))
-            if len(pending) > len(handles):
+            if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -78,10 +83,30 @@ def window_stride(size: int, overlap: float) -> int:
     return max(1, size - round(size * overlap))
 
 
+def hann_ramp(size: int) -> np.ndarray:
+    """1-D Hann weight, positive everywhere (sampled at pixel centres), float64."""
+    return np.asarray(np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2)
+
+
 def hann_weight(size: int) -> np.ndarray:
-    """2-D Hann weight that is positive everywhere (sampled at pixel centres), float32."""
-    ramp = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    """2-D Hann weight (the outer product of :func:`hann_ramp`), float32."""
+    ramp = hann_ramp(size)
     return np.outer(ramp, ramp).astype(np.float32)
+
+
+def axis_weight(offsets: Sequence[int], size: int, start: int, stop: int) -> np.ndarray:
+    """Sum of the Hann ramps of the windows at sorted ``offsets`` over pixels start to stop.
+
+    A window grid is the product of its row and column offsets, so the sum of the 2-D weights
+    of every window over a pixel is the product of this sum along each axis (float64).
+    """
+    ramp = hann_ramp(size)
+    total = np.zeros(stop - start)
+    first = bisect.bisect_right(offsets, start - size)  # the first window ending after start
+    for offset in offsets[first : bisect.bisect_left(offsets, stop)]:
+        lo, hi = max(offset, start), min(offset + size, stop)
+        total[lo - start : hi - start] += ramp[lo - offset : hi - offset]
+    return total
 
 
 def axis_offsets(length: int, size: int, stride: int) -> list[int]:
@@ -188,10 +213,21 @@ def valid_pixels(
         # numpy's stubs type ufuncs on an array of unknown dtype (and rasterio's reads) as Any.
         if np.isnan(nodata):
             return cast("npt.NDArray[np.bool_]", ~np.isnan(data).all(axis=0))
-        return cast(
-            "npt.NDArray[np.bool_]", (data != np.asarray(nodata, dtype=data.dtype)).any(axis=0)
-        )
+        return _any_band_differs(data, np.asarray(nodata, dtype=data.dtype))
     return cast("npt.NDArray[np.bool_]", src.dataset_mask(window=window) > 0)
+
+
+def _any_band_differs(data: npt.NDArray[Any], value: np.ndarray) -> npt.NDArray[np.bool_]:
+    """Pixels where any band of ``data`` (bands x rows x cols) is not ``value``.
+
+    Band by band into one result: comparing all bands at once made a boolean copy of the whole
+    read (16 MB for a chunk of 4 bands x 256 x 16384 px) before reducing it.
+    """
+    differs: npt.NDArray[np.bool_] = np.not_equal(data[0], value)
+    scratch = np.empty_like(differs)
+    for band in data[1:]:
+        differs |= np.not_equal(band, value, out=scratch)
+    return differs
 
 
 @contextlib.contextmanager
@@ -216,9 +252,10 @@ def read_padded(
 
     Returns ``(image, valid, inside)``: image is (bands, h, w); ``valid`` marks pixels that are
     inside the raster and not nodata (GDAL's dataset mask, plus NaN for float rasters); ``inside``
-    marks pixels within the raster bounds. Reading only the inner part is faster than a boundless
-    read through a VRT and keeps the memory to one window. A file that cannot be decoded
-    (truncated, half-copied) raises :class:`RsSegError` naming it.
+    marks pixels within the raster bounds (a read-only broadcast where every pixel is). Reading
+    only the inner part is faster than a boundless read through a VRT and keeps the memory to
+    one window. A file that cannot be decoded (truncated, half-copied) raises
+    :class:`RsSegError` naming it.
     """
     bands = indexes or list(range(1, src.count + 1))
     height, width = int(window.height), int(window.width)
@@ -235,7 +272,8 @@ def read_padded(
         valid = valid_pixels(src, data, inner)
     data = _finite(data, valid, fill)
     if inner.width == width and inner.height == height:  # the usual case: no padding needed
-        return data, valid, np.ones((height, width), dtype=bool)
+        # all inside: a read-only view of one value, not an array of the window's size
+        return data, valid, np.broadcast_to(np.True_, (height, width))
     image, padded_valid, inside = blank()
     image[:, rows, cols] = data
     padded_valid[rows, cols] = valid

@@ -12,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
-from rs_seg.windows import axis_offsets, grid_rows, grid_windows, inside_slices, read_padded
+from rs_seg.windows import (
+    _any_band_differs,
+    axis_offsets,
+    axis_weight,
+    grid_rows,
+    grid_windows,
+    hann_weight,
+    inside_slices,
+    loaded_in_order,
+    read_padded,
+)
 from tests.helpers import write_scene
 
 
@@ -108,3 +118,60 @@ def test_read_padded_window_wholly_outside_is_all_padding(tmp_path, window) -> N
         image, valid, inside = read_padded(src, window, fill=7)
     assert image.shape == (2, 16, 16) and (image == 7).all()
     assert not valid.any() and not inside.any()
+
+
+@pytest.mark.parametrize(("handles", "ahead", "expected"), [(3, None, 3), (3, 1, 1), (3, 9, 3)])
+def test_loaded_in_order_reads_at_most_ahead_loads_before_the_consumer(
+    handles: int, ahead: int | None, expected: int
+) -> None:
+    """The loads in memory at once are bounded by ``ahead``, not by the handles alone."""
+    drawn = []
+
+    def starts():
+        for start in range(20):
+            drawn.append(start)
+            yield start
+
+    loads = loaded_in_order(
+        lambda handle, start: (handle, start), list(range(handles)), starts(), ahead
+    )
+    for index, (handle, start) in enumerate(loads):
+        assert start == index and handle in range(handles)
+        # loads submitted while this one is used: ``expected`` beyond it, until none are left
+        assert len(drawn) == min(20, index + 1 + expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    size=st.integers(1, 24),
+    overlap=st.sampled_from([0.0, 0.25, 0.5]),
+    data=st.data(),
+)
+def test_axis_weights_multiply_to_the_summed_window_weights(
+    height: int, width: int, size: int, overlap: float, data: st.DataObject
+) -> None:
+    """Over any span of rows, row sum x column sum equals adding every window's 2-D Hann weight."""
+    stride = max(1, size - round(size * overlap))
+    rows, cols = axis_offsets(height, size, stride), axis_offsets(width, size, stride)
+    summed = np.zeros((max(rows) + size, max(cols) + size))
+    for row in rows:
+        for col in cols:
+            summed[row : row + size, col : col + size] += hann_weight(size)
+    top = data.draw(st.integers(0, height - 1))
+    bottom = data.draw(st.integers(top + 1, height))
+    row_sums = axis_weight(rows, size, top, bottom)
+    col_sums = axis_weight(cols, size, 0, width)
+    assert row_sums.shape == (bottom - top,) and (row_sums > 0).all()
+    assert np.allclose(np.outer(row_sums, col_sums), summed[top:bottom, :width], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("bands", [1, 2, 4])
+def test_any_band_differs_matches_the_all_band_comparison(dtype: type, bands: int) -> None:
+    """Band by band gives what one comparison over all bands gives, whatever band holds a value."""
+    rng = np.random.default_rng(bands)
+    data = rng.integers(0, 3, size=(bands, 9, 11)).astype(dtype)  # many pixels are 0 in some band
+    value = np.asarray(0, dtype=dtype)
+    assert np.array_equal(_any_band_differs(data, value), (data != value).any(axis=0))

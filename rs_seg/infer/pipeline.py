@@ -26,6 +26,7 @@ from rs_seg.errors import RsSegError
 from rs_seg.levels import MAX_LEVEL, NODATA_LEVEL
 from rs_seg.windows import (
     axis_offsets,
+    axis_weight,
     hann_weight,
     loaded_in_order,
     read_padded,
@@ -71,51 +72,68 @@ def resolve_workers(workers: int | None) -> int:
 
 @dataclass
 class StripBuffer:
-    """Weighted sums of the rows one window tall below the grid row being finished."""
+    """Hann-weighted sums of the predictions over the rows one window tall below a grid row.
+
+    The weights themselves are not summed: a window grid is the product of its row and column
+    offsets, so the weight of every pixel is the product of a row sum and a column sum
+    (:func:`rs_seg.windows.axis_weight`). Windows skipped as all nodata are counted in those sums,
+    but every pixel they cover is nodata, so no pixel that gets a level is off. Summing a
+    weight raster as well cost a float32 strip of the scene's width (16 MB at 16384 px), a second
+    add per window pixel and its shift per grid row.
+    """
 
     height: int
     width: int
+    column_factor: np.ndarray  # 1 over each column's weight sum (width,), float32
     outputs: int = 1
 
     def __post_init__(self) -> None:
         self.prob = np.zeros((self.outputs, self.height, self.width), dtype=np.float32)
-        self.weight = np.zeros((self.height, self.width), dtype=np.float32)
-        self.valid = np.zeros((self.height, self.width), dtype=bool)
+        # finish's results and its nodata mask, reused: fresh arrays of the strip's width per
+        # grid row left the allocator's heaps fragmented (peak RSS grew with the width)
+        self.levels = np.empty_like(self.prob, dtype=np.uint8)
+        self.nodata = np.empty((self.height, self.width), dtype=bool)
 
     def add(self, col: int, prob: np.ndarray, weight: np.ndarray) -> None:
-        """Blend one window's prediction (outputs x rows x cols, cropped to the scene)."""
-        _, rows, cols = prob.shape
-        self.prob[:, :rows, col : col + cols] += prob * weight
-        self.weight[:rows, col : col + cols] += weight
+        """Blend one window's prediction (outputs x rows x cols, cropped to the scene).
 
-    def finish(self, rows: int) -> np.ndarray:
+        ``prob`` is weighted in place: it is spent once blended.
+        """
+        _, rows, cols = prob.shape
+        prob *= weight
+        self.prob[:, :rows, col : col + cols] += prob
+
+    def finish(self, rows: int, row_factor: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """uint8 levels (outputs x rows x width) of the top rows: 0-254, nodata pixels 255.
 
-        The rows are scaled in place, so they are spent: :meth:`advance` drops them next. A
-        scaled copy took two float32 arrays of the strip's width (25 MB at 16384 px) beside the
-        buffer. Clipping to 254 before rounding is the same as rounding and capping 255 at 254.
+        ``row_factor``: 255 over the rows' weight sums (the buffer's column factor: 1 over the
+        columns'); ``valid``: the scene's valid pixels of these rows. The rows are scaled in
+        place, so they are spent: :meth:`advance` drops them next. The levels are a view of a
+        buffer that the next call overwrites. Clipping to 254 before rounding is the same as
+        rounding and capping 255 at 254.
         """
-        weight = self.weight[:rows]
-        covered = weight > 0
-        # the weights become one factor per pixel, 255 / weight (0 stays 0 where no window
-        # reached): a multiply per band instead of a masked divide and a scale (numpy's where=
-        # is many times slower)
-        np.divide(np.float32(255), weight, out=weight, where=covered)
-        prob = np.multiply(self.prob[:, :rows], weight, out=self.prob[:, :rows])
+        prob = self.prob[:, :rows]
+        prob *= self.column_factor
+        prob *= row_factor[:, None]
         np.clip(prob, 0, MAX_LEVEL, out=prob)
-        levels = np.rint(prob, out=prob).astype(np.uint8)
-        levels[:, ~(self.valid[:rows] & covered)] = NODATA_LEVEL
+        np.rint(prob, out=prob)
+        levels = self.levels[:, :rows]
+        np.copyto(levels, prob, casting="unsafe")
+        nodata = np.logical_not(valid[:rows], out=self.nodata[:rows])
+        np.copyto(levels, NODATA_LEVEL, where=nodata)
         return levels
 
     def advance(self, rows: int) -> None:
-        """Drop the finished top rows and shift the rest up."""
+        """Drop the finished top rows and shift the rest up.
+
+        Copied a block of ``rows`` at a time, top down: no block overlaps its source, so no
+        temporary copy of the rows kept is needed (numpy makes one for overlapping views).
+        """
         keep = self.height - rows
-        for array in (self.prob, self.weight, self.valid):
-            rows_axis = array.ndim - 2
-            view = np.moveaxis(array, rows_axis, 0)
-            if keep > 0:
-                view[:keep] = view[rows:].copy()
-            view[max(keep, 0) :] = 0
+        for top in range(0, max(keep, 0), rows):
+            count = min(rows, keep - top)
+            self.prob[:, top : top + count] = self.prob[:, top + rows : top + rows + count]
+        self.prob[:, max(keep, 0) :] = 0
 
 
 # A strip as rows of the chunks it spans: (first row within the strip, image, valid) views.
@@ -137,14 +155,15 @@ def _strip_reader(
     copied out of the chunks instead of viewed raised peak RSS at 16384 px from 1308 to 1407
     MB (1016 / 1036 MB at 4096 px; null model, two workers, one run each).
     """
-    chunk = _chunk_rows(sources[0], size)
+    src = sources[0]
+    chunk = _chunk_rows(src, size)
     end = row_offsets[-1] + size  # the last strip may run past the scene: padded, like a window
 
     def read(src: rasterio.io.DatasetReader, start: int) -> tuple[int, np.ndarray, np.ndarray]:
         image, valid, _ = read_padded(src, Window(0, start, width, min(chunk, end - start)))
         return start, image, valid
 
-    chunks = loaded_in_order(read, sources, range(0, end, chunk))
+    chunks = loaded_in_order(read, sources, range(0, end, chunk), _chunks_ahead(src, chunk, width))
     held: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
     for top in row_offsets:
         while not held or held[-1][0] + held[-1][1].shape[1] < top + size:
@@ -159,6 +178,21 @@ def _chunk_rows(src: rasterio.io.DatasetReader, size: int) -> int:
     """Rows per read: whole block rows of band 1, about a window's height (at least one block)."""
     block = max(1, int(src.block_shapes[0][0]))
     return max(block, size // block * block)
+
+
+READ_AHEAD_BYTES = 48 * 2**20
+"""Decoded chunks ahead of the windows being cut, in bytes: a wide scene reads fewer ahead.
+
+Counted in chunks (one per reading thread), read-ahead grew with the scene's width: at 16384
+px, 4 bands of uint16, a chunk of 256 rows and its mask take 38 MB. One chunk is still read
+ahead at any width, so the readers never wait for the consumer to catch up by more than that.
+"""
+
+
+def _chunks_ahead(src: rasterio.io.DatasetReader, rows: int, width: int) -> int:
+    """How many chunks of ``rows x width`` pixels fit in :data:`READ_AHEAD_BYTES` (at least 1)."""
+    pixel_bytes = 1 + sum(np.dtype(dtype).itemsize for dtype in src.dtypes)  # mask + bands
+    return max(1, int(READ_AHEAD_BYTES // (pixel_bytes * rows * width)))
 
 
 def _pieces(held: deque[tuple[int, np.ndarray, np.ndarray]], top: int, size: int) -> StripPieces:
@@ -204,6 +238,7 @@ class RowWriter:
         dst: rasterio.io.DatasetWriter,
         size: int,
         rows: list[int],
+        cols: list[int],
         outputs: int,
         on_rows: Callable[[np.ndarray], None] | None = None,
     ) -> None:
@@ -211,7 +246,8 @@ class RowWriter:
         self.on_rows = on_rows
         self.size = size
         self.rows = rows
-        self.buffer = StripBuffer(min(size, dst.height), dst.width, outputs)
+        column_factor = (1 / axis_weight(cols, size, 0, dst.width)).astype(np.float32)
+        self.buffer = StripBuffer(min(size, dst.height), dst.width, column_factor, outputs)
         self.weight = hann_weight(size)
         self.pending: deque[GridRow] = deque()
 
@@ -232,7 +268,6 @@ class RowWriter:
         buffer = self.buffer
         while self.pending and self.pending[0].complete:
             row = self.pending.popleft()
-            buffer.valid[:] = row.valid
             for col, prob in row.results:
                 cut_rows = min(self.size, height - row.top, buffer.height)
                 cut_cols = min(self.size, width - col)
@@ -241,7 +276,8 @@ class RowWriter:
             index = self.rows.index(row.top)
             next_top = self.rows[index + 1] if index + 1 < len(self.rows) else height
             done = next_top - row.top
-            levels = buffer.finish(done)
+            row_factor = 255 / axis_weight(self.rows, self.size, row.top, row.top + done)
+            levels = buffer.finish(done, row_factor.astype(np.float32), row.valid)
             self.dst.write(levels, window=Window(0, row.top, width, done))
             if self.on_rows is not None:
                 self.on_rows(levels)
@@ -292,7 +328,7 @@ class ScenePredictor:
         src = sources[0]
         rows = axis_offsets(src.height, self.size, self.stride)
         cols = axis_offsets(src.width, self.size, self.stride)
-        writer = RowWriter(dst, self.size, rows, self.predictor.bundle.outputs, on_rows)
+        writer = RowWriter(dst, self.size, rows, cols, self.predictor.bundle.outputs, on_rows)
         bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
         strips = _strip_reader(sources, rows, self.size, max(src.width, self.size))
         skipped = 0

@@ -19,6 +19,7 @@ from rs_seg.bundle import ModelBundle
 from rs_seg.cli import app
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
+from rs_seg.infer import pipeline
 from rs_seg.infer.predict import WindowPredictor, predict_scene
 from rs_seg.infer.run import load_model, run_infer
 from rs_seg.windows import hann_weight
@@ -369,6 +370,27 @@ def test_memory_does_not_grow_with_scene_height(
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.2 * peaks[0], peaks
+
+
+def test_read_ahead_is_bounded_in_bytes_not_chunks(
+    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wide scene reads fewer chunks ahead: read-ahead memory does not grow with the width."""
+    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+    bundle = ModelBundle.load(bundle_path)
+    scene = write_scene(tmp_path / "wide.tif", 1536, 4096, bands=bundle.in_channels)
+    with rasterio.open(scene) as src:  # a striped scene: chunks of one window's rows
+        rows = pipeline._chunk_rows(src, bundle.chip_size)
+    chunk_bytes = rows * 4096 * (2 * bundle.in_channels + 1)  # uint16 bands and the valid mask
+    peaks = {}
+    for budget in (64 * chunk_bytes, chunk_bytes):  # four chunks ahead (one per worker), one
+        monkeypatch.setattr(pipeline, "READ_AHEAD_BYTES", budget)
+        tracemalloc.start()
+        predict_scene(scene, bundle, tmp_path / f"p{budget}.tif", device="cpu", workers=4)
+        peaks[budget] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    saved = peaks[64 * chunk_bytes] - peaks[chunk_bytes]
+    assert saved > 2 * chunk_bytes, (peaks, chunk_bytes)
 
 
 def _config(tmp_path: Path, scene: Path, bundle: Path, **kwargs) -> InferConfig:
