@@ -25,8 +25,9 @@ run, alternating the kinds within each repeat, every measurement in a fresh chil
 Core counts are set with ``taskset`` (the child then sees, and torch and GDAL use, only those
 cores); ``workers`` above the core count is oversubscription and shows what extra threads cost.
 Throughput: scene Mpx/s and chips/s, median over ``--repeats``; peak RSS from ``wait4``. Goals
-(issue 14): null-model inference at least 0.5 x bare I/O at every size, and the loader at least
-2 x 116 chips/s per core (116 chips/s: the loader in one process before this work). Results:
+(issue 14): null-model inference at least 0.5 x bare I/O at every size, peak RSS of the largest
+size within 1.2 x the smallest's in every setup, and the loader at least 2 x 116 chips/s per
+core (116 chips/s: the loader in one process before this work). Results:
 ``benchmarks/results/pipeline.json``.
 
     python benchmarks/bench_pipeline.py [--sizes 4096 16384] [--repeats 3] [--workdir DIR]
@@ -50,6 +51,7 @@ import bench_infer
 
 CHIP, OVERLAP, BATCH = bench_infer.CHIP, bench_infer.OVERLAP, bench_infer.BATCH  # same windows
 RATIO_GOAL = 0.5
+RSS_GROWTH_GOAL = 1.2  # peak RSS of the largest scene against the smallest (issue 14, point 2)
 LOADER_BEFORE = 116.0  # chips/s in one process before issue 14 (the issue's figure)
 LOADER_GOAL = 2.0
 # (cores, workers) of the inference runs: one core; two cores with one, two and four workers
@@ -297,6 +299,20 @@ def evaluate_goals(inference: list[dict], loader: dict) -> list[dict]:
             "goal": f"null-model inference >= {RATIO_GOAL} x bare I/O at {row['size']} px",
             "value": round(best["ratio_to_bare_io"], 3),
             "met": best["ratio_to_bare_io"] >= RATIO_GOAL,
+        })  # fmt: skip
+    if len(inference) > 1:  # bounded memory: the widest scene's peak against the narrowest's
+        by_size = sorted(inference, key=lambda row: row["size"])
+        small, large = by_size[0], by_size[-1]
+        growth = {
+            setup: large["mpx"][setup]["peak_rss_mb"] / small["mpx"][setup]["peak_rss_mb"]
+            for setup in small["mpx"]
+            if setup != "bare_io"
+        }
+        worst = max(growth, key=growth.__getitem__)
+        goals.append({
+            "goal": f"null-model peak RSS at {large['size']} px <= {RSS_GROWTH_GOAL} x at "
+            f"{small['size']} px (worst setup: {worst})",
+            "value": round(growth[worst], 3), "met": growth[worst] <= RSS_GROWTH_GOAL,
         })  # fmt: skip
     for name in ("1c/0w", "1c/0w cached") if loader else ():
         per_core = loader[name]["per_core"]
