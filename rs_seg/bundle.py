@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -73,6 +74,11 @@ class ModelBundle:
     provenance: Provenance = field(default_factory=Provenance)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     source: Path | None = field(default=None, repr=False, compare=False)  # the file it came from
+
+    @property
+    def band_index(self) -> np.ndarray:
+        """0-based indexes of the scene bands the model reads (``bands`` counts from 1, as GDAL)."""
+        return np.asarray(self.bands) - 1
 
     @property
     def in_channels(self) -> int:

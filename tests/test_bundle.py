@@ -38,6 +38,11 @@ def tiny_bundle() -> ModelBundle:
     )
 
 
+def test_band_index_counts_from_zero_in_the_bundles_band_order() -> None:
+    """GDAL's band numbers (from 1, in the order the model reads them) as numpy indexes."""
+    assert tiny_bundle().band_index.tolist() == [2, 1, 0]
+
+
 def test_bundle_round_trip_keeps_metadata_and_weights(tmp_path: Path) -> None:
     bundle = tiny_bundle()
     path = bundle.save(tmp_path / "model-bundle.pt")

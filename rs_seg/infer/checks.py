@@ -112,9 +112,10 @@ def check_compatibility(
     total = np.zeros(len(bundle.bands))
     squares = np.zeros(len(bundle.bands))
     count = 0
+    band_index = bundle.band_index
     for window in _sample_windows(src.height, src.width, size, src.block_shapes[0]):
         image, valid, _ = read_padded(src, window)
-        pixels = _valid_pixels_float(image[np.asarray(bundle.bands) - 1], valid)
+        pixels = _valid_pixels_float(image[band_index], valid)
         total += pixels.sum(axis=1)
         squares += np.einsum("ij,ij->i", pixels, pixels)  # no squared copy
         count += pixels.shape[1]

@@ -25,7 +25,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
-BLOCK = 512  # the COG's block size (predict.COG_OPTIONS)
+BLOCK = 512  # the COG's block size: predict.COG_OPTIONS takes it from here
 
 
 def overview_factors(height: int, width: int, block: int = BLOCK) -> list[int]:

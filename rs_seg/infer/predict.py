@@ -54,7 +54,7 @@ from rs_seg.bundle import ModelBundle
 from rs_seg.config import Precision
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_bands, check_compatibility
-from rs_seg.infer.overviews import OverviewPyramid
+from rs_seg.infer.overviews import BLOCK, OverviewPyramid
 from rs_seg.infer.pipeline import ScenePredictor, resolve_workers
 from rs_seg.levels import (
     BAND_DESCRIPTIONS,
@@ -90,7 +90,7 @@ COG_OPTIONS = {
     # horizontal differencing: a third smaller (a 2-band 4096 px raster: 20 MB instead of 33), as
     # fast to write; every GDAL reads it
     "predictor": 2,
-    "blocksize": 512,
+    "blocksize": BLOCK,  # the overview levels are built on the same block grid
     "overviews": "AUTO",
     "overview_resampling": "AVERAGE",
     "bigtiff": "IF_SAFER",
@@ -179,7 +179,7 @@ class WindowPredictor:
         self.tta = tta
         self.net = model_network(bundle, device)
         self.autocast = autocast_dtype(precision, device)
-        self.band_index = np.asarray(bundle.bands) - 1
+        self.band_index = bundle.band_index
         self._bands = _band_selection(self.band_index)
 
     def normalize(
