@@ -22,6 +22,7 @@ from rs_seg.windows import (
     inside_slices,
     loaded_in_order,
     read_padded,
+    window_stride,
 )
 from tests.helpers import write_scene
 
@@ -153,7 +154,7 @@ def test_axis_weights_multiply_to_the_summed_window_weights(
     height: int, width: int, size: int, overlap: float, data: st.DataObject
 ) -> None:
     """Over any span of rows, row sum x column sum equals adding every window's 2-D Hann weight."""
-    stride = max(1, size - round(size * overlap))
+    stride = window_stride(size, overlap)
     rows, cols = axis_offsets(height, size, stride), axis_offsets(width, size, stride)
     summed = np.zeros((max(rows) + size, max(cols) + size))
     for row in rows:
