@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from rs_seg.prepare.labels import is_vector_path
 from rs_seg.prepare.raster_labels import LabelValueCounts, describe_label_values
 from rs_seg.prepare.split import EXCLUDED, SPLITS
 from rs_seg.prepare.vector_labels import describe_feature_counts
+from rs_seg.rasters import gdal_message
 
 if TYPE_CHECKING:
     from rs_seg.prepare.chips import SceneChips
@@ -276,7 +278,31 @@ def read_index(chips_dir: Path) -> gpd.GeoDataFrame:
     path = Path(chips_dir) / INDEX_FILE
     if not path.exists():
         raise RsSegError(f"no chip index ({INDEX_FILE}); run 'rs-seg prepare' first", chips_dir)
-    chips = pyogrio.read_dataframe(path, layer=INDEX_LAYER)
+    try:
+        with warnings.catch_warnings():  # GDAL's own words on a damaged file; ours follow
+            warnings.simplefilter("ignore", RuntimeWarning)
+            chips = pyogrio.read_dataframe(path, layer=INDEX_LAYER)
+    except Exception as exc:  # pyogrio's DataSourceError / DataLayerError, a damaged file
+        raise RsSegError(f"cannot read the chip index ({gdal_message(exc)})", path) from None
     for column in ("image", "mask"):
-        chips[f"{column}_path"] = [str(Path(chips_dir) / p) for p in chips[column]]
+        if column not in chips.columns:
+            raise RsSegError(f"the chip index has no {column!r} column", path)
+        chips[f"{column}_path"] = [chip_file(chips_dir, value, path) for value in chips[column]]
     return chips
+
+
+def chip_file(chips_dir: Path, value: object, index: Path) -> str:
+    """A chip file named in the index, checked to lie inside the chip folder.
+
+    The index is a file anyone can edit or hand over: a name it holds is never trusted as a
+    path, so an absolute path, ``..`` or a symlink leading out of the folder is refused.
+    """
+    text = value if isinstance(value, str) else ""
+    relative = Path(text)
+    if not text or relative.is_absolute() or ".." in relative.parts:
+        raise RsSegError(f"names the chip file {value!r}, which is not inside its folder", index)
+    folder = Path(chips_dir).resolve()
+    resolved = (folder / relative).resolve()
+    if folder not in resolved.parents:
+        raise RsSegError(f"names the chip file {text!r}, which leads out of its folder", index)
+    return str(Path(chips_dir) / relative)
