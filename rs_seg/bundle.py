@@ -6,6 +6,8 @@ provenance: metrics, the chip-index fingerprint that names the test split, the t
 package versions and the date. It is a torch zip file read with ``weights_only=True``, so opening a
 bundle from someone else cannot run code. ``format_version`` changes only when the layout does;
 older versions are upgraded on load where possible, newer ones are refused with a clear message.
+The metadata is validated on load (:class:`BundleMeta`: types, ranges, lengths that agree), so an
+edited or damaged bundle is refused in one line before any value sizes an array or names a file.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from rs_seg.config import MaskTarget, ModelConfig
+from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
 from rs_seg.records import BundleMetrics, FieldSettings, Provenance
 from rs_seg.staging import staged_file
@@ -34,6 +38,12 @@ BUNDLE_FORMAT = "rs_seg.model-bundle"
 FORMAT_VERSION = 1
 BUNDLE_FILE = "model-bundle.pt"
 CLASSES = {0: "background", 1: "cropland"}
+# Model ids are weight hashes (:func:`weights_id`): the registry names folders after them, the
+# incoming flow output folders, so nothing else may pass for one.
+MODEL_ID = re.compile(r"[0-9a-f]{12}")
+CHIP_SIZES = (8, 8192)  # what rs-seg prepare writes (PrepareConfig.chip_size)
+MAX_BANDS = 65535  # a GeoTIFF holds at most this many bands
+MAX_GROW = 255  # pixels a fields model's boundaries grow into fields (GROW is 3)
 _VERSIONED_PACKAGES = (
     "rs-seg", "torch", "segmentation-models-pytorch", "timm", "lightning", "rasterio", "numpy",
 )  # fmt: skip
@@ -48,6 +58,131 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Band = Annotated[int, Field(ge=1, le=MAX_BANDS)]
+
+
+class _Meta(BaseModel):
+    """Base of the metadata schema: strict JSON types (no "3" for 3), unknown keys kept.
+
+    Bundles written by newer releases or assembled by hand may carry keys rs_seg does not know;
+    they are kept (and saved again), only the keys rs_seg reads are checked.
+    """
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class NormalizationMeta(_Meta):
+    """Per-band mean and standard deviation (training divides by ``std``: never 0)."""
+
+    mean: list[Finite]
+    std: list[Positive]
+
+
+class FieldSettingsMeta(_Meta):
+    """:class:`rs_seg.records.FieldSettings` as a bundle stores them."""
+
+    threshold: Probability
+    boundary_threshold: Probability
+    min_area: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    grow: Annotated[int, Field(ge=0, le=MAX_GROW)]
+    validation_object_f1: float
+    rule: str
+
+
+class MetricsMeta(_Meta):
+    """:class:`rs_seg.records.BundleMetrics`: the scores are read by name, so only mappings."""
+
+    validation: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    threshold_rule: str | None = None
+
+
+class ProvenanceMeta(_Meta):
+    """:class:`rs_seg.records.Provenance`; ``model_id`` must look like a weight hash."""
+
+    model_id: Annotated[str, Field(pattern=f"^{MODEL_ID.pattern}$")] | None = None
+    chip_index_fingerprint: str | None = None
+    chips_dir: str | None = None
+    config: dict[str, Any] | None = None
+    versions: dict[str, Any] = Field(default_factory=dict)
+    created: str | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+
+
+class BundleMeta(_Meta):
+    """A bundle's metadata as :meth:`ModelBundle.load` accepts it: the ranges inference relies on.
+
+    Chip size bounds the window buffers (a huge one once asked for terabytes), bands index the
+    scene, normalization divides by ``std``; lengths of bands, names and statistics must agree.
+    """
+
+    model: dict[str, Any]
+    bands: Annotated[list[Band], Field(min_length=1)]
+    band_names: list[str]
+    normalization: NormalizationMeta
+    chip_size: Annotated[int, Field(ge=CHIP_SIZES[0], le=CHIP_SIZES[1])]
+    threshold: Probability
+    pixel_size: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
+    boundary_threshold: Probability | None = None
+    fields: FieldSettingsMeta | None = None
+    band_count: Annotated[int, Field(ge=1, le=MAX_BANDS)] | None = None
+    crs: str | None = None
+    dtype: str = "uint16"
+    nodata: float | None = None
+    classes: dict[Annotated[int, Field(strict=False)], str] = Field(
+        default_factory=lambda: dict(CLASSES)
+    )
+    metrics: MetricsMeta = Field(default_factory=MetricsMeta)
+    provenance: ProvenanceMeta = Field(default_factory=ProvenanceMeta)
+
+    @field_validator("model")
+    @classmethod
+    def _buildable(cls, model: dict[str, Any]) -> dict[str, Any]:
+        missing = [key for key in ("arch", "encoder") if key not in model]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        try:
+            ModelConfig.model_validate(model)
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc)) from None
+        return model
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMeta:
+        count = len(self.bands)
+        if len(set(self.bands)) != count:
+            raise ValueError(f"bands {self.bands} repeat a band")
+        if self.band_count is not None and max(self.bands) > self.band_count:
+            raise ValueError(f"bands {self.bands} exceed band_count {self.band_count}")
+        lengths = {
+            "band_names": len(self.band_names),
+            "normalization mean": len(self.normalization.mean),
+            "normalization std": len(self.normalization.std),
+        }
+        wrong = [f"{name} has {n}" for name, n in lengths.items() if n != count]
+        if wrong:
+            raise ValueError(f"{count} bands but {', '.join(wrong)}")
+        return self
+
+
+def validate_meta(meta: object, path: Path) -> BundleMeta:
+    """``meta`` checked against :class:`BundleMeta`; one line naming the bundle if it fails."""
+    try:
+        return BundleMeta.model_validate(meta)
+    except ValidationError as exc:
+        detail = format_validation_error(exc)
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise RsSegError(
+            f"invalid model bundle metadata ({detail}); the bundle was edited or damaged, export "
+            "it again from its run",
+            path,
+        ) from None
 
 
 @dataclass
@@ -175,32 +310,36 @@ class ModelBundle:
     def load(cls, path: Path) -> ModelBundle:
         """Read a bundle, with one-line errors for what cannot be used.
 
-        Other files, unsupported format versions and weights that do not fit the model the
-        metadata describes (:meth:`check_weights`) are refused.
+        Other files, unsupported format versions, metadata outside :class:`BundleMeta` and weights
+        that do not fit the model the metadata describes (:meth:`check_weights`) are refused.
         """
-        payload = _read_payload(Path(path))
-        meta = upgrade(payload["meta"], int(payload["format_version"]), Path(path))
+        path = Path(path)
+        payload = _read_payload(path)
+        meta = upgrade(_raw_meta(payload, path), _version(payload, path), path)
+        checked = validate_meta(meta, path)
+        fields_ = checked.fields.model_dump() if checked.fields is not None else None
         bundle = cls(
             model=meta["model"],
-            bands=[int(b) for b in meta["bands"]],
-            band_names=list(meta["band_names"]),
+            bands=checked.bands,
+            band_names=checked.band_names,
             normalization=Normalization(
-                tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"])
+                tuple(checked.normalization.mean), tuple(checked.normalization.std)
             ),
-            chip_size=int(meta["chip_size"]),
-            threshold=float(meta["threshold"]),
-            pixel_size=meta.get("pixel_size"),
-            boundary_threshold=meta.get("boundary_threshold"),
-            fields=meta.get("fields"),
-            band_count=meta.get("band_count"),
-            crs=meta.get("crs"),
-            dtype=meta.get("dtype", "uint16"),
-            nodata=meta.get("nodata"),
-            classes={int(k): v for k, v in meta.get("classes", CLASSES).items()},
-            metrics=meta.get("metrics", {}),
-            provenance=meta.get("provenance", {}),
-            state_dict=payload["state_dict"],
-            source=Path(path),
+            chip_size=checked.chip_size,
+            threshold=checked.threshold,
+            pixel_size=checked.pixel_size,
+            boundary_threshold=checked.boundary_threshold,
+            fields=cast(FieldSettings | None, fields_),
+            band_count=checked.band_count,
+            crs=checked.crs,
+            dtype=checked.dtype,
+            nodata=checked.nodata,
+            classes=checked.classes,
+            # the stored JSON itself (validated above), so unknown keys and their order survive
+            metrics=cast(BundleMetrics, meta.get("metrics", {})),
+            provenance=cast(Provenance, meta.get("provenance", {})),
+            state_dict=_state_dict(payload, path),
+            source=path,
         )
         bundle.check_weights()
         return bundle
@@ -260,6 +399,33 @@ def _read_payload(path: Path) -> dict[str, Any]:
         )
         raise RsSegError(f"not an rs_seg model bundle{hint}", path)
     return payload
+
+
+def _version(payload: dict[str, Any], path: Path) -> int:
+    version = payload.get("format_version")
+    if type(version) is not int:
+        raise RsSegError("not an rs_seg model bundle (no format version)", path)
+    return version
+
+
+def _raw_meta(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        raise RsSegError("invalid model bundle metadata (not a mapping)", path)
+    return meta
+
+
+def _state_dict(payload: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The weights: tensors by name (:meth:`ModelBundle.check_weights` then checks the shapes)."""
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise RsSegError(
+            "the weights are not a state dict of named tensors; the bundle was edited or damaged",
+            path,
+        )
+    return state
 
 
 # Functions that turn meta of version N into version N + 1, applied in order on load.

@@ -182,7 +182,8 @@ def test_weights_of_another_encoder_are_refused_in_one_line(tmp_path: Path) -> N
 
 def test_weights_for_other_bands_name_the_first_misfit_and_fail_build_too(tmp_path: Path) -> None:
     bands = {"bands": [1, 2, 3, 4], "band_names": ["b", "g", "r", "nir"]}
-    path = _mismatched(tmp_path, **bands)
+    normalization = Normalization((1.0, 2.0, 3.0, 4.0), (4.0, 5.0, 6.0, 7.0))
+    path = _mismatched(tmp_path, **bands, normalization=normalization)
     shape = r"encoder.conv1.weight is \(64, 3, 7, 7\), the model needs \(64, 4, 7, 7\)"
     with pytest.raises(RsSegError, match=rf"\(Unet/resnet18, 4 input bands\): 1 tensors .*{shape}"):
         ModelBundle.load(path)

@@ -15,6 +15,11 @@ changed, the incumbent is re-scored on the new model's test split first. ``promo
 moves it regardless, ``"never"`` only stores the model. Every file appears atomically (staging
 folder or temporary file, then a rename), and a lock serialises concurrent registrations, so a
 scheduled flow and a person registering by hand cannot interleave.
+
+Nothing read from a file becomes a path unchecked: a model's folder is named after the hash of
+its weights (a bundle claiming another id is refused), only an incomplete model folder is ever
+replaced (:data:`MODEL_FOLDER`), and every path ``latest.json`` names must lie inside the models
+folder. A malformed ``latest.json``, ``metrics.json`` or log line is one error naming the file.
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast
 
-from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rs_seg.bundle import BUNDLE_FILE, MODEL_ID, ModelBundle, now_iso, weights_id
+from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
 from rs_seg.records import BundleMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder
-from rs_seg.staging import staged_dir, write_json
+from rs_seg.staging import FolderKind, staged_dir, write_json
 
 fcntl: ModuleType | None
 try:  # POSIX only; elsewhere registrations are not serialised
@@ -49,6 +57,15 @@ LATEST_FILE = "latest.json"
 LOG_FILE = "registry.jsonl"
 _LOCK_FILE = ".registry.lock"
 NO_MODEL_HINT = "no registered model; train one with rs-seg train / the train-cropland flow"
+_METRICS_FILE = RunFolder(Path()).metrics.name
+
+MODEL_FOLDER = FolderKind(
+    "rs-seg model register",
+    _METRICS_FILE,
+    (BUNDLE_FILE, _METRICS_FILE, RunFolder(Path()).report.name),
+)
+"""A registered model's folder. One holding its metrics but no bundle (a copy cut short, a bundle
+deleted by hand) is stored again; anything else found under a model's name is left alone."""
 
 Promote = Literal["if_better", "always", "never"]
 
@@ -125,8 +142,47 @@ class _Decision:
 
 
 def _json_number(value: float | None) -> float | None:
-    """NaN is not JSON; an undefined score is written as null."""
-    return None if value is None or math.isnan(value) else float(value)
+    """NaN and infinity are not JSON; an undefined score is written as null."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _short(value: object) -> str:
+    """A value from a file, quoted for a message and cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def model_folder(models_dir: Path, model_id: object, where: Path) -> Path:
+    """``<models_dir>/<model_id>``; an id that is not a weight hash is refused, naming ``where``.
+
+    Ids come from files (bundles, ``latest.json``); only 12 hex digits can never be an absolute
+    path, ``..`` or ``.``.
+    """
+    if not isinstance(model_id, str) or not MODEL_ID.fullmatch(model_id):
+        raise RsSegError(
+            f"model id {_short(model_id)} is not a weight hash (12 hex digits); the file was "
+            "edited or damaged",
+            where,
+        )
+    return Path(models_dir) / model_id
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON document of the registry (or a run), with one-line errors naming the file."""
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise RsSegError(f"cannot be read ({exc.strerror})", path) from None
+    except ValueError:  # JSON syntax and undecodable bytes
+        raise RsSegError("not valid JSON; fix or remove it", path) from None
+
+
+def _read_metrics(path: Path) -> StoredMetrics:
+    """A ``metrics.json``; it must be a JSON object (keys are read with ``.get``)."""
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict):
+        raise RsSegError("is not a metrics file (not a JSON object); fix or remove it", path)
+    return cast(StoredMetrics, metrics)
 
 
 @contextlib.contextmanager
@@ -135,12 +191,28 @@ def _locked(models_dir: Path) -> Iterator[None]:
     if fcntl is None:  # pragma: no cover - Windows
         yield
         return
-    with (models_dir / _LOCK_FILE).open("w") as handle:
+    handle = _open_in_registry(models_dir / _LOCK_FILE, os.O_WRONLY)
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _open_in_registry(path: Path, flags: int) -> int:
+    """Open (create) a file of the registry itself, never through a link planted in its place.
+
+    Neither truncated nor followed: a link there would make the lock or the log write into a
+    file outside the models folder.
+    """
+    try:
+        return os.open(path, flags | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise RsSegError(
+            f"cannot be opened ({exc.strerror}); the registry's own files must be plain files "
+            "in the models folder",
+            path,
+        ) from None
 
 
 def _source_bundle(run_or_bundle: Path) -> tuple[Path, Path | None]:
@@ -184,27 +256,64 @@ def _run_files(run: Path | None, bundle: ModelBundle) -> tuple[StoredMetrics, Pa
     are used only when its metrics name the same model id.
     """
     if run is not None and RunFolder(run).metrics.is_file():
-        metrics = cast(StoredMetrics, json.loads(RunFolder(run).metrics.read_text()))
+        metrics = _read_metrics(RunFolder(run).metrics)
         if metrics.get("model_id") == bundle.model_id:
             report = RunFolder(run).report
             return metrics, report if report.is_dir() else None
-    metrics = StoredMetrics(
+    stored: dict[str, object] = {  # a dict, not keywords: a bundle's metrics may hold any key
         **bundle.metrics,
-        model_id=bundle.model_id,
-        chip_index_fingerprint=bundle.provenance.get("chip_index_fingerprint"),
-        threshold=bundle.threshold,
-    )
-    return metrics, None
+        "model_id": bundle.model_id,
+        "chip_index_fingerprint": bundle.provenance.get("chip_index_fingerprint"),
+        "threshold": bundle.threshold,
+    }
+    return cast(StoredMetrics, stored), None
+
+
+def _checked_id(bundle: ModelBundle, where: Path) -> str:
+    """The bundle's model id, which must be the hash of its own weights.
+
+    The id names the model's folder and the ``latest`` pointer: a bundle that claims another
+    model's id would take that model's place.
+    """
+    found = weights_id(bundle.state_dict)
+    if bundle.model_id != found:
+        raise RsSegError(
+            f"claims model id {_short(bundle.model_id)}, but its weights hash to {found}; the "
+            "bundle was edited or assembled wrongly, export it again from its run",
+            where,
+        )
+    return found
+
+
+def _check_replaceable(target: Path) -> None:
+    """A folder under a model's name is replaced only when it is an incomplete model folder."""
+    if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):
+        raise RsSegError(
+            "is in the way of the model of that id and is not a folder the registry wrote; move "
+            "it out of the models folder and register again",
+            target,
+        )
+    names = sorted(entry.name for entry in target.iterdir()) if target.is_dir() else []
+    foreign = [name for name in names if not MODEL_FOLDER.owns(name)]
+    if names and (foreign or MODEL_FOLDER.marker not in names):
+        what = f"holds {_short(foreign[0])}" if foreign else f"has no {MODEL_FOLDER.marker}"
+        raise RsSegError(
+            f"{what}, so it is not a model folder the registry wrote; move it out of the models "
+            "folder and register again",
+            target,
+        )
 
 
 def _store(bundle_path: Path, run: Path | None, bundle: ModelBundle, models_dir: Path) -> Path:
     """Copy bundle, metrics and report into ``<models_dir>/<model_id>`` (once per model id)."""
-    target = models_dir / bundle.model_id
-    if (target / BUNDLE_FILE).is_file():
+    target = model_folder(models_dir, bundle.model_id, bundle_path)
+    if not target.is_symlink() and (target / BUNDLE_FILE).is_file():
         log.info("model %s is already stored in %s", bundle.model_id, target)
         return target / BUNDLE_FILE
+    _check_replaceable(target)
     metrics, report = _run_files(run, bundle)
-    with staged_dir(target, overwrite=True) as staging:  # overwrite: only an incomplete folder
+    # overwrite only an incomplete model folder: the kind is checked again before publication
+    with staged_dir(target, overwrite=True, kind=MODEL_FOLDER) as staging:
         shutil.copy2(bundle_path, staging / BUNDLE_FILE)
         write_json(RunFolder(staging).metrics, metrics)
         if report is not None:
@@ -212,24 +321,81 @@ def _store(bundle_path: Path, run: Path | None, bundle: ModelBundle, models_dir:
     return target / BUNDLE_FILE
 
 
+class _LatestSchema(BaseModel):
+    """:class:`LatestEntry` as ``latest.json`` must hold it (strict JSON types, all keys)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model_id: str
+    bundle: str
+    metric: str
+    score: float | None
+    chip_index_fingerprint: str | None
+    promoted_at: str
+
+
 def _read_latest(models_dir: Path) -> LatestEntry | None:
+    """``latest.json`` checked: its keys and types, an id that is a weight hash, a bundle inside.
+
+    None when there is none yet; anything else that is not such a pointer is one line naming it.
+    """
     path = models_dir / LATEST_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    _check_plain_file(path)
     try:
-        return cast(LatestEntry, json.loads(path.read_text()))
-    except ValueError:
-        raise RsSegError("not valid JSON; fix or remove it", path) from None
+        document = _read_json(path)
+        _LatestSchema.model_validate(document)
+    except ValidationError as exc:
+        detail = format_validation_error(exc)[:300]
+        raise RsSegError(
+            f"is not a latest-model pointer ({detail}); fix or remove it", path
+        ) from None
+    latest = cast(LatestEntry, document)
+    model_folder(models_dir, latest["model_id"], path)
+    _inside(models_dir, latest["bundle"], path)
+    return latest
+
+
+def _check_plain_file(path: Path) -> None:
+    """The registry's own files are plain files: a link or folder in their place is refused."""
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        raise RsSegError(
+            "is not a plain file; the registry writes it itself, so move it out of the models "
+            "folder",
+            path,
+        )
+
+
+def _inside(models_dir: Path, relative: str, where: Path) -> Path:
+    """``models_dir / relative`` when it resolves to a file path inside the models folder."""
+    candidate = models_dir / relative
+    try:
+        root, resolved = models_dir.resolve(), candidate.resolve()
+    except (OSError, ValueError):  # a link loop, a NUL byte
+        resolved = root = Path("/")
+    if Path(relative).is_absolute() or resolved == root or not resolved.is_relative_to(root):
+        raise RsSegError(
+            f"names the bundle {_short(relative)}, which is not inside the models folder; fix or "
+            "remove it",
+            where,
+        )
+    return candidate
+
+
+def _latest_path(models_dir: Path, latest: LatestEntry) -> Path:
+    """The bundle file ``latest.json`` names (checked by :func:`_read_latest`)."""
+    return _inside(models_dir, latest["bundle"], models_dir / LATEST_FILE)
 
 
 def _incumbent_stored_score(models_dir: Path, latest: LatestEntry, metric: str) -> float:
     """The incumbent's own test score: from latest.json, or its metrics.json for other metrics."""
     if latest.get("metric") == metric and isinstance(score := latest.get("score"), int | float):
         return float(score)
-    path = RunFolder(models_dir / latest["model_id"]).metrics
+    path = RunFolder(model_folder(models_dir, latest["model_id"], models_dir / LATEST_FILE)).metrics
     if path.is_file():
-        return _test_score(cast(StoredMetrics, json.loads(path.read_text())), metric, path)
-    bundle = models_dir / latest["bundle"]
+        return _test_score(_read_metrics(path), metric, path)
+    bundle = _latest_path(models_dir, latest)
     return _test_score(ModelBundle.load(bundle).metrics, metric, bundle)
 
 
@@ -252,7 +418,7 @@ def _rescore_incumbent(
             f"{expected})",
             chips_dir,
         )
-    incumbent = ModelBundle.load(models_dir / latest["bundle"])
+    incumbent = ModelBundle.load(_latest_path(models_dir, latest))
     return _score(score_bundle(incumbent, Path(chips_dir), "test").metrics, metric, Path(chips_dir))
 
 
@@ -286,9 +452,13 @@ def _compare(
 
 
 def _decide(
-    models_dir: Path, new: ModelBundle, new_score: float, promote: Promote, metric: str
+    models_dir: Path,
+    latest: LatestEntry | None,
+    new: ModelBundle,
+    new_score: float,
+    promote: Promote,
+    metric: str,
 ) -> _Decision:
-    latest = _read_latest(models_dir)
     if latest is None:
         if promote == "never":
             return _Decision(False, "registered only (promote=never); there is no latest model")
@@ -317,11 +487,13 @@ def _point_latest(models_dir: Path, bundle: ModelBundle, metric: str, score: flo
 
 def _log_decision(models_dir: Path, entry: LogEntry) -> None:
     """Append one JSON line with a single write (O_APPEND keeps concurrent lines whole)."""
-    line = json.dumps(entry) + "\n"
-    with (models_dir / LOG_FILE).open("a") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    line = (json.dumps(entry) + "\n").encode()
+    handle = _open_in_registry(models_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(handle, line)
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def register(
@@ -344,16 +516,19 @@ def register(
         Where the model is stored, whether it became latest, and why.
 
     Raises:
-        RsSegError: no bundle, or the bundle lacks the test metric.
+        RsSegError: no bundle, a bundle whose id is not its weights' hash, the bundle lacks the
+            test metric, or a registry file is malformed or in the way.
     """
     bundle_path, run = _source_bundle(Path(run_or_bundle))
     bundle = ModelBundle.load(bundle_path)
+    _checked_id(bundle, bundle_path)
     new_score = _test_score(bundle.metrics, metric, bundle_path)
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
+    models_dir = _models_folder(Path(models_dir))
     with _locked(models_dir):
+        latest = _read_latest(models_dir)  # before anything is stored: a bad pointer stops here
+        _check_plain_file(models_dir / LOG_FILE)
         stored = _store(bundle_path, run, bundle, models_dir)
-        decision = _decide(models_dir, bundle, new_score, promote, metric)
+        decision = _decide(models_dir, latest, bundle, new_score, promote, metric)
         if decision.promoted:
             _point_latest(models_dir, bundle, metric, new_score)
         _log_decision(models_dir, _log_entry(bundle, decision, promote, metric, new_score))
@@ -367,6 +542,17 @@ def register(
         new_score=new_score,
         incumbent_score=decision.incumbent_score,
     )
+
+
+def _models_folder(models_dir: Path) -> Path:
+    """The models folder, created when missing."""
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RsSegError(
+            f"cannot be used as the models folder ({exc.strerror})", models_dir
+        ) from None
+    return models_dir
 
 
 def _log_entry(
@@ -392,7 +578,7 @@ def latest_bundle(models_dir: Path) -> Path:
     latest = _read_latest(models_dir)
     if latest is None:
         raise RsSegError(NO_MODEL_HINT, models_dir)
-    bundle: Path = models_dir / latest["bundle"]
+    bundle = _latest_path(models_dir, latest)
     if not bundle.is_file():
         raise RsSegError(f"latest.json points to a missing bundle ({latest['bundle']})", models_dir)
     return bundle
@@ -403,10 +589,13 @@ def _registered_dates(models_dir: Path) -> dict[str, str]:
     path = models_dir / LOG_FILE
     dates: dict[str, str] = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+        for line in path.read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
                 entry = json.loads(line)
-                dates.setdefault(entry["model_id"], entry["date"])
+                if isinstance(entry, dict):
+                    model_id, date = entry.get("model_id"), entry.get("date")
+                    if isinstance(model_id, str) and isinstance(date, str):
+                        dates.setdefault(model_id, date)
     return dates
 
 
@@ -422,11 +611,7 @@ def list_models(models_dir: Path) -> list[ModelRow]:
     folders = [p for p in models_dir.iterdir() if not p.name.startswith(".")]  # skip staging
     for folder in sorted(p for p in folders if (p / BUNDLE_FILE).is_file()):
         metrics_path = RunFolder(folder).metrics
-        metrics = (
-            cast(StoredMetrics, json.loads(metrics_path.read_text()))
-            if metrics_path.is_file()
-            else StoredMetrics()
-        )
+        metrics = _read_metrics(metrics_path) if metrics_path.is_file() else StoredMetrics()
         rows.append(
             {
                 "model_id": folder.name,

@@ -1,16 +1,19 @@
 """The model registry: storing bundles, moving ``latest`` only for models that earn it.
 
-Bundles are built directly from an untrained network with made-up metrics, so no test trains.
+Bundles are built directly from an untrained network with made-up metrics, so no test trains;
+each model's weights differ in one bias, so each has its own weight hash (its model id).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from rs_seg.bundle import BUNDLE_FILE, ModelBundle
+from rs_seg.bundle import BUNDLE_FILE, ModelBundle, weights_id
 from rs_seg.config import ModelConfig, PrepareConfig, SplitConfig
 from rs_seg.errors import RsSegError
 from rs_seg.ops.registry import LATEST_FILE, LOG_FILE, latest_bundle, list_models, register
@@ -27,17 +30,30 @@ def weights() -> dict:
     return build_model(MODEL, in_channels=3, load_weights=False).state_dict()
 
 
+def variant(weights: dict, name: str) -> dict:
+    """The same network with its output bias set from ``name``: another model, another id."""
+    key = "segmentation_head.0.bias"
+    value = int(hashlib.sha256(name.encode()).hexdigest()[:6], 16) / 1e6
+    return {**weights, key: torch.full_like(weights[key], value)}
+
+
+def model_id(weights: dict, name: str) -> str:
+    """The id of the model :func:`make_bundle` builds under ``name`` (3 bands)."""
+    return weights_id(variant(weights, name))
+
+
 def make_bundle(
     path: Path,
     weights: dict,
-    model_id: str,
+    name: str,
     score: float,
     fingerprint: str = "fp-a",
     chips_dir: Path | None = None,
     bands: int = 3,
 ) -> Path:
-    """A bundle with fixed test metrics; ``model_id`` stands in for the weight hash."""
+    """A bundle with fixed test metrics; ``name`` picks its weights (:func:`variant`)."""
     test = {"mean_iou": score, "cropland_iou": score, "chips": 2}
+    state = variant(weights if bands == 3 else build_model(MODEL, bands, False).state_dict(), name)
     bundle = ModelBundle(
         model=MODEL.model_dump(mode="json"),
         bands=list(range(1, bands + 1)),
@@ -47,11 +63,11 @@ def make_bundle(
         threshold=0.5,
         metrics={"validation": test, "test": test},
         provenance={
-            "model_id": model_id,
+            "model_id": weights_id(state),
             "chip_index_fingerprint": fingerprint,
             "chips_dir": str(chips_dir) if chips_dir else None,
         },
-        state_dict=weights if bands == 3 else build_model(MODEL, bands, False).state_dict(),
+        state_dict=state,
     )
     return bundle.save(path)
 
@@ -64,66 +80,87 @@ def decisions(models: Path) -> list[dict]:
     return [json.loads(line) for line in (models / LOG_FILE).read_text().splitlines()]
 
 
-def test_first_model_becomes_latest(tmp_path, weights) -> None:
+@pytest.fixture
+def ids(weights) -> Ids:
+    return Ids(weights)
+
+
+class Ids:
+    """``ids["m-a"]``: the model id of the bundle :func:`make_bundle` builds as ``m-a``."""
+
+    def __init__(self, weights: dict) -> None:
+        self.weights = weights
+
+    def __getitem__(self, name: str) -> str:
+        return model_id(self.weights, name)
+
+
+def test_first_model_becomes_latest(tmp_path, weights, ids) -> None:
     models = tmp_path / "models"
+    a = ids["m-a"]
     reg = register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
     assert reg.promoted and reg.incumbent is None and reg.reason == "first registered model"
-    assert reg.bundle == models / "m-a" / BUNDLE_FILE and reg.bundle.is_file()
+    assert reg.model_id == a and len(a) == 12
+    assert reg.bundle == models / a / BUNDLE_FILE and reg.bundle.is_file()
     pointer = latest(models)
-    assert pointer["model_id"] == "m-a" and pointer["bundle"] == f"m-a/{BUNDLE_FILE}"
+    assert pointer["model_id"] == a and pointer["bundle"] == f"{a}/{BUNDLE_FILE}"
     assert pointer["metric"] == "mean_iou" and pointer["score"] == 0.7
     assert pointer["chip_index_fingerprint"] == "fp-a" and pointer["promoted_at"]
-    assert latest_bundle(models) == models / "m-a" / BUNDLE_FILE
-    assert json.loads((models / "m-a" / "metrics.json").read_text())["model_id"] == "m-a"
+    assert latest_bundle(models) == models / a / BUNDLE_FILE
+    assert json.loads((models / a / "metrics.json").read_text())["model_id"] == a
 
 
-def test_same_split_moves_latest_only_for_an_equal_or_better_model(tmp_path, weights) -> None:
+def test_same_split_moves_latest_only_for_an_equal_or_better_model(tmp_path, weights, ids) -> None:
     models = tmp_path / "models"
     register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
     worse = register(make_bundle(tmp_path / "b.pt", weights, "m-b", 0.6), models)
-    assert not worse.promoted and worse.incumbent == "m-a" and worse.incumbent_score == 0.7
+    assert not worse.promoted and worse.incumbent == ids["m-a"] and worse.incumbent_score == 0.7
     assert "0.6000 < 0.7000" in worse.reason and "same test split" in worse.reason
-    assert latest(models)["model_id"] == "m-a"
-    assert (models / "m-b" / BUNDLE_FILE).is_file(), "a model that is not promoted is still stored"
+    assert latest(models)["model_id"] == ids["m-a"]
+    stored = models / ids["m-b"] / BUNDLE_FILE
+    assert stored.is_file(), "a model that is not promoted is still stored"
     equal = register(make_bundle(tmp_path / "c.pt", weights, "m-c", 0.7), models)
-    assert equal.promoted and latest(models)["model_id"] == "m-c"
+    assert equal.promoted and latest(models)["model_id"] == ids["m-c"]
     better = register(make_bundle(tmp_path / "d.pt", weights, "m-d", 0.8), models)
-    assert better.promoted and better.incumbent == "m-c"
+    assert better.promoted and better.incumbent == ids["m-c"]
     assert [d["promoted"] for d in decisions(models)] == [True, False, True, True]
-    assert [d["model_id"] for d in decisions(models)] == ["m-a", "m-b", "m-c", "m-d"]
+    names = ["m-a", "m-b", "m-c", "m-d"]
+    assert [d["model_id"] for d in decisions(models)] == [ids[name] for name in names]
     assert decisions(models)[1]["incumbent_score"] == 0.7
 
 
-def test_promote_always_and_never(tmp_path, weights) -> None:
+def test_promote_always_and_never(tmp_path, weights, ids) -> None:
     models = tmp_path / "models"
     register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
     forced = register(make_bundle(tmp_path / "b.pt", weights, "m-b", 0.1), models, "always")
-    assert forced.promoted and "always" in forced.reason and latest(models)["model_id"] == "m-b"
+    assert forced.promoted and "always" in forced.reason
+    assert latest(models)["model_id"] == ids["m-b"]
     kept = register(make_bundle(tmp_path / "c.pt", weights, "m-c", 0.9), models, "never")
-    assert not kept.promoted and "never" in kept.reason and latest(models)["model_id"] == "m-b"
+    assert not kept.promoted and "never" in kept.reason
+    assert latest(models)["model_id"] == ids["m-b"]
     assert {m["model_id"]: m["latest"] for m in list_models(models)} == {
-        "m-a": False,
-        "m-b": True,
-        "m-c": False,
+        ids["m-a"]: False,
+        ids["m-b"]: True,
+        ids["m-c"]: False,
     }
 
 
-def test_registering_twice_is_idempotent(tmp_path, weights) -> None:
+def test_registering_twice_is_idempotent(tmp_path, weights, ids) -> None:
     models = tmp_path / "models"
     bundle = make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7)
     first = register(bundle, models)
     again = register(bundle, models)
     assert again.bundle == first.bundle and not again.promoted
     assert again.reason == "already the latest model"
-    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["m-a"]
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == [ids["m-a"]]
     assert len(decisions(models)) == 2
     assert len(list_models(models)) == 1
 
 
-def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights) -> None:
+def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights, ids) -> None:
     run = tmp_path / "runs" / "r1"
     make_bundle(run / BUNDLE_FILE, weights, "m-run", 0.5)
-    (run / "metrics.json").write_text(json.dumps({"model_id": "m-run", "threshold": 0.4}))
+    (run / "metrics.json").write_text(json.dumps({"model_id": ids["m-run"], "threshold": 0.4}))
     (run / "report").mkdir()
     (run / "report" / "README.md").write_text("# report\n")
     reg = register(run, tmp_path / "models", metric="cropland_iou")
@@ -170,7 +207,7 @@ def chips(tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_another_split_rescores_the_incumbent_on_the_new_test_split(
-    tmp_path, weights, chips
+    tmp_path, weights, chips, ids
 ) -> None:
     chips_dir, fingerprint = chips
     models = tmp_path / "models"
@@ -181,7 +218,8 @@ def test_another_split_rescores_the_incumbent_on_the_new_test_split(
     assert not reg.promoted and "re-scored" in reg.reason
     better = make_bundle(tmp_path / "b.pt", weights, "m-b", 1.0, fingerprint, chips_dir)
     reg = register(better, models)
-    assert reg.promoted and reg.incumbent == "m-old" and latest(models)["model_id"] == "m-b"
+    assert reg.promoted and reg.incumbent == ids["m-old"]
+    assert latest(models)["model_id"] == ids["m-b"]
 
 
 def test_an_incumbent_that_cannot_read_the_new_chips_is_not_replaced(
@@ -194,7 +232,8 @@ def test_an_incumbent_that_cannot_read_the_new_chips_is_not_replaced(
     new = make_bundle(tmp_path / "n.pt", weights, "m-n", 0.9, fingerprint, chips_dir)
     reg = register(new, models)
     assert not reg.promoted and "cannot be scored" in reg.reason and "bands" in reg.reason
-    assert "promote='always'" in reg.reason and latest(models)["model_id"] == "m-old"
+    assert "promote='always'" in reg.reason
+    assert latest(models)["model_id"] == ModelBundle.load(four_bands).model_id
     stale = make_bundle(tmp_path / "s.pt", weights, "m-s", 0.9, "fp-other", chips_dir)
     reg = register(stale, models)
     assert not reg.promoted and "re-prepared" in reg.reason
