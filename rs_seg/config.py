@@ -398,12 +398,17 @@ class InferOptions(StrictModel):
         None, description="fill holes smaller than this (m2) [min_area]"
     )
 
-    def for_scene(self, scene: Path, out: Path, model: Path | None = None) -> InferConfig:
-        """These settings applied to one scene, with ``model`` in place of ``self.model``."""
+    def for_scene(
+        self, scene: Path, out: Path, model: Path | None = None, name: str | None = None
+    ) -> InferConfig:
+        """These settings applied to one scene, with ``model`` in place of ``self.model``.
+
+        ``name``: the scene's name in field ids (a new-imagery run's unique scene name).
+        """
         settings = self.model_dump(include=set(InferOptions.model_fields))
         if model is not None:
             settings["model"] = model
-        return InferConfig(scene=scene, out=out, **settings)
+        return InferConfig(scene=scene, out=out, scene_name=name, **settings)
 
 
 class InferConfig(InferOptions):
@@ -422,6 +427,11 @@ class InferConfig(InferOptions):
     )
     mask_out: OutputPath | None = Field(None, description="optional binary mask COG (0/1)")
     overwrite: bool = False
+    scene_name: str | None = Field(
+        None,
+        description="the scene's name in field ids (<name>/<n>) and the scene column [the "
+        "scene's file stem]",
+    )
 
     @property
     def prob_path(self) -> Path:
@@ -500,6 +510,13 @@ class StacSource(StrictModel):
         None,
         description="only items of this time range: START/END (ISO 8601, UTC unless given; '..' "
         "or empty: open; a date alone is the whole day), or one date or time",
+    )
+    allow_local_assets: bool = Field(
+        False,
+        description="let a catalog read over the network name local files (paths, file:// "
+        "URLs, GDAL /vsi paths) as assets or child links; off: such a catalog is refused, so "
+        "a remote catalog cannot make a run read files on this machine (local catalogs may "
+        "always name local files)",
     )
 
     @model_validator(mode="after")

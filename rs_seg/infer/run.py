@@ -180,8 +180,8 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
             **predicted.compatibility.metadata(),
         }
         vectorized = vectorize(
-            prob, fields, settings, scene=scene_stem(cfg.scene), model_id=bundle.model_id,
-            progress=progress, metadata=metadata, publish=False,
+            prob, fields, settings, scene=cfg.scene_name or scene_stem(cfg.scene),
+            model_id=bundle.model_id, progress=progress, metadata=metadata, publish=False,
         )  # fmt: skip
     return InferSummary(
         fields=cfg.out,

@@ -8,17 +8,20 @@ fingerprint x model id) in the :mod:`rs_seg.ops.ledger`; only a successful claim
 so overlapping runs share the work instead of repeating it. Each scene's folder
 ``<out_dir>/<scene>/<model id>/`` is built in a staging folder and published with one rename, so
 its fields and probability raster appear together or not at all; a failure is recorded and
-retried by the next run while the other scenes go on. :func:`map_scenes` does all of it: claims and
-records in the calling process, :func:`map_scene` wherever the caller submits it. By default that
-is this process, one scene after another; the ``infer-new-imagery`` flow passes its task runner's
-submit (threads, a Dask cluster), whose workers need the scenes and the output folder but never
-the ledger.
+retried by the next run while the other scenes go on. ``<scene>`` is the scene's unique name
+(:mod:`rs_seg.ops.names`: its stem when that is plain, else its path below the inbox with a
+short hash), which also prefixes its field ids, so no two scenes share a folder or a field id.
+:func:`map_scenes` does all of it: claims and records in the calling process, :func:`map_scene`
+wherever the caller submits it. By default that is this process, one scene after another; the
+``infer-new-imagery`` flow passes its task runner's submit (threads, a Dask cluster), whose
+workers need the scenes and the output folder but never the ledger.
 
 Scenes can also come from a STAC catalog or item collection (``stac:`` instead of ``incoming:``,
 :mod:`rs_seg.ops.stac`): each item the filters keep is a job whose scene is its asset (a URL read
 window by window, or a local file), keyed in the ledger by a fingerprint of the item and recorded
-with the item id; its folder is ``<out_dir>/<item id>/<model id>/``. Items are complete when
-published, so they never wait; items the filters leave out are listed as *excluded*.
+with the item id; its folder is ``<out_dir>/<item name>/<model id>/`` (the item id when plain).
+Items are complete when published, so they never wait; items the filters leave out are listed as
+*excluded*.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from rs_seg.errors import RsSegError
 from rs_seg.infer.field_layer import FieldLayerWriter, LayerInfo, merge_scenes, output_driver
 from rs_seg.infer.run import run_infer
 from rs_seg.ops.ledger import ANY_MODEL, Ledger
+from rs_seg.ops.names import inbox_key, inbox_name, inbox_root, item_name
 from rs_seg.ops.registry import latest_bundle
-from rs_seg.ops.stac import folder_name, select_scenes
+from rs_seg.ops.stac import select_scenes
 from rs_seg.rasters import GDAL_ENV, gdal_message
 from rs_seg.remote import display, file_name
 from rs_seg.staging import (
@@ -81,6 +85,14 @@ class SceneJob:
     model_id: str
     ledger_key: str
     item_id: str | None = None  # the STAC item the scene is the asset of
+    name: str | None = None  # its folder and field-id name (rs_seg.ops.names) [from its file]
+
+    @property
+    def scene_name(self) -> str:
+        """The scene's unique name: given by the scan, else from its item id or file name."""
+        if self.name is not None:
+            return self.name
+        return item_name(self.item_id) if self.item_id is not None else inbox_name(self.scene.name)
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,10 @@ def scan(cfg: IncomingConfig, now: float | None = None) -> Scan:
     scenes = list_scenes(cfg.incoming)
     ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
     with ledger.scanning():
-        return _scan(cfg, ledger, scenes, time.time() if now is None else now)
+        found = _scan(cfg, ledger, scenes, time.time() if now is None else now)
+    root = inbox_root(cfg.incoming)
+    jobs = [replace(job, name=inbox_name(inbox_key(job.scene, root))) for job in found.jobs]
+    return replace(found, jobs=jobs)
 
 
 def scan_stac(cfg: IncomingConfig) -> Scan:
@@ -162,7 +177,7 @@ def scan_stac(cfg: IncomingConfig) -> Scan:
     if not selection.scenes:
         return Scan([], [], excluded)
     model, model_id, key = _run_model(cfg)
-    jobs = [SceneJob(s.scene, s.fingerprint, model, model_id, key, s.item_id)
+    jobs = [SceneJob(s.scene, s.fingerprint, model, model_id, key, s.item_id, item_name(s.item_id))
             for s in selection.scenes]  # fmt: skip
     return Scan(jobs, [], excluded)
 
@@ -270,9 +285,8 @@ def read_problem(scene: Path) -> str | None:
 
 
 def scene_outputs(cfg: IncomingConfig, job: SceneJob) -> Path:
-    """Per-scene folder: ``<out_dir>/<scene stem or STAC item id>/<model id>/``."""
-    name = folder_name(job.item_id) if job.item_id is not None else job.scene.stem
-    return cfg.out_dir / name / job.model_id
+    """Per-scene folder: ``<out_dir>/<scene name>/<model id>/`` (:attr:`SceneJob.scene_name`)."""
+    return cfg.out_dir / job.scene_name / job.model_id
 
 
 def claim(cfg: IncomingConfig, job: SceneJob) -> bool:
@@ -293,7 +307,8 @@ def map_scene(cfg: IncomingConfig, job: SceneJob) -> SceneResult:
     final = scene_outputs(cfg, job)
     with staged_dir(final, overwrite=True, kind=SCENE_FOLDER) as staging:
         # the staging folder sits beside the final one, so the layer's relative paths hold for both
-        summary = run_infer(cfg.infer.for_scene(job.scene, staging / "fields.gpkg", job.model))
+        infer = cfg.infer.for_scene(job.scene, staging / "fields.gpkg", job.model, job.scene_name)
+        summary = run_infer(infer)
     return SceneResult(
         job.scene, "mapped", final / "fields.gpkg", summary.polygons,
         warnings=tuple(summary.warnings), item_id=job.item_id,

@@ -407,3 +407,39 @@ def test_the_flow_reports_waiting_scenes_and_maps_them_later(tmp_path: Path) -> 
     assert "fresh.tif waiting (mapped by a later run once complete)" in logs
     assert sorted(p.name for p in cfg.out_dir.iterdir()) == ["done", "ledger.sqlite"]
     assert result["merged"]["scenes"] == 1
+
+
+@pytest.mark.slow
+def test_scenes_sharing_a_file_name_get_their_own_folders_and_field_ids(tmp_path: Path) -> None:
+    """``inbox/**/*.tif`` with ``a/x.tif`` and ``b/x.tif``: each mapped into its own folder,
+    named the same whatever else is in the inbox, and merged without a field id twice."""
+    import pyogrio
+
+    from rs_seg.ops.incoming import mapped_outputs, write_merged
+
+    inbox = tmp_path / "inbox"
+    for seed, name in enumerate(("x.tif", "a/x.tif", "b/x.tif", "b/x.tiff")):
+        write_scene(inbox / name, 64, 64, seed=seed)
+    cfg = incoming(tmp_path, model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0)
+    cfg = cfg.model_copy(update={"incoming": f"{inbox}/**/*.ti*"})
+    found = scan(cfg)
+    names = {str(job.scene.relative_to(inbox)): job.scene_name for job in found.jobs}
+    assert names["x.tif"] == "x", "a plain top-level stem is kept"
+    assert len(set(names.values())) == 4, names
+    results = map_scenes(cfg, found.jobs)
+    assert [r.status for r in results] == ["mapped"] * 4
+    folders = sorted(p.parent.parent.name for p in (tmp_path / "out").rglob("fields.gpkg"))
+    assert folders == sorted(names.values()), "four scenes, four folders: no map lost"
+    for result in results:
+        table = pyogrio.read_dataframe(result.fields, layer="fields", read_geometry=False)
+        name = result.fields.parent.parent.name
+        assert all(f.startswith(f"{name}/") for f in table["field_id"]), "ids carry the name"
+    merged = tmp_path / "all.gpkg"
+    assert write_merged(mapped_outputs(cfg, found.jobs), merged) == sum(r.polygons for r in results)
+    assert sum(r.polygons for r in results) > 0
+    (inbox / "c").mkdir()
+    write_scene(inbox / "c" / "x.tif", 64, 64, seed=9)
+    again = {str(job.scene.relative_to(inbox)): job.scene_name for job in scan(cfg).jobs}
+    assert {k: again[k] for k in names} == names, "names do not depend on the other scenes"
+    flat = incoming(tmp_path, model=tmp_path / "m.pt")  # the inbox folder itself: top level only
+    assert [job.scene_name for job in scan(flat).jobs] == ["x"]
