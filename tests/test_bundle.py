@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,140 @@ def test_model_info_reports_mismatched_weights_in_one_line(tmp_path: Path) -> No
     assert result.stderr.startswith(f"error: {path}: the weights do not fit")
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def saved_payload(tmp_path_factory) -> dict:
+    """tiny_bundle as the file holds it, weights included (saved and read once)."""
+    path = tiny_bundle().save(tmp_path_factory.mktemp("bundle") / "m.pt")
+    return torch.load(path, weights_only=True)
+
+
+def _edited(payload: dict, path: Path, edit: dict, drop: tuple[str, ...] = ()) -> Path:
+    """The payload with metadata keys replaced (dotted keys reach into mappings) or dropped."""
+    meta = json.loads(json.dumps(payload["meta"]))
+    for key, value in edit.items():
+        *parents, leaf = key.split(".")
+        target = meta
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    for key in drop:
+        *parents, leaf = key.split(".")
+        target = meta
+        for parent in parents:
+            target = target[parent]
+        del target[leaf]
+    torch.save({**payload, "meta": meta}, path)
+    return path
+
+
+def _unweighted(payload: dict) -> dict:
+    """Without its weights: metadata is refused before they are looked at (a small file)."""
+    return {**payload, "state_dict": {}}
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        ({"chip_size": 0}, "chip_size: Input should be greater than or equal to 8"),
+        ({"chip_size": -64}, "chip_size"),
+        ({"chip_size": 10**9}, "chip_size: Input should be less than or equal to 8192"),
+        ({"chip_size": "64"}, "chip_size: Input should be a valid integer"),
+        ({"threshold": NAN}, "threshold: Input should be a finite number"),
+        ({"threshold": 5.0}, "threshold: Input should be less than or equal to 1"),
+        ({"threshold": -0.1}, "threshold"),
+        ({"threshold": "0.5"}, "threshold: Input should be a valid number"),
+        ({"boundary_threshold": INF}, "boundary_threshold"),
+        ({"bands": [0, 1, 2]}, "bands.0: Input should be greater than or equal to 1"),
+        ({"bands": [1, 1, 2]}, "bands [1, 1, 2] repeat a band"),
+        ({"bands": [1, 2, 10**7]}, "bands.2: Input should be less than or equal to 65535"),
+        ({"bands": []}, "bands: List should have at least 1 item"),
+        ({"band_count": 2}, "bands [3, 2, 1] exceed band_count 2"),
+        ({"band_names": ["red"]}, "3 bands but band_names has 1"),
+        ({"normalization.mean": [1.0, 2.0]}, "normalization mean has 2"),
+        ({"normalization.std": [4.0, 0.0, 6.0]}, "normalization.std.1: Input should be greater"),
+        ({"normalization.std": [4.0, NAN, 6.0]}, "normalization.std.1"),
+        ({"normalization.mean": [1.0, INF, 3.0]}, "normalization.mean.1"),
+        ({"pixel_size": [0.0, 10.0]}, "pixel_size.0: Input should be greater than 0"),
+        ({"pixel_size": [10.0]}, "pixel_size: List should have at least 2 items"),
+        ({"classes": {"x": "crop"}}, "classes.x.[key]"),
+        ({"provenance.model_id": "../../x"}, "provenance.model_id: String should match"),
+        ({"provenance.model_id": "/home/user"}, "provenance.model_id"),
+        ({"provenance.model_id": "."}, "provenance.model_id"),
+        ({"provenance.versions": None}, "provenance.versions"),
+        ({"metrics.test": [0.5]}, "metrics.test: Input should be a valid dictionary"),
+        ({"model": "Unet"}, "model: Input should be a valid dictionary"),
+        ({"model": {"encoder": "resnet18"}}, "model: missing arch"),
+        ({"model.arch": None}, "model: arch: Input should be a valid string"),
+        ({"model.bands": [1, 1]}, "repeat a band"),
+        (
+            {"fields": {"threshold": 2.0, "boundary_threshold": 0.5, "min_area": 0.0,
+                        "grow": 3, "validation_object_f1": 0.5, "rule": "r"}},
+            "fields.threshold: Input should be less than or equal to 1",
+        ),
+        (
+            {"fields": {"threshold": 0.5, "boundary_threshold": 0.5, "min_area": NAN,
+                        "grow": -1, "validation_object_f1": 0.5, "rule": "r"}},
+            "fields.min_area: Input should be a finite number; fields.grow",
+        ),
+        ({"fields": {"threshold": 0.5}}, "fields.boundary_threshold: Field required"),
+    ],
+)  # fmt: skip
+def test_edited_metadata_is_refused_in_one_line_naming_the_bundle(
+    tmp_path: Path, saved_payload: dict, edit: dict, fragment: str
+) -> None:
+    """Values inference would size arrays, index bands or divide with are checked on load."""
+    path = _edited(_unweighted(saved_payload), tmp_path / "m.pt", edit)
+    with pytest.raises(RsSegError) as caught:
+        ModelBundle.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid model bundle metadata (") and "\n" not in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "key", ["model", "bands", "band_names", "normalization", "chip_size", "threshold",
+            "normalization.std"],
+)  # fmt: skip
+def test_metadata_missing_a_key_is_refused_in_one_line(
+    tmp_path: Path, saved_payload: dict, key: str
+) -> None:
+    path = _edited(_unweighted(saved_payload), tmp_path / "m.pt", {}, drop=(key,))
+    with pytest.raises(RsSegError, match=rf"^{path}: invalid .*{key}: Field required"):
+        ModelBundle.load(path)
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"meta": [1, 2]}, "invalid model bundle metadata (not a mapping)"),
+        ({"format_version": "1"}, "not an rs_seg model bundle (no format version)"),
+        ({"state_dict": [1, 2]}, "the weights are not a state dict of named tensors"),
+        ({"state_dict": {1: torch.zeros(1)}}, "the weights are not a state dict"),
+    ],
+)
+def test_a_payload_of_the_wrong_shape_is_refused_in_one_line(
+    tmp_path: Path, saved_payload: dict, payload: dict, fragment: str
+) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({**saved_payload, **payload}, path)
+    with pytest.raises(RsSegError, match=rf"^{path}: {re.escape(fragment)}"):
+        ModelBundle.load(path)
+
+
+def test_metadata_at_the_edges_of_its_ranges_still_loads(tmp_path: Path, saved_payload) -> None:
+    """What rs_seg writes, or could: bounds included, NaN nodata, unknown keys kept."""
+    edit = {
+        "threshold": 1, "chip_size": 8, "bands": [3, 2, 1], "band_count": 3,
+        "nodata": NAN, "pixel_size": [10, 0.5], "newer_key": {"kept": True},
+        "fields": {"threshold": 0.0, "boundary_threshold": 1.0, "min_area": 0.0, "grow": 0,
+                   "validation_object_f1": -1.0, "rule": "r"},
+    }  # fmt: skip
+    loaded = ModelBundle.load(_edited(saved_payload, tmp_path / "m.pt", edit))
+    assert (loaded.threshold, loaded.chip_size, loaded.pixel_size) == (1.0, 8, [10.0, 0.5])
+    assert loaded.field_threshold == 0.0 and loaded.fields and loaded.fields["grow"] == 0
+    assert "fields        extent 0.000" in loaded.describe()

@@ -20,9 +20,10 @@ from rs_seg.ops.registry import LATEST_FILE, LOG_FILE, latest_bundle, list_model
 from rs_seg.prepare.run import prepare
 from rs_seg.train.dataset import Normalization, load_chip_splits
 from rs_seg.train.models import build_model
-from tests.helpers import pixel_box, write_labels, write_scene
+from tests.helpers import digest, pixel_box, write_labels, write_scene
 
-MODEL = ModelConfig(arch="Unet", encoder="resnet18")
+# a small network (2.2 M parameters): bundles are copied, hashed and read again in every test
+MODEL = ModelConfig(arch="Unet", encoder="tu-mobilenetv3_small_050")
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +238,173 @@ def test_an_incumbent_that_cannot_read_the_new_chips_is_not_replaced(
     stale = make_bundle(tmp_path / "s.pt", weights, "m-s", 0.9, "fp-other", chips_dir)
     reg = register(stale, models)
     assert not reg.promoted and "re-prepared" in reg.reason
+
+
+# --- hostile bundles and registry files (issue 27): nothing read from a file becomes a path ----
+
+
+def registered(tmp_path: Path, weights: dict) -> tuple[Path, dict[str, str]]:
+    """A models folder holding one registered model, and the digest of everything beside it."""
+    models = tmp_path / "models"
+    register(make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7), models)
+    user = tmp_path / "user"
+    (user / "thesis").mkdir(parents=True)
+    (user / "thesis" / "chapter1.md").write_text("years of work\n")
+    (user / "notes.txt").write_text("keep me\n")
+    return models, digest(tmp_path)
+
+
+def hostile(path: Path, weights: dict, claimed: str, name: str = "m-h") -> Path:
+    """A bundle whose provenance claims ``claimed`` as its model id."""
+    saved = make_bundle(path, weights, name, 0.9)
+    payload = torch.load(saved, weights_only=True)
+    payload["meta"]["provenance"]["model_id"] = claimed
+    torch.save(payload, saved)
+    return saved
+
+
+@pytest.mark.parametrize("claimed", ["ABSOLUTE", "../user", "../../x", ".", "..", ""])
+def test_a_model_id_that_is_a_path_never_names_a_folder(tmp_path, weights, claimed) -> None:
+    """Registering used ``models_dir / model_id``: an absolute id, ``..`` or ``.`` replaced a
+    user's folder, or the whole registry, with the new model."""
+    models, before = registered(tmp_path, weights)
+    claimed = str(tmp_path / "user") if claimed == "ABSOLUTE" else claimed
+    bundle = hostile(tmp_path / "evil" / "h.pt", weights, claimed)
+    before = digest(tmp_path)
+    with pytest.raises(RsSegError, match=r"provenance\.model_id: String should match") as caught:
+        register(bundle, models)
+    assert str(bundle) in str(caught.value) and "\n" not in str(caught.value)
+    assert digest(tmp_path) == before
+
+
+def test_a_bundle_claiming_another_models_id_is_refused(tmp_path, weights, ids) -> None:
+    """A well-formed id that is not the hash of the bundle's own weights would take the place of
+    the model that has it (its folder, the latest pointer)."""
+    models, _ = registered(tmp_path, weights)
+    before = digest(tmp_path)
+    bundle = hostile(tmp_path / "h.pt", weights, ids["m-a"], name="m-other")
+    with pytest.raises(RsSegError, match=rf"claims model id '{ids['m-a']}', but its weights hash"):
+        register(bundle, models)
+    assert digest(tmp_path) == {**before, "h.pt": digest(bundle)["h.pt"]}
+
+
+def test_only_an_incomplete_model_folder_is_replaced(tmp_path, weights, ids) -> None:
+    models, _ = registered(tmp_path, weights)
+    folder = models / ids["m-b"]
+    folder.mkdir()
+    (folder / "metrics.json").write_text("{}")  # a copy cut short: metrics, no bundle
+    reg = register(make_bundle(tmp_path / "b.pt", weights, "m-b", 0.1), models)
+    assert reg.bundle == folder / BUNDLE_FILE and reg.bundle.is_file()
+    assert json.loads((folder / "metrics.json").read_text())["model_id"] == ids["m-b"]
+
+    theirs = models / ids["m-c"]
+    theirs.mkdir()
+    (theirs / "metrics.json").write_text("{}")
+    (theirs / "mine.txt").write_text("a user's file\n")
+    with pytest.raises(RsSegError, match=r"holds 'mine.txt', so it is not a model folder"):
+        register(make_bundle(tmp_path / "c.pt", weights, "m-c", 0.1), models)
+    assert (theirs / "mine.txt").read_text() == "a user's file\n"
+
+    (models / ids["m-d"]).symlink_to(tmp_path / "user", target_is_directory=True)
+    before = digest(tmp_path / "user")
+    with pytest.raises(RsSegError, match="is in the way of the model of that id"):
+        register(make_bundle(tmp_path / "d.pt", weights, "m-d", 0.1), models)
+    assert digest(tmp_path / "user") == before and (models / ids["m-d"]).is_symlink()
+
+
+@pytest.fixture(scope="module")
+def new_bundle(tmp_path_factory, weights) -> Path:
+    """A bundle to register (read only), beside an empty file as the lock file's digest."""
+    folder = tmp_path_factory.mktemp("new")
+    (folder / "lock").touch()
+    return make_bundle(folder / "b.pt", weights, "m-b", 0.9)
+
+
+def _pointer(**changes: object) -> dict:
+    entry = {
+        "model_id": "0123456789ab", "bundle": f"0123456789ab/{BUNDLE_FILE}", "metric": "mean_iou",
+        "score": 0.5, "chip_index_fingerprint": "fp-a", "promoted_at": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    entry.update(changes)
+    return {k: v for k, v in entry.items() if v != "DROP"}
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[]", "is not a latest-model pointer (Input should be a valid dictionary"),
+        (json.dumps(_pointer(bundle="DROP")).encode(), "(bundle: Field required)"),
+        (json.dumps(_pointer(score="high")).encode(), "(score: Input should be a valid number"),
+        (json.dumps(_pointer(model_id=7)).encode(), "model_id: Input should be a valid string"),
+        (json.dumps(_pointer(model_id="../user")).encode(), "model id '../user' is not a weight"),
+        (json.dumps(_pointer(bundle="OUTSIDE")).encode(), "which is not inside the models folder"),
+        (json.dumps(_pointer(bundle="../user/x.pt")).encode(), "not inside the models folder"),
+        (json.dumps(_pointer(bundle=".")).encode(), "not inside the models folder"),
+        (json.dumps(_pointer(bundle="link/x.pt")).encode(), "not inside the models folder"),
+    ],
+)
+def test_a_malformed_latest_json_is_one_line_naming_it(
+    tmp_path, new_bundle: Path, content: bytes, fragment: str
+) -> None:
+    """Register, ``latest_bundle`` (infer without --model) and listing all refuse it, and a
+    registration stores nothing."""
+    models, user = tmp_path / "models", tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me\n")
+    models.mkdir()
+    (models / "link").symlink_to(user, target_is_directory=True)
+    content = content.replace(b"OUTSIDE", str(user / "notes.txt").encode())
+    (models / LATEST_FILE).write_bytes(content)
+    before = digest(tmp_path)
+    bundle = new_bundle
+    for call in (lambda: register(bundle, models), lambda: latest_bundle(models),
+                 lambda: list_models(models)):  # fmt: skip
+        with pytest.raises(RsSegError) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith(f"{models / LATEST_FILE}: ") and fragment in message
+        assert "\n" not in message
+    assert digest(tmp_path) == {**before, "models/.registry.lock": digest(bundle.parent)["lock"]}
+
+
+def test_registry_files_replaced_by_links_are_not_followed(tmp_path, weights) -> None:
+    """The decision log is appended to and the lock file opened for writing: through a link
+    planted in their place they would write into (or empty) a file outside the models folder."""
+    models, _ = registered(tmp_path, weights)
+    notes = tmp_path / "user" / "notes.txt"
+    bundle = make_bundle(tmp_path / "b.pt", weights, "m-b", 0.9)
+    for name in (LOG_FILE, ".registry.lock"):
+        (models / name).unlink()
+        (models / name).symlink_to(notes)
+        with pytest.raises(RsSegError, match=f"{name}: "):
+            register(bundle, models)
+        assert notes.read_text() == "keep me\n"
+        (models / name).unlink()
+        (models / name).touch()
+
+
+def test_malformed_registry_files_give_one_line_or_are_skipped(tmp_path, weights, ids) -> None:
+    models, _ = registered(tmp_path, weights)
+    with (models / LOG_FILE).open("a") as log:
+        log.write('not json\n[1, 2]\n{"model_id": ["x"], "date": 3}\n\xff\n')
+    assert [row["model_id"] for row in list_models(models)] == [ids["m-a"]]
+    metrics = models / ids["m-a"] / "metrics.json"
+    metrics.write_text("[")
+    bundle = make_bundle(tmp_path / "b.pt", weights, "m-b", 0.9)
+    with pytest.raises(RsSegError, match=rf"^{metrics}: not valid JSON"):
+        register(bundle, models, metric="cropland_iou")  # latest.json holds mean_iou
+    with pytest.raises(RsSegError, match=rf"^{metrics}: not valid JSON"):
+        list_models(models)
+
+
+def test_a_bundle_whose_metrics_hold_any_key_is_stored(tmp_path, weights) -> None:
+    """A bundle's metrics become the stored metrics.json with the registry's keys added."""
+    path = make_bundle(tmp_path / "a.pt", weights, "m-a", 0.7)
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["metrics"].update(model_id="someone else's", threshold="x")
+    torch.save(payload, path)
+    reg = register(path, tmp_path / "models")
+    stored = json.loads((reg.bundle.parent / "metrics.json").read_text())
+    assert stored["model_id"] == reg.model_id and stored["threshold"] == 0.5
