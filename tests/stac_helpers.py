@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pystac
@@ -77,3 +78,23 @@ def write_catalog(folder: Path, items: list[pystac.Item], collection: str = "fie
     catalog.normalize_hrefs(str(folder))
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
     return folder / "catalog.json"
+
+
+def write_item_collection(path: Path, items: list[pystac.Item]) -> Path:
+    """An ItemCollection file (a STAC API search's answer, saved): items without links."""
+    features = []
+    for item in items:
+        feature = item.to_dict(include_self_link=False)
+        feature["links"] = []
+        features.append(feature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def catalog_dict(catalog_id: str, links: list[tuple[str, str]]) -> dict:
+    """A catalog's JSON with ``(rel, href)`` links, hrefs exactly as given."""
+    return {
+        "type": "Catalog", "stac_version": "1.0.0", "id": catalog_id, "description": "test",
+        "links": [{"rel": rel, "href": href} for rel, href in links],
+    }  # fmt: skip

@@ -323,8 +323,8 @@ def _self_href(item: pystac.Item, document: str) -> str:
 
 
 def _shown(href: str) -> str:
-    """An href in a message: its URL without secrets, quoted so no character breaks the line."""
-    return repr(display(href))
+    """An href in a message, quoted so no character breaks the line; a URL without secrets."""
+    return repr(href if _is_local(href) else display(href))
 
 
 def _first_line(exc: BaseException) -> str:
