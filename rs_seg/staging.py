@@ -9,19 +9,21 @@ Three rules, each enforced here so every command gets them from one place:
   command (:func:`check_not_inputs`), and a folder output may not be the working folder or one
   above it.
 * **Build beside, publish at once.** Work goes into a hidden staging sibling
-  (``.<stem>.partial-<host>-<pid>-<random><suffix>``, same folder so the final rename stays on one
-  file system). A file is published with one :func:`os.replace`; a folder with one atomic
-  exchange of the two directory entries (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader sees
-  the old folder or the new one, never neither. Several files that belong together (fields and
-  their probability raster) are published under a journal that the next run completes if the
-  process dies half-way (:func:`staged_files`).
-* **Leftovers are cleaned up.** The staging name records host and process id, so the next run on
-  the same output removes what a killed run (SIGKILL, power loss) left behind, and never touches
-  the staging of a run that is still alive (:func:`remove_leftovers`).
+  (``.<stem>.partial-<owner>-<pid>-<start>-<random><suffix>``, same folder so the final rename
+  stays on one file system). A file is published with one :func:`os.replace`; a folder with one
+  atomic exchange of the two directory entries (Linux ``renameat2(RENAME_EXCHANGE)``), so a
+  reader sees the old folder or the new one, never neither. Several files that belong together
+  (fields and their probability raster) are published under a journal that the next run
+  completes if the process dies half-way, and under a folder lock, so two runs never publish a
+  mix (:mod:`rs_seg.journal`).
+* **Leftovers are cleaned up.** The staging name records host, PID namespace and process (and
+  when it started), so the next run on the same output removes what a killed run (SIGKILL, power
+  loss) left behind, and never touches the staging of a run that is still alive, of another
+  container, or of another user (:func:`remove_leftovers`, :mod:`rs_seg.staging_names`).
 
-A failure inside the ``with`` block removes the staging copy; a full disk becomes one line naming
-the final output. ``RS_SEG_KILL_AT=<step>`` makes the process SIGKILL itself at a named
-publication step: the fault-injection tests use it to prove the rules above.
+A failure inside the ``with`` block removes the staging copy; a full disk (or any failed write)
+becomes one line naming the final output. ``RS_SEG_KILL_AT=<step>`` makes the process SIGKILL
+itself at a named publication step: the fault-injection tests use it to prove the rules above.
 """
 
 from __future__ import annotations
@@ -31,40 +33,42 @@ import ctypes
 import ctypes.util
 import errno
 import fnmatch
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
-import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rs_seg.errors import RsSegError, Terminated
+from rs_seg.journal import complete_interrupted_publications as complete_interrupted_publications
+from rs_seg.journal import folder_lock, write_journals
+from rs_seg.output_sets import FIELD_COLUMNS as FIELD_COLUMNS
+from rs_seg.output_sets import STYLE_MARKER as STYLE_MARKER
+from rs_seg.output_sets import Owned as Owned
+from rs_seg.output_sets import fields_written_by_rs_seg as fields_written_by_rs_seg
+from rs_seg.output_sets import raster_written_by_rs_seg as raster_written_by_rs_seg
+from rs_seg.output_sets import style_written_by_rs_seg as style_written_by_rs_seg
+from rs_seg.staging_names import OWNER_ID as OWNER_ID
+from rs_seg.staging_names import is_rs_seg_name, parse_staging, public_text, staging_name
+from rs_seg.staging_names import process_alive as process_alive
 
 log = logging.getLogger(__name__)
 
-HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 KILL_AT_ENV = "RS_SEG_KILL_AT"
-_LEFTOVER = re.compile(
-    r"^\.(?P<stem>.+?)\.(?P<tag>partial|replaced)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{6}"
-    r"(?P<tail>.*)$"
-)
-# Staging names of earlier rs_seg releases carried no process id: removed once an hour old.
-_LEGACY_LEFTOVER = re.compile(r"^\.{1,2}(?P<stem>.+?)\.partial-[0-9a-f]{8}(?P<tail>.*)$")
-_LEGACY_AGE_S = 3600.0
-_JOURNAL = re.compile(r"^\.(?P<name>.+)\.publish-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.json$")
 _DISK_FULL_TEXT = ("no space left", "disk is full", "disk quota", "free disk space")
 _LOW_SPACE_BYTES = 1 << 20  # after a failed write, less than this free means the disk filled up
-
-Owned = Callable[[Path], bool]
+# GDAL's and libtiff's words for a write that failed (the errno stays in C): a write that failed
+# partway leaves a file that also fails to read back
+_WRITE_FAILED_TEXT = ("write error", "write failed", "failed to write", "cannot write",
+                      "error writing", "failed to read directory", "fillemptytiles",
+                      "tiffappendtostrip", "tiffwritedirectory", "short write")  # fmt: skip
+_IO_LIBRARIES = ("rasterio", "pyogrio", "pyarrow", "sqlite3")
 
 
 def fault_point(step: str) -> None:
@@ -88,7 +92,10 @@ def fault_point(step: str) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), getattr(signal, name or "SIGKILL"))
+    signum = getattr(signal, name or "SIGKILL")
+    os.kill(os.getpid(), signum)
+    if signum not in (signal.SIGINT, signal.SIGTERM):
+        return  # SIGKILL ends the process, SIGSTOP pauses it right here
     # A caught signal's Python handler runs at the interpreter's next check, which need not be
     # before the next step: wait here so the interrupt is raised at this step, not after it.
     deadline = time.monotonic() + 10
@@ -130,30 +137,13 @@ def check_not_interrupted() -> None:
 def staging_path(final: Path, tag: str = "partial") -> Path:
     """A hidden sibling that keeps the suffix (GDAL picks drivers by extension) and its owner."""
     final = Path(final)
-    owner = f"{HOST_ID}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    return final.with_name(f".{final.stem}.{tag}-{owner}{final.suffix}")
+    return final.with_name(staging_name(final.name, tag))
 
 
 def scratch_path(staging: Path, label: str) -> Path:
     """A helper file of one staging copy (e.g. tiles before the COG copy); same leftover rules."""
     stem = staging.stem if staging.name.startswith(".") else f".{staging.stem}"
     return staging.with_name(f"{stem}.{label}{staging.suffix}")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host runs with ``pid`` (zombies count as gone)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    return True
 
 
 def _remove(path: Path) -> None:
@@ -164,42 +154,42 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _dead_owner(host: str, pid: str) -> bool:
-    return host == HOST_ID and not process_alive(int(pid))
+def _users(entry: Path) -> bool:
+    """Whether the entry (not what a link points to) belongs to the user running rs_seg."""
+    try:
+        return entry.lstat().st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def remove_leftovers(final: Path) -> int:
     """Remove staging copies of ``final`` left by dead runs of this host; returns how many.
 
     First completes any file-set publication a dead run left half-done in the folder (its staged
-    files are complete and listed in a journal). A staging copy whose process still runs, or that
-    another host made, is left alone. The old output a fallback publication had moved aside
+    files are complete and listed in a journal). Only names this host's rs_seg makes are removed,
+    and only when the process that made them (in this PID namespace) has ended and the entry is
+    this user's: a live run's staging, another container's or another user's is left alone, and so
+    is anything named otherwise. The old output a fallback publication had moved aside
     (``.replaced-``) is put back when the new one never arrived.
     """
     final = Path(final)
     parent = final.parent
     if not parent.is_dir():
         return 0
-    complete_interrupted_publications(parent)
     removed = 0
-    now = time.time()
-    for entry in parent.iterdir():
-        match = _LEFTOVER.match(entry.name)
-        if match and match["stem"] == final.stem and _dead_owner(match["host"], match["pid"]):
-            original = parent / f"{match['stem']}{match['tail']}"
-            if match["tag"] == "replaced" and not os.path.lexists(original):
+    with folder_lock([parent], final):
+        complete_interrupted_publications(parent)
+        for entry in parent.iterdir():
+            name = parse_staging(entry.name, final.stem)
+            if name is None or not name.of_dead_run() or not _users(entry):
+                continue
+            original = parent / name.original
+            if name.tag == "replaced" and not os.path.lexists(original):
                 entry.rename(original)
                 log.warning("%s: restored the previous output a killed run had moved aside", final)
                 continue
             _remove(entry)
             removed += 1
-            continue
-        legacy = _LEGACY_LEFTOVER.match(entry.name)
-        if legacy and legacy["stem"] == final.stem and not match:
-            with contextlib.suppress(OSError):
-                if now - entry.lstat().st_mtime > _LEGACY_AGE_S:
-                    _remove(entry)
-                    removed += 1
     if removed:
         log.info("%s: removed %d leftover staging copies of interrupted runs", final, removed)
     return removed
@@ -224,7 +214,7 @@ class FolderKind:
 
     def owns(self, name: str) -> bool:
         """Whether a top-level entry is one this command writes (or a staging copy of one)."""
-        if _LEFTOVER.match(name) or _LEGACY_LEFTOVER.match(name) or _JOURNAL.match(name):
+        if is_rs_seg_name(name):
             return True  # rs_seg's own staging names, e.g. a run.json write a kill cut short
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.names)
 
@@ -320,69 +310,6 @@ def check_distinct(paths: Sequence[Path]) -> None:
         raise RsSegError("two outputs share one path; choose different output names")
 
 
-def raster_written_by_rs_seg(path: Path) -> bool:
-    """A GeoTIFF rs_seg wrote: its tags carry rs_seg's provenance."""
-    # GDAL loads only for the recognizers; the CLI imports staging at start
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            tags = src.tags()
-    except Exception:
-        return False
-    return "rs_seg_version" in tags or {"model_id", "threshold"} <= tags.keys()
-
-
-STYLE_MARKER = "<!-- rs_seg style:"  # the comment every QGIS style rs_seg ships opens with
-
-
-def style_written_by_rs_seg(path: Path) -> bool:
-    """A QGIS style sidecar (``.qml``) rs_seg wrote: its marker comment is near the top.
-
-    QGIS rewrites the whole file when a user saves a style as the layer's default, and the marker
-    goes with it, so a style the user customized is theirs and ``--overwrite`` never replaces it.
-    """
-    try:
-        with Path(path).open("rb") as file:
-            head = file.read(4096)
-    except OSError:
-        return False
-    return STYLE_MARKER.encode() in head
-
-
-FIELD_COLUMNS = frozenset({"field_id", "area_ha", "mean_prob", "model_id"})
-
-
-def fields_written_by_rs_seg(path: Path) -> bool:
-    """A field layer rs_seg wrote: one ``fields`` layer (plus its style) with rs_seg's columns.
-
-    A GeoParquet file is rs_seg's when its file metadata carry rs_seg's provenance and the fiboa
-    collection (see :mod:`rs_seg.infer.fiboa`).
-    """
-    if Path(path).suffix.lower() == ".parquet":
-        return _parquet_written_by_rs_seg(path)
-    # GDAL loads only for the recognizers; the CLI imports staging at start
-    import pyogrio
-
-    try:
-        layers = {str(name) for name in pyogrio.list_layers(path)[:, 0]}
-        columns = set(pyogrio.read_info(path, layer="fields")["fields"])
-    except Exception:
-        return False
-    return layers <= {"fields", "layer_styles"} and columns >= FIELD_COLUMNS
-
-
-def _parquet_written_by_rs_seg(path: Path) -> bool:
-    # pyarrow loads only for this recognizer, as GDAL does for the others
-    import pyarrow.parquet as pq
-
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except Exception:
-        return False
-    return b"rs_seg" in metadata and b"fiboa" in metadata
-
-
 # --- staging and publication ---------------------------------------------------------------------
 
 
@@ -404,6 +331,14 @@ def _make_parents(final: Path) -> list[Path]:
     return created
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during (rasterio chains GDAL's errors)."""
+    chain = [exc]
+    while len(chain) < 16 and (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(nxt)
+    return chain
+
+
 def is_disk_full(exc: BaseException, folder: Path) -> bool:
     """Whether ``exc`` means the device holding ``folder`` is full (errno, message, free space).
 
@@ -411,14 +346,42 @@ def is_disk_full(exc: BaseException, folder: Path) -> bool:
     """
     if not isinstance(exc, Exception) or isinstance(exc, RsSegError):
         return False
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if any(text in str(exc).lower() for text in _DISK_FULL_TEXT):
-        return True
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(link).lower() for text in _DISK_FULL_TEXT):
+            return True
     try:
         return shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
     except OSError:
         return False
+
+
+def _failed_write(exc: BaseException, staging: Sequence[Path]) -> str | None:
+    """Why writing the output failed, when ``exc`` says a write failed; else None.
+
+    A full disk is not always reported as one: GDAL and libtiff print the errno and raise
+    "Write failed" or a failed read of the file cut short, and scratch files removed on the way
+    out have freed space again by the time the staging sees the error. Any failure that names a
+    staging file is about writing this output too. The reason names final outputs only.
+    """
+    if not isinstance(exc, Exception):
+        return None
+    names = [path.name for path in staging] + [path.stem for path in staging]
+    for link in _chain(exc):
+        text = str(link)
+        about_staging = any(name in text for name in names) and _io_error(link)
+        if isinstance(link, RsSegError) and not about_staging:
+            return None  # rs_seg's own error about something else: it says what happened
+        if about_staging or any(word in text.lower() for word in _WRITE_FAILED_TEXT):
+            return public_text(text)[:300]
+    return None
+
+
+def _io_error(exc: BaseException) -> bool:
+    """An error of a file: the OS's, rs_seg's one-line kind, or one of the I/O libraries'."""
+    library = type(exc).__module__.partition(".")[0]
+    return isinstance(exc, OSError | RsSegError) or library in _IO_LIBRARIES
 
 
 @contextlib.contextmanager
@@ -427,12 +390,14 @@ def _cleaned_up_on_failure(
 ) -> Iterator[None]:
     """Remove staging copies (and parents this run created) when the block fails.
 
-    A full disk is reported as one line naming the final output, never the hidden staging name.
+    A full disk, or a write that failed, is reported as one line naming the final output, never
+    the hidden staging name.
     """
     try:
         yield
     except BaseException as exc:
         full = is_disk_full(exc, final.parent)
+        failed = None if full else _failed_write(exc, staging)
         for path in staging:
             _remove(path)
             _remove(scratch_path(path, "tiles"))
@@ -445,7 +410,21 @@ def _cleaned_up_on_failure(
                 "replaced: free some space or choose another folder",
                 final,
             ) from None
+        if failed is not None:
+            raise RsSegError(
+                f"writing this output failed ({failed}), most often because the device is full "
+                f"({_free_space(final.parent)} free now); nothing was written or replaced: free "
+                "some space or choose another folder",
+                final,
+            ) from None
         raise
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB"
+    except OSError:
+        return "unknown space"
 
 
 def _check_free(final: Path, overwrite: bool) -> None:
@@ -472,8 +451,9 @@ def staged_dir(
     with _cleaned_up_on_failure([staging], final, created):
         yield staging
         fault_point("staged")
-        _check_folder(final, overwrite, kind)
-        publish_dir(staging, final)
+        with folder_lock([final.parent], final):
+            _check_folder(final, overwrite, kind)
+            publish_dir(staging, final)
         fault_point("published")
 
 
@@ -498,9 +478,12 @@ def staged_files(
     """Staging paths for files that belong together, published together when the block completes.
 
     Each file appears with one os.replace, the last one (the primary output, e.g. the fields)
-    last. For two or more files a journal listing every staged file is written first, beside each
-    output, so that a run killed between two replacements is completed by the next run on any of
-    these outputs (:func:`complete_interrupted_publications`) instead of leaving old and new mixed.
+    last. For two or more files a journal in each of their folders lists that folder's staged
+    files first, so that a run killed between two replacements is completed by the next run on
+    these outputs (:func:`rs_seg.journal.complete_interrupted_publications`) instead of leaving
+    old and new mixed. Ownership is checked again and the files are published while holding the
+    lock of their folders: a second run on the same outputs publishes before or after, never in
+    between.
     """
     finals = [Path(f) for f in finals]
     owned = list(owned) if owned is not None else [None] * len(finals)
@@ -517,9 +500,10 @@ def staged_files(
             if not staging.exists():
                 raise RuntimeError(f"{staging}: nothing was written")
         fault_point("staged")
-        for final, recognizer in zip(finals, owned, strict=True):
-            check_file_output(final, overwrite, recognizer)
-        _publish_files(list(zip(stagings, finals, strict=True)))
+        with folder_lock({final.parent for final in finals}, finals[-1]):
+            for final, recognizer in zip(finals, owned, strict=True):
+                check_file_output(final, overwrite, recognizer)
+            _publish_files(list(zip(stagings, finals, strict=True)))
         fault_point("published")
 
 
@@ -527,15 +511,7 @@ def _publish_files(pairs: list[tuple[Path, Path]]) -> None:
     check_not_interrupted()
     journals: list[Path] = []
     if len(pairs) > 1:
-        primary = pairs[-1][1]
-        name = f".{primary.name}.publish-{HOST_ID}-{os.getpid()}.json"
-        journals = sorted({final.parent / name for _, final in pairs})
-        document = {
-            "pairs": [[str(s.resolve()), str(f.resolve())] for s, f in pairs],
-            "journals": [str(j.resolve()) for j in journals],
-        }
-        for journal in journals:
-            write_json(journal, document)
+        journals = write_journals(pairs)
         fault_point("journal")
     for number, (staging, final) in enumerate(pairs, start=1):
         staging.replace(final)
@@ -543,33 +519,6 @@ def _publish_files(pairs: list[tuple[Path, Path]]) -> None:
             fault_point(f"replaced-{number}")
     for journal in journals:
         journal.unlink(missing_ok=True)
-
-
-def complete_interrupted_publications(folder: Path) -> int:
-    """Finish file-set publications that dead runs left half-done in ``folder``.
-
-    Their staged files were complete when the journal was written, so rolling forward gives the
-    consistent new set. Returns the number of journals completed.
-    """
-    done = 0
-    for entry in Path(folder).glob(".*.publish-*.json"):
-        match = _JOURNAL.match(entry.name)
-        if not match or not _dead_owner(match["host"], match["pid"]):
-            continue
-        try:
-            document = json.loads(entry.read_text())
-        except (OSError, ValueError):
-            entry.unlink(missing_ok=True)
-            continue
-        for staging, final in document.get("pairs", []):
-            if Path(staging).exists():
-                Path(staging).replace(final)
-        for journal in document.get("journals", [str(entry)]):
-            Path(journal).unlink(missing_ok=True)
-        log.warning("completed the publication of %s that a killed run left half-done",
-                    match["name"])  # fmt: skip
-        done += 1
-    return done
 
 
 def _libc_exchange() -> Callable[[Path, Path], bool] | None:

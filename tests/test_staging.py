@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +25,7 @@ from rs_seg.staging import (
     staged_file,
     staged_files,
 )
+from rs_seg.staging_names import process_start
 
 KIND = FolderKind("rs-seg thing", "summary.json", ("summary.json", "data", "index.*"))
 
@@ -158,25 +161,34 @@ def test_parents_created_for_a_failed_output_are_removed(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_leftovers_of_dead_runs_go_and_live_ones_stay(tmp_path) -> None:
-    final = tmp_path / "fields.gpkg"
+def _dead_pid() -> int:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    dead_pid = int(dead.stdout)
+    return int(dead.stdout)
+
+
+def test_leftovers_of_dead_runs_go_and_live_ones_stay(tmp_path) -> None:
+    final = tmp_path / "fields.gpkg"
+    dead, live = f"{_dead_pid()}-0", f"{os.getppid()}-{process_start(os.getppid())}"
+    reused = f"{os.getppid()}-{(process_start(os.getppid()) or 0) + 1}"  # same pid, another process
+    earlier = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # before namespaces
     names = {
-        "dead": f".fields.partial-{io.HOST_ID}-{dead_pid}-abcdef.gpkg",
-        "dead_tiles": f".fields.partial-{io.HOST_ID}-{dead_pid}-abcdef.tiles.gpkg",
-        "dead_dir": f".fields.partial-{io.HOST_ID}-{dead_pid}-fedcba",
-        "live": f".fields.partial-{io.HOST_ID}-{os.getppid()}-abcdef.gpkg",
-        "other_host": f".fields.partial-00000000-{dead_pid}-abcdef.gpkg",
-        "other_output": f".roads.partial-{io.HOST_ID}-{dead_pid}-abcdef.gpkg",
+        "dead": f".fields.partial-{io.OWNER_ID}-{dead}-abcdef.gpkg",
+        "dead_tiles": f".fields.partial-{io.OWNER_ID}-{dead}-abcdef.tiles.gpkg",
+        "dead_dir": f".fields.partial-{io.OWNER_ID}-{dead}-fedcba",
+        "reused_pid": f".fields.partial-{io.OWNER_ID}-{reused}-abcdef.gpkg",
+        "live": f".fields.partial-{io.OWNER_ID}-{live}-abcdef.gpkg",
+        "other_host_or_namespace": f".fields.partial-00000000-{dead}-abcdef.gpkg",
+        "earlier_release": f".fields.partial-{earlier}-{dead.split('-')[0]}-abcdef.gpkg",
+        "other_output": f".roads.partial-{io.OWNER_ID}-{dead}-abcdef.gpkg",
         "user": ".fields.gpkg.backup",
     }
     for key, name in names.items():
         (tmp_path / name).mkdir() if key == "dead_dir" else (tmp_path / name).write_text(key)
-    assert remove_leftovers(final) == 3
+    assert remove_leftovers(final) == 4
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {names[k] for k in ("live", "other_host", "other_output", "user")}
+    kept = ("live", "other_host_or_namespace", "earlier_release", "other_output", "user")
+    assert left == {names[k] for k in kept}
 
 
 def test_a_file_set_appears_together(tmp_path) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig, InferOptions
+from rs_seg.infer.checks import check_scene
+from rs_seg.infer.field_layer import output_driver
 from rs_seg.infer.predict import (
     MASK_STYLE,
     PROBABILITY_STYLE,
@@ -35,6 +37,8 @@ from rs_seg.infer.vectorize import (
 )
 from rs_seg.levels import threshold_to_level
 from rs_seg.ops.registry import latest_bundle
+from rs_seg.output_sets import FIELDS_LAYER_TAG, set_member
+from rs_seg.rasters import scene_deadline
 from rs_seg.remote import display, is_remote, scene_stem
 from rs_seg.staging import (
     Owned,
@@ -150,17 +154,22 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
     outputs, owned = _outputs(cfg)
     check_infer_outputs(cfg)
     bundle = load_model(cfg.model, cfg.models_dir)
+    check_scene(cfg.scene, bundle, geojson=output_driver(cfg.out) == "GeoJSON")
     threshold = cfg.threshold or bundle.threshold
     fields_choice = choose_fields(cfg, bundle)
     run_id = uuid.uuid4().hex[:12]
-    with staged_files(outputs, cfg.overwrite, owned) as staged:
+    with (
+        scene_deadline(cfg.scene, cfg.timeout),  # a URL scene's reads stop at its deadline
+        staged_files(outputs, cfg.overwrite, owned) as staged,
+    ):
         prob, prob_style, *mask_files, fields = staged
         write_style(prob_style, PROBABILITY_STYLE, run_id)
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, workers=cfg.workers,
             precision=cfg.precision, progress=progress,
-            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags()},
+            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags(),
+                  FIELDS_LAYER_TAG: relative_to(cfg.out, cfg.prob_path)},
         )  # fmt: skip
         if mask_files:
             mask, mask_style = mask_files
@@ -182,6 +191,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         vectorized = vectorize(
             prob, fields, settings, scene=cfg.scene_name or scene_stem(cfg.scene),
             model_id=bundle.model_id, progress=progress, metadata=metadata, publish=False,
+            shown_as=cfg.prob_path,
         )  # fmt: skip
     return InferSummary(
         fields=cfg.out,
@@ -213,11 +223,17 @@ def _outputs(cfg: InferConfig) -> tuple[list[Path], list[Owned]]:
     The probability raster, its style, the mask and its style (with ``--mask-out``), the fields
     last: ``[prob, prob.qml, (mask, mask.qml,) fields]``. A style is rs_seg's own only while it
     carries rs_seg's marker, so one the user saved from QGIS blocks ``--overwrite`` like any other
-    file of theirs.
+    file of theirs. A raster or style is replaced only when it belongs to the fields' own set
+    (:func:`rs_seg.output_sets.set_member`), never another field layer's.
     """
     rasters = [Path(cfg.prob_path), *([Path(cfg.mask_out)] if cfg.mask_out else [])]
     outputs = [path for raster in rasters for path in (raster, style_path(raster))]
-    owners: list[Owned] = [raster_written_by_rs_seg, style_written_by_rs_seg] * len(rasters)
+    options = ["--prob-out", "--prob-out", "--mask-out", "--mask-out"]
+    recognizers = [raster_written_by_rs_seg, style_written_by_rs_seg] * len(rasters)
+    owners: list[Owned] = [
+        set_member(Path(cfg.out), recognizer, outputs, option)
+        for recognizer, option in zip(recognizers, options, strict=False)
+    ]
     return [*outputs, Path(cfg.out)], [*owners, fields_written_by_rs_seg]
 
 
