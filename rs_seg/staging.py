@@ -63,11 +63,11 @@ log = logging.getLogger(__name__)
 KILL_AT_ENV = "RS_SEG_KILL_AT"
 _DISK_FULL_TEXT = ("no space left", "disk is full", "disk quota", "free disk space")
 _LOW_SPACE_BYTES = 1 << 20  # after a failed write, less than this free means the disk filled up
-# GDAL's and libtiff's words for a write that failed (the errno stays in C): a write that failed
-# partway leaves a file that also fails to read back
+# GDAL's and libtiff's words for a write that failed (the errno stays in C); a file cut short by
+# one fails to read back, which counts when the error names a staging file (_failed_write)
 _WRITE_FAILED_TEXT = ("write error", "write failed", "failed to write", "cannot write",
-                      "error writing", "failed to read directory", "fillemptytiles",
-                      "tiffappendtostrip", "tiffwritedirectory", "short write")  # fmt: skip
+                      "error writing", "fillemptytiles", "tiffappendtostrip",
+                      "tiffwritedirectory", "short write")  # fmt: skip
 _IO_LIBRARIES = ("rasterio", "pyogrio", "pyarrow", "sqlite3")
 
 
