@@ -547,7 +547,8 @@ class IncomingConfig(StrictModel):
     stac: StacSource | None = Field(
         None,
         description="scenes from a STAC catalog or item collection instead of a folder: href, "
-        "asset, collections, bbox, datetime; each item's scene folder is named by its id",
+        "asset, collections, bbox, datetime, allow_local_assets; each item's scene folder is "
+        "named by its id (plus a short hash unless the id is a plain lowercase name)",
     )
     out_dir: OutputPath = Field(Path("data/mapped"), description="one folder of outputs per scene")
     ledger: OutputPath | None = Field(None, description="SQLite ledger [<out_dir>/ledger.sqlite]")
