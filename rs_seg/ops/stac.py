@@ -7,10 +7,17 @@ source's collection, bbox and datetime filters, and gives each kept item's asset
 URL read window by window through GDAL (:mod:`rs_seg.remote`), or a local file. Items the filters
 leave out are listed with the reason, so a report says why an expected scene was not mapped.
 
+A catalog is input from elsewhere, so reading one is bounded and kept where it came from: only
+``child`` and ``item`` links are followed, each file once; a link back up the tree (a cycle),
+trees deeper than ``MAX_DEPTH``, more than ``MAX_ITEMS`` items and JSON files over
+``MAX_DOCUMENT_BYTES`` end the scan in one line. A catalog read over the network may link to and
+name only remote files (``stac.allow_local_assets`` lifts that), and the check is made on the
+href's text before anything is opened, so a refusal says nothing about which local files exist.
+
 A remote scene cannot be fingerprinted by its bytes without downloading it whole, so its ledger
 key is a fingerprint of the item instead (id, collection, properties, the asset and where it
-is): an item republished with new data or metadata (``updated``, a new checksum) is mapped again,
-an unchanged one never is.
+is, without signed query parameters): an item republished with new data or metadata (``updated``,
+a new checksum) is mapped again, an unchanged one never is, also when its presigned URL is renewed.
 """
 
 from __future__ import annotations
