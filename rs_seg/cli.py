@@ -30,6 +30,7 @@ from rs_seg.config import (
 )
 from rs_seg.config_files import build_config
 from rs_seg.errors import RsSegError, Terminated
+from rs_seg.remote import redact_text
 from rs_seg.staging import forget_interrupts, raise_interrupt
 
 app = typer.Typer(
@@ -53,7 +54,7 @@ OverwriteOption = Annotated[
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = super().format(record)
+        message = redact_text(super().format(record))  # whoever logged it, no URL's secrets
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.lower()}: {message}"
         return message
@@ -387,6 +388,10 @@ def infer(
     simplify: Annotated[
         float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="URL scenes: seconds the scene may take to read [no limit]."),
+    ] = None,
     overwrite: OverwriteOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -403,7 +408,8 @@ def infer(
             "window": window, "overlap": overlap, "batch_size": batch_size, "device": device,
             "workers": workers, "precision": precision, "tta": tta, "threshold": threshold,
             "boundary_threshold": boundary_threshold, "prob_out": prob_out, "mask_out": mask_out,
-            "min_area": min_area, "simplify": simplify, "overwrite": overwrite,
+            "min_area": min_area, "simplify": simplify, "timeout": timeout,
+            "overwrite": overwrite,
         },
     )  # fmt: skip
     summary = run_infer(cfg, progress=sys.stderr.isatty())

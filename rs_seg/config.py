@@ -397,6 +397,12 @@ class InferOptions(StrictModel):
     fill_holes_below: Annotated[float, Field(ge=0)] | None = Field(
         None, description="fill holes smaller than this (m2) [min_area]"
     )
+    timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="URL scenes: seconds a scene may take to read; then reading stops with one "
+        "line [no limit; a server that sends nothing is given up on after "
+        "GDAL_HTTP_LOW_SPEED_TIME, 20 s, on each try]",
+    )
 
     def for_scene(
         self, scene: Path, out: Path, model: Path | None = None, name: str | None = None
@@ -608,7 +614,7 @@ class IncomingConfig(StrictModel):
     @property
     def source(self) -> str:
         """Where the scenes come from, for logs and reports."""
-        return f"STAC {self.stac.href}" if self.stac is not None else str(self.incoming)
+        return f"STAC {display(self.stac.href)}" if self.stac is not None else str(self.incoming)
 
 
 class RsSegConfig(StrictModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rs_seg.remote import display, redact_text
+
 
 class RsSegError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback.
@@ -15,7 +17,8 @@ class RsSegError(Exception):
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
         text = " ".join(str(message).split())  # guarantee a single line
-        super().__init__(f"{self.path}: {text}" if self.path is not None else text)
+        where = f"{display(self.path)}: " if self.path is not None else ""
+        super().__init__(redact_text(where + text))  # no URL's secrets in a message
 
 
 class Terminated(KeyboardInterrupt):

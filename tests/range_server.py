@@ -4,7 +4,9 @@ Python's ``http.server`` answers every GET with the whole file, and GDAL's ``/vs
 COG in byte ranges, so a test that wants to see windowed reads (and what happens when one of
 them fails) needs a server that speaks ``Range: bytes=a-b`` with ``206 Partial Content``. This one
 serves files from a folder, logs every request, and can be told to answer data requests with
-``503`` or to drop the connection: N of them, or all, after the next K that succeed.
+``503``, to drop the connection or to stall (accept it and send nothing): N of them, or all,
+after the next K that succeed. It can also demand credentials (``require``): basic auth and
+query parameters, as a private bucket or a presigned URL does.
 
 Files are served under a random prefix (``url``), so URLs never repeat between tests: GDAL
 caches what it read per URL for the life of the process, and a loopback port is reused.
@@ -12,6 +14,7 @@ caches what it read per URL for the life of the process, and a loopback port is 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import secrets
@@ -21,11 +24,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 # 503: an overloaded server; drop: the connection closes before any answer; cut: it closes
-# halfway through the bytes (a network failure mid-transfer).
-Fault = Literal["503", "drop", "cut"]
+# halfway through the bytes (a network failure mid-transfer); stall: the request is read and
+# never answered (a hung server), until the server stops.
+Fault = Literal["503", "drop", "cut", "stall"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ class RangeServer:
     requests: list[Request] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stalled: int = 0  # requests stalled so far
+    stopping: threading.Event = field(default_factory=threading.Event)  # ends the stalls
+    credentials: tuple[str, str] | None = None  # basic auth every request must carry
+    query: dict[str, str] = field(default_factory=dict)  # parameters every request must carry
 
     def data_requests(self, name: str) -> list[Request]:
         """The GETs of one file, in order."""
@@ -78,6 +87,22 @@ class RangeServer:
         """Make ``count`` data requests (None: all) fail with ``kind``, after ``after`` more."""
         with self.lock:
             self.faults = Faults(kind, count, after)
+
+    def require(self, user: str, password: str, **query: str) -> None:
+        """Answer 401 without this basic auth and 403 without these query parameters."""
+        with self.lock:
+            self.credentials, self.query = (user, password), dict(query)
+
+    def refusal(self, authorization: str | None, query: str) -> int | None:
+        """The status a request with these credentials gets instead of its answer, or None."""
+        with self.lock:
+            credentials, required = self.credentials, self.query
+        if credentials is not None:
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            if authorization != f"Basic {token}":
+                return 401
+        given = dict(parse_qsl(query, keep_blank_values=True))
+        return 403 if any(given.get(k) != v for k, v in required.items()) else None
 
 
 def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
@@ -94,11 +119,15 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             self._serve(body=True)
 
         def _serve(self, body: bool) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             name = path.removeprefix(server.prefix)
             header = self.headers.get("Range")
             with server.lock:
                 server.requests.append(Request(self.command, name, header))
+            refused = server.refusal(self.headers.get("Authorization"), query)
+            if refused is not None:
+                self._send(refused, b"denied", body)
+                return
             target = server.root / name.lstrip("/")
             if not path.startswith(server.prefix + "/") or ".." in name or not target.is_file():
                 self._send(404, b"not found", body)
@@ -106,6 +135,12 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             with server.lock:
                 failing = body and server.faults.take()
                 kind = server.faults.kind
+            if failing and kind == "stall":
+                with server.lock:
+                    server.stalled += 1
+                server.stopping.wait()  # the client sees an open connection and no byte
+                self.close_connection = True
+                return
             if failing and kind == "drop":
                 self.close_connection = True
                 self.connection.close()  # no status line: the client sees an empty reply
@@ -161,6 +196,7 @@ def serving(root: Path) -> Iterator[RangeServer]:
     try:
         yield state
     finally:
+        state.stopping.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)

@@ -6,8 +6,12 @@ demand; GDAL reads through ``/vsicurl/`` with the settings of ``rs_seg.rasters.R
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +21,9 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from rs_seg.errors import RsSegError
-from rs_seg.rasters import GDAL_ENV, RasterInfo, open_raster
+from rs_seg.rasters import GDAL_ENV, REMOTE_ENV, RasterInfo, open_raster, scene_deadline
 from rs_seg.remote import scene_path
+from rs_seg.staging import forget_interrupts, raise_interrupt
 from tests.range_server import RangeServer, serving
 from tests.stac_helpers import write_cog
 
@@ -127,3 +132,109 @@ def test_an_unreachable_server_is_one_line() -> None:
     with pytest.raises(RsSegError, match=re.escape(f"{url}: cannot open scene: ")) as caught:
         RasterInfo.read(scene_path(url))
     assert "\n" not in str(caught.value)
+
+
+# --- a server that stops sending ----------------------------------------------------------------
+
+
+def test_the_default_settings_give_a_silent_server_up_within_minutes() -> None:
+    """Each try waits at most LOW_SPEED_TIME for a byte; GDAL_HTTP_TIMEOUT alone waited 60 s."""
+    window = float(REMOTE_ENV["GDAL_HTTP_LOW_SPEED_TIME"])
+    tries = int(REMOTE_ENV["GDAL_HTTP_MAX_RETRY"]) + 1
+    waits = float(REMOTE_ENV["GDAL_HTTP_RETRY_DELAY"]) * (2.5**tries - 1) / 1.5  # GDAL's backoff
+    assert float(REMOTE_ENV["GDAL_HTTP_LOW_SPEED_LIMIT"]) >= 1
+    assert float(REMOTE_ENV["GDAL_HTTP_CONNECTTIMEOUT"]) <= 20
+    assert tries * window + waits < 180, "one read of a stalled server ends within 3 minutes"
+
+
+def test_a_stalled_server_ends_the_read_in_one_line(
+    server: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GDAL_HTTP_LOW_SPEED_TIME", "1")  # no byte for 1 s: the request is over
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "1")
+    write_cog(server.root / "s.tif", 256, blocksize=64)
+    url = f"{server.url}/s.tif"
+    started = time.monotonic()
+    with pytest.raises(RsSegError) as caught, open_raster(scene_path(url), "scene") as src:
+        server.fail("stall")  # the connection is accepted, and nothing comes
+        src.read()
+    assert str(caught.value) == (
+        f"{url}: no data from the server for 1 s on each of 2 tries; stopped reading the scene"
+    )
+    # GDAL's tries of the one read (its merged range, then a block: 2 or 3 requests), and no
+    # read again on top (3 reads of 3): the server is silent, asking again only waits longer
+    assert server.stalled < 6
+    assert time.monotonic() - started < 30
+
+
+def test_the_scene_deadline_ends_a_read_the_server_stalls(
+    server: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GDAL_HTTP_LOW_SPEED_TIME", "600")  # GDAL alone would wait 10 minutes
+    write_cog(server.root / "s.tif", 256, blocksize=64)
+    url = f"{server.url}/s.tif"
+    scene = scene_path(url)
+    started = time.monotonic()
+    with (
+        pytest.raises(RsSegError) as caught,
+        scene_deadline(scene, 2.0),
+        open_raster(scene, "scene") as src,
+    ):
+        server.fail("stall")
+        src.read()
+    message = str(caught.value)
+    assert message.startswith(f"{url}: no data from the server for ")
+    assert message.endswith("the scene did not finish within its deadline (timeout 2 s)")
+    assert time.monotonic() - started < 30
+    with open_raster(scene, "scene") as src:  # no deadline left behind
+        server.fail("503", count=0)
+        assert src.read(1, window=Window(0, 0, 8, 8)).shape == (8, 8)
+
+
+def test_a_deadline_passed_stops_the_next_read_before_it_starts(server: RangeServer) -> None:
+    write_cog(server.root / "s.tif", 64)
+    scene = scene_path(f"{server.url}/s.tif")
+    with scene_deadline(scene, 0.01), open_raster(scene, "scene") as src:
+        time.sleep(0.05)
+        before = len(server.requests)
+        with pytest.raises(RsSegError, match=r"did not finish within its deadline \(timeout"):
+            src.read()
+    assert len(server.requests) == before, "no request after the deadline"
+
+
+def test_an_interrupt_ends_a_stalled_read_on_a_reading_thread(
+    server: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C runs on the main thread; a pipeline's reader blocked in GDAL must still let go."""
+    monkeypatch.setenv("GDAL_HTTP_LOW_SPEED_TIME", "600")
+    write_cog(server.root / "s.tif", 256, blocksize=64)
+    with ThreadPoolExecutor(1) as pool, open_raster(scene_path(f"{server.url}/s.tif")) as src:
+        server.fail("stall")
+        reading = pool.submit(src.read)
+        while server.stalled == 0:
+            time.sleep(0.02)
+        with contextlib.suppress(KeyboardInterrupt):
+            raise_interrupt(signal.SIGINT, None)  # what the CLI's handler does
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                reading.result(timeout=10)
+        finally:
+            forget_interrupts()
+
+
+def test_a_dataset_closed_under_a_read_given_up_on_is_closed_when_it_returns(
+    server: RangeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GDAL_HTTP_LOW_SPEED_TIME", "600")
+    write_cog(server.root / "s.tif", 256, blocksize=64)
+    scene = scene_path(f"{server.url}/s.tif")
+    with pytest.raises(RsSegError), scene_deadline(scene, 0.3), open_raster(scene) as src:
+        server.fail("stall")
+        src.read()
+    assert not src.closed, "GDAL is still reading it: closing now would free it under the read"
+    server.stopping.set()  # the server hangs up: GDAL's read fails and returns
+    for _ in range(200):
+        if src.closed:
+            break
+        time.sleep(0.05)
+    assert src.closed, "closed by the read's own thread once GDAL returned"

@@ -320,7 +320,7 @@ def predict_scene(
         megapixels = src.width * src.height / 1e6
         pixel_size = float(np.mean(np.abs(src.res)))
     if skipped == windows:
-        log.warning("%s: every window is nodata; the outputs will be empty", scene)
+        log.warning("%s: every window is nodata; the outputs will be empty", display(scene))
     seconds = time.perf_counter() - t0
     return PredictSummary(
         prob_path, windows, skipped, megapixels, seconds, compatibility, pixel_size
@@ -343,7 +343,7 @@ def _compatibility_beside(
     def log_warnings(done: Future[Compatibility]) -> None:
         if done.exception() is None:
             for warning in done.result().warnings:
-                log.warning("%s: %s", scene, warning)
+                log.warning("%s: %s", display(scene), warning)
 
     checked.add_done_callback(log_warnings)
     return checked
