@@ -102,6 +102,8 @@ def select_scenes(source: StacSource) -> Selection:
     try:
         for found in _items(source, root):
             item = found.item
+            if not isinstance(item.id, str):
+                raise TypeError(f"an item's id is {item.id!r}, not text")
             reason = exclusion(source, item)
             if reason is not None:
                 excluded.append(Excluded(item.id, reason))

@@ -253,7 +253,7 @@ JSON_VALUES = st.recursive(
     max_leaves=8,
 )  # fmt: skip
 IDS = st.one_of(st.sampled_from(["a", "a/b", "a_b", "A_B", "..", ".", "", "é", "x" * 80]),
-                st.text(max_size=12))  # fmt: skip
+                st.text(max_size=12), st.integers(), st.none())  # fmt: skip
 VALID_TIME, VALID_BBOX = "2024-05-01T00:00:00Z", [15.0, 47.8, 15.1, 47.9]
 TIMES = st.sampled_from([VALID_TIME] * 4 + [None, "yesterday", 5, "2024-13-45T00:00:00Z"])
 BBOXES = st.sampled_from([VALID_BBOX] * 4 + [None, [1, 2, 3], ["w", "s", "e", "n"], 7,
