@@ -269,8 +269,8 @@ def _run_files(run: Path | None, bundle: ModelBundle) -> tuple[StoredMetrics, Pa
     return cast(StoredMetrics, stored), None
 
 
-def _checked_id(bundle: ModelBundle, where: Path) -> str:
-    """The bundle's model id, which must be the hash of its own weights.
+def _check_id(bundle: ModelBundle, where: Path) -> None:
+    """The bundle's model id must be the hash of its own weights.
 
     The id names the model's folder and the ``latest`` pointer: a bundle that claims another
     model's id would take that model's place.
@@ -282,7 +282,6 @@ def _checked_id(bundle: ModelBundle, where: Path) -> str:
             "bundle was edited or assembled wrongly, export it again from its run",
             where,
         )
-    return found
 
 
 def _check_replaceable(target: Path) -> None:
@@ -521,7 +520,7 @@ def register(
     """
     bundle_path, run = _source_bundle(Path(run_or_bundle))
     bundle = ModelBundle.load(bundle_path)
-    _checked_id(bundle, bundle_path)
+    _check_id(bundle, bundle_path)
     new_score = _test_score(bundle.metrics, metric, bundle_path)
     models_dir = _models_folder(Path(models_dir))
     with _locked(models_dir):
