@@ -54,7 +54,7 @@ from rs_seg.ops.names import inbox_key, inbox_name, inbox_root, item_name
 from rs_seg.ops.registry import latest_bundle
 from rs_seg.ops.stac import select_scenes
 from rs_seg.rasters import GDAL_ENV, gdal_message
-from rs_seg.remote import display, file_name
+from rs_seg.remote import display, file_name, redact_text
 from rs_seg.staging import (
     FolderKind,
     check_not_inputs,
@@ -332,7 +332,7 @@ def record(cfg: IncomingConfig, job: SceneJob, outcome: SceneResult | BaseExcept
         if ledger.complete(job.fingerprint, job.ledger_key, output, scene, job.item_id):
             outcome = replace(outcome, warnings=(*outcome.warnings, replaced))
         return outcome
-    message = str(outcome) or type(outcome).__name__
+    message = redact_text(str(outcome)) or type(outcome).__name__  # GDAL's may quote a URL
     again = ledger.fail(job.fingerprint, job.ledger_key, message, scene, job.item_id)
     log.warning("%s: failed, will be retried by the next run: %s", scene, message)
     return SceneResult(job.scene, "failed", error=message, warnings=(replaced,) if again else (),

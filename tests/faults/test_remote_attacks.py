@@ -19,12 +19,15 @@ from pathlib import Path
 import pyogrio
 import pytest
 import rasterio
+from rasterio.errors import RasterioIOError
 
+from rs_seg.config import IncomingConfig
+from rs_seg.ops.incoming import SceneJob, record
+from rs_seg.ops.ledger import Ledger
+from rs_seg.remote import display, scene_path
 from tests.helpers import assert_one_line_error, hidden_leftovers, make_bundle, rs_seg
 from tests.range_server import RangeServer, serving
 from tests.stac_helpers import write_cog
-
-pytestmark = pytest.mark.slow  # commands in child processes: ~8 s of imports each
 
 USER, PASSWORD = "mapper-7f3a", "pw-9d2e-hunter2"
 SIGNATURE = "5e1fa0c3d2b4968877aa01ccdeadbeef"
@@ -85,6 +88,7 @@ def infer(url: str, out: Path, bundle: Path, *extra: str, env: dict[str, str] | 
                   env={**FAST_RETRIES, **(env or {})})  # fmt: skip
 
 
+@pytest.mark.slow  # a command in a child process: ~8 s of imports
 def test_secrets_in_the_url_reach_the_server_and_no_output_or_log(
     tmp_path: Path, server: RangeServer, bundle: Path
 ) -> None:
@@ -105,6 +109,7 @@ def test_secrets_in_the_url_reach_the_server_and_no_output_or_log(
     )
 
 
+@pytest.mark.slow  # a command in a child process: ~8 s of imports
 def test_a_stalled_server_ends_the_scene_at_its_deadline_in_one_line(
     tmp_path: Path, server: RangeServer, bundle: Path
 ) -> None:
@@ -124,6 +129,7 @@ def test_a_stalled_server_ends_the_scene_at_its_deadline_in_one_line(
     assert time.monotonic() - started < 90, "imports, 3 s, and no wait for GDAL's 600 s"
 
 
+@pytest.mark.slow  # a command in a child process: ~8 s of imports
 @pytest.mark.parametrize(
     ("signum", "status", "said"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
@@ -159,3 +165,22 @@ def test_a_signal_acts_within_seconds_during_a_stalled_read(
     assert took < 10, f"{took:.1f} s from the signal to the exit"
     assert_no_secrets("stderr", stderr)
     assert list(out.iterdir()) == [] and hidden_leftovers(out) == []
+
+
+def test_a_failed_scene_is_recorded_without_the_urls_secrets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger row, the log line and the flow's result of a new-imagery scene that failed."""
+    served = RangeServer(tmp_path, url="http://bucket.example/scenes")
+    url = secret_url(served)
+    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out")
+    job = SceneJob(scene_path(url), "f" * 64, tmp_path / "m.pt", "m1", "m1")
+    Ledger(cfg.ledger_path).claim(job.fingerprint, job.ledger_key, display(job.scene))
+    gdal_error = RasterioIOError(f"/vsicurl/{url}: HTTP error code: 403")  # not an RsSegError
+    result = record(cfg, job, gdal_error)
+    assert (
+        result.error == "/vsicurl/http://bucket.example/scenes/scene.tif?version=3: HTTP "
+        "error code: 403"
+    )
+    assert_no_secrets("the log", caplog.text)
+    assert_no_secrets_in_files(tmp_path / "out")
