@@ -12,9 +12,11 @@ import errno
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,15 +25,17 @@ import typer
 
 from rs_seg.config import (
     InferConfig,
+    InferOptions,
     LabelMap,
     PrepareConfig,
     SynthConfig,
     TrainConfig,
 )
-from rs_seg.config_files import build_config
-from rs_seg.errors import RsSegError, Terminated
+from rs_seg.config_files import build_config, schema_help
+from rs_seg.errors import RsSegError, Terminated, check_utf8_name, printable
 from rs_seg.remote import redact_text
 from rs_seg.staging import forget_interrupts, raise_interrupt
+from rs_seg.staging_names import public_text
 
 app = typer.Typer(
     name="rs-seg",
@@ -52,9 +56,14 @@ OverwriteOption = Annotated[
 ]
 
 
+def _infer_help(name: str, text: str, default: str | None = None) -> str:
+    return schema_help(InferOptions, name, text, default)
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = redact_text(super().format(record))  # whoever logged it, no URL's secrets
+        # whoever logged it: no URL's secrets, no hidden staging name (its output's name instead)
+        message = public_text(redact_text(super().format(record)))
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.lower()}: {message}"
         return message
@@ -70,6 +79,30 @@ def setup_logging(verbose: bool = False) -> None:
     for chatty in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    warnings.showwarning = _logged_warning(warnings.showwarning)
+
+
+_GDAL_BINDINGS = tuple(f"{os.sep}{name}{os.sep}" for name in ("pyogrio", "rasterio", "fiona"))
+
+
+def _logged_warning(default: Callable[..., None]) -> Callable[..., None]:
+    """GDAL's warnings, which pyogrio raises as Python warnings, as one ``warning:`` line each.
+
+    Python printed them with the library's file and line, twice or more (once per call that read
+    the file) and naming hidden staging copies; logged, each message reads ``warning: GDAL: ...``
+    once, through the formatter that shows staging names as their outputs. Other warnings keep
+    Python's form.
+    """
+    shown: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], filename: str, *rest: Any) -> None:
+        if not any(binding in filename for binding in _GDAL_BINDINGS):
+            default(message, category, filename, *rest)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            log.warning("GDAL: %s", message)
+
+    return show
 
 
 def reports_errors(command: F) -> F:
@@ -114,7 +147,14 @@ def _reported(command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return command(*args, **kwargs)
     except RsSegError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {public_text(str(exc))}", err=True)
+        raise typer.Exit(2) from None
+    except UnicodeEncodeError as exc:
+        if "surrogates" not in exc.reason:
+            raise
+        # the last net for a name that is not UTF-8 (the configs refuse them before any work)
+        named = printable(exc.object)[:300] if isinstance(exc.object, str) else "a name"
+        typer.echo(f"error: {named}: a name that is not valid UTF-8; rename it", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -192,8 +232,14 @@ def prepare(
         typer.Option(help="Vector labels (any CRS) or label raster ({stem}: per scene)."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder for chips and index.")] = None,
-    chip_size: Annotated[int | None, typer.Option(help="Chip size in pixels [256].")] = None,
-    stride: Annotated[int | None, typer.Option(help="Step between chips [chip size].")] = None,
+    chip_size: Annotated[
+        int | None,
+        typer.Option(help=schema_help(PrepareConfig, "chip_size", "Chip size in pixels")),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(help=schema_help(PrepareConfig, "stride", "Step between chips", "chip size")),
+    ] = None,
     split: Annotated[str | None, typer.Option(help="block (spatial, default) or random.")] = None,
     ratios: Annotated[
         tuple[float, float, float] | None,
@@ -214,7 +260,14 @@ def prepare(
         typer.Option(help="Field outlines burned as boundary (2), metres [2 px]; 0: binary."),
     ] = None,
     max_nodata: Annotated[
-        float | None, typer.Option(help="Skip chips with more nodata than this fraction [0.5].")
+        float | None,
+        typer.Option(
+            help=schema_help(
+                PrepareConfig,
+                "max_nodata_fraction",
+                "Skip chips with more nodata than this fraction",
+            )
+        ),
     ] = None,
     compression: Annotated[
         str | None, typer.Option(help="Chip compression: zstd, deflate, lzw or none [zstd].")
@@ -360,33 +413,55 @@ def infer(
         Path | None, typer.Option(help="Model bundle [latest in --models-dir].")
     ] = None,
     models_dir: Annotated[Path | None, typer.Option(help="Model registry [models].")] = None,
-    window: Annotated[int | None, typer.Option(help="Window size [bundle chip size].")] = None,
-    overlap: Annotated[float | None, typer.Option(help="Window overlap 0-0.9 [0.25].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Windows per batch [16].")] = None,
+    window: Annotated[
+        int | None, typer.Option(help=_infer_help("window", "Window in pixels", "bundle chip size"))
+    ] = None,
+    overlap: Annotated[
+        float | None, typer.Option(help=_infer_help("overlap", "Window overlap"))
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_infer_help("batch_size", "Windows per batch"))
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Reading / normalizing threads [one per core, max 8].")
+        int | None,
+        typer.Option(
+            help=_infer_help("workers", "Reading / normalizing threads", "one per core, max 8")
+        ),
     ] = None,
     precision: Annotated[
         str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16 [auto].")
     ] = None,
     tta: Annotated[bool | None, typer.Option("--tta", help="Average over flips (4x).")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Probability threshold [the bundle's].")
+        float | None,
+        typer.Option(help=_infer_help("threshold", "Probability threshold", "the bundle's")),
     ] = None,
     boundary_threshold: Annotated[
         float | None,
-        typer.Option(help="Fields models: boundary probability that parts fields [the bundle's]."),
+        typer.Option(
+            help=_infer_help(
+                "boundary_threshold",
+                "Fields models: boundary probability that parts fields",
+                "the bundle's",
+            )
+        ),
     ] = None,
     prob_out: Annotated[
         Path | None, typer.Option(help="Probability COG [<out stem>_prob.tif].")
     ] = None,
     mask_out: Annotated[Path | None, typer.Option(help="Also write a 0/1 mask COG.")] = None,
     min_area: Annotated[
-        float | None, typer.Option(help="Smallest field, m2 [fields models: the bundle's; 500].")
+        float | None,
+        typer.Option(
+            help=_infer_help("min_area", "Smallest field in m2", "fields models: the bundle's; 500")
+        ),
     ] = None,
     simplify: Annotated[
-        float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
+        float | None,
+        typer.Option(
+            help=_infer_help("simplify", "Simplify tolerance in CRS units (0: off)", "1 pixel")
+        ),
     ] = None,
     timeout: Annotated[
         float | None,
@@ -425,20 +500,36 @@ def vectorize(
         Path, typer.Option("--out", "-o", help="Fields: .gpkg, .fgb, .geojson or .parquet (fiboa).")
     ],
     threshold: Annotated[
-        float | None, typer.Option(help="Probability threshold [the one stored in the raster].")
+        float | None,
+        typer.Option(
+            help=_infer_help("threshold", "Probability threshold", "stored in the raster")
+        ),
     ] = None,
     min_area: Annotated[
-        float | None, typer.Option(help="Smallest field, m2 [stored in the raster, else 500].")
+        float | None,
+        typer.Option(help=_infer_help("min_area", "Smallest field in m2", "stored, else 500")),
     ] = None,
     simplify: Annotated[
-        float | None, typer.Option(help="Simplify tolerance, CRS units [1 pixel]; 0 = off.")
+        float | None,
+        typer.Option(
+            help=_infer_help("simplify", "Simplify tolerance in CRS units (0: off)", "1 pixel")
+        ),
     ] = None,
     fill_holes_below: Annotated[
-        float | None, typer.Option(help="Fill holes smaller than this, m2 [min area].")
+        float | None,
+        typer.Option(
+            help=_infer_help("fill_holes_below", "Fill holes smaller than this, m2", "min area")
+        ),
     ] = None,
     boundary_threshold: Annotated[
         float | None,
-        typer.Option(help="Two-band rasters: boundary probability threshold [stored, else 0.5]."),
+        typer.Option(
+            help=_infer_help(
+                "boundary_threshold",
+                "Two-band rasters: boundary probability threshold",
+                "stored, else 0.5",
+            )
+        ),
     ] = None,
     grow: Annotated[
         int | None,
@@ -456,14 +547,32 @@ def vectorize(
     with the thresholds and growth given here.
     """
     # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
-    from rs_seg.infer.vectorize import VectorizeSettings, stored_settings
+    from rs_seg.infer.vectorize import (
+        VectorizeSettings,
+        stored_boundary_threshold,
+        stored_settings,
+    )
     from rs_seg.infer.vectorize import vectorize as run_vectorize
     from rs_seg.rasters import open_raster
 
+    check_utf8_name(prob)
+    check_utf8_name(out)
+    given = {
+        "threshold": threshold,
+        "min_area": min_area,
+        "simplify": simplify,
+        "fill_holes_below": fill_holes_below,
+        "boundary_threshold": boundary_threshold,
+    }
+    build_config(InferOptions, None, None, given)  # the flags' ranges, as for rs-seg infer
     with open_raster(prob, "probability raster") as src:
         tags, count = src.tags(), src.count
         pixel = (abs(src.res[0]) + abs(src.res[1])) / 2
-    stored, stored_min_area = stored_settings(tags, split and count == 2)
+    try:  # a tag out of range is the raster's problem: name it
+        stored, stored_min_area = stored_settings(tags, split and count == 2)
+        stored_boundary_threshold(tags, None)
+    except RsSegError as exc:
+        raise RsSegError(str(exc), prob) from None
     if threshold is None and stored is None:
         raise RsSegError("no threshold stored in the raster; pass --threshold", prob)
     chosen = threshold if threshold is not None else stored

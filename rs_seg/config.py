@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from rs_seg.errors import RsSegError, check_utf8_name
 from rs_seg.remote import display, output_text, scene_text
 from rs_seg.timespan import parse_range
 
@@ -35,13 +37,25 @@ MaskTarget = Literal["cropland", "fields"]
 SYNTH_LABELS_FILE = "fields.gpkg"  # the labels file of a ``rs-seg synth`` folder
 
 
+def utf8_name(path: Path) -> Path:
+    """A path GDAL can open: refused in the config when a name in it is not UTF-8."""
+    try:
+        check_utf8_name(path)
+    except RsSegError as exc:
+        raise ValueError(str(exc)) from None
+    return path
+
+
 # A scene: a local path, or an http(s)://, s3:// or gs:// URL of a COG, kept as the GDAL path it
 # is read through and written out (JSON, YAML, the Prefect UI) as the URL again.
 ScenePath = Annotated[
-    Path, BeforeValidator(scene_text), PlainSerializer(display, return_type=str, when_used="json")
+    Path,
+    BeforeValidator(scene_text),
+    AfterValidator(utf8_name),
+    PlainSerializer(display, return_type=str, when_used="json"),
 ]
-# A file or folder rs_seg writes: never a URL.
-OutputPath = Annotated[Path, BeforeValidator(output_text)]
+# A file or folder rs_seg writes: never a URL, and (as for scenes) a name GDAL can take.
+OutputPath = Annotated[Path, BeforeValidator(output_text), AfterValidator(utf8_name)]
 
 
 class StrictModel(BaseModel):
@@ -366,12 +380,12 @@ class InferOptions(StrictModel):
     window: Annotated[int, Field(ge=16, le=8192)] | None = Field(
         None, description="window size in pixels [the bundle's chip size]"
     )
-    overlap: Annotated[float, Field(ge=0, lt=1)] = Field(
+    overlap: Annotated[float, Field(ge=0, le=0.9)] = Field(
         0.25, description="overlap between windows; blended with a Hann weight [0.25]"
     )
     batch_size: Annotated[int, Field(ge=1)] = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: Annotated[int, Field(ge=1)] | None = Field(
+    workers: Annotated[int, Field(ge=1, le=64)] | None = Field(
         None, description="threads reading the scene, as many normalizing windows [1 a core, max 8]"
     )
     precision: Precision = Field(

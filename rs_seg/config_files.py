@@ -1,12 +1,14 @@
 """Reading the config schema (:mod:`rs_seg.config`) from YAML files and command-line overrides.
 
 The schema says what a valid config is; this module says where one comes from: a YAML file with
-one section per stage (or a flat file that is one section), flags that override single fields,
-and the sections one training run reads together. Errors stay one line naming the file.
+one section per stage (or a flat file that is one section), flags that override single fields
+(and their help texts, whose ranges and defaults come from the schema), and the sections one
+training run reads together. Errors stay one line naming the file.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -82,6 +84,40 @@ def build_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise RsSegError(format_validation_error(exc), config_file) from None
+
+
+@functools.cache
+def _properties(model: type[BaseModel]) -> dict[str, Any]:
+    return dict(model.model_json_schema()["properties"])
+
+
+def _range(spec: dict[str, Any]) -> str:
+    """A JSON-schema number's bounds in words: ``0-0.9``, ``between 0 and 1``, ``at least 1``."""
+    spec = next((s for s in spec.get("anyOf", [spec]) if s.get("type") != "null"), spec)
+    low, above = spec.get("minimum", spec.get("exclusiveMinimum")), "exclusiveMinimum" in spec
+    high, below = spec.get("maximum", spec.get("exclusiveMaximum")), "exclusiveMaximum" in spec
+    if low is not None and high is not None:
+        if not (above or below):
+            return f"{low:g}-{high:g}"
+        if above and below:
+            return f"between {low:g} and {high:g}"
+        return f"{'above ' if above else ''}{low:g} to {'below ' if below else ''}{high:g}"
+    if low is not None:
+        return f"above {low:g}" if above else f"at least {low:g}"
+    return "" if high is None else (f"below {high:g}" if below else f"at most {high:g}")
+
+
+def schema_help(model: type[BaseModel], name: str, text: str, default: str | None = None) -> str:
+    """``text``, the range the schema accepts and its default (``Window overlap, 0-0.9 [0.25].``).
+
+    Help and validation then cannot disagree (``--overlap 0.99`` was once accepted under a help
+    text that said 0-0.9). ``default``: the words for a default the schema leaves as None.
+    """
+    spec = _properties(model)[name]
+    bounds = _range(spec)
+    stated = spec.get("default")
+    shown = f"{stated:g}" if isinstance(stated, int | float) else default
+    return text + (f", {bounds}" if bounds else "") + (f" [{shown}]" if shown else "") + "."
 
 
 class TrainingConfigs(NamedTuple):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -26,12 +27,12 @@ import numpy.typing as npt
 import rasterio
 import shapely
 from rasterio.crs import CRS
-from rasterio.errors import CRSError
 from shapely.geometry.base import BaseGeometry
 
 import rs_seg
 from rs_seg.errors import RsSegError
 from rs_seg.field_rule import GROW
+from rs_seg.infer.checks import check_wgs84_extent, metres_per_unit
 from rs_seg.infer.field_layer import (
     BATCH,
     LAYER,
@@ -152,28 +153,45 @@ def stored_settings(tags: Mapping[str, str], split: bool) -> tuple[float | None,
 
     For a split (two-band raster, ``split``) the extent threshold tuned for fields, else the
     cropland threshold; None when the raster stores neither. The minimum area is the stored one,
-    else :data:`DEFAULT_MIN_AREA`.
+    else :data:`DEFAULT_MIN_AREA`. A tag that is no number, or out of range, is refused with the
+    flag that overrides it.
     """
     names = (FIELD_THRESHOLD_TAG, *THRESHOLD_TAGS) if split else THRESHOLD_TAGS
-    stored = next((tags[n] for n in names if tags.get(n)), None)
+    name = next((n for n in names if tags.get(n)), None)
+    threshold = None if name is None else _stored_probability(tags, name, "--threshold")
     min_area = tags.get(MIN_AREA_TAG)
-    try:
-        threshold = float(stored) if stored is not None else None
-        return threshold, float(min_area) if min_area else DEFAULT_MIN_AREA
-    except ValueError:
-        detail = f"{stored!r}, {min_area!r}"
-        raise RsSegError(f"unreadable threshold or minimum-area tag: {detail}") from None
+    if not min_area:
+        return threshold, DEFAULT_MIN_AREA
+    area = _stored_number(tags, MIN_AREA_TAG, "--min-area")
+    if not 0 <= area < math.inf:
+        raise RsSegError(
+            f"stored {MIN_AREA_TAG} tag {area:g} is not an area in m²; pass --min-area"
+        )
+    return threshold, area
 
 
 def stored_boundary_threshold(tags: Mapping[str, str], default: float | None) -> float | None:
     """The boundary threshold stored in a probability raster's tags, else ``default``."""
-    stored = tags.get(BOUNDARY_TAG)
-    if stored is None:
+    if tags.get(BOUNDARY_TAG) is None:
         return default
+    return _stored_probability(tags, BOUNDARY_TAG, "--boundary-threshold")
+
+
+def _stored_number(tags: Mapping[str, str], name: str, flag: str) -> float:
     try:
-        return float(stored)
+        return float(tags[name])
     except ValueError:
-        raise RsSegError(f"unreadable {BOUNDARY_TAG} tag in the raster: {stored!r}") from None
+        raise RsSegError(
+            f"unreadable {name} tag in the raster: {tags[name]!r}; pass {flag}"
+        ) from None
+
+
+def _stored_probability(tags: Mapping[str, str], name: str, flag: str) -> float:
+    value = _stored_number(tags, name, flag)
+    if not 0 < value < 1:  # also refuses NaN
+        raise RsSegError(f"stored {name} tag {value:g} is not a probability between 0 and 1; "
+                         f"pass {flag}")  # fmt: skip
+    return value
 
 
 @dataclass(frozen=True)
@@ -199,6 +217,7 @@ def vectorize(
     progress: bool = False,
     metadata: dict[str, str] | None = None,
     publish: bool = True,
+    shown_as: Path | None = None,
 ) -> VectorizeSummary:
     """Polygonize a uint8 probability raster into a field layer that opens styled in QGIS.
 
@@ -234,6 +253,8 @@ def vectorize(
         metadata: Extra key/value pairs stored as layer metadata (GPKG and FlatGeobuf).
         publish: Stage ``out_path`` and put it in place at the end (the default); False when
             ``out_path`` is itself a staging path its caller publishes (``rs-seg infer``).
+        shown_as: The raster's name in messages when ``prob_path`` is a staging copy (its
+            published path), so no hidden staging name reaches the user.
 
     Returns:
         Counts, total area and timing of the run.
@@ -244,13 +265,16 @@ def vectorize(
     """
     started = time.perf_counter()
     prob_path, out_path = Path(prob_path), Path(out_path)
+    shown = Path(shown_as or prob_path)
     driver = output_driver(out_path)
     with (
         large_blocks_off_the_heap(),
         rasterio.Env(**GDAL_ENV),
         open_raster(prob_path, "probability raster") as src,
     ):
-        metres = _check_raster(src, prob_path)
+        metres = _check_raster(src, shown)
+        if driver == "GeoJSON":
+            check_wgs84_extent(src, shown)
         splits = splits_fields(src, settings)
         scene = scene or _scene_name(prob_path)
         info = LayerInfo(
@@ -271,7 +295,7 @@ def vectorize(
     if writer.count == 0:
         level = threshold_to_level(settings.threshold)
         message = "%s: no fields at threshold %s (level %d); wrote an empty layer"
-        log.warning(message, prob_path, settings.threshold, level)
+        log.warning(message, shown, settings.threshold, level)
     return VectorizeSummary(
         out=out_path,
         polygons=writer.count,
@@ -425,27 +449,13 @@ def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
             f"two-band probability raster must have bands {BAND_DESCRIPTIONS}, found {names}",
             path,
         )
-    if src.crs is None:
-        raise RsSegError("probability raster has no CRS; polygons need georeferencing", path)
-    return _metres_per_unit(src.crs, path)
+    return metres_per_unit(src, path, "probability raster")
 
 
 def _crs_text(crs: CRS) -> str:
     """``EPSG:n`` where the CRS is exactly an EPSG one (readers then see the code), else WKT."""
     epsg = crs.to_epsg(confidence_threshold=100)
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
-
-
-def _metres_per_unit(crs: CRS, path: Path) -> float:
-    try:
-        _, factor = crs.linear_units_factor
-    except CRSError:
-        raise RsSegError(
-            f"probability raster is in a geographic CRS ({crs.to_string()}); areas in m² need a "
-            "projected CRS such as UTM",
-            path,
-        ) from None
-    return float(factor)
 
 
 def _layer_metadata(
