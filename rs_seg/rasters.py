@@ -288,24 +288,33 @@ def _retrying(read: Callable[..., Any], path: Path, calls: RemoteCalls) -> Calla
     @functools.wraps(read)
     def read_again(*args: Any, **kwargs: Any) -> Any:
         delay = _remote_setting("GDAL_HTTP_RETRY_DELAY")
-        for attempt in range(READ_RETRIES + 1):
-            started = time.monotonic()
+        for attempt in range(READ_RETRIES):
             try:
-                return calls.call(read, *args, **kwargs)
+                return _read_once(read, path, calls, args, kwargs)
             except RasterioIOError as exc:
                 if not _names(exc, file_name(path)):
-                    raise
-                if (stalled := _stalled(path, calls.role, started)) is not None:
-                    raise stalled from None
-                if attempt == READ_RETRIES:
                     raise
                 log.warning("%s: a read failed (%s); reading again", display(path),
                             gdal_message(exc))  # fmt: skip
             clear_remote_cache(path)
             calls.wait(delay * 2**attempt)
-        raise AssertionError("unreachable")  # the last attempt returned or raised
+        return _read_once(read, path, calls, args, kwargs)
 
     return read_again
+
+
+def _read_once(
+    read: Callable[..., Any], path: Path, calls: RemoteCalls, args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """One read; a failure because the server sent nothing (:func:`_stalled`) is final."""
+    started = time.monotonic()
+    try:
+        return calls.call(read, *args, **kwargs)
+    except RasterioIOError as exc:
+        if _names(exc, file_name(path)) and (stalled := _stalled(path, calls.role, started)):
+            raise stalled from None
+        raise
 
 
 # How often a thread waiting for a remote GDAL call looks at interrupts and the deadline (s).
