@@ -217,3 +217,55 @@ def test_model_register_stores_a_bundle_and_moves_latest(tmp_path) -> None:
     assert again.exit_code == 0 and "latest unchanged" in again.output
     wrong = runner.invoke(app, ["model", "register", str(bundle), "--promote", "sometimes"])
     assert wrong.exit_code == 2 and "--promote must be" in wrong.output
+
+
+def _bounds(spec: dict) -> tuple[float | None, float | None, bool, bool]:
+    """(low, high, low exclusive, high exclusive) of a JSON-schema number, None where unbounded."""
+    spec = next(s for s in spec.get("anyOf", [spec]) if s.get("type") != "null")
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    high = spec.get("maximum", spec.get("exclusiveMaximum"))
+    return low, high, "exclusiveMinimum" in spec, "exclusiveMaximum" in spec
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "field"),
+    [
+        ("infer", "--window", "window"),
+        ("infer", "--overlap", "overlap"),
+        ("infer", "--batch-size", "batch_size"),
+        ("infer", "--workers", "workers"),
+        ("infer", "--threshold", "threshold"),
+        ("infer", "--boundary-threshold", "boundary_threshold"),
+        ("infer", "--min-area", "min_area"),
+        ("infer", "--simplify", "simplify"),
+        ("vectorize", "--threshold", "threshold"),
+        ("vectorize", "--boundary-threshold", "boundary_threshold"),
+        ("vectorize", "--min-area", "min_area"),
+        ("vectorize", "--simplify", "simplify"),
+        ("vectorize", "--fill-holes-below", "fill_holes_below"),
+        ("prepare", "--chip-size", "chip_size"),
+        ("prepare", "--stride", "stride"),
+        ("prepare", "--max-nodata", "max_nodata_fraction"),
+    ],
+)
+def test_help_states_the_range_that_validation_keeps(command: str, flag: str, field: str) -> None:
+    """``--overlap 0.99`` was accepted under a help text that said 0-0.9: now the help states the
+    schema's own bounds, and a value just past one is refused in one line."""
+    from rs_seg.config import InferOptions, PrepareConfig
+
+    prepare = {"scenes": ["a.tif"], "labels": "l.gpkg"}
+    model, base = (PrepareConfig, prepare) if command == "prepare" else (InferOptions, {})
+    text = " ".join(invoke(command, "--help").stdout.split())
+    start = text.index(f"{flag} <")
+    described = text[start : text.find(" --", start + len(flag))]
+    low, high, above, below = _bounds(model.model_json_schema()["properties"][field])
+    step = 1 if model.model_fields[field].annotation in (int, int | None) else 1e-6
+    for bound, exclusive, past in ((low, above, -step), (high, below, step)):
+        if bound is None:
+            continue
+        assert f"{bound:g}" in described, described
+        inside, outside = (bound - past, bound) if exclusive else (bound, bound + past)
+        model.model_validate({**base, field: inside})
+        with pytest.raises(ValueError, match=field):
+            model.model_validate({**base, field: outside})
+    assert low is not None, f"{flag} has no lower bound in the schema"

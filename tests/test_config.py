@@ -56,3 +56,56 @@ def test_new_imagery_maps_with_the_settings_of_rs_seg_infer(tmp_path) -> None:
     both.write_text("incoming:\n  incoming: inbox\n  tta: true\n  infer: {tta: false}\n")
     with pytest.raises(RsSegError, match="tta: given both at the top and under infer:"):
         build_config(IncomingConfig, "incoming", both, {})
+
+
+def test_shipped_configs_validate_against_the_schema() -> None:
+    """Every section of configs/*.yaml is a valid config (so no YAML states a range the schema
+    refuses, such as an overlap of 0.95)."""
+    from pathlib import Path
+
+    from rs_seg.config import IncomingConfig
+    from rs_seg.config_files import build_config, read_yaml
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    sections = set()
+    for path in files:
+        raw = read_yaml(path)
+        sections |= raw.keys()
+        if "train" in raw:  # with its prepare: and synth: sections
+            load_training_configs(path)
+        if "incoming" in raw:
+            build_config(IncomingConfig, "incoming", path, {})
+    assert sections == {"synth", "prepare", "train", "incoming"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"overlap": 0.9}, None),
+        ({"overlap": 0.91}, "overlap: Input should be less than or equal to 0.9"),
+        ({"overlap": 0.99}, "overlap"),
+        ({"workers": 64}, None),
+        ({"workers": 100_000}, "workers: Input should be less than or equal to 64"),
+        ({"window": 15}, "window"),
+    ],
+)
+def test_window_settings_that_would_hang_or_exhaust_the_machine_are_refused(
+    tmp_path, settings: dict, refused: str | None
+) -> None:
+    """A 0.99 overlap is a one-pixel stride (a hang); 100 000 workers ran out of file handles."""
+    from rs_seg.config import IncomingConfig
+    from rs_seg.config_files import build_config
+
+    path = tmp_path / "incoming.yaml"
+    path.write_text("incoming:\n  incoming: inbox\n  infer: " + str(settings) + "\n")
+    if refused is None:
+        assert (
+            build_config(IncomingConfig, "incoming", path, {}).infer.model_dump(
+                include=set(settings)
+            )
+            == settings
+        )
+        return
+    with pytest.raises(RsSegError, match=refused) as error:
+        build_config(IncomingConfig, "incoming", path, {})
+    assert "\n" not in str(error.value) and str(path) in str(error.value)

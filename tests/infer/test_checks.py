@@ -76,3 +76,40 @@ def test_consecutive_bundle_bands_are_read_as_a_view_and_others_by_index() -> No
         selection = _band_selection(np.asarray(index))
         assert isinstance(selection, slice) == (index == list(range(index[0], index[-1] + 1)))
         np.testing.assert_array_equal(image[selection], image[np.asarray(index)])
+
+
+@pytest.fixture(scope="module")
+def bundle_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("model") / "model.pt", bands=3, chip=64)
+
+
+@pytest.mark.parametrize(
+    ("crs", "pixel", "warned"),
+    [
+        ("EPSG:32633", 10.0, None),
+        ("EPSG:2263", 10 / (1200 / 3937), None),  # 32.8 US survey feet = 10 m: the same pixels
+        ("EPSG:2263", 10.0, "pixel size 3.04801 m differs from the training pixel size 10 m"),
+        ("EPSG:32633", 30.0, "pixel size 30 m differs"),
+    ],
+)
+def test_pixel_sizes_are_compared_in_metres(
+    tmp_path: Path, bundle_file: Path, crs: str, pixel: float, warned: str | None
+) -> None:
+    """A CRS in US survey feet once gave a false 'pixel size 32.8 differs from 10' warning."""
+    scene = write_scene(tmp_path / "scene.tif", 64, 64, crs=crs, pixel=pixel, origin=(1e6, 2e5))
+    bundle = ModelBundle.load(bundle_file)
+    with rasterio.open(scene) as src:
+        warnings = [w for w in check_compatibility(src, bundle, scene, 64).warnings if "pixel" in w]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith(warned), warnings
+
+
+def test_training_pixel_sizes_in_feet_are_converted_too(tmp_path: Path, bundle_file: Path) -> None:
+    """A model trained on a CRS in feet: its 32.8 ft pixels are 10 m, as are a UTM scene's."""
+    scene = write_scene(tmp_path / "scene.tif", 64, 64)
+    bundle = ModelBundle.load(bundle_file)
+    bundle.pixel_size, bundle.crs = [10 / (1200 / 3937)] * 2, "EPSG:2263"
+    with rasterio.open(scene) as src:
+        assert not [w for w in check_compatibility(src, bundle, scene, 64).warnings if "pixel" in w]
