@@ -162,7 +162,9 @@ def test_a_signal_acts_within_seconds_during_a_stalled_read(
         child.kill()
     assert child.returncode == status, stderr[-2000:]
     assert f"{said}: no partial output was kept" in stderr and "Traceback" not in stderr
-    assert took < 10, f"{took:.1f} s from the signal to the exit"
+    # the line comes at once; the exit takes the interpreter's teardown (torch: seconds on a
+    # loaded machine, as for a local scene) and never GDAL's 600 s
+    assert took < 30, f"{took:.1f} s from the signal to the exit"
     assert_no_secrets("stderr", stderr)
     assert list(out.iterdir()) == [] and hidden_leftovers(out) == []
 
