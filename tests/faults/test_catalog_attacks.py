@@ -23,8 +23,9 @@ from rs_seg.config import IncomingConfig, StacSource
 from rs_seg.errors import RsSegError
 from rs_seg.ops import stac
 from rs_seg.ops.incoming import scan
+from rs_seg.ops.names import item_name
 from rs_seg.ops.stac import select_scenes
-from rs_seg.remote import scene_path
+from rs_seg.remote import is_remote, scene_path
 from tests.range_server import RangeServer, serving
 from tests.stac_helpers import catalog_dict, stac_item, write_cog, write_item_collection
 
@@ -316,9 +317,6 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 def test_random_catalogs_give_a_selection_or_one_line_and_touch_nothing(
     site: Site, tmp_path: Path
 ) -> None:
-    from rs_seg.ops.names import item_name
-    from rs_seg.remote import is_remote
-
     sentinel = tmp_path / "sentinel"
     write_cog(sentinel / "scene.tif", 16)
     (sentinel / "cat.json").write_text(json.dumps(catalog_dict("s", [("item", "item.json")])))
