@@ -392,7 +392,24 @@ def mapped_outputs(cfg: IncomingConfig, jobs: list[SceneJob]) -> list[Path]:
         for e in Ledger(cfg.ledger_path).entries()
         if e.status == "done" and e.model_id in keys and e.output
     ]
-    return sorted({p for p in done if p.is_file()})
+    foreign = [p for p in done if not in_scene_folder(cfg.out_dir, p)]
+    for path in foreign:
+        log.warning("%s: names %s as a mapped scene, but it is not a scene folder's fields file "
+                    "under %s; it is not merged", cfg.ledger_path, path, cfg.out_dir)  # fmt: skip
+    return sorted({p for p in done if p not in foreign and p.is_file()})
+
+
+def in_scene_folder(out_dir: Path, output: Path) -> bool:
+    """Whether a ledger's output is ``<out_dir>/<scene>/<model id>/fields.gpkg``.
+
+    The ledger is a file anyone can edit or hand over: an output it names elsewhere (a user's
+    own layer, a path with ``..``, a link out of the folder) is never read into a merged layer.
+    """
+    try:
+        relative = output.resolve().relative_to(Path(out_dir).resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return len(relative.parts) == 3 and relative.name == "fields.gpkg"
 
 
 def write_merged(outputs: list[Path], out: Path, crs: str | None = None) -> int:

@@ -132,3 +132,32 @@ def test_a_full_disk_fails_the_scene_in_one_line_and_writes_nothing(inbox: Path)
         assert list(disk.iterdir()) == [], "no scene folder, no staging copy"
         entry = Ledger(cfg.ledger_path).entries()[0]
         assert entry.status == "failed", "recorded, so the next run retries it"
+
+
+def test_a_ledger_cannot_merge_files_outside_the_scene_folders(tmp_path: Path, caplog) -> None:
+    """Outputs a planted or edited ledger names outside ``out_dir`` are never read into a merge."""
+    from rs_seg.config import IncomingConfig
+    from rs_seg.ops.incoming import SceneJob, mapped_outputs
+
+    out_dir = tmp_path / "out"
+    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=out_dir, model=tmp_path / "m.pt")
+    own = out_dir / "s0" / "m1" / "fields.gpkg"
+    private = tmp_path / "private" / "fields.gpkg"
+    for path in (own, private):
+        path.parent.mkdir(parents=True)
+        path.write_text("a layer")
+    (out_dir / "s1" / "m1").mkdir(parents=True)
+    (out_dir / "s1" / "m1" / "fields.gpkg").symlink_to(private)
+    before = digest(tmp_path / "private")
+    named = {
+        "own": own, "absolute": private, "dotdot": out_dir / "s2" / ".." / ".." / "private" /
+        "fields.gpkg", "link": out_dir / "s1" / "m1" / "fields.gpkg", "shallow": out_dir / "x.gpkg",
+    }  # fmt: skip
+    ledger = Ledger(cfg.ledger_path)
+    for fingerprint, output in named.items():
+        assert ledger.claim(fingerprint, "m1", f"{fingerprint}.tif")
+        ledger.complete(fingerprint, "m1", output)
+    job = SceneJob(tmp_path / "s.tif", "f", tmp_path / "m.pt", "m1", "m1")
+    assert mapped_outputs(cfg, [job]) == [own]
+    assert caplog.text.count("it is not merged") == 4
+    assert digest(tmp_path / "private") == before
