@@ -316,8 +316,17 @@ def _store(bundle_path: Path, run: Path | None, bundle: ModelBundle, models_dir:
         shutil.copy2(bundle_path, staging / BUNDLE_FILE)
         write_json(RunFolder(staging).metrics, metrics)
         if report is not None:
-            shutil.copytree(report, RunFolder(staging).report)
+            shutil.copytree(report, RunFolder(staging).report, ignore=_links)
     return target / BUNDLE_FILE
+
+
+def _links(folder: str, names: list[str]) -> list[str]:
+    """Entries of a run's report that are links: never followed into the registry.
+
+    A report is copied from a run folder that may come from someone else; a link in it could
+    name any file the user can read, which would then be kept (and shared) with the model.
+    """
+    return [name for name in names if Path(folder, name).is_symlink()]
 
 
 class _LatestSchema(BaseModel):

@@ -171,6 +171,20 @@ def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights, ids) -> N
     assert latest(tmp_path / "models")["metric"] == "cropland_iou"
 
 
+def test_links_in_a_runs_report_are_not_copied_into_the_registry(tmp_path, weights, ids) -> None:
+    run = tmp_path / "runs" / "r1"
+    make_bundle(run / BUNDLE_FILE, weights, "m-run", 0.5)
+    (run / "metrics.json").write_text(json.dumps({"model_id": ids["m-run"], "threshold": 0.4}))
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "key.txt").write_text("a secret of the user")
+    (run / "report").mkdir()
+    (run / "report" / "README.md").write_text("# report\n")
+    (run / "report" / "figure.png").symlink_to(tmp_path / "private" / "key.txt")
+    (run / "report" / "more").symlink_to(tmp_path / "private")
+    stored = register(run, tmp_path / "models").bundle.parent / "report"
+    assert sorted(p.name for p in stored.iterdir()) == ["README.md"]
+
+
 def test_missing_things_give_one_line_errors(tmp_path, weights) -> None:
     empty = tmp_path / "models"
     with pytest.raises(RsSegError, match="no registered model; train one") as info:
