@@ -79,7 +79,8 @@ def setup_logging(verbose: bool = False) -> None:
     for chatty in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    warnings.showwarning = _logged_warning(warnings.showwarning)
+    if not hasattr(warnings.showwarning, "rs_seg"):  # once, however often commands run
+        warnings.showwarning = _logged_warning(warnings.showwarning)
 
 
 _GDAL_BINDINGS = tuple(f"{os.sep}{name}{os.sep}" for name in ("pyogrio", "rasterio", "fiona"))
@@ -102,6 +103,7 @@ def _logged_warning(default: Callable[..., None]) -> Callable[..., None]:
             shown.add(str(message))
             log.warning("GDAL: %s", message)
 
+    show.rs_seg = True  # type: ignore[attr-defined]
     return show
 
 
