@@ -549,11 +549,7 @@ def vectorize(
     with the thresholds and growth given here.
     """
     # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
-    from rs_seg.infer.vectorize import (
-        VectorizeSettings,
-        stored_boundary_threshold,
-        stored_settings,
-    )
+    from rs_seg.infer.vectorize import VectorizeSettings, stored_boundary_threshold, stored_settings
     from rs_seg.infer.vectorize import vectorize as run_vectorize
     from rs_seg.rasters import open_raster
 

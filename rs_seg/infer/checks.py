@@ -11,6 +11,7 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -19,11 +20,13 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from rs_seg.bundle import ModelBundle
 from rs_seg.errors import RsSegError
 from rs_seg.rasters import open_raster
 from rs_seg.remote import display, file_name, is_remote
 from rs_seg.windows import read_padded
+
+if TYPE_CHECKING:  # annotations only: `rs-seg vectorize` checks rasters without loading torch
+    from rs_seg.bundle import ModelBundle
 
 DRIFT_Z = 1.0  # warn when a band's scene mean is more than this many training stds away
 DRIFT_STD_RATIO = 2.0  # ... or its spread differs by more than this factor
