@@ -33,6 +33,7 @@ from flows.runners import check_scheduler, describe, retry_io_errors, task_runne
 from flows.server import run_command
 from rs_seg.config import IncomingConfig
 from rs_seg.config_files import build_config
+from rs_seg.errors import printable
 from rs_seg.ops.incoming import (
     SceneJob,
     SceneResult,
@@ -121,7 +122,7 @@ def infer_new_imagery(config: IncomingConfig) -> dict[str, Any]:
 
 def _log_result(logger: Any, result: SceneResult) -> None:
     """One log line for a scene that needs attention (failed, waiting, excluded, warnings)."""
-    scene = result.item_id or display(result.scene)
+    scene = result.item_id or printable(display(result.scene))
     if result.status == "failed":
         logger.warning("%s failed (retried next run): %s", scene, result.error)
     elif result.status == "waiting":
@@ -134,7 +135,8 @@ def _log_result(logger: Any, result: SceneResult) -> None:
 
 def _row(result: SceneResult) -> dict[str, Any]:
     return {
-        "scene": display(result.scene), "item_id": result.item_id, "status": result.status,
+        "scene": printable(display(result.scene)), "item_id": result.item_id,
+        "status": result.status,
         "fields": str(result.fields) if result.fields else None, "polygons": result.polygons,
         "error": result.error, "warnings": list(result.warnings), "reason": result.reason,
     }  # fmt: skip

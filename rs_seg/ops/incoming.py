@@ -46,7 +46,7 @@ from rasterio.windows import Window
 import rs_seg
 from rs_seg.bundle import ModelBundle
 from rs_seg.config import IncomingConfig
-from rs_seg.errors import RsSegError
+from rs_seg.errors import RsSegError, check_utf8_name, printable
 from rs_seg.infer.field_layer import FieldLayerWriter, LayerInfo, merge_scenes, output_driver
 from rs_seg.infer.run import run_infer
 from rs_seg.ops.ledger import ANY_MODEL, Ledger
@@ -110,8 +110,8 @@ class SceneResult:
 
     @property
     def label(self) -> str:
-        """What reports call the scene: its STAC item id, else its file name."""
-        return self.item_id or file_name(self.scene)
+        """What reports call the scene: its STAC item id, else its file name (printable)."""
+        return self.item_id or printable(file_name(self.scene))
 
 
 Outcome = SceneResult | BaseException
@@ -230,9 +230,11 @@ def waiting_reason(ledger: Ledger, scene: Path, settle_seconds: float, now: floa
     final from the start while its tail is still zeros), so a file must keep both unchanged for
     ``settle_seconds``, measured from its mtime or from the first scan that saw it so
     (:meth:`Ledger.sight`): no scan sleeps. A settled file must then open and read to the end
-    (:func:`read_problem`); the result is remembered until the file changes.
+    (:func:`read_problem`); the result is remembered until the file changes. A name that is not
+    UTF-8 waits until it is renamed: neither GDAL nor the ledger can take it.
     """
     try:
+        check_utf8_name(scene)
         sighting = ledger.sight(scene, now)
     except RsSegError as exc:  # removed or renamed since it was listed
         return f"cannot be read: {exc}"

@@ -161,3 +161,20 @@ def test_a_ledger_cannot_merge_files_outside_the_scene_folders(tmp_path: Path, c
     assert mapped_outputs(cfg, [job]) == [own]
     assert caplog.text.count("it is not merged") == 4
     assert digest(tmp_path / "private") == before
+
+
+def test_a_scene_whose_name_is_not_utf8_waits_and_the_others_are_mapped(tmp_path: Path) -> None:
+    from rs_seg.config import IncomingConfig
+    from rs_seg.ops.incoming import scan
+
+    inbox = tmp_path / "inbox"
+    write_scene(inbox / "good.tif", 64, 64)
+    write_scene(inbox / "bad.tif", 64, 64)
+    (inbox / "bad.tif").rename(inbox / os.fsdecode(b"bad\xff.tif"))  # GDAL cannot write it
+    cfg = IncomingConfig(incoming=str(inbox), out_dir=tmp_path / "out", settle_seconds=0,
+                         model=make_bundle(tmp_path / "m.pt"))  # fmt: skip
+    found = scan(cfg)
+    assert [job.scene.name for job in found.jobs] == ["good.tif"]
+    (waiting,) = found.waiting
+    assert waiting.reason is not None and "not valid UTF-8" in waiting.reason
+    assert waiting.label == "bad\\xff.tif", "reports print it in any locale, as JSON too"
