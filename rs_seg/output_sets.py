@@ -71,7 +71,26 @@ def fields_written_by_rs_seg(path: Path) -> bool:
         columns = set(pyogrio.read_info(path, layer="fields")["fields"])
     except Exception:
         return False
-    return layers <= {"fields", "layer_styles"} and columns >= FIELD_COLUMNS
+    if not layers <= {"fields", "layer_styles"}:
+        return False
+    return columns >= FIELD_COLUMNS or _geojson_provenance(Path(path))
+
+
+def _geojson_provenance(path: Path) -> bool:
+    """A GeoJSON whose collection carries rs_seg's provenance member before its features.
+
+    An empty GeoJSON layer has no columns to recognize it by (GDAL stores none without
+    features), so the member the writer adds (``rs_seg.infer.field_layer``) is what says it is
+    rs_seg's.
+    """
+    if path.suffix.lower() != ".geojson":
+        return False
+    try:
+        with path.open("rb") as file:
+            head = file.read(1 << 16).split(b'"features"', 1)[0]
+    except OSError:
+        return False
+    return b'"rs_seg":' in head and b'"rs_seg_version"' in head
 
 
 def _parquet_written_by_rs_seg(path: Path) -> bool:

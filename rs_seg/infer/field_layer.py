@@ -14,7 +14,8 @@ version, columns and types, and open the same way in QGIS:
 
 Formats follow the extension: GeoPackage 1.2 (GDAL < 3.7, as in QGIS 3.22 on Debian 12, reads it
 without warnings; R-tree index, a default QGIS style with an SLD twin in ``layer_styles``),
-FlatGeobuf, GeoJSON (RFC 7946, EPSG:4326) and fiboa GeoParquet (:mod:`rs_seg.infer.fiboa`).
+FlatGeobuf, GeoJSON (RFC 7946, EPSG:4326; provenance in an ``rs_seg`` member of the collection,
+so an empty layer is still known as rs_seg's) and fiboa GeoParquet (:mod:`rs_seg.infer.fiboa`).
 GeoPackages and GeoParquet are written in batches; GDAL cannot append to FlatGeobuf or GeoJSON,
 so their features wait (as WKB) until the end.
 """
@@ -22,6 +23,7 @@ so their features wait (as WKB) until the end.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
@@ -50,6 +52,7 @@ _LAYER_OPTIONS = {
     "GeoJSON": {"RFC7946": "YES"},
 }
 GPKG_VERSION = "1.2"
+GEOJSON_MEMBER = "rs_seg"  # a GeoJSON layer's provenance: a member of its FeatureCollection
 BATCH = 5000  # features per GeoPackage append / Parquet row group: bounded memory
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 
@@ -211,6 +214,10 @@ class FieldLayerWriter:
             "layer_options": _LAYER_OPTIONS[driver],
             "layer_metadata": self._info.metadata if driver != "GeoJSON" else None,
         }
+        if driver == "GeoJSON":  # no layer metadata: provenance as a foreign member instead
+            member = json.dumps({GEOJSON_MEMBER: self._info.metadata})
+            options["layer_options"] = {**options["layer_options"],
+                                        "FOREIGN_MEMBERS_COLLECTION": member}  # fmt: skip
         if driver == "GPKG":
             options["dataset_options"] = {"VERSION": GPKG_VERSION}
         return options

@@ -292,3 +292,21 @@ def test_a_merged_layer_in_degrees_keeps_the_scenes_metric_areas(tmp_path: Path)
     assert table.crs.to_epsg() == 4326
     assert np.allclose(table.area_ha, np.concatenate([s.area_ha for s in scenes]))
     assert np.allclose(table.perimeter_m, np.concatenate([s.perimeter_m for s in scenes]))
+
+
+def test_an_empty_geojson_layer_is_still_known_as_rs_segs(tmp_path: Path) -> None:
+    """GDAL stores no columns for a GeoJSON without features, so its provenance says it is ours:
+    ``--overwrite`` replaces rs_seg's empty result, never a user's empty collection."""
+    from rs_seg.staging import fields_written_by_rs_seg
+
+    empty = write_prob(tmp_path / "empty_prob.tif", np.zeros((24, 24), dtype=np.uint8))
+    out = tmp_path / "fields.geojson"
+    vectorize(empty, out, VectorizeSettings(), scene="s", model_id="m1")
+    document = json.loads(out.read_text())
+    assert document["features"] == [] and "rs_seg_version" in document["rs_seg"]
+    assert fields_written_by_rs_seg(out)
+    vectorize(scene_prob(tmp_path / "full_prob.tif"), out, VectorizeSettings(), overwrite=True)
+    assert len(json.loads(out.read_text())["features"]) == 3
+    users = tmp_path / "users.geojson"
+    users.write_text('{"type": "FeatureCollection", "name": "fields", "features": []}')
+    assert not fields_written_by_rs_seg(users)
