@@ -309,3 +309,20 @@ def write_streamed_cog(path: Path, image: np.ndarray, rows_per_block: int, **tag
         dst.descriptions = tuple(f"band_{b + 1}" for b in range(bands))
         dst.update_tags(**tags)
     return path
+
+
+def json_values(text_size: int = 8, max_leaves: int = 10) -> Any:
+    """A hypothesis strategy for any JSON document: what a planted or edited file may hold."""
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+        | st.text(max_size=text_size)
+    )  # fmt: skip
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=max_leaves,
+    )

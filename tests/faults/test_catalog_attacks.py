@@ -26,6 +26,7 @@ from rs_seg.ops.incoming import scan
 from rs_seg.ops.names import item_name
 from rs_seg.ops.stac import select_scenes
 from rs_seg.remote import is_remote, scene_path
+from tests.helpers import json_values
 from tests.range_server import RangeServer, serving
 from tests.stac_helpers import catalog_dict, stac_item, write_cog, write_item_collection
 
@@ -247,12 +248,7 @@ def test_deep_and_large_catalogs_end_in_one_line(
 
 # --- random catalogs ----------------------------------------------------------------------------
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                 max_size=3),
-    max_leaves=8,
-)  # fmt: skip
+JSON_VALUES = json_values(max_leaves=8)
 IDS = st.one_of(st.sampled_from(["a", "a/b", "a_b", "A_B", "..", ".", "", "é", "x" * 80]),
                 st.text(max_size=12), st.integers(), st.none())  # fmt: skip
 VALID_TIME, VALID_BBOX = "2024-05-01T00:00:00Z", [15.0, 47.8, 15.1, 47.9]

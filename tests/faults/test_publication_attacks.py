@@ -44,6 +44,7 @@ from tests.helpers import (
     ROOT,
     assert_one_line_error,
     digest,
+    json_values,
     make_bundle,
     rs_seg,
     small_disk,
@@ -402,12 +403,7 @@ _IDENTITIES = st.one_of(
     st.lists(st.integers(-(2**63), 2**63), max_size=5),
     st.text(max_size=5),
 )
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12,
-)  # fmt: skip
+_JSON = json_values(text_size=20, max_leaves=12)
 
 
 _PLAUSIBLE = st.fixed_dictionaries({
