@@ -13,7 +13,7 @@ import contextlib
 import math
 import queue
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -31,7 +31,7 @@ from rs_seg.rasters import gdal_message
 _T = TypeVar("_T")
 
 
-def loaded_ahead(load: Callable[[int], _T], starts: Iterable[int]) -> Iterator[_T]:
+def loaded_ahead(load: Callable[[int], _T], starts: Iterable[int]) -> Generator[_T, None, None]:
     """``load(start)`` for every start, the next one loading in a thread while this one is used.
 
     Reading and decoding with GDAL (and numpy's thresholding and scipy's labelling) release the
@@ -48,13 +48,14 @@ def loaded_in_order(
     handles: Sequence[_H],
     starts: Iterable[int],
     ahead: int | None = None,
-) -> Iterator[_T]:
+) -> Generator[_T, None, None]:
     """``load(handle, start)`` for every start, on one thread per handle, yielded in order.
 
     A GDAL dataset must not be read by two threads at once, so each load borrows a handle of
     its own (one dataset per thread, opened by the caller) and gives it back. ``ahead`` loads
     (default and at most: one per handle, at least one) run while the consumer works on the
-    result before them, so at most ``ahead + 1`` results are in memory.
+    result before them, so at most ``ahead + 1`` results are in memory. Closed early (or left
+    by an error), it drops the loads not yet started and waits for those running.
     """
     ahead = len(handles) if ahead is None else max(1, min(ahead, len(handles)))
     free: queue.SimpleQueue[_H] = queue.SimpleQueue()
@@ -68,7 +69,7 @@ def loaded_in_order(
         finally:
             free.put(handle)
 
-    with ThreadPoolExecutor(len(handles), thread_name_prefix="rs-seg-read") as pool:
+    with thread_pool(len(handles), "rs-seg-read") as pool:
         pending: deque[Future[_T]] = deque()
         for start in starts:
             pending.append(pool.submit(borrowed, start))
@@ -76,6 +77,23 @@ def loaded_in_order(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def thread_pool(workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool whose queued work is cancelled when the block raises (or is interrupted).
+
+    Leaving a plain ``ThreadPoolExecutor`` block waits for every queued call, so a Ctrl-C or
+    SIGTERM acted only once all of them had run (many seconds on a wide scene). The calls
+    already running are still waited for: they may be using datasets the caller closes next.
+    """
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def window_stride(size: int, overlap: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from rs_seg.windows import (
     inside_slices,
     loaded_in_order,
     read_padded,
+    thread_pool,
     window_stride,
 )
 from tests.helpers import write_scene
@@ -119,6 +121,32 @@ def test_read_padded_window_wholly_outside_is_all_padding(tmp_path, window) -> N
         image, valid, inside = read_padded(src, window, fill=7)
     assert image.shape == (2, 16, 16) and (image == 7).all()
     assert not valid.any() and not inside.any()
+
+
+def test_a_thread_pool_left_by_an_interrupt_drops_its_queued_calls() -> None:
+    """Ctrl-C acts at once: the running call is waited for (it may be using a dataset the
+    caller closes next), the queued ones never run."""
+    running, release = threading.Event(), threading.Event()
+    ran = []
+
+    def call(index: int) -> None:
+        if index == 0:
+            running.set()
+            release.wait(10)
+        ran.append(index)
+
+    with pytest.raises(KeyboardInterrupt), thread_pool(1, "test") as pool:
+        queued = [pool.submit(call, index) for index in range(50)]
+        assert running.wait(10)
+        threading.Timer(0.2, release.set).start()
+        raise KeyboardInterrupt
+    assert ran == [0] and all(future.cancelled() for future in queued[1:])
+
+
+def test_a_thread_pool_left_normally_runs_every_call() -> None:
+    with thread_pool(2, "test") as pool:
+        futures = [pool.submit(pow, index, 2) for index in range(20)]
+    assert [future.result() for future in futures] == [index**2 for index in range(20)]
 
 
 @pytest.mark.parametrize(("handles", "ahead", "expected"), [(3, None, 3), (3, 1, 1), (3, 9, 3)])

@@ -43,7 +43,8 @@ def halve(rows: np.ndarray, nodata: int) -> np.ndarray:
 
     An odd last column (and a single last row) is averaged with what it has. The four pixels of
     each block are taken as four strided views, summed and counted elementwise: a fifth of the
-    time of a reduction over a reshaped 5-d view; rows without nodata are only summed.
+    time of a reduction over a reshaped 5-d view; rows without nodata are only summed, and rows
+    of nodata only (most of a mostly empty scene) give nodata at once.
     """
     bands, height, width = rows.shape
     pad_rows, pad_cols = height % 2 if height > 1 else 1, width % 2
@@ -52,7 +53,10 @@ def halve(rows: np.ndarray, nodata: int) -> np.ndarray:
         padded[:, :height, :width] = rows
         rows = padded
     quads = [rows[:, dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)]
-    if not (rows == nodata).any():  # padding is nodata, so these rows were whole and all valid
+    is_nodata = rows == nodata
+    if is_nodata.all():
+        return np.full(quads[0].shape, nodata, dtype=np.uint8)
+    if not is_nodata.any():  # padding is nodata, so these rows were whole and all valid
         # every pixel valid (most rows of most scenes): a sum and a shift, a seventh of the time
         total = quads[0].astype(np.uint16)
         for quad in quads[1:]:

@@ -10,9 +10,10 @@ touches. Every queue is bounded, so memory follows the scene's width, never its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -30,11 +31,22 @@ from rs_seg.windows import (
     hann_weight,
     loaded_in_order,
     read_padded,
+    thread_pool,
     window_stride,
 )
 
 if TYPE_CHECKING:
     from rs_seg.bundle import ModelBundle
+
+
+ROWS_QUEUED = 2
+"""Grid rows read but not yet registered by the writer, at most.
+
+The model's batches keep the writer's pace (:meth:`ScenePredictor._predict`), but rows whose
+windows are all nodata yield no batch: without this bound they were read and queued for the
+writer as fast as the reading threads went, and each held a mask of a window's height and the
+scene's width (peak RSS grew with the height of an all-nodata or sparse scene).
+"""
 
 
 class BatchModel(Protocol):
@@ -110,14 +122,18 @@ class StripBuffer:
         columns'); ``valid``: the scene's valid pixels of these rows. The rows are scaled in
         place, so they are spent: :meth:`advance` drops them next. The levels are a view of a
         buffer that the next call overwrites. Clipping to 254 before rounding is the same as
-        rounding and capping 255 at 254.
+        rounding and capping 255 at 254. Rows without a valid pixel are nodata, whatever their
+        sums: they skip the arithmetic (most rows of a mostly empty scene).
         """
+        levels = self.levels[:, :rows]
+        if not valid[:rows].any():
+            levels.fill(NODATA_LEVEL)
+            return levels
         prob = self.prob[:, :rows]
         prob *= self.column_factor
         prob *= row_factor[:, None]
         np.clip(prob, 0, MAX_LEVEL, out=prob)
         np.rint(prob, out=prob)
-        levels = self.levels[:, :rows]
         np.copyto(levels, prob, casting="unsafe")
         nodata = np.logical_not(valid[:rows], out=self.nodata[:rows])
         np.copyto(levels, NODATA_LEVEL, where=nodata)
@@ -142,7 +158,7 @@ StripPieces = list[tuple[int, np.ndarray, np.ndarray]]
 
 def _strip_reader(
     sources: Sequence[rasterio.io.DatasetReader], row_offsets: list[int], size: int, width: int
-) -> Iterator[tuple[int, StripPieces, np.ndarray]]:
+) -> Generator[tuple[int, StripPieces, np.ndarray], None, None]:
     """Strips of one window height, in order, each scene row decoded once and never copied.
 
     The scene is read in chunks of whole block rows (:func:`_chunk_rows`), on one thread per
@@ -161,17 +177,20 @@ def _strip_reader(
 
     def read(src: rasterio.io.DatasetReader, start: int) -> tuple[int, np.ndarray, np.ndarray]:
         image, valid, _ = read_padded(src, Window(0, start, width, min(chunk, end - start)))
+        if not valid.any():  # every pixel invalid: windows take only its mask, so the pixels
+            image = np.broadcast_to(np.zeros((), image.dtype), image.shape)  # need not stay
         return start, image, valid
 
-    chunks = loaded_in_order(read, sources, range(0, end, chunk), _chunks_ahead(src, chunk, width))
+    loads = loaded_in_order(read, sources, range(0, end, chunk), _chunks_ahead(src, chunk, width))
     held: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
-    for top in row_offsets:
-        while not held or held[-1][0] + held[-1][1].shape[1] < top + size:
-            held.append(next(chunks))
-        while held[0][0] + held[0][1].shape[1] <= top:
-            held.popleft()
-        pieces = _pieces(held, top, size)
-        yield top, pieces, np.concatenate([valid for _, _, valid in pieces], axis=0)
+    with contextlib.closing(loads) as chunks:  # closed, its reads end before the datasets do
+        for top in row_offsets:
+            while not held or held[-1][0] + held[-1][1].shape[1] < top + size:
+                held.append(next(chunks))
+            while held[0][0] + held[0][1].shape[1] <= top:
+                held.popleft()
+            pieces = _pieces(held, top, size)
+            yield top, pieces, np.concatenate([valid for _, _, valid in pieces], axis=0)
 
 
 def _chunk_rows(src: rasterio.io.DatasetReader, size: int) -> int:
@@ -215,10 +234,15 @@ class GridRow:
     ``expected`` is known when the row is read (its windows that are not all nodata), so the
     writer can tell a complete row however its windows were batched. ``results`` holds only the
     predictions not yet blended: those that arrive while an earlier row is still incomplete.
+    ``packed_valid``: the scene's valid pixels of the rows the writer finishes with this row, a
+    bit each (:func:`numpy.packbits` along the rows). Rows wait in the writer while their
+    windows are predicted, on a sparse scene many of them; a byte a pixel of a window's height
+    and the scene's width each, they took hundreds of megabytes on a wide scene.
     """
 
     top: int
-    valid: np.ndarray
+    packed_valid: np.ndarray
+    width: int
     expected: int
     results: list[tuple[int, np.ndarray]] = field(default_factory=list)
     blended: int = 0
@@ -227,6 +251,10 @@ class GridRow:
     def complete(self) -> bool:
         """Every window of the row (that was not all nodata) is blended."""
         return self.blended == self.expected
+
+    def valid(self) -> np.ndarray:
+        """The valid mask (rows x width, bool) of :attr:`packed_valid`."""
+        return np.unpackbits(self.packed_valid, axis=1, count=self.width).view(bool)
 
 
 class RowWriter:
@@ -297,7 +325,7 @@ class RowWriter:
         next_top = self.rows[index + 1] if index + 1 < len(self.rows) else height
         done = next_top - row.top
         row_factor = 255 / axis_weight(self.rows, self.size, row.top, row.top + done)
-        levels = self.buffer.finish(done, row_factor.astype(np.float32), row.valid)
+        levels = self.buffer.finish(done, row_factor.astype(np.float32), row.valid())
         self.dst.write(levels, window=Window(0, row.top, width, done))
         if self.on_rows is not None:
             self.on_rows(levels)
@@ -314,9 +342,11 @@ class ScenePredictor:
     batches ahead; the model runs on the calling thread; blending and writing run on a writer
     thread (:class:`RowWriter`). numpy and GDAL release the GIL for
     all but the bookkeeping, so on a CPU the stages share the cores and on a GPU the model is
-    fed while the host works. Every queue is bounded (batches ahead, writes behind), so memory
-    still depends on the scene's width, not its height. Batches are always full: they fill
-    across grid rows, so a narrow last batch per row never slows the model down.
+    fed while the host works. Every queue is bounded (batches ahead, writes behind, rows for the
+    writer: :data:`ROWS_QUEUED`), so memory still depends on the scene's width, not its height;
+    an error or a signal drops the queued work and stops every thread before the scene closes.
+    Batches are always full: they fill across grid rows, so a narrow last batch per row never
+    slows the model down.
     """
 
     def __init__(
@@ -350,11 +380,14 @@ class ScenePredictor:
         cols = axis_offsets(src.width, self.size, self.stride)
         writer = RowWriter(dst, self.size, rows, cols, self.predictor.bundle.outputs, on_rows)
         bar = tqdm(total=len(rows) * len(cols), unit="win", disable=not progress, leave=False)
-        strips = _strip_reader(sources, rows, self.size, max(src.width, self.size))
+        reader = _strip_reader(sources, rows, self.size, max(src.width, self.size))
         skipped = 0
         with (
-            ThreadPoolExecutor(self.workers, thread_name_prefix="rs-seg-prep") as prep,
-            ThreadPoolExecutor(1, thread_name_prefix="rs-seg-write") as write,
+            # closed on the way out, also on an error or a signal: reading threads still at work
+            # when the caller closed the scene crashed the process
+            contextlib.closing(reader) as strips,
+            thread_pool(self.workers, "rs-seg-prep") as prep,
+            thread_pool(1, "rs-seg-write") as write,
         ):
             ahead: deque[tuple[list[tuple[GridRow, int]], Future[np.ndarray]]] = deque()
             # queued writer calls: blending of predicted batches, and rows as they are read
@@ -406,30 +439,66 @@ class ScenePredictor:
         the writer knows how many predictions to wait for.
         """
         plan = _BatchPlan()
+        width = writer.dst.width
         for top, pieces, valid in strips:
-            keep = [col for col in cols if valid[:, col : col + self.size].any()]
-            row = GridRow(top, valid[: writer.buffer.height, : writer.dst.width], len(keep))
+            keep = windows_with_data(valid, cols, self.size)
+            packed = np.packbits(valid[: writer.buffer.height, :width], axis=1)
+            row = GridRow(top, packed, width, len(keep))
             registered.append(write.submit(writer.register, row))
+            while len(registered) > ROWS_QUEUED:
+                registered.popleft().result()  # the writer's pace, also when no batch is yielded
             plan.windows += len(cols)
             plan.skipped += len(cols) - len(keep)
+            copied = len(keep) * self.size < SPARSE_ROW * valid.shape[1]
             for col in keep:
-                plan.places.append((row, pieces, col))
+                plan.places.append((row, _window_pieces(pieces, col, self.size, copied), col))
                 if len(plan.places) == self.batch_size:
                     yield plan
                     plan = _BatchPlan()
         yield plan
 
     def _normalized(self, places: list[tuple[GridRow, StripPieces, int]]) -> np.ndarray:
-        """The batch's windows cut from their chunks and normalized (on a worker thread)."""
+        """The batch's windows, joined from their chunks' rows and normalized (on a worker)."""
         size = self.size
         batch = np.empty((len(places), len(self.predictor.band_index), size, size), np.float32)
-        for i, (_, pieces, col) in enumerate(places):
+        for i, (_, pieces, _) in enumerate(places):
             for first, image, valid in pieces:
                 rows = slice(first, first + image.shape[1])
-                self.predictor.normalize(
-                    image[:, :, col : col + size], valid[:, col : col + size], batch[i][:, rows]
-                )
+                self.predictor.normalize(image, valid, batch[i][:, rows])
         return self.predictor.in_model_layout(batch)
+
+
+SPARSE_ROW = 0.25
+"""A grid row whose windows with data cover less than this fraction of its width is sparse.
+
+A window is normally handed on as views of the chunks its rows lie in, which keeps each chunk
+(block rows x the scene's width) alive until the window's batch is normalized. A batch that
+gathers the few windows of many sparse rows kept the chunks of all of them: on a wide scene a
+few hundred megabytes each. A sparse row's windows are copied instead: what they keep is their
+own pixels, and the copies are few.
+"""
+
+
+def windows_with_data(valid: np.ndarray, cols: list[int], size: int) -> list[int]:
+    """The columns of a strip's windows that hold a valid pixel (the others are skipped).
+
+    One pass over the strip's mask and a running count of its columns with data, instead of a
+    numpy reduction per window: thousands of them a grid row on a very wide scene.
+    """
+    with_data = valid.any(axis=0)
+    counts = np.concatenate(([0], np.cumsum(with_data, dtype=np.int64)))
+    starts = np.asarray(cols, dtype=np.int64)
+    stops = np.minimum(starts + size, valid.shape[1])
+    return [int(col) for col in starts[counts[stops] > counts[starts]]]
+
+
+def _window_pieces(pieces: StripPieces, col: int, size: int, copied: bool) -> StripPieces:
+    """One window's parts of a strip's pieces: views, or copies that keep no chunk alive."""
+    cut = [(first, image[:, :, col : col + size], valid[:, col : col + size])
+           for first, image, valid in pieces]  # fmt: skip
+    if copied:
+        return [(first, image.copy(), valid.copy()) for first, image, valid in cut]
+    return cut
 
 
 @dataclass

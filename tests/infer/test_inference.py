@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pyogrio
 import pytest
 import rasterio
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
@@ -22,7 +25,7 @@ from rs_seg.errors import RsSegError
 from rs_seg.infer import pipeline
 from rs_seg.infer.predict import WindowPredictor, predict_scene
 from rs_seg.infer.run import load_model, run_infer
-from rs_seg.windows import hann_weight
+from rs_seg.windows import axis_offsets, hann_weight, window_stride
 from tests.helpers import (
     LEARNABLE_BOXES,
     ORIGIN,
@@ -101,6 +104,106 @@ def test_the_threaded_pipeline_gives_the_same_raster_with_any_worker_count(
     predict_scene(scene, bundle, tmp_path / "many.tif", workers=workers, **kwargs)
     one, many = read(tmp_path / "one.tif"), read(tmp_path / "many.tif")
     assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+
+
+def mostly_empty_scene(path: Path, height: int, width: int) -> Path:
+    """Nodata but for scattered squares and a band of full rows, in blocks of 16 rows.
+
+    Its grid rows are empty (nothing predicted, chunks without data), sparse (windows copied out
+    of their chunks) and full (windows viewed in them).
+    """
+    rng = np.random.default_rng(5)
+    data = np.zeros((3, height, width), dtype="uint16")
+    for top, left in zip(
+        rng.integers(0, height - 9, 12), rng.integers(0, width - 9, 12), strict=True
+    ):
+        data[:, top : top + 9, left : left + 9] = rng.integers(200, 4000, (3, 9, 9))
+    data[:, 150:190] = rng.integers(200, 4000, (3, 40, width))
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint16",
+        "nodata": 0, "crs": UTM, "transform": from_origin(*ORIGIN, PIXEL, PIXEL), "tiled": True,
+        "blockxsize": 16, "blockysize": 16,
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_a_mostly_empty_scene_is_stitched_exactly(
+    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty chunks keep only their mask, sparse rows' windows are copies: no pixel is off."""
+    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+    scene = mostly_empty_scene(tmp_path / "s.tif", 260, 700)
+    predict_scene(scene, ModelBundle.load(bundle_path), tmp_path / "p.tif", window=32,
+                  device="cpu", batch_size=4, workers=2)  # fmt: skip
+    levels, mask, _ = read(tmp_path / "p.tif")
+    with rasterio.open(scene) as src:
+        band, valid = src.read(1).astype(np.float32), src.read_masks(1) > 0
+    expected = np.round(255 / (1 + np.exp(-(band - 1000) / 300))).astype(int)
+    assert valid.any() and not valid.all()
+    assert ((mask > 0) == valid).all() and (levels[~valid] == 255).all()
+    assert np.abs(levels[valid].astype(int) - expected[valid]).max() <= 1
+
+
+def test_windows_copied_or_viewed_give_the_same_bytes(
+    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network with spatial context sees the same windows, copied out of a chunk or not."""
+    scene = mostly_empty_scene(tmp_path / "s.tif", 260, 700)
+    bundle = ModelBundle.load(bundle_path)
+    rasters = []
+    for sparse in (0.0, pipeline.SPARSE_ROW, np.inf):  # views only, as chosen, copies only
+        monkeypatch.setattr(pipeline, "SPARSE_ROW", sparse)
+        out = tmp_path / f"p{sparse}.tif"
+        predict_scene(scene, bundle, out, window=32, device="cpu", batch_size=4, workers=2)
+        rasters.append(read(out)[0])
+    assert np.array_equal(rasters[0], rasters[1]) and np.array_equal(rasters[0], rasters[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 120),
+    size=st.integers(1, 40),
+    overlap=st.sampled_from([0.0, 0.25, 0.5]),
+    seed=st.integers(0, 2**16),
+    density=st.sampled_from([0.0, 0.01, 0.2]),
+)
+def test_the_windows_with_data_are_those_holding_a_valid_pixel(
+    width: int, size: int, overlap: float, seed: int, density: float
+) -> None:
+    stride = window_stride(size, overlap)
+    cols = axis_offsets(width, size, stride)
+    valid = np.random.default_rng(seed).random((size, max(width, size))) < density
+    expected = [col for col in cols if valid[:, col : col + size].any()]
+    assert pipeline.windows_with_data(valid, cols, size) == expected
+
+
+def test_a_grid_row_keeps_its_mask_a_bit_a_pixel() -> None:
+    valid = np.random.default_rng(0).random((48, 1001)) < 0.5
+    row = pipeline.GridRow(0, np.packbits(valid, axis=1), 1001, expected=0)
+    assert row.packed_valid.nbytes == 48 * 126
+    np.testing.assert_array_equal(row.valid(), valid)
+
+
+def test_an_interrupt_stops_every_pipeline_thread_before_the_scene_is_closed(
+    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the model's thread: queued reads, batches and writes are dropped and the
+    threads have ended while the interrupt is still on its way out (through ``predict_scene``,
+    which closes the scene, and the staging's clean-up), not once its traceback is dropped: a
+    read still running on a closed scene crashed the process."""
+
+    def interrupted(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WindowPredictor, "__call__", interrupted)
+    scene = write_scene(tmp_path / "s.tif", 1200, 300)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        predict_scene(scene, ModelBundle.load(bundle_path), tmp_path / "p.tif", window=32,
+                      device="cpu", workers=3)  # fmt: skip
+    running = [t.name for t in threading.enumerate() if t.name.startswith("rs-seg-")]
+    assert stopped.traceback and running == []
 
 
 def test_bf16_precision_on_the_cpu_is_close_to_fp32_and_recorded(

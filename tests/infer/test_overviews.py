@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import rasterio.shutil
 from hypothesis import given, settings
@@ -77,6 +78,15 @@ def test_halving_rows_without_nodata_rounds_half_up() -> None:
 def test_halving_a_single_row_and_odd_columns() -> None:
     row = np.array([[[10, 20, 255, 7, 8]]], dtype=np.uint8)
     np.testing.assert_array_equal(halve(row, NODATA), [[[15, 7, 8]]])
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 6), (2, 5), (7, 8), (9, 9)])
+def test_halving_rows_of_nodata_only_gives_nodata(height: int, width: int) -> None:
+    """Most rows of a mostly empty scene: the same result, without the arithmetic."""
+    rows = np.full((2, height, width), NODATA, dtype=np.uint8)
+    halved = halve(rows, NODATA)
+    assert halved.dtype == np.uint8
+    np.testing.assert_array_equal(halved, reference_halve(rows))
 
 
 def test_the_factors_are_those_of_gdal_auto(tmp_path: Path) -> None:
