@@ -39,14 +39,20 @@ if TYPE_CHECKING:
     from rs_seg.bundle import ModelBundle
 
 
-ROWS_QUEUED = 2
-"""Grid rows read but not yet registered by the writer, at most.
+QUEUED_ROWS_BYTES = 16 * 2**20
+"""The masks of the grid rows read but not yet taken by the writer, at most (two rows at least).
 
 The model's batches keep the writer's pace (:meth:`ScenePredictor._predict`), but rows whose
-windows are all nodata yield no batch: without this bound they were read and queued for the
-writer as fast as the reading threads went, and each held a mask of a window's height and the
-scene's width (peak RSS grew with the height of an all-nodata or sparse scene).
+windows are all nodata yield no batch: without a bound they were read and queued for the
+writer as fast as the reading threads went, each with a mask of a window's height and the
+scene's width (peak RSS grew with the height of an all-nodata or sparse scene). Counted in
+bytes, not rows, so a narrow scene, whose batches span many rows, is never held up by it.
 """
+
+
+def rows_queued(size: int, width: int) -> int:
+    """How many grid rows' packed masks (``size x width`` bits) fit in :data:`QUEUED_ROWS_BYTES`."""
+    return max(2, QUEUED_ROWS_BYTES // max(1, size * width // 8))
 
 
 class BatchModel(Protocol):
@@ -185,12 +191,14 @@ def _strip_reader(
     held: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
     with contextlib.closing(loads) as chunks:  # closed, its reads end before the datasets do
         for top in row_offsets:
+            # chunks above the strip go before the next one is read, not beside it
+            while held and held[0][0] + held[0][1].shape[1] <= top:
+                held.popleft()
             while not held or held[-1][0] + held[-1][1].shape[1] < top + size:
                 held.append(next(chunks))
-            while held[0][0] + held[0][1].shape[1] <= top:
-                held.popleft()
             pieces = _pieces(held, top, size)
             yield top, pieces, np.concatenate([valid for _, _, valid in pieces], axis=0)
+            del pieces  # its views would keep the top chunk while the next is read
 
 
 def _chunk_rows(src: rasterio.io.DatasetReader, size: int) -> int:
@@ -342,9 +350,10 @@ class ScenePredictor:
     batches ahead; the model runs on the calling thread; blending and writing run on a writer
     thread (:class:`RowWriter`). numpy and GDAL release the GIL for
     all but the bookkeeping, so on a CPU the stages share the cores and on a GPU the model is
-    fed while the host works. Every queue is bounded (batches ahead, writes behind, rows for the
-    writer: :data:`ROWS_QUEUED`), so memory still depends on the scene's width, not its height;
-    an error or a signal drops the queued work and stops every thread before the scene closes.
+    fed while the host works. Every queue is bounded (batches ahead, writes behind, rows for
+    the writer: :data:`QUEUED_ROWS_BYTES`), so memory still depends on the scene's width, not
+    its height; an error or a signal drops the queued work and stops every thread before the
+    scene closes.
     Batches are always full: they fill across grid rows, so a narrow last batch per row never
     slows the model down.
     """
@@ -440,12 +449,13 @@ class ScenePredictor:
         """
         plan = _BatchPlan()
         width = writer.dst.width
+        queued = rows_queued(writer.buffer.height, width)
         for top, pieces, valid in strips:
             keep = windows_with_data(valid, cols, self.size)
             packed = np.packbits(valid[: writer.buffer.height, :width], axis=1)
             row = GridRow(top, packed, width, len(keep))
             registered.append(write.submit(writer.register, row))
-            while len(registered) > ROWS_QUEUED:
+            while len(registered) > queued:
                 registered.popleft().result()  # the writer's pace, also when no batch is yielded
             plan.windows += len(cols)
             plan.skipped += len(cols) - len(keep)
@@ -455,6 +465,7 @@ class ScenePredictor:
                 if len(plan.places) == self.batch_size:
                     yield plan
                     plan = _BatchPlan()
+            del pieces, valid  # nor here, while the next strip is read
         yield plan
 
     def _normalized(self, places: list[tuple[GridRow, StripPieces, int]]) -> np.ndarray:
