@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from rs_seg.bundle import ModelBundle
 
 
-QUEUED_ROWS_BYTES = 16 * 2**20
+QUEUED_ROWS_BYTES = 4 * 2**20
 """The masks of the grid rows read but not yet taken by the writer, at most (two rows at least).
 
 The model's batches keep the writer's pace (:meth:`ScenePredictor._predict`), but rows whose
@@ -121,28 +121,34 @@ class StripBuffer:
         prob *= weight
         self.prob[:, :rows, col : col + cols] += prob
 
-    def finish(self, rows: int, row_factor: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def finish(
+        self, rows: int, row_factor: np.ndarray, valid: np.ndarray, span: tuple[int, int]
+    ) -> np.ndarray:
         """uint8 levels (outputs x rows x width) of the top rows: 0-254, nodata pixels 255.
 
         ``row_factor``: 255 over the rows' weight sums (the buffer's column factor: 1 over the
-        columns'); ``valid``: the scene's valid pixels of these rows. The rows are scaled in
-        place, so they are spent: :meth:`advance` drops them next. The levels are a view of a
-        buffer that the next call overwrites. Clipping to 254 before rounding is the same as
-        rounding and capping 255 at 254. Rows without a valid pixel are nodata, whatever their
-        sums: they skip the arithmetic (most rows of a mostly empty scene).
+        columns'); ``valid``: the scene's valid pixels of these rows in the columns ``span``
+        (start, stop), outside which none is valid. The rows are scaled in place, so they are
+        spent: :meth:`advance` drops them next. The levels are a view of a buffer that the next
+        call overwrites. Clipping to 254 before rounding is the same as rounding and capping 255
+        at 254. Only the span is computed: the rest is nodata whatever its sums (most of a
+        mostly empty scene).
         """
+        start, stop = span
         levels = self.levels[:, :rows]
-        if not valid[:rows].any():
+        if stop - start < self.width:
             levels.fill(NODATA_LEVEL)
+        if stop == start or not valid[:rows].any():
             return levels
-        prob = self.prob[:, :rows]
-        prob *= self.column_factor
+        prob = self.prob[:, :rows, start:stop]
+        prob *= self.column_factor[start:stop]
         prob *= row_factor[:, None]
         np.clip(prob, 0, MAX_LEVEL, out=prob)
         np.rint(prob, out=prob)
-        np.copyto(levels, prob, casting="unsafe")
-        nodata = np.logical_not(valid[:rows], out=self.nodata[:rows])
-        np.copyto(levels, NODATA_LEVEL, where=nodata)
+        spanned = levels[:, :, start:stop]
+        np.copyto(spanned, prob, casting="unsafe")
+        nodata = np.logical_not(valid[:rows], out=self.nodata[:rows, : stop - start])
+        np.copyto(spanned, NODATA_LEVEL, where=nodata)
         return levels
 
     def advance(self, rows: int) -> None:
@@ -242,15 +248,16 @@ class GridRow:
     ``expected`` is known when the row is read (its windows that are not all nodata), so the
     writer can tell a complete row however its windows were batched. ``results`` holds only the
     predictions not yet blended: those that arrive while an earlier row is still incomplete.
-    ``packed_valid``: the scene's valid pixels of the rows the writer finishes with this row, a
-    bit each (:func:`numpy.packbits` along the rows). Rows wait in the writer while their
+    ``span``: the columns (start, stop) outside which none of the rows the writer finishes with
+    this row holds a valid pixel; ``packed_valid``: the valid pixels of those rows and columns,
+    a bit each (:func:`numpy.packbits` along the rows). Rows wait in the writer while their
     windows are predicted, on a sparse scene many of them; a byte a pixel of a window's height
     and the scene's width each, they took hundreds of megabytes on a wide scene.
     """
 
     top: int
+    span: tuple[int, int]
     packed_valid: np.ndarray
-    width: int
     expected: int
     results: list[tuple[int, np.ndarray]] = field(default_factory=list)
     blended: int = 0
@@ -261,8 +268,9 @@ class GridRow:
         return self.blended == self.expected
 
     def valid(self) -> np.ndarray:
-        """The valid mask (rows x width, bool) of :attr:`packed_valid`."""
-        return np.unpackbits(self.packed_valid, axis=1, count=self.width).view(bool)
+        """The valid mask (rows x span, bool) of :attr:`packed_valid`."""
+        start, stop = self.span
+        return np.unpackbits(self.packed_valid, axis=1, count=stop - start).view(bool)
 
 
 class RowWriter:
@@ -333,7 +341,7 @@ class RowWriter:
         next_top = self.rows[index + 1] if index + 1 < len(self.rows) else height
         done = next_top - row.top
         row_factor = 255 / axis_weight(self.rows, self.size, row.top, row.top + done)
-        levels = self.buffer.finish(done, row_factor.astype(np.float32), row.valid())
+        levels = self.buffer.finish(done, row_factor.astype(np.float32), row.valid(), row.span)
         self.dst.write(levels, window=Window(0, row.top, width, done))
         if self.on_rows is not None:
             self.on_rows(levels)
@@ -451,9 +459,10 @@ class ScenePredictor:
         width = writer.dst.width
         queued = rows_queued(writer.buffer.height, width)
         for top, pieces, valid in strips:
-            keep = windows_with_data(valid, cols, self.size)
-            packed = np.packbits(valid[: writer.buffer.height, :width], axis=1)
-            row = GridRow(top, packed, width, len(keep))
+            columns = np.asarray(valid.any(axis=0))  # the columns with a valid pixel
+            keep = windows_with_data(columns, cols, self.size)
+            span, packed = _valid_span(valid[: writer.buffer.height, :width], columns[:width])
+            row = GridRow(top, span, packed, len(keep))
             registered.append(write.submit(writer.register, row))
             while len(registered) > queued:
                 registered.popleft().result()  # the writer's pace, also when no batch is yielded
@@ -490,17 +499,27 @@ own pixels, and the copies are few.
 """
 
 
-def windows_with_data(valid: np.ndarray, cols: list[int], size: int) -> list[int]:
-    """The columns of a strip's windows that hold a valid pixel (the others are skipped).
+def windows_with_data(columns: np.ndarray, cols: list[int], size: int) -> list[int]:
+    """The offsets ``cols`` of a strip's windows that hold a valid pixel (the others are skipped).
 
-    One pass over the strip's mask and a running count of its columns with data, instead of a
+    ``columns``: which columns of the strip hold one. A running count of them, instead of a
     numpy reduction per window: thousands of them a grid row on a very wide scene.
     """
-    with_data = valid.any(axis=0)
-    counts = np.concatenate(([0], np.cumsum(with_data, dtype=np.int64)))
+    counts = np.concatenate(([0], np.cumsum(columns, dtype=np.int64)))
     starts = np.asarray(cols, dtype=np.int64)
-    stops = np.minimum(starts + size, valid.shape[1])
+    stops = np.minimum(starts + size, len(columns))
     return [int(col) for col in starts[counts[stops] > counts[starts]]]
+
+
+def _valid_span(valid: np.ndarray, columns: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
+    """A grid row's mask as the writer keeps it: the span of its columns with data, packed.
+
+    ``columns`` (bool, one per column of ``valid``): which hold a valid pixel. Returns the span
+    (start, stop) from the first to the last of them and ``valid`` within it, a bit a pixel.
+    """
+    found = np.flatnonzero(columns)
+    start, stop = (int(found[0]), int(found[-1]) + 1) if len(found) else (0, 0)
+    return (start, stop), np.packbits(valid[:, start:stop], axis=1)
 
 
 def _window_pieces(pieces: StripPieces, col: int, size: int, copied: bool) -> StripPieces:

@@ -36,7 +36,7 @@ def wide_scene(
     """A tiled, sparse scene ``WIDTH`` px wide: all nodata, or a square of data every few rows.
 
     ``data_every``: one 32 px square of data in every that many grid rows, each in another
-    column, so batches gather windows from many rows and most rows have none.
+    column, so a batch gathers windows from many rows, each with a chunk of the full width.
     """
     profile = {
         "driver": "GTiff", "height": height, "width": WIDTH, "count": bands, "dtype": dtype,
@@ -63,16 +63,17 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("model") / "model-bundle.pt", chip=CHIP)
 
 
-@pytest.mark.parametrize("data_every", [0, 3], ids=["all-nodata", "sparse-data"])
+@pytest.mark.parametrize("data_every", [0, 1], ids=["all-nodata", "sparse-data"])
 def test_prediction_memory_does_not_grow_with_the_height_of_a_wide_scene(
     tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, data_every: int
 ) -> None:
     """Four times the rows, the same peak of the arrays the pipeline holds.
 
-    Before the fix the peak grew 1.4x (all nodata: read rows queued for the writer with their
-    masks) and 1.5x (sparse: batches kept the chunks of every row they took a window from);
-    now 0.95-1.05x. numpy's allocations are traced: the process's own size (the interpreter,
-    torch and the network, 800 MB) hides the growth from a child's peak RSS at these heights.
+    Before the fix the peak grew 1.5x (all nodata: rows read were queued for the writer with
+    their masks; sparse: batches kept the chunks of every row they took a window from); now
+    0.9-1.0x and 1.1-1.2x (the chunks and reads in flight at the peak vary). numpy's
+    allocations are traced: the process's own size (interpreter, torch, network: 800 MB) and
+    the chunks' timing hide the growth from a child's peak RSS at heights a test can afford.
     """
     monkeypatch.setattr(WindowPredictor, "__call__", constant)
     model = ModelBundle.load(bundle)

@@ -176,14 +176,18 @@ def test_the_windows_with_data_are_those_holding_a_valid_pixel(
     cols = axis_offsets(width, size, stride)
     valid = np.random.default_rng(seed).random((size, max(width, size))) < density
     expected = [col for col in cols if valid[:, col : col + size].any()]
-    assert pipeline.windows_with_data(valid, cols, size) == expected
+    assert pipeline.windows_with_data(valid.any(axis=0), cols, size) == expected
 
 
-def test_a_grid_row_keeps_its_mask_a_bit_a_pixel() -> None:
-    valid = np.random.default_rng(0).random((48, 1001)) < 0.5
-    row = pipeline.GridRow(0, np.packbits(valid, axis=1), 1001, expected=0)
-    assert row.packed_valid.nbytes == 48 * 126
-    np.testing.assert_array_equal(row.valid(), valid)
+def test_a_grid_row_keeps_the_span_of_its_mask_with_data_a_bit_a_pixel() -> None:
+    valid = np.zeros((48, 100_000), dtype=bool)
+    valid[:, 70_000:71_000] = np.random.default_rng(0).random((48, 1000)) < 0.5
+    span, packed = pipeline._valid_span(valid, valid.any(axis=0))
+    row = pipeline.GridRow(0, span, packed, expected=0)
+    assert row.span == (70_000, 71_000) and row.packed_valid.nbytes == 48 * 125
+    np.testing.assert_array_equal(row.valid(), valid[:, 70_000:71_000])
+    empty = pipeline.GridRow(0, *pipeline._valid_span(valid[:, :9], np.zeros(9, bool)), 0)
+    assert empty.span == (0, 0) and empty.valid().shape == (48, 0)
 
 
 def test_an_interrupt_stops_every_pipeline_thread_before_the_scene_is_closed(
