@@ -103,3 +103,8 @@ qgis-check: $(STAMP)
 ## them -> docs/images/qgis-fields.png (tests/clients/render_demo.py --help for options)
 qgis-render-demo:
 	QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/clients/render_demo.py $(RENDER_ARGS)
+
+## bench-sparse: rs-seg infer on 100000 px wide all-nodata and sparse scenes: peak RSS must follow the width, not the height (about 10 minutes)
+.PHONY: bench-sparse
+bench-sparse: $(STAMP)
+	$(PY) benchmarks/bench_sparse.py
