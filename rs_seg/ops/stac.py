@@ -231,14 +231,25 @@ def _link_target(source: StacSource, root: str, document: str, href: str) -> str
     local ones: pystac's own reader would open a ``file://`` or local child link wherever the
     catalog came from.
     """
-    target = _joined(document, href)
+    named_by = f"{display(root)}: {_shown(document)} links to"
+    return _named_file(source, document, document, href, named_by)
+
+
+def _named_file(
+    source: StacSource, document: str, base: str, href: str, named_by: str, named_as: str = ""
+) -> str:
+    """``href`` resolved against ``base``: a URL, or a local path where ``document`` may name one.
+
+    A document read over the network may only name remote files unless the source allows
+    local ones; a local path, ``file://`` URL or GDAL ``/vsi...`` path is refused before
+    anything looks at it, so the message (``<named_by> the local file <href><named_as>``) is
+    the same whether the file exists or not.
+    """
+    target = _joined(base, href)
     if not _is_local(target):
         return target
     if not _is_local(document) and not source.allow_local_assets:
-        raise RsSegError(
-            f"{display(root)}: {_shown(document)} links to the local file {_shown(href)}; "
-            f"{_REMOTE_ONLY}"
-        )
+        raise RsSegError(f"{named_by} the local file {_shown(href)}{named_as}; {_REMOTE_ONLY}")
     return _local_path(target)
 
 
@@ -414,8 +425,7 @@ def asset_href(source: StacSource, item: pystac.Item, base: str, document: str) 
 
     A relative href is resolved against the item's own file (``base``), as STAC defines it. An
     item read over the network (``document``) may only name remote assets unless the source
-    allows local ones: a local path, ``file://`` URL or GDAL ``/vsi...`` path is refused before
-    anything looks at it, so the message is the same whether the file exists or not.
+    allows local ones (:func:`_named_file`).
     """
     asset = item.assets.get(source.asset)
     root = display(_absolute(source.href))
@@ -427,16 +437,11 @@ def asset_href(source: StacSource, item: pystac.Item, base: str, document: str) 
         )
     if not isinstance(asset.href, str):
         raise TypeError(f"item {item.id!r}: asset {source.asset!r} has no href")
-    href = _joined(base, asset.href)
-    if not _is_local(href):
+    named_by, named_as = f"{root}: item {item.id!r} names", f" as its {source.asset!r} asset"
+    href = _named_file(source, document, base, asset.href, named_by, named_as)
+    if not _is_local(href) or href.startswith("/vsi"):
         return href
-    if not _is_local(document) and not source.allow_local_assets:
-        raise RsSegError(
-            f"{root}: item {item.id!r} names the local file {_shown(asset.href)} as its "
-            f"{source.asset!r} asset; {_REMOTE_ONLY}"
-        )
-    href = _local_path(href)
-    return href if href.startswith("/vsi") else str(Path(href).resolve())
+    return str(Path(href).resolve())
 
 
 def _scene_path(root: str, item: pystac.Item, href: str) -> Path:
