@@ -52,13 +52,6 @@ class Compatibility:
         }
 
 
-def _error(message: str, path: Path) -> RsSegError:
-    """A one-line error naming ``path``: a remote scene by its URL without secrets."""
-    if is_remote(path):
-        return RsSegError(f"{display(path)}: {message}")
-    return RsSegError(message, path)
-
-
 def check_scene(scene: Path, bundle: ModelBundle, geojson: bool = False) -> None:
     """Refuse, before any output is staged, a scene the run would fail on after predicting it.
 
@@ -80,14 +73,14 @@ def metres_per_unit(src: rasterio.io.DatasetReader, path: Path, role: str) -> fl
     says how to reproject, with the UTM zone of the raster's centre where it can be found.
     """
     if src.crs is None:
-        raise _error(f"{role} has no CRS; field polygons need a georeferenced {role}", path)
+        raise RsSegError(f"{role} has no CRS; field polygons need a georeferenced {role}", path)
     factor = linear_unit_factor(src.crs)
     if factor is not None:
         return factor
     kind = "a geographic" if src.crs.is_geographic else "an unprojected"
     target = _utm_zone(src) or "EPSG:326xx"
     source, reprojected = _warp_names(path)
-    raise _error(
+    raise RsSegError(
         f"{role} is in {kind} CRS ({_crs_name(src.crs)}); field areas need a projected CRS in "
         f"metres or feet: reproject it first, e.g. to its UTM zone: gdalwarp -t_srs {target} "
         f"{shlex.quote(source)} {shlex.quote(reprojected)}",
@@ -142,7 +135,7 @@ def check_wgs84_extent(src: rasterio.io.DatasetReader, path: Path) -> None:
         west = math.nan
     if all(map(math.isfinite, (west, south, east, north))) and -90 <= south <= north <= 90:
         return
-    raise _error(
+    raise RsSegError(
         f"its extent lies outside what its CRS ({_crs_name(src.crs)}) can give as longitudes and "
         "latitudes, so it cannot be written as GeoJSON (WGS 84); check its georeferencing, or "
         "write .gpkg, .fgb or .parquet, which keep the CRS",
@@ -154,7 +147,7 @@ def check_bands(src: rasterio.io.DatasetReader, bundle: ModelBundle, path: Path)
     """The scene must have the band count the model was trained on."""
     expected = bundle.band_count or max(bundle.bands)
     if src.count != expected:
-        raise _error(
+        raise RsSegError(
             f"scene has {src.count} bands, the model was trained on {expected}-band imagery "
             f"(it reads bands {bundle.bands}: {', '.join(bundle.band_names)})",
             path,
