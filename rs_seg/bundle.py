@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from rs_seg.config import MaskTarget, ModelConfig
+from rs_seg.config import ChipSize, MaskTarget, ModelConfig
 from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
 from rs_seg.records import BundleMetrics, FieldSettings, Provenance
@@ -41,7 +41,6 @@ CLASSES = {0: "background", 1: "cropland"}
 # Model ids are weight hashes (:func:`weights_id`): the registry names folders after them, the
 # incoming flow output folders, so nothing else may pass for one.
 MODEL_ID = re.compile(r"[0-9a-f]{12}")
-CHIP_SIZES = (8, 8192)  # what rs-seg prepare writes (PrepareConfig.chip_size)
 MAX_BANDS = 65535  # a GeoTIFF holds at most this many bands
 MAX_GROW = 255  # pixels a fields model's boundaries grow into fields (GROW is 3)
 _VERSIONED_PACKAGES = (
@@ -126,7 +125,7 @@ class BundleMeta(_Meta):
     bands: Annotated[list[Band], Field(min_length=1)]
     band_names: list[str]
     normalization: NormalizationMeta
-    chip_size: Annotated[int, Field(ge=CHIP_SIZES[0], le=CHIP_SIZES[1])]
+    chip_size: ChipSize
     threshold: Probability
     pixel_size: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
     boundary_threshold: Probability | None = None

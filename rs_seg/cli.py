@@ -60,6 +60,14 @@ def _infer_help(name: str, text: str, default: str | None = None) -> str:
     return schema_help(InferOptions, name, text, default)
 
 
+SimplifyOption = Annotated[
+    float | None,
+    typer.Option(
+        help=_infer_help("simplify", "Simplify tolerance in CRS units (0: off)", "1 pixel")
+    ),
+]
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # whoever logged it: no URL's secrets, no hidden staging name (its output's name instead)
@@ -459,15 +467,14 @@ def infer(
             help=_infer_help("min_area", "Smallest field in m2", "fields models: the bundle's; 500")
         ),
     ] = None,
-    simplify: Annotated[
-        float | None,
-        typer.Option(
-            help=_infer_help("simplify", "Simplify tolerance in CRS units (0: off)", "1 pixel")
-        ),
-    ] = None,
+    simplify: SimplifyOption = None,
     timeout: Annotated[
         float | None,
-        typer.Option(help="URL scenes: seconds the scene may take to read [no limit]."),
+        typer.Option(
+            help=_infer_help(
+                "timeout", "URL scenes: seconds the scene may take to read", "no limit"
+            )
+        ),
     ] = None,
     overwrite: OverwriteOption = None,
     config: ConfigOption = None,
@@ -511,12 +518,7 @@ def vectorize(
         float | None,
         typer.Option(help=_infer_help("min_area", "Smallest field in m2", "stored, else 500")),
     ] = None,
-    simplify: Annotated[
-        float | None,
-        typer.Option(
-            help=_infer_help("simplify", "Simplify tolerance in CRS units (0: off)", "1 pixel")
-        ),
-    ] = None,
+    simplify: SimplifyOption = None,
     fill_holes_below: Annotated[
         float | None,
         typer.Option(

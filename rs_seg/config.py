@@ -58,6 +58,10 @@ ScenePath = Annotated[
 OutputPath = Annotated[Path, BeforeValidator(output_text), AfterValidator(utf8_name)]
 
 
+# Chip sizes rs-seg prepare writes, and so the ones a model bundle may hold.
+ChipSize = Annotated[int, Field(ge=8, le=8192)]
+
+
 class StrictModel(BaseModel):
     """Base for all configs: unknown keys are errors, so typos in YAML do not pass silently."""
 
@@ -211,7 +215,7 @@ class PrepareConfig(StrictModel):
     mask_glob: str = "masks/**/*.tif"
     # Output and chip geometry.
     out: Path = Path("data/chips")
-    chip_size: Annotated[int, Field(ge=8, le=8192)] = 256
+    chip_size: ChipSize = 256
     stride: Annotated[int, Field(ge=1)] | None = None
     max_nodata_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     compression: Literal["zstd", "deflate", "lzw", "none"] = Field(
