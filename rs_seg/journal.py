@@ -160,7 +160,7 @@ def write_journals(pairs: Sequence[tuple[Path, Path]]) -> list[Path]:
         files = []
         for staging, final in members:
             _fsync(staging)
-            old = _lstat(final)
+            old = _entry(None, final)
             files.append({
                 "staging": staging.name,
                 "final": final.name,
@@ -181,13 +181,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
 
 
 def _write_durably(path: Path, temporary: Path, data: bytes) -> None:
@@ -308,7 +301,8 @@ def _own_file(info: os.stat_result) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
 
 
-def _entry(dir_fd: int, name: str) -> os.stat_result | None:
+def _entry(dir_fd: int | None, name: str | Path) -> os.stat_result | None:
+    """The entry ``name`` itself (links not followed), None when there is none."""
     try:
         return os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:

@@ -24,12 +24,8 @@ _RUN_ID_STAMP = re.compile(rb"<!-- rs_seg run_id: (\w+) -->")  # in a style, see
 
 def raster_written_by_rs_seg(path: Path) -> bool:
     """A GeoTIFF rs_seg wrote: its tags carry rs_seg's provenance."""
-    # GDAL loads only for the recognizers; the CLI imports staging (and this module) at start
-    import rasterio
-
     try:
-        with rasterio.open(path) as src:
-            tags = src.tags()
+        tags = _raster_tags(path)
     except Exception:
         return False
     return "rs_seg_version" in tags or {"model_id", "threshold"} <= tags.keys()
@@ -45,11 +41,15 @@ def style_written_by_rs_seg(path: Path) -> bool:
     goes with it, so a style the user customized is theirs and ``--overwrite`` never replaces it.
     """
     try:
-        with Path(path).open("rb") as file:
-            head = file.read(4096)
+        return STYLE_MARKER.encode() in _style_head(path)
     except OSError:
         return False
-    return STYLE_MARKER.encode() in head
+
+
+def _style_head(path: Path) -> bytes:
+    """The top of a style file, where rs_seg's marker and run id stamp are."""
+    with Path(path).open("rb") as file:
+        return file.read(4096)
 
 
 FIELD_COLUMNS = frozenset({"field_id", "area_ha", "mean_prob", "model_id"})
@@ -113,8 +113,7 @@ def run_id_of(path: Path) -> str:
     suffix = path.suffix.lower()
     try:
         if suffix == ".qml":
-            with path.open("rb") as file:
-                found = _RUN_ID_STAMP.search(file.read(4096))
+            found = _RUN_ID_STAMP.search(_style_head(path))
             return found[1].decode() if found else ""
         if suffix in (".tif", ".tiff"):
             return str(_raster_tags(path).get("run_id", ""))
