@@ -34,9 +34,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic validates only this TypedDict before 3.12
 
 from rs_seg.bundle import BUNDLE_FILE, MODEL_ID, ModelBundle, now_iso, weights_id
 from rs_seg.config_files import format_validation_error
@@ -82,6 +83,7 @@ class StoredMetrics(BundleMetrics, total=False):
     threshold: float
 
 
+@with_config(ConfigDict(strict=True))  # read back with strict JSON types, all keys (_LATEST)
 class LatestEntry(TypedDict):
     """``latest.json``: the model inference uses, and the test score that earned it the place."""
 
@@ -91,6 +93,9 @@ class LatestEntry(TypedDict):
     score: float | None  # null when undefined (NaN)
     chip_index_fingerprint: str | None
     promoted_at: str
+
+
+_LATEST = TypeAdapter(LatestEntry)
 
 
 class LogEntry(TypedDict):
@@ -329,19 +334,6 @@ def _links(folder: str, names: list[str]) -> list[str]:
     return [name for name in names if Path(folder, name).is_symlink()]
 
 
-class _LatestSchema(BaseModel):
-    """:class:`LatestEntry` as ``latest.json`` must hold it (strict JSON types, all keys)."""
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    model_id: str
-    bundle: str
-    metric: str
-    score: float | None
-    chip_index_fingerprint: str | None
-    promoted_at: str
-
-
 def _read_latest(models_dir: Path) -> LatestEntry | None:
     """``latest.json`` checked: its keys and types, an id that is a weight hash, a bundle inside.
 
@@ -353,7 +345,7 @@ def _read_latest(models_dir: Path) -> LatestEntry | None:
     _check_plain_file(path)
     try:
         document = _read_json(path)
-        _LatestSchema.model_validate(document)
+        _LATEST.validate_python(document)
     except ValidationError as exc:
         detail = format_validation_error(exc)[:300]
         raise RsSegError(
