@@ -155,10 +155,7 @@ def scan(cfg: IncomingConfig, now: float | None = None) -> Scan:
     scenes = list_scenes(cfg.incoming)
     ledger = Ledger(cfg.ledger_path)  # create it (and fail early if it cannot be)
     with ledger.scanning():
-        found = _scan(cfg, ledger, scenes, time.time() if now is None else now)
-    root = inbox_root(cfg.incoming)
-    jobs = [replace(job, name=inbox_name(inbox_key(job.scene, root))) for job in found.jobs]
-    return replace(found, jobs=jobs)
+        return _scan(cfg, ledger, scenes, time.time() if now is None else now)
 
 
 def scan_stac(cfg: IncomingConfig) -> Scan:
@@ -201,6 +198,7 @@ def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -
     if not ready:
         return Scan([], waiting)
     model, model_id, key = _run_model(cfg)
+    root = inbox_root(str(cfg.incoming))
     jobs = []
     for scene in ready:
         try:
@@ -214,7 +212,8 @@ def _scan(cfg: IncomingConfig, ledger: Ledger, scenes: list[Path], now: float) -
             reason = "size or mtime changed while it was being read"
             waiting.append(SceneResult(scene, "waiting", reason=reason))
             continue
-        jobs.append(SceneJob(scene, fingerprint, model, model_id, key))
+        name = inbox_name(inbox_key(scene, root))
+        jobs.append(SceneJob(scene, fingerprint, model, model_id, key, name=name))
     return Scan(jobs, sorted(waiting, key=lambda r: r.scene))
 
 
