@@ -136,10 +136,11 @@ class StripBuffer:
         """
         start, stop = span
         levels = self.levels[:, :rows]
+        if stop == start or not valid[:rows].any():  # the span may hold data only further down
+            levels.fill(NODATA_LEVEL)
+            return levels
         if stop - start < self.width:
             levels.fill(NODATA_LEVEL)
-        if stop == start or not valid[:rows].any():
-            return levels
         prob = self.prob[:, :rows, start:stop]
         prob *= self.column_factor[start:stop]
         prob *= row_factor[:, None]

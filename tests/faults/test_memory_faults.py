@@ -146,3 +146,25 @@ def test_a_huge_empty_scene_runs_in_flat_memory_and_stops_within_seconds(
     assert seconds < 10, f"ended {seconds:.1f} s after {name}"
     assert late < 1.25 * early, (early, late)
     assert sorted(p.name for p in tmp_path.iterdir()) == [] and hidden_leftovers(tmp_path) == []
+
+
+def test_finished_rows_without_data_are_nodata_when_rows_below_them_span_the_width(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid row's span comes from all the rows its windows cover; the rows it finishes may
+    hold no valid pixel while the rows below them hold data from edge to edge. Those rows are
+    nodata, not whatever the writer's level buffer held before."""
+    monkeypatch.setattr(WindowPredictor, "__call__", constant)
+    data = np.full((3, 300, 300), 1000, dtype=np.uint16)
+    data[:, :50] = 0  # the first grid row finishes rows 0-47, its windows reach row 63
+    transform = from_origin(*ORIGIN, PIXEL, PIXEL)
+    profile = {"driver": "GTiff", "height": 300, "width": 300, "count": 3, "dtype": "uint16",
+               "nodata": 0, "crs": UTM, "transform": transform}  # fmt: skip
+    with rasterio.open(tmp_path / "scene.tif", "w", **profile) as dst:
+        dst.write(data)
+    prob = tmp_path / "prob.tif"
+    predict_scene(tmp_path / "scene.tif", ModelBundle.load(bundle), prob, device="cpu", workers=1)
+    with rasterio.open(prob) as src:
+        levels = src.read(1)
+    assert (levels[:50] == 255).all()
+    assert set(np.unique(levels[50:])) <= {127, 128}
