@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pystac
+import pytest
 import rasterio
 import rasterio.shutil
 from pyproj import Transformer
 
 from tests.helpers import ORIGIN, PIXEL, UTM, write_scene
+from tests.range_server import RangeServer, serving
+
+# GDAL's retries of a failed range request, quick: a test's faults are retried in milliseconds
+FAST_RETRIES = {"GDAL_HTTP_MAX_RETRY": "2", "GDAL_HTTP_RETRY_DELAY": "0.01"}
 
 
 def write_cog(path: Path, size: int, *, seed: int = 0, blocksize: int = 128, **kwargs) -> Path:
@@ -98,3 +105,13 @@ def catalog_dict(catalog_id: str, links: list[tuple[str, str]]) -> dict:
         "type": "Catalog", "stac_version": "1.0.0", "id": catalog_id, "description": "test",
         "links": [{"rel": rel, "href": href} for rel, href in links],
     }  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving_scene(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RangeServer]:
+    """A 160 px tiled COG ``scene.tif`` served from ``root``, read with :data:`FAST_RETRIES`."""
+    for key, value in FAST_RETRIES.items():
+        monkeypatch.setenv(key, value)
+    with serving(root) as served:
+        write_cog(served.root / "scene.tif", 160, blocksize=32, seed=4)
+        yield served

@@ -26,8 +26,8 @@ from rs_seg.ops.incoming import SceneJob, record
 from rs_seg.ops.ledger import Ledger
 from rs_seg.remote import display, scene_path
 from tests.helpers import assert_one_line_error, hidden_leftovers, make_bundle, rs_seg
-from tests.range_server import RangeServer, serving
-from tests.stac_helpers import write_cog
+from tests.range_server import RangeServer
+from tests.stac_helpers import FAST_RETRIES, serving_scene
 
 USER, PASSWORD = "mapper-7f3a", "pw-9d2e-hunter2"
 SIGNATURE = "5e1fa0c3d2b4968877aa01ccdeadbeef"
@@ -35,7 +35,6 @@ CREDENTIAL = "AKIAEXAMPLE7Q3Z"
 TOKEN = "tok-b0c4-session"
 AZURE_SIG, GENERIC_TOKEN, API_KEY = "azSIG%2Bq9", "gen-token-61", "apik-55x"
 SECRETS = [USER, PASSWORD, SIGNATURE, CREDENTIAL, TOKEN, "azSIG", GENERIC_TOKEN, API_KEY]
-FAST_RETRIES = {"GDAL_HTTP_MAX_RETRY": "2", "GDAL_HTTP_RETRY_DELAY": "0.01"}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +45,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RangeServer]:
     """A scene behind basic auth and a presigned query: read only with every secret."""
-    for key, value in FAST_RETRIES.items():
-        monkeypatch.setenv(key, value)
-    with serving(tmp_path / "www") as served:
-        write_cog(served.root / "scene.tif", 160, blocksize=32, seed=4)
+    with serving_scene(tmp_path / "www", monkeypatch) as served:
         served.require(USER, PASSWORD, **{"X-Amz-Signature": SIGNATURE,
                                           "X-Amz-Security-Token": TOKEN})  # fmt: skip
         yield served

@@ -21,18 +21,13 @@ from rs_seg.config import InferConfig
 from rs_seg.infer.run import InferSummary, run_infer
 from rs_seg.remote import display
 from tests.helpers import assert_one_line_error, hidden_leftovers, make_bundle, rs_seg
-from tests.range_server import RangeServer, serving
-from tests.stac_helpers import write_cog
-
-FAST_RETRIES = {"GDAL_HTTP_MAX_RETRY": "2", "GDAL_HTTP_RETRY_DELAY": "0.01"}
+from tests.range_server import RangeServer
+from tests.stac_helpers import FAST_RETRIES, serving_scene
 
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RangeServer]:
-    for key, value in FAST_RETRIES.items():
-        monkeypatch.setenv(key, value)
-    with serving(tmp_path / "www") as served:
-        write_cog(served.root / "scene.tif", 160, blocksize=32, seed=4)
+    with serving_scene(tmp_path / "www", monkeypatch) as served:
         yield served
 
 
