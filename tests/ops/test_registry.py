@@ -158,12 +158,18 @@ def test_registering_twice_is_idempotent(tmp_path, weights, ids) -> None:
     assert len(list_models(models)) == 1
 
 
-def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights, ids) -> None:
+def evaluated_run(tmp_path: Path, weights, ids) -> Path:
+    """A run folder as evaluation leaves it: bundle, metrics and a report."""
     run = tmp_path / "runs" / "r1"
     make_bundle(run / BUNDLE_FILE, weights, "m-run", 0.5)
     (run / "metrics.json").write_text(json.dumps({"model_id": ids["m-run"], "threshold": 0.4}))
     (run / "report").mkdir()
     (run / "report" / "README.md").write_text("# report\n")
+    return run
+
+
+def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights, ids) -> None:
+    run = evaluated_run(tmp_path, weights, ids)
     reg = register(run, tmp_path / "models", metric="cropland_iou")
     stored = reg.bundle.parent
     assert json.loads((stored / "metrics.json").read_text())["threshold"] == 0.4
@@ -172,13 +178,9 @@ def test_a_run_folder_brings_its_metrics_and_report(tmp_path, weights, ids) -> N
 
 
 def test_links_in_a_runs_report_are_not_copied_into_the_registry(tmp_path, weights, ids) -> None:
-    run = tmp_path / "runs" / "r1"
-    make_bundle(run / BUNDLE_FILE, weights, "m-run", 0.5)
-    (run / "metrics.json").write_text(json.dumps({"model_id": ids["m-run"], "threshold": 0.4}))
+    run = evaluated_run(tmp_path, weights, ids)
     (tmp_path / "private").mkdir()
     (tmp_path / "private" / "key.txt").write_text("a secret of the user")
-    (run / "report").mkdir()
-    (run / "report" / "README.md").write_text("# report\n")
     (run / "report" / "figure.png").symlink_to(tmp_path / "private" / "key.txt")
     (run / "report" / "more").symlink_to(tmp_path / "private")
     stored = register(run, tmp_path / "models").bundle.parent / "report"
