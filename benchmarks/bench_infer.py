@@ -95,12 +95,12 @@ def child_bundle(
     from rasterio.windows import Window
 
     import rs_seg
-    from rs_seg.bundle import ModelBundle
     from rs_seg.config import ModelConfig
-    from rs_seg.infer.predict import resolve_device
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.networks import build_model
+    from rs_seg.model.normalization import Normalization
+    from rs_seg.model.predictor import resolve_device
     from rs_seg.synthetic import band_names
-    from rs_seg.train.dataset import Normalization
-    from rs_seg.train.models import build_model
     from rs_seg.windows import read_padded
 
     with rasterio.open(scene) as src:
@@ -160,8 +160,9 @@ def child_rs_seg(
 ) -> dict:
     import torch
 
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.infer.predict import predict_scene, resolve_device
+    from rs_seg.infer.predict import predict_scene
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.predictor import resolve_device
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
@@ -195,8 +196,9 @@ def child_bare(
     """Forward passes alone for the windows predict_scene runs, on batches already on the device."""
     import torch
 
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.infer.predict import WindowPredictor, resolve_device, window_count
+    from rs_seg.infer.predict import window_count
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.predictor import WindowPredictor, resolve_device
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
@@ -247,8 +249,8 @@ def child_naive(scene: str, bundle_path: str, out: str, device: str) -> dict:
     import rasterio
     import torch
 
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.infer.predict import resolve_device
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.predictor import resolve_device
 
     bundle = ModelBundle.load(Path(bundle_path))
     resolved = resolve_device(device)
@@ -330,7 +332,7 @@ CHILDREN = {
 def bf16_unavailable(device: str) -> str | None:
     """Why the bf16 kinds are not run here, or None: they compare CPU fp32 with CPU bf16."""
     from rs_seg.errors import RsSegError
-    from rs_seg.infer.predict import autocast_dtype, resolve_device
+    from rs_seg.model.predictor import autocast_dtype, resolve_device
 
     resolved = resolve_device(device)
     if resolved.type != "cpu":

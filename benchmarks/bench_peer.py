@@ -113,8 +113,8 @@ def child_bundle(scene: str, out: str, arch: str, encoder: str) -> dict:
     import torch
     from rasterio.windows import Window
 
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.infer.predict import WindowPredictor
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.predictor import WindowPredictor
     from rs_seg.windows import read_padded
 
     info = bench_infer.child_bundle(scene, out, arch, encoder, device="cpu")
@@ -147,8 +147,8 @@ def child_peer_input(
     import torch
     from rasterio.windows import Window
 
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.infer.predict import WindowPredictor
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.predictor import WindowPredictor
     from rs_seg.windows import read_padded
 
     bundle = ModelBundle.load(Path(bundle_path))

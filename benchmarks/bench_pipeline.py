@@ -68,8 +68,8 @@ LOADER_SETUPS = (
 def child_null(scene: str, bundle_path: str, prob: str, workers: int) -> dict:
     import torch
 
-    from rs_seg.bundle import ModelBundle
     from rs_seg.infer.predict import predict_scene
+    from rs_seg.model.bundle import ModelBundle
 
     bundle = ModelBundle.load(Path(bundle_path))
 
@@ -146,8 +146,9 @@ def child_loader(chips: str, workers: int, passes: int, cached: bool, cache_dir:
     import torch
 
     from rs_seg.config import AugmentConfig
+    from rs_seg.model.normalization import Normalization
     from rs_seg.train.chip_cache import split_cache
-    from rs_seg.train.dataset import ChipDataset, Normalization, build_augmentation
+    from rs_seg.train.dataset import ChipDataset, build_augmentation
 
     images, masks, bands = _chip_paths(chips)
     cache = None

@@ -117,7 +117,7 @@ def main() -> int:
         summary = run_infer(cfg)
         seconds = time.perf_counter() - started
         labels = scene_labels(scene)
-        from rs_seg.bundle import ModelBundle
+        from rs_seg.model.bundle import ModelBundle
 
         level = threshold_to_level(ModelBundle.load(args.model).threshold)
         counts = pixel_counts(summary.prob, labels, level)

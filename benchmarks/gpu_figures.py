@@ -274,8 +274,8 @@ def child_map(
 ) -> dict:
     import torch
 
-    from rs_seg.bundle import ModelBundle
     from rs_seg.infer.predict import predict_scene
+    from rs_seg.model.bundle import ModelBundle
 
     device = "cuda" if on_gpu else "cpu"
     loaded = ModelBundle.load(Path(bundle))

@@ -607,7 +607,7 @@ def model_info(
 ) -> None:
     """Show what a model bundle holds: architecture, bands, normalization, metrics, provenance."""
     # deferred: `rs-seg --help` and config errors answer without loading GDAL or torch
-    from rs_seg.bundle import ModelBundle
+    from rs_seg.model.bundle import ModelBundle
 
     loaded = ModelBundle.load(bundle)
     typer.echo(json.dumps(loaded.meta(), indent=2) if as_json else loaded.describe())

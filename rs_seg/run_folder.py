@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rs_seg.bundle import BUNDLE_FILE
 from rs_seg.errors import RsSegError
+from rs_seg.model.bundle import BUNDLE_FILE
 from rs_seg.staging import FolderKind, check_folder_output, process_alive, publish_dir, write_json
 
 log = logging.getLogger(__name__)

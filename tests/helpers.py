@@ -166,9 +166,9 @@ def make_bundle(
     """A model bundle with random weights (Unet/resnet18): real inference, no training."""
     import torch
 
-    from rs_seg.bundle import ModelBundle
-    from rs_seg.train.dataset import Normalization
-    from rs_seg.train.models import build_model
+    from rs_seg.model.bundle import ModelBundle
+    from rs_seg.model.networks import build_model
+    from rs_seg.model.normalization import Normalization
 
     torch.manual_seed(seed)
     model = ModelConfig(arch="Unet", encoder="resnet18", task=task)

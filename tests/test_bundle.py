@@ -10,13 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rs_seg.bundle import FORMAT_VERSION, ModelBundle
 from rs_seg.cli import app
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
-from rs_seg.train.dataset import ChipDataset, Normalization
+from rs_seg.model.bundle import FORMAT_VERSION, ModelBundle
+from rs_seg.model.networks import build_model
+from rs_seg.model.normalization import Normalization
+from rs_seg.train.dataset import ChipDataset
 from rs_seg.train.evaluation import predict_levels
-from rs_seg.train.models import build_model
 from rs_seg.train.module import CroplandModule
 from tests.helpers import ROOT
 

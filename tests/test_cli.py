@@ -197,7 +197,7 @@ def test_bad_label_map(inputs) -> None:
 def test_model_register_stores_a_bundle_and_moves_latest(tmp_path) -> None:
     import json
 
-    from rs_seg.bundle import ModelBundle
+    from rs_seg.model.bundle import ModelBundle
     from tests.helpers import make_bundle
 
     unscored = make_bundle(tmp_path / "unscored.pt")

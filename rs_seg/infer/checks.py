@@ -26,7 +26,7 @@ from rs_seg.remote import display, file_name, is_remote
 from rs_seg.windows import read_padded
 
 if TYPE_CHECKING:  # annotations only: `rs-seg vectorize` checks rasters without loading torch
-    from rs_seg.bundle import ModelBundle
+    from rs_seg.model.bundle import ModelBundle
 
 DRIFT_Z = 1.0  # warn when a band's scene mean is more than this many training stds away
 DRIFT_STD_RATIO = 2.0  # ... or its spread differs by more than this factor

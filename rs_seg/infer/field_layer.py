@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import shapely
-from pyogrio.raw import write as write_layer
 
 from rs_seg.errors import RsSegError
 
@@ -170,6 +169,10 @@ class FieldLayerWriter:
     def _write_ogr(
         self, batch: FieldBatch, area_ha: npt.NDArray[np.float64], perimeter_m: np.ndarray
     ) -> None:
+        # pyogrio's package imports geopandas and pandas: loaded when a layer is written, not
+        # when inference is imported (rs-seg infer --help, model info)
+        from pyogrio.raw import write as write_layer
+
         data = [
             np.asarray(batch.field_id, dtype=object),
             area_ha.astype(np.float64),

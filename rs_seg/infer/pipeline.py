@@ -36,7 +36,7 @@ from rs_seg.windows import (
 )
 
 if TYPE_CHECKING:
-    from rs_seg.bundle import ModelBundle
+    from rs_seg.model.bundle import ModelBundle
 
 
 QUEUED_ROWS_BYTES = 4 * 2**20
@@ -56,7 +56,7 @@ def rows_queued(size: int, width: int) -> int:
 
 
 class BatchModel(Protocol):
-    """What the pipeline needs of a model (``rs_seg.infer.predict.WindowPredictor`` is one)."""
+    """What the pipeline needs of a model (``rs_seg.model.predictor.WindowPredictor`` is one)."""
 
     bundle: ModelBundle
     band_index: np.ndarray

@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rs_seg.bundle import ModelBundle
 from rs_seg.config import InferConfig, InferOptions
 from rs_seg.infer.checks import check_scene
 from rs_seg.infer.field_layer import output_driver
@@ -36,6 +35,7 @@ from rs_seg.infer.vectorize import (
     vectorize,
 )
 from rs_seg.levels import threshold_to_level
+from rs_seg.model.bundle import ModelBundle
 from rs_seg.ops.registry import latest_bundle
 from rs_seg.output_sets import FIELDS_LAYER_TAG, set_member
 from rs_seg.rasters import scene_deadline
@@ -88,7 +88,7 @@ def load_model(model: Path | None, models_dir: Path) -> ModelBundle:
     """The given bundle, or the registry's latest model (read once per file version).
 
     A process that maps several scenes (the incoming flow's workers) reads and checks a bundle
-    once, and so builds its network once (:func:`rs_seg.infer.predict.model_network`): the
+    once, and so builds its network once (:func:`rs_seg.model.predictor.model_network`): the
     file's path, inode, size and change times are the key, so a bundle replaced on disk (a new
     inode after the atomic rename of :meth:`ModelBundle.save`) is read again.
     """

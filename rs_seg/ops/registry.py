@@ -39,9 +39,9 @@ from typing import Any, Literal, cast
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic validates only this TypedDict before 3.12
 
-from rs_seg.bundle import BUNDLE_FILE, MODEL_ID, ModelBundle, now_iso, weights_id
 from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
+from rs_seg.model.bundle import BUNDLE_FILE, MODEL_ID, ModelBundle, now_iso, weights_id
 from rs_seg.records import BundleMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder
 from rs_seg.staging import FolderKind, staged_dir, write_json

@@ -25,11 +25,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryStatScores
 
-from rs_seg.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, weights_id
 from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, TrainConfig
 from rs_seg.errors import RsSegError
 from rs_seg.field_rule import GROW, FieldRule, drop_small
 from rs_seg.levels import level_to_threshold, threshold_to_level
+from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, weights_id
+from rs_seg.model.normalization import Normalization
 from rs_seg.records import BundleMetrics, DataSummary, FieldSettings, RunMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder, best_epoch_of, publish_replacement, write_status
 from rs_seg.staging import staged_dir, write_json
@@ -37,7 +38,6 @@ from rs_seg.train.dataset import (
     ChipDataModule,
     ChipDataset,
     ChipSplits,
-    Normalization,
     chip_metadata,
     load_chip_splits,
     read_chip,

@@ -31,6 +31,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from rs_seg.config import TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.model.networks import check_names, count_parameters
+from rs_seg.model.normalization import Normalization
 from rs_seg.prepare.index import read_target
 from rs_seg.run_folder import (
     RUN_FOLDER,
@@ -53,12 +55,10 @@ from rs_seg.train.chip_cache import remove_caches, training_caches
 from rs_seg.train.dataset import (
     ChipDataModule,
     ChipSplits,
-    Normalization,
     auto_workers,
     band_statistics,
     load_chip_splits,
 )
-from rs_seg.train.models import check_names, count_parameters
 from rs_seg.train.module import CroplandModule
 
 log = logging.getLogger(__name__)

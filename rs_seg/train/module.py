@@ -23,8 +23,8 @@ from rs_seg.config import (
     ModelConfig,
     OptimizerConfig,
 )
+from rs_seg.model.networks import build_model, encoder_of
 from rs_seg.train.metrics import extent_target, metrics_from_counts
-from rs_seg.train.models import build_model, encoder_of
 
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig

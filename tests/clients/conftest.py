@@ -29,8 +29,8 @@ from tests.helpers import ORIGIN, make_bundle
 def client_outputs(tmp_path_factory: pytest.TempPathFactory, tiny_chips: Path) -> ClientOutputs:
     """Every output the clients open, written once by the real code paths."""
     from rs_seg.config import IncomingConfig, InferConfig
-    from rs_seg.infer.predict import WindowPredictor
     from rs_seg.infer.run import run_infer
+    from rs_seg.model.predictor import WindowPredictor
     from rs_seg.ops.incoming import map_scenes, mapped_outputs, plan, scan, write_merged
 
     root = tmp_path_factory.mktemp("clients")

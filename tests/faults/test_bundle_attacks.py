@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rs_seg.bundle import BUNDLE_FILE, ModelBundle
 from rs_seg.errors import RsSegError
+from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle
 from rs_seg.ops.registry import LATEST_FILE, latest_bundle, list_models, register
 from tests.helpers import assert_one_line_error, digest, make_bundle, rs_seg, write_scene
 

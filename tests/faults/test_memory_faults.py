@@ -22,8 +22,9 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from rs_seg.bundle import ModelBundle
-from rs_seg.infer.predict import WindowPredictor, predict_scene
+from rs_seg.infer.predict import predict_scene
+from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.predictor import WindowPredictor
 from tests.helpers import ORIGIN, PIXEL, UTM, hidden_leftovers, make_bundle
 
 WIDTH = 100_000

@@ -10,9 +10,9 @@ import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rs_seg.bundle import ModelBundle
 from rs_seg.infer.checks import DRIFT_SAMPLE_LATTICE, _sample_windows, check_compatibility
-from rs_seg.infer.predict import _band_selection
+from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.predictor import _band_selection
 from rs_seg.windows import read_padded
 from tests.helpers import make_bundle, write_scene
 

@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
-from rs_seg.bundle import ModelBundle
 from rs_seg.cli import app
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.infer import pipeline
-from rs_seg.infer.predict import WindowPredictor, predict_scene
+from rs_seg.infer.predict import predict_scene
 from rs_seg.infer.run import load_model, run_infer
+from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.predictor import WindowPredictor
 from rs_seg.windows import axis_offsets, hann_weight, window_stride
 from tests.helpers import (
     LEARNABLE_BOXES,

@@ -16,18 +16,18 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from typer.testing import CliRunner
 
-from rs_seg.bundle import ModelBundle
 from rs_seg.cli import app
 from rs_seg.infer.predict import (
     BAND_DESCRIPTIONS,
     COG_OPTIONS,
     MASK_DESCRIPTION,
-    WindowPredictor,
     predict_scene,
     write_binary_mask,
 )
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
+from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.predictor import WindowPredictor
 from tests.helpers import ORIGIN, PIXEL, UTM, make_bundle, write_scene
 
 NODATA_COLS = 3

@@ -13,8 +13,8 @@ import rasterio
 
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
-from rs_seg.infer.predict import WindowPredictor
 from rs_seg.infer.run import run_infer
+from rs_seg.model.predictor import WindowPredictor
 from rs_seg.staging import STYLE_MARKER, style_written_by_rs_seg
 from tests.helpers import digest, hidden_leftovers, make_bundle, write_scene
 

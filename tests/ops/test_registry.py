@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rs_seg.bundle import BUNDLE_FILE, ModelBundle, weights_id
 from rs_seg.config import ModelConfig, PrepareConfig, SplitConfig
 from rs_seg.errors import RsSegError
+from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle, weights_id
+from rs_seg.model.networks import build_model
+from rs_seg.model.normalization import Normalization
 from rs_seg.ops.registry import LATEST_FILE, LOG_FILE, latest_bundle, list_models, register
 from rs_seg.prepare.run import prepare
-from rs_seg.train.dataset import Normalization, load_chip_splits
-from rs_seg.train.models import build_model
+from rs_seg.train.dataset import load_chip_splits
 from tests.helpers import digest, pixel_box, write_labels, write_scene
 
 # a small network (2.2 M parameters): bundles are copied, hashed and read again in every test

@@ -13,13 +13,13 @@ import rasterio
 import torch
 
 from rs_seg.config import AugmentConfig
+from rs_seg.model.normalization import Normalization
 from rs_seg.train import chip_cache
 from rs_seg.train.chip_cache import CACHE_DIR, remove_caches, split_cache, training_caches
 from rs_seg.train.dataset import (
     ChipDataset,
     ChipReadError,
     ChipSplits,
-    Normalization,
     build_augmentation,
     load_chip_splits,
 )

