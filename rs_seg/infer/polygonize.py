@@ -41,8 +41,8 @@ from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
 STRIP_PIXELS = 4096 * 1024
 _SUM_ROWS = 128  # rows per bincount chunk: float64 weights of a whole strip would cost 8 B/px
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
-_PREFILTER = True  # drop regions that cannot reach min_area before polygonizing (tests: off)
-_CoordinateFunction = Callable[[np.ndarray], np.ndarray]  # (n, 2) coordinates -> (n, 2)
+# (n, 2) pixel coordinates (column, row) -> (n, 2) CRS coordinates, as affine_function makes them
+CoordinateFunction = Callable[[np.ndarray], np.ndarray]
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 
 
@@ -50,8 +50,11 @@ _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 
 
 @dataclass(slots=True)  # millions on noisy scenes: no per-instance dict
-class _Field:
-    """One 4-connected cropland region, possibly still continuing into the next strip.
+class FieldParts:
+    """One field while it is put together from its strip parts, and the sums its record needs.
+
+    Here a 4-connected cropland region, possibly still continuing into the next strip; the
+    boundary split (:mod:`rs_seg.infer.split`) builds its fields from such pieces too.
 
     ``parts`` are pixel-space polygons, one per strip the region touches, made only for regions
     on a strip's first or last row (only those can be joined); ``first`` is its first pixel in
@@ -70,7 +73,7 @@ class _Field:
     left: int
     right: int
 
-    def absorb(self, other: _Field) -> None:
+    def absorb(self, other: FieldParts) -> None:
         """Take over a region found to be connected to this one across a strip boundary."""
         self.parts.extend(other.parts)
         self.crs = None
@@ -98,13 +101,13 @@ def _strip_fields(
     values: np.ndarray,
     cropland: np.ndarray,
     row0: int,
-    to_crs: _CoordinateFunction,
-    too_small: _TooSmall | None = None,
-) -> tuple[np.ndarray, list[_Field]]:
+    to_crs: CoordinateFunction,
+    too_small: SmallRegionFilter | None = None,
+) -> tuple[np.ndarray, list[FieldParts]]:
     """Label the strip's regions (4-connected, like GDAL) and polygonize each one.
 
     With ``too_small``, regions that can never reach the minimum area are removed from the label
-    image first (see :class:`_TooSmall`), so they cost no polygon and no Python object.
+    image first (see :class:`SmallRegionFilter`), so they cost no polygon and no Python object.
 
     Returns the label image (0 = not cropland, label ``i`` = ``fields[i - 1]``) and the fields.
     """
@@ -134,14 +137,16 @@ def _strip_fields(
         sums = float(totals[index]), int(pixels[index])
         last_row = row0 + rows.stop - 1
         fields.append(
-            _Field(parts[index], crs_parts[index], *sums, first, last_row, cols.start, cols.stop)
+            FieldParts(
+                parts[index], crs_parts[index], *sums, first, last_row, cols.start, cols.stop
+            )
         )
     return labels, fields
 
 
 def _shapes_to_polygons(
     found: Iterator[tuple[dict[str, Any], float]],
-    to_crs: _CoordinateFunction,
+    to_crs: CoordinateFunction,
     joinable: np.ndarray,
 ) -> Iterator[tuple[int, shapely.Polygon | None, shapely.Polygon]]:
     """(value, pixel-space polygon, CRS polygon) from GeoJSON-like ``shapes`` output.
@@ -186,13 +191,13 @@ def _shapes_to_polygons(
 
 
 @dataclass(frozen=True)
-class _TooSmall:
+class SmallRegionFilter:
     """Finds the regions of a strip that cannot become a field of at least the minimum area.
 
     A region that touches neither the strip's first row (unless that is the raster's first row)
     nor its last row (unless that is the raster's last row) is complete within the strip. Its
     area, even after hole filling, is at most that of its bounding box, so when the box is below
-    the minimum area, :class:`_Assembler` would drop it anyway. Removing it before polygonizing
+    the minimum area, :class:`FieldAssembler` would drop it anyway. Removing it before polygonizing
     changes no other field: each field's polygon, holes included, follows only its own pixels;
     its pixel sums come from its own label; and fields below the minimum area are never written,
     held back or used to drop islands. Regions touching such a boundary may continue in the next
@@ -279,11 +284,11 @@ class _Joiner:
     """
 
     def __init__(self) -> None:
-        self._open: dict[int, _Field] = {}
+        self._open: dict[int, FieldParts] = {}
         self._bottom: np.ndarray | None = None
         self._next_key = 1
 
-    def add(self, labels: np.ndarray, fields: list[_Field], final: bool) -> list[_Field]:
+    def add(self, labels: np.ndarray, fields: list[FieldParts], final: bool) -> list[FieldParts]:
         """Add one strip's fields; return the fields that can no longer grow."""
         keys = np.arange(self._next_key, self._next_key + len(fields), dtype=np.int64)
         self._next_key += len(fields)
@@ -292,7 +297,7 @@ class _Joiner:
         for above, below in self._touching(labels, keys):
             _union(parent, above, below)
         for key in list(nodes):
-            root = _find(parent, key)
+            root = find_root(parent, key)
             if root != key:
                 nodes[root].absorb(nodes.pop(key))
         if final:
@@ -323,12 +328,17 @@ class _Joiner:
         present = np.unique(bottom[bottom > 0])
         root_of = np.zeros(len(keys) + 1, dtype=np.int64)
         for label in present.tolist():
-            root_of[label] = _find(parent, int(keys[label - 1]))
+            root_of[label] = find_root(parent, int(keys[label - 1]))
         self._bottom = root_of[bottom]
         return set(root_of[present].tolist())
 
 
-def _find(parent: dict[int, int], key: int) -> int:
+def find_root(parent: dict[int, int], key: int) -> int:
+    """The root of ``key`` in the union-find forest ``parent`` (a key not in it is a root).
+
+    The keys on the way are pointed straight at the root (path compression), so chains of joins
+    across many strips stay short.
+    """
     root = key
     while parent.get(root, root) != root:
         root = parent[root]
@@ -339,7 +349,7 @@ def _find(parent: dict[int, int], key: int) -> int:
 
 def _union(parent: dict[int, int], a: int, b: int) -> None:
     """Join two sets; the older (smaller) key stays the root."""
-    ra, rb = _find(parent, int(a)), _find(parent, int(b))
+    ra, rb = find_root(parent, int(a)), find_root(parent, int(b))
     if ra != rb:
         parent[max(ra, rb)] = min(ra, rb)
 
@@ -359,7 +369,7 @@ class FieldRecord:
     filled: list[shapely.Polygon] = field(default_factory=list)
 
 
-class _Assembler:
+class FieldAssembler:
     """Turns completed fields into records and decides when each may be written.
 
     Filling a hole covers any field lying inside it (an island), which is then dropped so that
@@ -373,12 +383,14 @@ class _Assembler:
     """
 
     def __init__(self, transform: Affine, min_area: float, fill_below: float) -> None:
-        self._to_crs = _affine_function(transform)
+        self._to_crs = affine_function(transform)
         self._min_area = min_area
         self._fill_below = fill_below
         self._held: list[FieldRecord] = []
 
-    def add(self, fields: list[_Field], open_boxes: np.ndarray, final: bool) -> list[FieldRecord]:
+    def add(
+        self, fields: list[FieldParts], open_boxes: np.ndarray, final: bool
+    ) -> list[FieldRecord]:
         """Add completed fields; return the records that are now safe to write, in order."""
         records = [r for r in self._records(fields) if r.geometry.area >= self._min_area]
         ready = [r for r in records if r.outer_area >= self._fill_below]
@@ -391,7 +403,7 @@ class _Assembler:
         self._held = still_held
         return sorted(ready, key=lambda r: r.key)
 
-    def _records(self, fields: list[_Field]) -> Iterator[FieldRecord]:
+    def _records(self, fields: list[FieldParts]) -> Iterator[FieldRecord]:
         """Join each field's strip parts (exact, in pixel space), move to the CRS, fill holes."""
         for item in fields:
             geometry = item.crs if item.crs is not None else self._join(item.parts)
@@ -431,7 +443,7 @@ def _may_be_enclosed(box: tuple[int, int, int, int], open_boxes: np.ndarray) -> 
     )
 
 
-def _affine_function(transform: Affine) -> _CoordinateFunction:
+def affine_function(transform: Affine) -> CoordinateFunction:
     """Coordinates (column, row) -> CRS (x, y), vectorized for :func:`shapely.transform`."""
     a, b, c, d, e, f = transform[:6]
 
@@ -484,17 +496,19 @@ def field_records(
     fill_holes_below: float,
     strip_rows: int,
     progress: bool = False,
+    prefilter: bool = True,
 ) -> Iterator[list[FieldRecord]]:
     """Completed field records, strip by strip, in output order.
 
     A pixel is cropland when its value is at least ``level``. ``min_area`` and
     ``fill_holes_below`` are in CRS units squared: the geometry here is in the raster's CRS,
     and the caller knows the unit. ``strip_rows`` is lowered for wide rasters
-    (:func:`rows_per_strip`).
+    (:func:`rows_per_strip`). ``prefilter=False`` polygonizes every region, even those
+    :class:`SmallRegionFilter` would remove: the same records, slower; tests compare the two.
     """
     joiner = _Joiner()
-    assembler = _Assembler(src.transform, min_area, fill_holes_below)
-    to_crs = _affine_function(src.transform)
+    assembler = FieldAssembler(src.transform, min_area, fill_holes_below)
+    to_crs = affine_function(src.transform)
     pixel_area = abs(src.transform.determinant)
     strip_rows = rows_per_strip(strip_rows, src.width)
     starts = range(0, src.height, strip_rows)
@@ -504,8 +518,8 @@ def field_records(
         final = row0 + rows >= src.height
         values, cropland = _read_cropland(src, Window(0, row0, src.width, rows), level)
         too_small = None  # with no minimum area, every region can be a field
-        if _PREFILTER and min_area > 0:
-            too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=final)
+        if prefilter and min_area > 0:
+            too_small = SmallRegionFilter(min_area, pixel_area, first=row0 == 0, last=final)
         labels, fields = _strip_fields(values, cropland, row0, to_crs, too_small)
         del values, cropland
         completed = joiner.add(labels, fields, final)

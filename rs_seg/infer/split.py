@@ -46,15 +46,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from rs_seg.field_rule import FOUR_CONNECTED, grow_padded, label_components, padded_keys
-from rs_seg.infer import polygonize
 from rs_seg.infer.outlines import Outliner, Rings
 from rs_seg.infer.polygonize import (
+    CoordinateFunction,
+    FieldAssembler,
+    FieldParts,
     FieldRecord,
-    _affine_function,
-    _Assembler,
-    _Field,
-    _find,
-    _TooSmall,
+    SmallRegionFilter,
+    affine_function,
+    find_root,
     rows_per_strip,
 )
 from rs_seg.windows import loaded_ahead, unreadable_pixels_in_one_line, valid_pixels
@@ -88,7 +88,7 @@ _Loaded = tuple[_Strip, np.ndarray, int]  # a strip as read, its seed labels and
 class _Fields:
     """Keys of seed and unreached components, joined in a union-find, and their fields' pieces.
 
-    ``_parent`` holds only keys that were joined into another (:func:`polygonize._find`);
+    ``_parent`` holds only keys that were joined into another (:func:`polygonize.find_root`);
     ``_open`` the pieces of every field not yet complete, by root key; ``_members`` the keys
     joined into each root, so a completed field's keys can be forgotten.
     """
@@ -96,7 +96,7 @@ class _Fields:
     def __init__(self) -> None:
         self._parent: dict[int, int] = {}
         self._members: dict[int, list[int]] = {}
-        self._open: dict[int, _Field] = {}
+        self._open: dict[int, FieldParts] = {}
         self._next_key = 1
 
     @property
@@ -113,7 +113,7 @@ class _Fields:
     def join(self, pairs: np.ndarray) -> None:
         """Join the components of each (key, key) pair; the older (smaller) root stays."""
         for a, b in pairs.tolist():
-            ra, rb = _find(self._parent, a), _find(self._parent, b)
+            ra, rb = find_root(self._parent, a), find_root(self._parent, b)
             if ra == rb:
                 continue
             root, other = min(ra, rb), max(ra, rb)
@@ -123,17 +123,17 @@ class _Fields:
             if piece is not None:
                 self._add(root, piece)
 
-    def add_piece(self, key: int, piece: _Field) -> None:
-        self._add(_find(self._parent, key), piece)
+    def add_piece(self, key: int, piece: FieldParts) -> None:
+        self._add(find_root(self._parent, key), piece)
 
-    def _add(self, root: int, piece: _Field) -> None:
+    def _add(self, root: int, piece: FieldParts) -> None:
         field = self._open.get(root)
         if field is None:
             self._open[root] = piece
         else:
             field.absorb(piece)
 
-    def complete(self, below: int | None) -> list[_Field]:
+    def complete(self, below: int | None) -> list[FieldParts]:
         """Fields whose last row is above ``below`` (all when None), no longer kept."""
         done = [r for r, f in self._open.items() if below is None or f.last_row < below]
         for root in done:
@@ -185,18 +185,20 @@ def field_records(
     fill_holes_below: float,
     strip_rows: int,
     progress: bool = False,
+    prefilter: bool = True,
 ) -> Iterator[list[FieldRecord]]:
     """Completed field records, strip by strip, in output order (see the module's docstring).
 
     Like :func:`rs_seg.infer.polygonize.field_records`, with band 2 of ``src`` splitting the
     cropland into fields: a cropland pixel is a boundary pixel when its band 2 value is at least
     ``boundary_level``; boundary pixels join the nearest field core at most ``grow`` pixels away.
+    ``prefilter=False`` never removes small regions first (the same records, slower).
     """
     height, width = src.height, src.width
     fields = _Fields()
     seed_keys, unreached_keys = _SeamKeys(fields), _SeamKeys(fields)
-    assembler = _Assembler(src.transform, min_area, fill_holes_below)
-    to_crs = _affine_function(src.transform)
+    assembler = FieldAssembler(src.transform, min_area, fill_holes_below)
+    to_crs = affine_function(src.transform)
     pixel_area = abs(src.transform.determinant)
     may_hold = fill_holes_below > min_area  # otherwise the assembler never needs open boxes
     strip_rows = rows_per_strip(strip_rows, width)
@@ -208,8 +210,10 @@ def field_records(
         """A strip read, its small regions removed and its seeds labelled (GIL-free, mostly)."""
         rows = min(strip_rows, height - row0)
         too_small = None
-        if polygonize._PREFILTER and min_area > 0:
-            too_small = _TooSmall(min_area, pixel_area, first=row0 == 0, last=row0 + rows == height)
+        if prefilter and min_area > 0:
+            too_small = SmallRegionFilter(
+                min_area, pixel_area, first=row0 == 0, last=row0 + rows == height
+            )
         strip = _read_strip(src, Window(0, row0, width, rows), level, boundary_level)
         if too_small is not None and _speckled(strip.cropland):
             strip = _without_small_regions(strip, too_small)
@@ -251,7 +255,7 @@ def field_records(
             yield finish(*outlining.popleft())
 
 
-def _box_pixels(field: _Field) -> int:
+def _box_pixels(field: FieldParts) -> int:
     """Pixels of a field's bounding box: the most its polygon can cover once holes are filled.
 
     A field whose box is under the minimum area is dropped before its outline is built; the
@@ -278,14 +282,14 @@ def _read_strip(
     return _Strip(int(window.row_off), values, cropland, seeds)
 
 
-def _without_small_regions(strip: _Strip, too_small: _TooSmall) -> _Strip:
+def _without_small_regions(strip: _Strip, too_small: SmallRegionFilter) -> _Strip:
     """The strip without the cropland regions that cannot reach the minimum area.
 
     Removing them changes no other field: growth stays inside the 4-connected cropland region it
-    starts in (see :class:`polygonize._TooSmall`), and fields too small are dropped later anyway.
-    It pays only where a strip is speckled (noise: millions of one-pixel regions, each otherwise
-    polygonized), so :func:`field_records` calls it only where :func:`_speckled`; the fields
-    are the same either way.
+    starts in (see :class:`polygonize.SmallRegionFilter`), and fields too small are dropped
+    later anyway. It pays only where a strip is speckled (noise: millions of one-pixel regions,
+    each otherwise polygonized), so :func:`field_records` calls it only where :func:`_speckled`;
+    the fields are the same either way.
     """
     labels = np.zeros(strip.cropland.shape, dtype=np.int32)
     count = ndimage.label(strip.cropland, structure=FOUR_CONNECTED, output=labels)
@@ -372,7 +376,7 @@ def _add_unreached(
 
 def _pieces(
     core: _Strip, keys: np.ndarray, base: int, rings: Rings | None
-) -> Iterator[tuple[int, _Field]]:
+) -> Iterator[tuple[int, FieldParts]]:
     """The strip's pixels as (key, piece) with pixel-space parts, from their outlines.
 
     ``keys`` are int32 offsets from ``base`` (:func:`_core_keys`), which GDAL took as they are
@@ -410,7 +414,10 @@ def _pieces(
         strict=True,
     )
     for key, polygons_of, total, count, row, col, stop, start, end in columns:
-        yield key, _Field(polygons_of, None, total, round(count), (row, col), stop - 1, start, end)
+        yield (
+            key,
+            FieldParts(polygons_of, None, total, round(count), (row, col), stop - 1, start, end),
+        )
 
 
 def _piece_extents(
@@ -437,7 +444,7 @@ def _piece_extents(
     return top, bottom, left, right, first_col
 
 
-def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction, strip_rows: int) -> None:
+def _to_crs(fields: list[FieldParts], to_crs: CoordinateFunction, strip_rows: int) -> None:
     """Join each field's pieces and move it to the CRS, in the same form for any strips.
 
     The union is exact in pixel space. GDAL's outlines have vertices only where they turn; the
@@ -460,7 +467,7 @@ def _to_crs(fields: list[_Field], to_crs: polygonize._CoordinateFunction, strip_
         item.crs, item.parts = geometry, []
 
 
-def _unions(fields: list[_Field], joined: list[int], strip_rows: int) -> list[shapely.Geometry]:
+def _unions(fields: list[FieldParts], joined: list[int], strip_rows: int) -> list[shapely.Geometry]:
     """The exact union of the pieces of each joined field.
 
     Pieces from different strips never overlap and meet only along seam rows; noded there

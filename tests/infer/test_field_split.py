@@ -17,7 +17,6 @@ from rasterio.features import shapes
 from scipy import ndimage
 from typer.testing import CliRunner
 
-import rs_seg.infer.polygonize as polygonize_module
 import rs_seg.infer.split as split_module
 from rs_seg.cli import app
 from rs_seg.errors import RsSegError
@@ -31,6 +30,7 @@ from tests.infer.test_vectorize import (
     assert_identical_layers,
     assert_same_fields,
     read_fields,
+    without_prefilter,
     write_prob,
 )
 
@@ -331,9 +331,9 @@ def test_strips_give_the_same_fields_as_the_whole_raster(
         prob = write_fields_prob(root / "p.tif", extent, boundary, valid=valid)
         vectorize(prob, root / "strips.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
         vectorize(prob, root / "whole.gpkg", VectorizeSettings(strip_rows=1000, **common))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(polygonize_module, "_PREFILTER", False)
-            vectorize(prob, root / "all.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
+        without_prefilter(
+            prob, root / "all.gpkg", VectorizeSettings(strip_rows=strip_rows, **common)
+        )
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(split_module, "SPECKS_PER_MPX", 0)  # pre-filter every strip
             vectorize(prob, root / "pre.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import subprocess
@@ -22,6 +23,8 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 import rs_seg.infer.polygonize as polygonize_module
+import rs_seg.infer.split as split_module
+import rs_seg.infer.vectorize as vectorize_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, computed_ahead, vectorize
 from rs_seg.levels import threshold_to_level
@@ -244,9 +247,17 @@ def test_simplify_keeps_fields_valid(tmp_path: Path) -> None:
 
 
 def without_prefilter(prob: Path, out: Path, settings: VectorizeSettings) -> None:
-    """Vectorize with every region polygonized, as before the pre-filter existed."""
+    """Vectorize with every region polygonized, as before the pre-filter existed.
+
+    ``vectorize`` always pre-filters; here its two record sources are called with
+    ``prefilter=False`` instead.
+    """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygonize_module, "_PREFILTER", False)
+        for name, records in (
+            ("field_records", polygonize_module.field_records),
+            ("split_field_records", split_module.field_records),
+        ):
+            patch.setattr(vectorize_module, name, functools.partial(records, prefilter=False))
         vectorize(prob, out, settings)
 
 
