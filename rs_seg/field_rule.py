@@ -2,9 +2,9 @@
 
 A cropland pixel is a *seed* when its boundary probability is below the boundary level; the
 4-connected components of the seeds are the fields' cores, and boundary pixels join the nearest
-core at most ``grow`` steps away (see :mod:`rs_seg.infer.split`, which streams this rule over a
-scene). Evaluation applies the same functions to validation chips in memory, so the settings it
-tunes there mean the same thing on a saved probability raster.
+core at most ``grow`` steps away (see :mod:`rs_seg.infer.boundary_split`, which streams this rule
+over a scene). Evaluation applies the same functions to validation chips in memory, so the
+settings it tunes there mean the same thing on a saved probability raster.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class FieldParts:
     """One field while it is put together from its strip parts, and the sums its record needs.
 
     Here a 4-connected cropland region, possibly still continuing into the next strip; the
-    boundary split (:mod:`rs_seg.infer.split`) builds its fields from such pieces too.
+    boundary split (:mod:`rs_seg.infer.boundary_split`) builds its fields from such pieces too.
 
     ``parts`` are pixel-space polygons, one per strip the region touches, made only for regions
     on a strip's first or last row (only those can be joined); ``first`` is its first pixel in

@@ -32,6 +32,7 @@ from shapely.geometry.base import BaseGeometry
 import rs_seg
 from rs_seg.errors import RsSegError
 from rs_seg.field_rule import GROW
+from rs_seg.infer.boundary_split import field_records as split_field_records
 from rs_seg.infer.checks import check_wgs84_extent, metres_per_unit
 from rs_seg.infer.field_layer import (
     BATCH,
@@ -44,7 +45,6 @@ from rs_seg.infer.field_layer import (
     today,
 )
 from rs_seg.infer.polygonize import FieldRecord, field_records
-from rs_seg.infer.split import field_records as split_field_records
 from rs_seg.levels import BAND_DESCRIPTIONS, threshold_to_level
 from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
 from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import rs_seg.infer.split as split_module
+import rs_seg.infer.boundary_split as boundary_split_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.outlines import Outliner, outlines, receive_array, send_array
 from rs_seg.infer.vectorize import VectorizeSettings, vectorize
-from tests.infer.test_field_split import random_fields, write_fields_prob
+from tests.infer.test_boundary_split import random_fields, write_fields_prob
 from tests.infer.test_vectorize import assert_identical_layers, read_fields
 
 ARRAYS = hnp.arrays(
@@ -117,7 +117,7 @@ def test_split_vectorize_in_the_child_gives_the_same_fields(
     prob = write_fields_prob(tmp_path / "p.tif", extent, boundary)
     here = VectorizeSettings(strip_rows=7, min_area=150, fill_holes_below=250)
     vectorize(prob, tmp_path / "here.gpkg", here)
-    monkeypatch.setattr(split_module, "OUTLINE_CHILD_PIXELS", 0)
+    monkeypatch.setattr(boundary_split_module, "OUTLINE_CHILD_PIXELS", 0)
     vectorize(prob, tmp_path / "child.gpkg", here)
     assert_identical_layers(
         read_fields(tmp_path / "child.gpkg"), read_fields(tmp_path / "here.gpkg")

@@ -22,8 +22,8 @@ from rasterio.features import shapes
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+import rs_seg.infer.boundary_split as boundary_split_module
 import rs_seg.infer.polygonize as polygonize_module
-import rs_seg.infer.split as split_module
 import rs_seg.infer.vectorize as vectorize_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, computed_ahead, vectorize
@@ -255,7 +255,7 @@ def without_prefilter(prob: Path, out: Path, settings: VectorizeSettings) -> Non
     with pytest.MonkeyPatch.context() as patch:
         for name, records in (
             ("field_records", polygonize_module.field_records),
-            ("split_field_records", split_module.field_records),
+            ("split_field_records", boundary_split_module.field_records),
         ):
             patch.setattr(vectorize_module, name, functools.partial(records, prefilter=False))
         vectorize(prob, out, settings)

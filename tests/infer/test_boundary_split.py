@@ -17,7 +17,7 @@ from rasterio.features import shapes
 from scipy import ndimage
 from typer.testing import CliRunner
 
-import rs_seg.infer.split as split_module
+import rs_seg.infer.boundary_split as boundary_split_module
 from rs_seg.cli import app
 from rs_seg.errors import RsSegError
 from rs_seg.field_rule import grow_seeds, split_labels
@@ -335,7 +335,7 @@ def test_strips_give_the_same_fields_as_the_whole_raster(
             prob, root / "all.gpkg", VectorizeSettings(strip_rows=strip_rows, **common)
         )
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(split_module, "SPECKS_PER_MPX", 0)  # pre-filter every strip
+            patch.setattr(boundary_split_module, "SPECKS_PER_MPX", 0)  # pre-filter every strip
             vectorize(prob, root / "pre.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
         stripped, whole = read_fields(root / "strips.gpkg"), read_fields(root / "whole.gpkg")
         everything = read_fields(root / "all.gpkg")
