@@ -156,8 +156,8 @@ def _print_next_steps(incoming: IncomingConfig, mapped: dict[str, Any]) -> None:
 def _check_demo_folder(out: Path) -> None:
     """The demo replaces parts of ``out``: only a folder it made (or an empty or new one).
 
-    Demo folders of earlier rs_seg releases carry no ``demo.json``; they are recognized by their
-    synthetic scene summary and are otherwise held to the same names.
+    A demo folder without ``demo.json`` is recognized by its synthetic scene summary, marked, and
+    otherwise held to the same names.
     """
     legacy = (out / "synthetic" / "summary.json").is_file() and not (out / MARKER).exists()
     if legacy:

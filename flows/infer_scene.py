@@ -67,7 +67,7 @@ def infer_scene(config: InferConfig) -> dict[str, Any]:
 
 
 def _configures_new_imagery(config_file: Path) -> bool:
-    """An ``incoming:`` file without ``infer:``: what this command ran before the flows split."""
+    """An ``incoming:`` file without ``infer:``: a config of infer-new-imagery, not of this flow."""
     sections = read_yaml(config_file).keys()
     return "incoming" in sections and "infer" not in sections
 
@@ -75,9 +75,8 @@ def _configures_new_imagery(config_file: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.infer_scene CONFIG``: one infer-scene run; its outputs as JSON.
 
-    Until the flows had a module each, this command ran infer-new-imagery on an ``incoming:``
-    file; such files are still handed to :mod:`flows.infer_new_imagery`, with a note, so existing
-    cron jobs keep working.
+    An ``incoming:`` file is handed to :mod:`flows.infer_new_imagery`, with a note, so a cron
+    job that names this command with such a file keeps working.
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

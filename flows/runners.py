@@ -64,8 +64,8 @@ def listen_kwargs(config: RunnerConfig) -> dict[str, Any]:
 def _ephemeral_api_url() -> str | None:
     """The temporary server of a flow running without PREFECT_API_URL (None otherwise).
 
-    Without it each local Dask worker would start a Prefect server of its own on its first task
-    (about 5 s and 300 MB each; benchmarks/bench_flows.py).
+    Without it each local Dask worker would start a Prefect server of its own on its first task,
+    which costs every worker seconds and memory.
     """
     context = FlowRunContext.get()
     if get_current_settings().api.url or context is None or context.client is None:

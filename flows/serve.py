@@ -134,7 +134,7 @@ def _checked_interval(seconds: int, source: str) -> int:
 
 
 def _checked_cron(expr: str, source: str) -> str:
-    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
+    # Prefect is slow to import: serve reports a taken port or dead server first
     from prefect.client.schemas.schedules import CronSchedule
 
     try:
@@ -219,7 +219,7 @@ def _prefect_cli() -> str:
 
 def guide(server: PrefectServer, served: list[Any]) -> str:
     """What to run, and where the outputs go, printed once the deployments are registered."""
-    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
+    # Prefect is slow to import: serve reports a taken port or dead server first
     from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY
 
     by_name = {d.name: d for d in served}
@@ -289,7 +289,7 @@ def _describe(deployment: Any) -> str:
 
 def serve_all(served: list[Any], server: PrefectServer) -> None:
     """Register the deployments, print the guide and poll for runs until interrupted."""
-    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
+    # Prefect is slow to import: serve reports a taken port or dead server first
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
@@ -316,7 +316,7 @@ def register_on_pool(pool: str, served: list[Any], when: dict[str, Any]) -> str:
     Each deployment loads its flow from ``ROOT`` (Prefect's local source storage), so every
     machine with a worker needs the checkout at the same path (or on a shared disk).
     """
-    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
+    # Prefect is slow to import: serve reports a taken port or dead server first
     from prefect import deploy, flow
 
     kind = _ensure_pool(pool)
@@ -349,7 +349,7 @@ def register_on_pool(pool: str, served: list[Any], when: dict[str, Any]) -> str:
 
 def _ensure_pool(pool: str) -> str:
     """The pool's type; a missing pool is created as a ``process`` pool."""
-    # Prefect takes ~1.5 s to import: serve reports a taken port or dead server first
+    # Prefect is slow to import: serve reports a taken port or dead server first
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound

@@ -34,8 +34,8 @@ from rs_seg.errors import RsSegError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-# `prefect server start` on a fresh SQLite database until /api/health answers: ~12 s on a laptop,
-# 22-30 s on a 2-core machine kept busy by two other processes. 4x that leaves room for more load.
+# `prefect server start` on a fresh SQLite database takes a while until /api/health answers, much
+# longer on a small machine busy with other work; the limit leaves room for more load than that.
 START_TIMEOUT_S = 120.0
 # One health probe: a starting or busy server may need seconds to answer (probes are retried).
 HEALTH_TIMEOUT_S = 5.0
@@ -58,7 +58,7 @@ class PrefectServer:
 
 def configured_api_url() -> str | None:
     """``PREFECT_API_URL`` from the environment or the active Prefect profile (None when unset)."""
-    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
+    # Prefect is slow to import; serve checks ports and servers before it
     from prefect.settings import get_current_settings
 
     return get_current_settings().api.url or None
@@ -66,7 +66,7 @@ def configured_api_url() -> str | None:
 
 def api_problem(api_url: str, timeout: float = 5.0) -> str | None:
     """Why ``<api_url>/health`` does not answer as a Prefect API, or None when it does."""
-    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
+    # Prefect is slow to import; serve checks ports and servers before it
     from prefect.settings import get_current_settings
 
     api = get_current_settings().api
@@ -168,7 +168,7 @@ def check_port(port: int, host: str = HOST) -> bool:
 
 def server_log_path(port: int) -> Path:
     """Where the local server's output goes: ``$PREFECT_HOME/server-<port>.log``."""
-    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
+    # Prefect is slow to import; serve checks ports and servers before it
     from prefect.settings import get_current_settings
 
     return Path(get_current_settings().home).expanduser() / f"server-{port}.log"
@@ -278,7 +278,7 @@ def prefect_api(port: int = DEFAULT_PORT) -> Iterator[PrefectServer]:
         require_api(configured)
         yield PrefectServer(configured)
         return
-    # Prefect takes ~1.5 s to import; serve checks ports and servers before it
+    # Prefect is slow to import; serve checks ports and servers before it
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with local_server(port) as server:

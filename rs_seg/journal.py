@@ -79,7 +79,7 @@ def folder_lock(folders: Iterable[Path], output: Path) -> Iterator[None]:
     """Hold the publication lock of each folder (in one order, so two runs never deadlock).
 
     The same thread may take a lock it holds again. A folder that cannot be opened or a file
-    system without ``flock`` goes unlocked, as before the lock existed. After
+    system without ``flock`` goes unlocked rather than failing. After
     :data:`LOCK_WAIT_S` the wait ends in one line naming ``output``.
     """
     with contextlib.ExitStack() as stack:

@@ -7,8 +7,8 @@ statistics honour): valid probabilities are clipped to levels 0-254, so ``p = 1`
 254/255 = 0.996, and a stored 254 means ``p >= 253.5/255``.
 
 Thresholds therefore map to levels 1-254 (:func:`threshold_to_level`): a level of 255 could only be
-met by nodata, so it would turn every pixel into background on a current raster while an older
-raster (written before 255 became nodata, with an internal mask) would still count its 255s.
+met by nodata, so it would turn every pixel into background on a raster with a nodata value,
+while a raster with an internal mask instead (255 a valid level) would still count its 255s.
 Capping at 254 makes both formats give the same cropland for every threshold: ``value >= level``
 is the same test on 254 and on 255 when the level is at most 254.
 
@@ -26,7 +26,7 @@ SCALE = 1 / 255  # GDAL band scale: value * SCALE + OFFSET = probability
 OFFSET = 0.0
 # Band descriptions of the probability raster: band 1 is what every model predicts, fields models
 # add band 2. Vectorize checks a two-band raster's names against them, so swapped bands are never
-# split by the extent; rasters of earlier releases named the bands "cropland", "boundary".
+# split by the extent; the short names "cropland", "boundary" are accepted as well.
 BAND_DESCRIPTIONS = ("cropland probability", "boundary probability")
 
 

@@ -28,9 +28,8 @@ from rs_seg.staging import check_not_interrupted
 
 # GDAL settings for window-by-window work. The block cache defaults to 5 % of RAM; streaming needs
 # only a strip, and a bounded cache keeps peak memory independent of scene size. Multi-threaded
-# (de)compression does not pay off on chip-sized files: measured on a 16384 px scene, one thread
-# was 1.6x faster and kept peak RSS flat, where ALL_CPUS grew it by 120 MB (per-thread malloc
-# arenas fragmented by zstd buffers).
+# (de)compression does not pay off on chip-sized files: one thread is faster and keeps peak RSS
+# flat, where ALL_CPUS grows it (per-thread malloc arenas fragmented by zstd buffers).
 GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": 1, "CPL_LOG_ERRORS": "OFF"}
 
 # GDAL settings for scenes read over the network (/vsicurl/, /vsis3/: rs_seg.remote), applied
@@ -103,12 +102,12 @@ def large_blocks_off_the_heap() -> Iterator[bool]:
 
     Why: glibc raises its mmap threshold each time a large mmapped block is freed, after which
     blocks of that size come from the heap, where streaming leaves them fragmented: peak RSS then
-    creeps up by 20-90 MB on long scenes, differently on every run. Fixing the threshold at glibc's
-    default (128 KiB) keeps such blocks mmapped and returned on free; measured on a 16384 px scene,
-    peak RSS became 195 MB on every run (199-287 MB before) at the same speed.
+    creeps up on long scenes, differently on every run. Fixing the threshold at glibc's default
+    (128 KiB) keeps such blocks mmapped and returned on free, so peak RSS is the same on every run
+    at the same speed.
 
     The setting is process-wide and costly for model code (every large tensor would be mmapped
-    and unmapped again: torch inference measured 20 % slower), so it is lifted on exit, to the
+    and unmapped again, which slows torch inference), so it is lifted on exit, to the
     largest threshold glibc itself would adapt to. Yields False where the C library is not glibc.
     """
     libc = _glibc()

@@ -9,9 +9,9 @@ A staging name is ``.<stem>.<tag>-<owner>-<pid>-<start>-<random><tail>``:
   0 where unknown). A live process with that pid but another start time reused the pid, so the
   run that made the name has ended.
 
-Names of earlier releases (``<host>-<pid>-<random>``, no namespace) are recognized as rs_seg's
-(:func:`is_rs_seg_name`, for folders rs_seg replaces whole) but never removed one by one: a run of
-an earlier release in another namespace cannot be told from a dead one.
+Short names without a start time (``<host>-<pid>-<random>``, the host hashed without the
+namespace) are recognized as rs_seg's (:func:`is_rs_seg_name`, for folders rs_seg replaces whole)
+but never removed one by one: their maker in another namespace cannot be told from a dead one.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def parse_journal(name: str) -> JournalName | None:
 
 
 def is_rs_seg_name(name: str) -> bool:
-    """A staging, scratch or journal name of rs_seg (this release or an earlier one)."""
+    """A staging, scratch or journal name of rs_seg (current or short form)."""
     patterns = (_ANY_STAGING, _EARLIER_STAGING, _JOURNAL, _EARLIER_JOURNAL)
     return any(pattern.match(name) for pattern in patterns)
 

@@ -238,8 +238,8 @@ def valid_pixels(
 def _any_band_differs(data: npt.NDArray[Any], value: np.ndarray) -> npt.NDArray[np.bool_]:
     """Pixels where any band of ``data`` (bands x rows x cols) is not ``value``.
 
-    Band by band into one result: comparing all bands at once made a boolean copy of the whole
-    read (16 MB for a chunk of 4 bands x 256 x 16384 px) before reducing it.
+    Band by band into one result: comparing all bands at once would make a boolean copy of the
+    whole read, bands x rows x the scene's width, before reducing it.
     """
     differs: npt.NDArray[np.bool_] = np.not_equal(data[0], value)
     scratch = np.empty_like(differs)

@@ -201,8 +201,7 @@ def _valid_pixels_float(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(bands, pixels) float64 values of the valid pixels of a (bands, H, W) window.
 
     A window with every pixel valid (most of them) is reshaped, not masked: indexing with an
-    all-true mask (and squaring a copy) took 5-6 ms a window, against 0.2 ms; the whole sample
-    of a 4096 px scene now costs 0.03 s of CPU instead of 0.07-0.09 s.
+    all-true mask gathers every pixel one by one, many times slower than a reshape's view.
     """
     flat = image.reshape(len(image), -1) if valid.all() else image[:, valid]
     return flat.astype(np.float64)

@@ -256,9 +256,9 @@ def _joined(parts: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float
 def merge_scenes(sources: list[Path], writer: FieldLayerWriter, crs: str) -> None:
     """Every source file's fields through ``writer``, one scene in memory at a time.
 
-    Sources in another CRS are reprojected to ``crs``. Field files written before keys were
-    ``<scene>/<n>`` (integer ``field_id``) get that key here, so the merged layer's keys are
-    unique whatever wrote its sources; a key seen twice (one scene merged twice) is refused.
+    Sources in another CRS are reprojected to ``crs``. A ``field_id`` without its scene (a bare
+    integer) becomes ``<scene>/<n>`` here, so the merged layer's keys are unique whatever wrote
+    its sources; a key seen twice (one scene merged twice) is refused.
     """
     # GDAL's reader of the sources only where scenes are merged
     import pyogrio
@@ -281,7 +281,7 @@ def merge_scenes(sources: list[Path], writer: FieldLayerWriter, crs: str) -> Non
 def _source_batch(fields: Any) -> FieldBatch:
     """A field file's features (a GeoDataFrame in the merged CRS) as a writer batch.
 
-    Files of earlier versions may lack ``date`` (then today's) or hold it as a DateTime.
+    A file without ``date`` gets today's; a ``date`` held as a DateTime is read as well.
     """
     import pandas as pd  # with geopandas, loaded by the caller's read already
 

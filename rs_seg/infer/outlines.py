@@ -3,7 +3,7 @@
 GDAL's polygonize holds the GIL and costs about as much as everything else split vectorizing
 does to a strip, so on large rasters :class:`Outliner` runs it in a child process
 (``python -m rs_seg.infer.outlines``), which polygonizes one strip while this process grows the
-fields of the next. The child imports only numpy and rasterio (a quarter of a second) and reads
+fields of the next. The child imports only numpy and rasterio, so it starts quickly, and reads
 requests from its stdin and answers on its stdout, in order; the arrays travel as a one-line
 JSON header and their raw bytes. It ends when its stdin closes, so a parent that dies or stops
 early leaves nothing running.

@@ -43,9 +43,9 @@ QUEUED_ROWS_BYTES = 4 * 2**20
 """The masks of the grid rows read but not yet taken by the writer, at most (two rows at least).
 
 The model's batches keep the writer's pace (:meth:`ScenePredictor._predict`), but rows whose
-windows are all nodata yield no batch: without a bound they were read and queued for the
-writer as fast as the reading threads went, each with a mask of a window's height and the
-scene's width (peak RSS grew with the height of an all-nodata or sparse scene). Counted in
+windows are all nodata yield no batch: without a bound they would be read and queued for the
+writer as fast as the reading threads go, each with a mask of a window's height and the
+scene's width, so memory would grow with the height of an all-nodata or sparse scene. Counted in
 bytes, not rows, so a narrow scene, whose batches span many rows, is never held up by it.
 """
 
@@ -96,8 +96,8 @@ class StripBuffer:
     offsets, so the weight of every pixel is the product of a row sum and a column sum
     (:func:`rs_seg.windows.axis_weight`). Windows skipped as all nodata are counted in those sums,
     but every pixel they cover is nodata, so no pixel that gets a level is off. Summing a
-    weight raster as well cost a float32 strip of the scene's width (16 MB at 16384 px), a second
-    add per window pixel and its shift per grid row.
+    weight raster as well would cost a float32 strip of the scene's width, a second add per
+    window pixel and its shift per grid row.
     """
 
     height: int
@@ -108,7 +108,7 @@ class StripBuffer:
     def __post_init__(self) -> None:
         self.prob = np.zeros((self.outputs, self.height, self.width), dtype=np.float32)
         # finish's results and its nodata mask, reused: fresh arrays of the strip's width per
-        # grid row left the allocator's heaps fragmented (peak RSS grew with the width)
+        # grid row leave the allocator's heaps fragmented, so peak memory grows with the width
         self.levels = np.empty_like(self.prob, dtype=np.uint8)
         self.nodata = np.empty((self.height, self.width), dtype=bool)
 
@@ -177,12 +177,10 @@ def _strip_reader(
     The scene is read in chunks of whole block rows (:func:`_chunk_rows`), on one thread per
     open dataset, ahead of the consumer; a strip is handed on as views of the chunks it spans,
     with its validity (``size x width``) as one array, and windows are cut from those views
-    when they are normalized. Reading the overlapping strips themselves decoded each block row
-    two or three times: GDAL (3.12) decodes the blocks of a large read straight into the
+    when they are normalized. Reading the overlapping strips themselves would decode each block
+    row two or three times: GDAL (3.12) decodes the blocks of a large read straight into the
     caller's array without keeping them, and a strip at a stride of 192 px spans two 256 px
-    block rows (4096 px, 4 bands: 21 strip reads at 40 ms against 16 chunk reads). Strips
-    copied out of the chunks instead of viewed raised peak RSS at 16384 px from 1308 to 1407
-    MB (1016 / 1036 MB at 4096 px; null model, two workers, one run each).
+    block rows. Views rather than copies, so the strips add no memory of their own.
     """
     src = sources[0]
     chunk = _chunk_rows(src, size)
@@ -217,12 +215,9 @@ def _chunk_rows(src: rasterio.io.DatasetReader, size: int) -> int:
 READ_AHEAD_BYTES = 48 * 2**20
 """Decoded chunks ahead of the windows being cut, in bytes: a wide scene reads fewer ahead.
 
-Counted in chunks (one per reading thread), read-ahead grew with the scene's width: at 16384
-px, 4 bands of uint16, a chunk of 256 rows and its mask take 38 MB, and two reading threads
-kept two of them ahead. Bounded (one ahead there, two at 4096 px), with the Hann weights made
-analytic in the same change, peak RSS at 16384 px and two workers fell from 1142 to 1047-1052
-MB (4096 px: 893-897 to 872-892 MB; null model, 2 cores, two runs each). One chunk is still
-read ahead at any width.
+Counted in chunks (one per reading thread), read-ahead would grow with the scene's width, since
+a chunk is block rows of the whole width; counted in bytes, a wide scene keeps fewer chunks
+ahead and a narrow one more. One chunk is still read ahead at any width.
 """
 
 
@@ -252,8 +247,8 @@ class GridRow:
     ``span``: the columns (start, stop) outside which none of the rows the writer finishes with
     this row holds a valid pixel; ``packed_valid``: the valid pixels of those rows and columns,
     a bit each (:func:`numpy.packbits` along the rows). Rows wait in the writer while their
-    windows are predicted, on a sparse scene many of them; a byte a pixel of a window's height
-    and the scene's width each, they took hundreds of megabytes on a wide scene.
+    windows are predicted, on a sparse scene many of them, so each keeps a bit a pixel of its
+    span only, not a byte a pixel of the scene's width.
     """
 
     top: int
@@ -317,7 +312,7 @@ class RowWriter:
         """Blend the first grid row's predictions and write the scene rows no later window touches.
 
         Predictions come in grid order, so the first pending row's are blended on arrival: kept
-        until the row was complete, they held a float32 window per column (22 MB at 16384 px).
+        until the row is complete, they would hold a float32 window per column.
         """
         while self.pending:
             row = self.pending[0]
@@ -494,8 +489,8 @@ SPARSE_ROW = 0.25
 
 A window is normally handed on as views of the chunks its rows lie in, which keeps each chunk
 (block rows x the scene's width) alive until the window's batch is normalized. A batch that
-gathers the few windows of many sparse rows kept the chunks of all of them: on a wide scene a
-few hundred megabytes each. A sparse row's windows are copied instead: what they keep is their
+gathers the few windows of many sparse rows would keep the chunks of all of them, each the
+scene's width. A sparse row's windows are copied instead: what they keep is their
 own pixels, and the copies are few.
 """
 

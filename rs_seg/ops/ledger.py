@@ -15,8 +15,8 @@ sleeping in the scan (:meth:`Ledger.sight`). A ledger file deleted or replaced d
 that run's claims; recording an outcome then writes the row again instead of losing it silently.
 
 A scene from a STAC catalog is keyed by a fingerprint of its item instead of its bytes (a remote
-COG is never downloaded whole, :mod:`rs_seg.ops.stac`) and its row records the item id. Columns
-added since the first ledgers (``item_id``) are added to an older ledger file on first use.
+COG is never downloaded whole, :mod:`rs_seg.ops.stac`) and its row records the item id. A ledger
+file that lacks a column of the current ``scenes`` table (``item_id``) gets it on first use.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ CREATE TABLE IF NOT EXISTS scenes (
     PRIMARY KEY (fingerprint, model_id)
 )
 """
-# Columns added since the first ledgers were written, with their declarations: a ledger from an
-# older version gets them on first use (ALTER TABLE ... ADD COLUMN keeps every row, as NULL).
+# Columns a ledger file may lack, with their declarations: such a ledger gets them on first use
+# (ALTER TABLE ... ADD COLUMN keeps every row, as NULL).
 # item_id: the STAC item a scene came from (NULL for inbox scenes).
 _ADDED_COLUMNS = {"item_id": "TEXT"}
 # Fingerprints of files as last seen (path, size, mtime): a schedule that scans a large archive
@@ -133,7 +133,7 @@ def _read_only_mount(folder: Path) -> str | None:
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Bring a ledger written by an older version up to the current ``scenes`` columns.
+    """Bring a ledger that lacks some of the current ``scenes`` columns up to them.
 
     Two runs may both find a column missing; the second ALTER then fails with "duplicate
     column", which means the column is there, as wanted.
@@ -251,7 +251,7 @@ class Ledger:
         """One connection for a scan's many cache reads and writes (:meth:`sight`, fingerprints).
 
         Otherwise every call opens the file, and the last connection to close checkpoints the
-        WAL with an fsync (about 30 ms a call on a busy disk, three calls per new file). A scan
+        WAL with an fsync (three calls per new file), slow on a busy disk. A scan
         writes only those caches, so its commits need not reach the disk one by one
         (``synchronous=NORMAL``: a power cut may lose the last ones, which the next scan
         recomputes, and never corrupts the file). Claims and outcomes never run in here.

@@ -109,7 +109,7 @@ class PrepareSummary:
     ``target`` says what the masks hold: ``fields`` (vector labels: 0 background, 1 field
     interior, 2 field boundary ``boundary_width`` metres wide, None meaning 2 pixels; 255 ignore)
     or ``cropland`` (label rasters, chip folders, ``boundary_width: 0``: 0, 1 and 255 only).
-    Cropland is 1 or 2 either way; chip sets written before targets existed are ``cropland``.
+    Cropland is 1 or 2 either way; a summary without ``target`` means ``cropland``.
 
     ``label_values`` (label rasters only, else None) counts the raw label values over the grids
     of all scenes, each pixel of a scene once
@@ -186,7 +186,7 @@ def mask_target(cfg: PrepareConfig) -> MaskTarget:
 
 
 def read_target(chips: Path) -> MaskTarget:
-    """What the masks of a chip folder hold; ``cropland`` for sets from before targets existed."""
+    """What the masks of a chip folder hold: ``cropland`` unless its summary says ``fields``."""
     summary = Path(chips) / SUMMARY_FILE
     try:
         target = json.loads(summary.read_text()).get("target", "cropland")

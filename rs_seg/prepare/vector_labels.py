@@ -372,7 +372,7 @@ class VectorWindowMasks:
         bounds = rasterio.windows.bounds(window, self.scene.transform)
         # A neighbour's outline within reach of the strip burns into it too.
         found = self.layer.polygons(_grown(bounds, self.reach), self.scene.crs)
-        # Clipping to the strip first halves the cost: rasterio converts every vertex to GDAL.
+        # Clipped to the strip first: rasterio converts every vertex to GDAL, so only the strip's.
         polygons = shapely.clip_by_rect(found, *bounds)
         polygons = polygons[~shapely.is_empty(polygons)]
         if len(polygons) == 0:

@@ -1,7 +1,7 @@
 """Decoded training chips in memory-mapped arrays, so each epoch reads pixels, not GeoTIFFs.
 
 Reading a chip from its files costs two GeoTIFF opens and two decompressions (image and mask),
-about 3 ms on one core. That is more than normalizing and flipping the chip, and it is paid
+more than normalizing and flipping the chip, and it is paid
 again every epoch. So training decodes every chip of a split once, into three NumPy arrays in the
 run folder: the image values in the chips' own data type, the valid-pixel mask and the label
 mask. From then on it reads them through memory maps, which is a copy out of the page cache.

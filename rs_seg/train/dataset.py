@@ -353,7 +353,8 @@ def check_chip_files(splits: ChipSplits) -> None:
     """Every image and mask chip that training and evaluation read opens, and fits the index.
 
     Checks size, band count and data type from the file header, and that the file is as long as
-    its last data block says (a truncated file is not): about 1 s per 1000 chips (image + mask).
+    its last data block says (a truncated file is not): it reads headers (one row of pixels
+    where the block offsets are unknown), not whole chips, so it is cheap.
     Refuses with the first bad chip and how many are bad, so a damaged chip folder ends before
     anything is written, not deep inside an epoch.
     """
