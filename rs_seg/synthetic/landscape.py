@@ -23,20 +23,20 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from rs_seg.config import SynthConfig
-from rs_seg.synthetic.noise import _hash, _noise_at, _seed_key, _unit
+from rs_seg.synthetic.noise import hash_coords, seed_key, unit_floats, value_noise_at
 from rs_seg.synthetic.objects import (
-    _crop_look,
-    _forest_look,
-    _garden_look,
-    _grass_look,
-    _ObjectList,
-    _ObjectTable,
-    _road_look,
-    _roof_look,
-    _verge_look,
-    _water_look,
+    ObjectList,
+    ObjectTable,
+    crop_look,
+    forest_look,
+    garden_look,
+    grass_look,
+    road_look,
+    roof_look,
+    verge_look,
+    water_look,
 )
-from rs_seg.synthetic.spectra import _band_table, _interpolation_matrix
+from rs_seg.synthetic.spectra import band_interpolation_matrix, band_table
 
 CELL = 512.0  # nominal cell size in pixels
 JITTER = 0.18 * CELL  # how far a cell corner may move from the regular grid
@@ -49,7 +49,9 @@ PASTURE_LEVEL = 0.76  # pasture noise above this makes a pasture cell (~11 % of 
 RIVER_BAND = 12 * CELL  # each vertical band of this width may hold one meandering river
 
 
-class _Kind(IntEnum):
+class CellKind(IntEnum):
+    """A cell's land cover as a whole; it decides the shares of its parcels and its overlays."""
+
     FARM = 0
     PASTURE = 1
     FOREST = 2
@@ -69,10 +71,10 @@ _CROPS: tuple[tuple[str, float, tuple[float, float]], ...] = (
 
 # Shares of (crop, grassland) parcels per cell kind; the rest are woodland.
 _PARCEL_SHARES = {
-    _Kind.FARM: (0.82, 0.13),
-    _Kind.PASTURE: (0.20, 0.70),
-    _Kind.LAKE: (0.20, 0.50),
-    _Kind.VILLAGE: (0.75, 0.20),
+    CellKind.FARM: (0.82, 0.13),
+    CellKind.PASTURE: (0.20, 0.70),
+    CellKind.LAKE: (0.20, 0.50),
+    CellKind.VILLAGE: (0.75, 0.20),
 }
 
 # Painter's layers.
@@ -80,7 +82,7 @@ _GROUND, _PARCEL, _OVERLAY, _DETAIL, _BANK, _RIVER, _ROAD = range(7)
 
 
 # ----------------------------------------------------------------------------------- geometry
-def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
+def polygon_parts(geom: BaseGeometry) -> list[shapely.Polygon]:
     """The polygon parts of any geometry (splits and insets can yield multi-parts or lines)."""
     parts = shapely.get_parts(geom)
     return [p for p in parts if isinstance(p, shapely.Polygon) and not p.is_empty]
@@ -138,7 +140,7 @@ def _split_parcels(
     point = (centre.x + shift * math.cos(axis), centre.y + shift * math.sin(axis))
     bend = rng.normal(0.0, math.radians(14)) if rng.random() < 0.3 else 0.0
     side = _half_plane(point, across, bend)
-    parts = _polygons(poly.intersection(side)) + _polygons(poly.difference(side))
+    parts = polygon_parts(poly.intersection(side)) + polygon_parts(poly.difference(side))
     if len(parts) < 2 or min(p.area for p in parts) < MIN_PARCEL_AREA:
         return [poly]
     return [leaf for part in parts for leaf in _split_parcels(part, rng, scale, depth + 1)]
@@ -170,13 +172,13 @@ def _rectangles(
 
 # ----------------------------------------------------------------------------------- cells
 @dataclass
-class _Cell:
+class Cell:
     """Everything one grid cell contributes: painted objects and crop label polygons."""
 
     i: int
     j: int
     bounds: tuple[float, float, float, float]  # including roads that reach into neighbours
-    objects: _ObjectTable
+    objects: ObjectTable
     crops: list[tuple[BaseGeometry, str]]  # (polygon in global pixels, crop name)
 
 
@@ -184,21 +186,21 @@ _CELL_SALTS = ("vertex", "cell", "kind", "forest", "pasture", "river")
 _PIXEL_SALTS = ("fine", "coarse", "haze", "grain")
 
 
-class _Landscape:
+class Landscape:
     """The infinite, seed-defined landscape; builds cells on demand."""
 
     def __init__(self, seed: int, bands: Sequence[tuple[str, int]]) -> None:
         self.bands = list(bands)  # (name, wavelength in nm) per band
-        self.to_bands = _interpolation_matrix([wavelength for _, wavelength in self.bands])
-        self.keys = {salt: _seed_key(seed, salt) for salt in (*_CELL_SALTS, *_PIXEL_SALTS)}
-        background = _ObjectList()
-        background.add(shapely.Point(0, 0), _GROUND, _verge_look(np.random.default_rng(0)))
+        self.to_bands = band_interpolation_matrix([wavelength for _, wavelength in self.bands])
+        self.keys = {salt: seed_key(seed, salt) for salt in (*_CELL_SALTS, *_PIXEL_SALTS)}
+        background = ObjectList()
+        background.add(shapely.Point(0, 0), _GROUND, verge_look(np.random.default_rng(0)))
         self.background = background.table(self.to_bands)  # fills any pixel no object covers
 
     # -- grid ---------------------------------------------------------------------------
     def vertex(self, i: int, j: int) -> tuple[float, float]:
         """Jittered grid corner; shared by the four cells around it, so cells tile the plane."""
-        u = _unit(_hash(self.keys["vertex"], i, j, [0, 1]))
+        u = unit_floats(hash_coords(self.keys["vertex"], i, j, [0, 1]))
         return i * CELL + (2 * u[0] - 1) * JITTER, j * CELL + (2 * u[1] - 1) * JITTER
 
     def quad(self, i: int, j: int) -> shapely.Polygon:
@@ -213,25 +215,25 @@ class _Landscape:
         )
 
     def _forest_noise(self, i: int, j: int) -> float:
-        return _noise_at(self.keys["forest"], i / 3.0, j / 3.0)
+        return value_noise_at(self.keys["forest"], i / 3.0, j / 3.0)
 
     def woodiness(self, i: int, j: int) -> float:
         """Extra share of woodland parcels in cells next to forests, so forest edges are ragged."""
         rise = (self._forest_noise(i, j) - FOREST_LEVEL + FOREST_FRINGE) / FOREST_FRINGE
         return 0.45 * min(max(rise, 0.0), 1.0)
 
-    def kind(self, i: int, j: int) -> _Kind:
+    def kind(self, i: int, j: int) -> CellKind:
         """Land cover of a cell; low-frequency noise makes forests and pastures cluster."""
         if self._forest_noise(i, j) > FOREST_LEVEL:
-            return _Kind.FOREST
-        chance = _unit(_hash(self.keys["kind"], i, j, [0, 1]))
+            return CellKind.FOREST
+        chance = unit_floats(hash_coords(self.keys["kind"], i, j, [0, 1]))
         if chance[0] < 0.05:
-            return _Kind.LAKE
+            return CellKind.LAKE
         if chance[1] < 0.07:
-            return _Kind.VILLAGE
-        if _noise_at(self.keys["pasture"], i / 2.5, j / 2.5) > PASTURE_LEVEL:
-            return _Kind.PASTURE
-        return _Kind.FARM
+            return CellKind.VILLAGE
+        if value_noise_at(self.keys["pasture"], i / 2.5, j / 2.5) > PASTURE_LEVEL:
+            return CellKind.PASTURE
+        return CellKind.FARM
 
     def cell_at(self, x: float, y: float) -> tuple[int, int]:
         """Index of the cell containing a point (corners are jittered, so look around)."""
@@ -250,53 +252,51 @@ class _Landscape:
                 yield i, j
 
     # -- cell content -------------------------------------------------------------------
-    def cell(self, i: int, j: int) -> _Cell:
+    def cell(self, i: int, j: int) -> Cell:
         """Build a cell from an RNG seeded by (seed, i, j) only, so the result is reproducible."""
         rng = np.random.default_rng([self.keys["cell"], i + (1 << 32), j + (1 << 32)])
         quad = self.quad(i, j)
         kind = self.kind(i, j)
-        objects = _ObjectList()
+        objects = ObjectList()
         crops: list[tuple[BaseGeometry, str]] = []
-        if kind == _Kind.FOREST:
+        if kind == CellKind.FOREST:
             self._forest(rng, quad, objects)
         else:
             self._farmland(rng, kind, self.woodiness(i, j), quad, objects, crops)
         self._roads(rng, i, j, kind, objects)
         xmin, ymin, xmax, ymax = quad.bounds
         bounds = (xmin - ROAD_REACH, ymin - ROAD_REACH, xmax + ROAD_REACH, ymax + ROAD_REACH)
-        return _Cell(i, j, bounds, objects.table(self.to_bands), crops)
+        return Cell(i, j, bounds, objects.table(self.to_bands), crops)
 
-    def _forest(
-        self, rng: np.random.Generator, quad: shapely.Polygon, objects: _ObjectList
-    ) -> None:
+    def _forest(self, rng: np.random.Generator, quad: shapely.Polygon, objects: ObjectList) -> None:
         """Forest stands of different density and type filling the cell, a few clearings."""
         for stand in _split_parcels(quad, rng, scale=2.0):
             if rng.random() < 0.08:
-                objects.add(stand, _GROUND, _grass_look(rng, 0.0))
+                objects.add(stand, _GROUND, grass_look(rng, 0.0))
             else:
-                objects.add(stand, _GROUND, _forest_look(rng))
+                objects.add(stand, _GROUND, forest_look(rng))
         self._river(quad, objects, blockers=[])
 
     def _farmland(
         self,
         rng: np.random.Generator,
-        kind: _Kind,
+        kind: CellKind,
         woodiness: float,
         quad: shapely.Polygon,
-        objects: _ObjectList,
+        objects: ObjectList,
         crops: list[tuple[BaseGeometry, str]],
     ) -> None:
         """Parcels inset from the roads, overlays (lake, village), river; crop labels last."""
-        objects.add(quad, _GROUND, _verge_look(rng))
+        objects.add(quad, _GROUND, verge_look(rng))
         inner = quad.buffer(-CLEARANCE, join_style="mitre")
         parcels: list[tuple[BaseGeometry, str]] = []
-        for block in _polygons(inner):
+        for block in polygon_parts(inner):
             for leaf in _split_parcels(block, rng):
                 parcels.extend(self._parcel(rng, kind, woodiness, leaf, objects))
         blockers: list[BaseGeometry] = []
-        if kind == _Kind.LAKE:
+        if kind == CellKind.LAKE:
             blockers.append(self._lake(rng, inner, objects))
-        elif kind == _Kind.VILLAGE:
+        elif kind == CellKind.VILLAGE:
             blockers.append(self._village(rng, inner, objects))
         self._river(quad, objects, blockers)
         blocked = shapely.union_all(blockers) if blockers else None
@@ -308,10 +308,10 @@ class _Landscape:
     def _parcel(
         self,
         rng: np.random.Generator,
-        kind: _Kind,
+        kind: CellKind,
         woodiness: float,
         leaf: shapely.Polygon,
-        objects: _ObjectList,
+        objects: ObjectList,
     ) -> list[tuple[BaseGeometry, str]]:
         """Paint one parcel; return it as a crop label candidate when it is cropland."""
         crop_share, grass_share = _PARCEL_SHARES[kind]
@@ -325,29 +325,29 @@ class _Landscape:
             names = [c[0] for c in _CROPS]
             probs = np.array([c[1] for c in _CROPS])
             pick = int(rng.choice(len(names), p=probs / probs.sum()))
-            objects.add(parcel, _PARCEL, _crop_look(rng, names[pick], _CROPS[pick][2], axis))
-            return [(p, names[pick]) for p in _polygons(parcel)]
+            objects.add(parcel, _PARCEL, crop_look(rng, names[pick], _CROPS[pick][2], axis))
+            return [(p, names[pick]) for p in polygon_parts(parcel)]
         if draw < crop_share + grass_share:
-            objects.add(parcel, _PARCEL, _grass_look(rng, axis))
+            objects.add(parcel, _PARCEL, grass_look(rng, axis))
         else:
-            objects.add(parcel, _PARCEL, _forest_look(rng))
+            objects.add(parcel, _PARCEL, forest_look(rng))
         return []
 
     def _lake(
-        self, rng: np.random.Generator, inner: BaseGeometry, objects: _ObjectList
+        self, rng: np.random.Generator, inner: BaseGeometry, objects: ObjectList
     ) -> BaseGeometry:
         lake = _blob(rng, inner.centroid, rng.uniform(0.18, 0.36) * CELL).intersection(inner)
-        objects.add(lake, _OVERLAY, _water_look(rng))
+        objects.add(lake, _OVERLAY, water_look(rng))
         return lake
 
     def _village(
-        self, rng: np.random.Generator, inner: BaseGeometry, objects: _ObjectList
+        self, rng: np.random.Generator, inner: BaseGeometry, objects: ObjectList
     ) -> BaseGeometry:
         """Gardens, a few streets and many small bright buildings around the cell centre."""
         centre = inner.centroid
         radius = rng.uniform(0.22, 0.36) * CELL
         village = _blob(rng, centre, radius).intersection(inner)
-        objects.add(village, _OVERLAY, _garden_look(rng))
+        objects.add(village, _OVERLAY, garden_look(rng))
         heading = rng.uniform(0, math.pi)
         streets = []
         for turn in (0.0, math.pi / 2 + rng.normal(0, 0.3), rng.uniform(0, math.pi)):
@@ -358,7 +358,7 @@ class _Landscape:
             line = shapely.LineString([(ox - dx, oy - dy), (ox + dx, oy + dy)])
             streets.append(line)
             street = line.buffer(rng.uniform(1.2, 1.7)).intersection(village)
-            objects.add(street, _DETAIL, _road_look(rng, paved=True))
+            objects.add(street, _DETAIL, road_look(rng, paved=True))
         self._buildings(rng, village, heading, shapely.union_all(streets), objects)
         return village
 
@@ -368,7 +368,7 @@ class _Landscape:
         village: BaseGeometry,
         heading: float,
         streets: BaseGeometry,
-        objects: _ObjectList,
+        objects: ObjectList,
     ) -> None:
         """Buildings on a rotated, jittered grid inside the village, kept off the streets."""
         xmin, ymin, xmax, ymax = village.bounds
@@ -392,17 +392,17 @@ class _Landscape:
             heading + (rng.random(len(pts)) < 0.3) * (math.pi / 2) + rng.normal(0, 0.05, len(pts))
         )
         for building in _rectangles(pts, sizes, angles):
-            objects.add(building, _DETAIL, _roof_look(rng))
+            objects.add(building, _DETAIL, roof_look(rng))
 
     def _river(
-        self, quad: shapely.Polygon, objects: _ObjectList, blockers: list[BaseGeometry]
+        self, quad: shapely.Polygon, objects: ObjectList, blockers: list[BaseGeometry]
     ) -> None:
         """Paint the parts of any meandering river (and its banks) that cross this cell."""
         for band, bank, water in self._river_pieces(quad):
             looks = np.random.default_rng([self.keys["river"], band + (1 << 32)])
-            shore = _forest_look(looks) if looks.random() < 0.5 else _grass_look(looks, 0.0)
+            shore = forest_look(looks) if looks.random() < 0.5 else grass_look(looks, 0.0)
             objects.add(bank, _BANK, shore)
-            objects.add(water, _RIVER, _water_look(looks))
+            objects.add(water, _RIVER, water_look(looks))
             blockers.append(bank)
 
     def _river_pieces(self, quad: shapely.Polygon) -> list[tuple[int, BaseGeometry, BaseGeometry]]:
@@ -413,7 +413,7 @@ class _Landscape:
         xmin, ymin, xmax, ymax = quad.bounds
         pieces = []
         for band in range(math.floor(xmin / RIVER_BAND) - 1, math.floor(xmax / RIVER_BAND) + 2):
-            u = _unit(_hash(self.keys["river"], band, np.arange(9)))
+            u = unit_floats(hash_coords(self.keys["river"], band, np.arange(9)))
             if u[0] > 0.55:
                 continue
             amplitude, wavelength = (0.3 + 0.6 * u[2]) * CELL, (4 + 5 * u[3]) * CELL
@@ -437,21 +437,22 @@ class _Landscape:
         return pieces
 
     def _roads(
-        self, rng: np.random.Generator, i: int, j: int, kind: _Kind, objects: _ObjectList
+        self, rng: np.random.Generator, i: int, j: int, kind: CellKind, objects: ObjectList
     ) -> None:
         """The cell owns its top and left edges; every 4th grid line is a wider main road."""
         top = (self.vertex(i, j), self.vertex(i + 1, j), self.kind(i, j - 1), j % 4 == 0)
         left = (self.vertex(i, j), self.vertex(i, j + 1), self.kind(i - 1, j), i % 4 == 0)
         for start, end, neighbour, main in (top, left):
             draw = rng.random()
-            if kind == neighbour == _Kind.FOREST and not main:
+            if kind == neighbour == CellKind.FOREST and not main:
                 continue  # forests stay closed where no road crosses them
             if not main and draw < 0.12:
                 continue  # some block boundaries are just wide field margins
             width = rng.uniform(3.6, 4.6) if main else rng.uniform(2.0, 3.0)
             road = shapely.LineString([start, end]).buffer(width / 2)
-            objects.add(road, _ROAD, _road_look(rng, paved=main or rng.random() < 0.5))
+            objects.add(road, _ROAD, road_look(rng, paved=main or rng.random() < 0.5))
 
 
-def _landscape(cfg: SynthConfig) -> _Landscape:
-    return _Landscape(cfg.seed, _band_table(cfg.bands))
+def build_landscape(cfg: SynthConfig) -> Landscape:
+    """The landscape of ``cfg``: its seed and band count are all that define it."""
+    return Landscape(cfg.seed, band_table(cfg.bands))

@@ -19,7 +19,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _seed_key(seed: int, salt: str) -> int:
+def seed_key(seed: int, salt: str) -> int:
     """A 64-bit key per (seed, purpose); blake2b rather than hash() so it is stable across runs."""
     digest = hashlib.blake2b(f"{seed}/{salt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
@@ -34,7 +34,7 @@ def _mix64(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return h ^ (h >> np.uint64(31))
 
 
-def _hash(key: int, *coords: Any) -> npt.NDArray[np.uint64]:
+def hash_coords(key: int, *coords: Any) -> npt.NDArray[np.uint64]:
     """Hash integer coordinates (broadcast together) with a key into uint64 values."""
     arrays = [np.asarray(c, dtype=np.int64).astype(np.uint64) for c in coords]
     h = np.full(np.broadcast_shapes(*(a.shape for a in arrays)), key, dtype=np.uint64)
@@ -44,7 +44,7 @@ def _hash(key: int, *coords: Any) -> npt.NDArray[np.uint64]:
     return h
 
 
-def _unit(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+def unit_floats(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
     """Uniform floats in [0, 1) from hash values."""
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
@@ -57,17 +57,17 @@ def _smoothstep(t: float | npt.NDArray[np.float64]) -> float | npt.NDArray[np.fl
     return t * t * (3.0 - 2.0 * t)
 
 
-def _noise_at(key: int, x: float, y: float) -> float:
+def value_noise_at(key: int, x: float, y: float) -> float:
     """Value noise at one point (lattice spacing 1); used for cell-level decisions."""
     ix, iy = math.floor(x), math.floor(y)
     tx, ty = _smoothstep(x - ix), _smoothstep(y - iy)
-    v = _unit(_hash(key, [iy, iy, iy + 1, iy + 1], [ix, ix + 1, ix, ix + 1]))
+    v = unit_floats(hash_coords(key, [iy, iy, iy + 1, iy + 1], [ix, ix + 1, ix, ix + 1]))
     top = v[0] * (1 - tx) + v[1] * tx
     bottom = v[2] * (1 - tx) + v[3] * tx
     return float(top * (1 - ty) + bottom * ty)
 
 
-def _value_noise(
+def value_noise(
     key: int, x0: int, y0: int, w: int, h: int, spacing: int
 ) -> npt.NDArray[np.float32]:
     """Smooth value noise over a window, separably interpolated (cheap: ~4 passes per pixel).
@@ -82,7 +82,7 @@ def _value_noise(
     ty = _smoothstep((ys - iy * spacing) / spacing).astype(np.float32)[:, None]
     lx = np.arange(ix[0], ix[-1] + 2)
     ly = np.arange(iy[0], iy[-1] + 2)
-    lattice = _unit(_hash(key, ly[:, None], lx[None, :])).astype(np.float32)
+    lattice = unit_floats(hash_coords(key, ly[:, None], lx[None, :])).astype(np.float32)
     cx, cy = ix - ix[0], iy - iy[0]
     along_x = lattice[:, cx] * (1 - tx) + lattice[:, cx + 1] * tx
     # numpy's stubs type integer-array indexing as Any; the result is float32 throughout.

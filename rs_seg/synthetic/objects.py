@@ -18,7 +18,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from rs_seg.synthetic.spectra import _ANCHORS_NM, _material
+from rs_seg.synthetic.spectra import ANCHOR_WAVELENGTHS_NM, material_spectrum
 
 
 class LandCover(IntEnum):
@@ -37,7 +37,7 @@ class LandCover(IntEnum):
 
 # ----------------------------------------------------------------------------------- looks
 @dataclass(frozen=True)
-class _Look:
+class Look:
     """How an object is painted: ground + cover x (canopy - ground), cover varied per pixel.
 
     Per pixel, cover = ``cover`` + ``rows`` x sin(row phase) + ``fine`` x crown-scale noise +
@@ -57,8 +57,17 @@ class _Look:
     coarse: float = 0.0
 
 
-# Columns of the per-object parameter table.
-_G0, _ROWS, _FINE, _COARSE, _KX, _KY, _PHASE = range(7)
+# Rows of ObjectTable.params: one shading parameter of every object each (see _look_params);
+# the wavenumbers are the crop rows' 2 pi / period along x and y.
+(
+    PARAM_BASE_COVER,
+    PARAM_ROW_AMPLITUDE,
+    PARAM_FINE_NOISE,
+    PARAM_COARSE_NOISE,
+    PARAM_ROW_WAVENUMBER_X,
+    PARAM_ROW_WAVENUMBER_Y,
+    PARAM_ROW_PHASE,
+) = range(7)
 
 
 _ROOFS = ("roof_grey", "roof_red", "roof_dark")
@@ -67,7 +76,11 @@ _ROOFS = ("roof_grey", "roof_red", "roof_dark")
 def _jittered(rng: np.random.Generator, name: str, spread: float) -> np.ndarray:
     """A material spectrum with per-object brightness and per-wavelength variation."""
     brightness = rng.uniform(1 - spread, 1 + spread)
-    return _material(name) * brightness * (1 + rng.normal(0.0, spread / 3, len(_ANCHORS_NM)))
+    return (
+        material_spectrum(name)
+        * brightness
+        * (1 + rng.normal(0.0, spread / 3, len(ANCHOR_WAVELENGTHS_NM)))
+    )
 
 
 def _soil(rng: np.random.Generator) -> np.ndarray:
@@ -76,12 +89,11 @@ def _soil(rng: np.random.Generator) -> np.ndarray:
     return _jittered(rng, "soil", 0.08) * wet + _jittered(rng, "soil_dry", 0.08) * (1 - wet)
 
 
-def _crop_look(
-    rng: np.random.Generator, crop: str, cover: tuple[float, float], axis: float
-) -> _Look:
+def crop_look(rng: np.random.Generator, crop: str, cover: tuple[float, float], axis: float) -> Look:
+    """A crop parcel: soil under a crop canopy in rows, mostly along the parcel's long axis."""
     canopy = "weeds" if crop == "fallow" else crop
     along = axis if rng.random() < 0.7 else axis + math.pi / 2
-    return _Look(
+    return Look(
         LandCover.CROPLAND,
         ground=_soil(rng),
         canopy=_jittered(rng, canopy, 0.10),
@@ -95,8 +107,9 @@ def _crop_look(
     )
 
 
-def _grass_look(rng: np.random.Generator, axis: float) -> _Look:
-    return _Look(
+def grass_look(rng: np.random.Generator, axis: float) -> Look:
+    """Grassland: dry and green grass, with faint mowing stripes along ``axis``."""
+    return Look(
         LandCover.GRASSLAND,
         ground=_jittered(rng, "grass_dry", 0.08),
         canopy=_jittered(rng, "grass", 0.10),
@@ -110,11 +123,11 @@ def _grass_look(rng: np.random.Generator, axis: float) -> _Look:
     )
 
 
-def _forest_look(rng: np.random.Generator) -> _Look:
+def forest_look(rng: np.random.Generator) -> Look:
     """A forest stand: dark conifers or brighter broadleaves, dense or thinned."""
     broadleaf = rng.uniform(0.75, 1.25)  # scales the NIR plateau and the visible bands
-    canopy = _jittered(rng, "canopy", 0.10) * np.where(_ANCHORS_NM > 700, broadleaf, 1.0)
-    return _Look(
+    canopy = _jittered(rng, "canopy", 0.10) * np.where(ANCHOR_WAVELENGTHS_NM > 700, broadleaf, 1.0)
+    return Look(
         LandCover.FOREST,
         ground=_jittered(rng, "shadow", 0.10),
         canopy=canopy,
@@ -124,8 +137,9 @@ def _forest_look(rng: np.random.Generator) -> _Look:
     )
 
 
-def _water_look(rng: np.random.Generator) -> _Look:
-    return _Look(
+def water_look(rng: np.random.Generator) -> Look:
+    """Open water, clear to turbid."""
+    return Look(
         LandCover.WATER,
         ground=_jittered(rng, "water", 0.06),
         canopy=_jittered(rng, "water_turbid", 0.06),
@@ -135,8 +149,9 @@ def _water_look(rng: np.random.Generator) -> _Look:
     )
 
 
-def _verge_look(rng: np.random.Generator) -> _Look:
-    return _Look(
+def verge_look(rng: np.random.Generator) -> Look:
+    """Dry grass of road verges, also the ground wherever no other object lies."""
+    return Look(
         LandCover.VERGE,
         ground=_jittered(rng, "grass_dry", 0.08),
         canopy=_jittered(rng, "grass", 0.08),
@@ -146,19 +161,22 @@ def _verge_look(rng: np.random.Generator) -> _Look:
     )
 
 
-def _road_look(rng: np.random.Generator, paved: bool) -> _Look:
+def road_look(rng: np.random.Generator, paved: bool) -> Look:
+    """A road surface: asphalt where ``paved``, else gravel."""
     surface = _jittered(rng, "asphalt" if paved else "gravel", 0.06)
-    return _Look(LandCover.ROAD, ground=surface, canopy=surface * 1.15, cover=0.5, fine=0.3)
+    return Look(LandCover.ROAD, ground=surface, canopy=surface * 1.15, cover=0.5, fine=0.3)
 
 
-def _roof_look(rng: np.random.Generator) -> _Look:
+def roof_look(rng: np.random.Generator) -> Look:
+    """A roof of one of the common colours (grey, red, dark)."""
     roof = _jittered(rng, _ROOFS[int(rng.integers(len(_ROOFS)))], 0.12)
-    return _Look(LandCover.BUILDING, ground=roof, canopy=roof * 0.9, cover=0.0, fine=0.2)
+    return Look(LandCover.BUILDING, ground=roof, canopy=roof * 0.9, cover=0.0, fine=0.2)
 
 
-def _garden_look(rng: np.random.Generator) -> _Look:
+def garden_look(rng: np.random.Generator) -> Look:
+    """Village gardens: dry soil under a mix of grass and trees."""
     greenery = 0.5 * (_jittered(rng, "grass", 0.1) + _jittered(rng, "canopy", 0.1))
-    return _Look(
+    return Look(
         LandCover.GARDEN,
         ground=_jittered(rng, "soil_dry", 0.1),
         canopy=greenery,
@@ -170,7 +188,7 @@ def _garden_look(rng: np.random.Generator) -> _Look:
 
 # ----------------------------------------------------------------------------------- objects
 @dataclass
-class _ObjectTable:
+class ObjectTable:
     """Objects as a struct of arrays: what a window needs to rasterize and shade them."""
 
     geoms: np.ndarray  # shapely geometries, global pixel coordinates
@@ -179,12 +197,12 @@ class _ObjectTable:
     covers: np.ndarray  # LandCover code per object
     ground: np.ndarray  # (n, bands) float32
     delta: np.ndarray  # (n, bands) float32: canopy - ground
-    params: np.ndarray  # (7, n) float64, rows indexed by _G0.._PHASE
+    params: np.ndarray  # (7, n) float64, rows indexed by the PARAM_ constants
 
     @staticmethod
-    def concat(tables: Sequence[_ObjectTable]) -> _ObjectTable:
+    def concat(tables: Sequence[ObjectTable]) -> ObjectTable:
         """Stack several tables, keeping their order."""
-        return _ObjectTable(
+        return ObjectTable(
             geoms=np.concatenate([t.geoms for t in tables]),
             bounds=np.concatenate([t.bounds for t in tables]),
             layers=np.concatenate([t.layers for t in tables]),
@@ -194,9 +212,9 @@ class _ObjectTable:
             params=np.concatenate([t.params for t in tables], axis=1),
         )
 
-    def take(self, index: np.ndarray) -> _ObjectTable:
+    def take(self, index: np.ndarray) -> ObjectTable:
         """Rows ``index`` (a boolean mask or integer positions), in that order."""
-        return _ObjectTable(
+        return ObjectTable(
             self.geoms[index],
             self.bounds[index],
             self.layers[index],
@@ -211,28 +229,28 @@ class _ObjectTable:
 
 
 @dataclass
-class _ObjectList:
-    """Collects (geometry, layer, look) while a cell is built; frozen into an _ObjectTable."""
+class ObjectList:
+    """Collects (geometry, layer, look) while a cell is built; frozen into an ObjectTable."""
 
     geoms: list[BaseGeometry] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
-    looks: list[_Look] = field(default_factory=list)
+    looks: list[Look] = field(default_factory=list)
 
-    def add(self, geom: BaseGeometry, layer: int, look: _Look) -> None:
+    def add(self, geom: BaseGeometry, layer: int, look: Look) -> None:
         """Keep non-empty geometries only; GDAL cannot rasterize empty ones."""
         if not geom.is_empty:
             self.geoms.append(geom)
             self.layers.append(layer)
             self.looks.append(look)
 
-    def table(self, to_bands: np.ndarray) -> _ObjectTable:
+    def table(self, to_bands: np.ndarray) -> ObjectTable:
         """Freeze into arrays, converting anchor spectra to band values."""
         geoms = np.empty(len(self.geoms), dtype=object)
         geoms[:] = self.geoms
-        ground = np.array([lk.ground for lk in self.looks]).reshape(-1, len(_ANCHORS_NM))
-        canopy = np.array([lk.canopy for lk in self.looks]).reshape(-1, len(_ANCHORS_NM))
+        ground = np.array([lk.ground for lk in self.looks]).reshape(-1, len(ANCHOR_WAVELENGTHS_NM))
+        canopy = np.array([lk.canopy for lk in self.looks]).reshape(-1, len(ANCHOR_WAVELENGTHS_NM))
         ground_bands = (ground @ to_bands.T).astype(np.float32)
-        return _ObjectTable(
+        return ObjectTable(
             geoms=geoms,
             bounds=shapely.bounds(geoms).reshape(-1, 4),
             layers=np.array(self.layers, dtype=np.int16),
@@ -243,7 +261,7 @@ class _ObjectList:
         )
 
 
-def _look_params(looks: Sequence[_Look]) -> np.ndarray:
+def _look_params(looks: Sequence[Look]) -> np.ndarray:
     """Per-object shading parameters; row wave vectors are precomputed so pixels need no trig."""
     params = np.zeros((7, len(looks)), dtype=np.float64)
     for n, lk in enumerate(looks):

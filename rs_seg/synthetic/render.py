@@ -19,20 +19,20 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from rs_seg.config import SynthConfig
-from rs_seg.synthetic.landscape import _Cell, _Landscape, _landscape
-from rs_seg.synthetic.noise import _hash, _value_noise
+from rs_seg.synthetic.landscape import Cell, Landscape, build_landscape
+from rs_seg.synthetic.noise import hash_coords, value_noise
 from rs_seg.synthetic.objects import (
-    _COARSE,
-    _FINE,
-    _G0,
-    _KX,
-    _KY,
-    _PHASE,
-    _ROWS,
+    PARAM_BASE_COVER,
+    PARAM_COARSE_NOISE,
+    PARAM_FINE_NOISE,
+    PARAM_ROW_AMPLITUDE,
+    PARAM_ROW_PHASE,
+    PARAM_ROW_WAVENUMBER_X,
+    PARAM_ROW_WAVENUMBER_Y,
     LandCover,
-    _ObjectTable,
+    ObjectTable,
 )
-from rs_seg.synthetic.scenes import SceneSpec, _layout
+from rs_seg.synthetic.scenes import SceneSpec, lay_out_scenes
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,15 @@ class RenderedWindow:
     classes: np.ndarray
 
 
-class _CellCache:
+class CellCache:
     """Cells the current strip needs; cells above the strip are handed out for labelling."""
 
-    def __init__(self, landscape: _Landscape) -> None:
+    def __init__(self, landscape: Landscape) -> None:
         self.landscape = landscape
-        self.cells: dict[tuple[int, int], _Cell] = {}
+        self.cells: dict[tuple[int, int], Cell] = {}
         self.released: set[tuple[int, int]] = set()  # never rebuilt, so labelled only once
 
-    def around(self, x0: int, y0: int, x1: int, y1: int) -> list[_Cell]:
+    def around(self, x0: int, y0: int, x1: int, y1: int) -> list[Cell]:
         """Cells overlapping the window, built on first use."""
         found = []
         for key in self.landscape.cells_near(x0, y0, x1, y1):
@@ -65,7 +65,7 @@ class _CellCache:
                 found.append(cell)
         return found
 
-    def release_above(self, y: float) -> list[_Cell]:
+    def release_above(self, y: float) -> list[Cell]:
         """Drop and return the cells that end above row ``y`` (no later strip needs them)."""
         done = sorted(
             (k for k, c in self.cells.items() if c.bounds[3] <= y), key=lambda k: (k[1], k[0])
@@ -75,8 +75,8 @@ class _CellCache:
 
 
 def _window_objects(
-    cells: Sequence[_Cell], background: _ObjectTable, box: tuple[int, int, int, int]
-) -> _ObjectTable:
+    cells: Sequence[Cell], background: ObjectTable, box: tuple[int, int, int, int]
+) -> ObjectTable:
     """Objects touching the window in painter's order, with the background as row 0."""
     x0, y0, x1, y1 = box
     parts = []
@@ -84,12 +84,12 @@ def _window_objects(
         b = cell.objects.bounds
         hit = (b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0)
         parts.append(cell.objects.take(hit))
-    objects = _ObjectTable.concat(parts) if parts else background.take(np.zeros(0, dtype=int))
+    objects = ObjectTable.concat(parts) if parts else background.take(np.zeros(0, dtype=int))
     order = np.argsort(objects.layers, kind="stable")
-    return _ObjectTable.concat([background, objects.take(order)])
+    return ObjectTable.concat([background, objects.take(order)])
 
 
-def _object_ids(objects: _ObjectTable, x0: int, y0: int, w: int, h: int) -> npt.NDArray[np.int32]:
+def _object_ids(objects: ObjectTable, x0: int, y0: int, w: int, h: int) -> npt.NDArray[np.int32]:
     """Rasterize objects (row 0 is the background) into an id raster; later ones win."""
     if len(objects) == 1:
         return np.zeros((h, w), dtype=np.int32)
@@ -101,20 +101,26 @@ def _object_ids(objects: _ObjectTable, x0: int, y0: int, w: int, h: int) -> npt.
 
 
 def _cover(
-    landscape: _Landscape, objects: _ObjectTable, ids: np.ndarray, x0: int, y0: int
+    landscape: Landscape, objects: ObjectTable, ids: np.ndarray, x0: int, y0: int
 ) -> npt.NDArray[np.float32]:
     """Per-pixel cover fraction: base cover + crop rows + crown noise + field-scale noise."""
     h, w = ids.shape
     p = objects.params
     xs = np.arange(x0, x0 + w, dtype=np.float64) + 0.5
     ys = (np.arange(y0, y0 + h, dtype=np.float64) + 0.5)[:, None]
-    stripes = np.sin(p[_KX][ids] * xs + p[_KY][ids] * ys + p[_PHASE][ids]).astype(np.float32)
-    fine = _value_noise(landscape.keys["fine"], x0, y0, w, h, 3) - np.float32(0.5)
-    coarse = _value_noise(landscape.keys["coarse"], x0, y0, w, h, 40) - np.float32(0.5)
+    stripes = np.sin(
+        p[PARAM_ROW_WAVENUMBER_X][ids] * xs
+        + p[PARAM_ROW_WAVENUMBER_Y][ids] * ys
+        + p[PARAM_ROW_PHASE][ids]
+    ).astype(np.float32)
+    fine = value_noise(landscape.keys["fine"], x0, y0, w, h, 3) - np.float32(0.5)
+    coarse = value_noise(landscape.keys["coarse"], x0, y0, w, h, 40) - np.float32(0.5)
     p32 = p.astype(np.float32)
-    cover: npt.NDArray[np.float32] = p32[_G0][ids] + p32[_ROWS][ids] * stripes
-    cover += p32[_FINE][ids] * fine
-    cover += p32[_COARSE][ids] * coarse
+    cover: npt.NDArray[np.float32] = (
+        p32[PARAM_BASE_COVER][ids] + p32[PARAM_ROW_AMPLITUDE][ids] * stripes
+    )
+    cover += p32[PARAM_FINE_NOISE][ids] * fine
+    cover += p32[PARAM_COARSE_NOISE][ids] * coarse
     return np.clip(cover, 0.0, 1.0, out=cover)
 
 
@@ -124,19 +130,19 @@ def _grain(key: int, bands: int, x0: int, y0: int, w: int, h: int) -> Iterator[n
     cols = np.arange(x0, x0 + w, dtype=np.int64)[None, :]
     pixel = (rows << 32) | cols  # global pixel index: one coordinate hashes faster than two
     for group in range(0, bands, 4):
-        bits = _hash(key ^ group, pixel)
+        bits = hash_coords(key ^ group, pixel)
         for word in range(min(4, bands - group)):
             chunk = (bits >> np.uint64(16 * word)) & np.uint64(0xFFFF)
             yield chunk.astype(np.float32) * np.float32(1 / 32768) - np.float32(1)
 
 
 def _shade(
-    landscape: _Landscape, objects: _ObjectTable, ids: np.ndarray, x0: int, y0: int
+    landscape: Landscape, objects: ObjectTable, ids: np.ndarray, x0: int, y0: int
 ) -> np.ndarray:
     """Band values as float32 (bands, h, w): ground + cover x delta, haze and sensor grain."""
     h, w = ids.shape
     cover = _cover(landscape, objects, ids, x0, y0)
-    haze = _value_noise(landscape.keys["haze"], x0, y0, w, h, 400)
+    haze = value_noise(landscape.keys["haze"], x0, y0, w, h, 400)
     illumination = np.float32(0.96) + np.float32(0.08) * haze
     bands = objects.ground.shape[1]
     out = np.empty((bands, h, w), dtype=np.float32)
@@ -159,8 +165,8 @@ def _swath_mask(spec: SceneSpec, window: Window) -> np.ndarray:
     return (cols[None, :] + 0.5) < edge[:, None]
 
 
-def _render(
-    landscape: _Landscape, cache: _CellCache, spec: SceneSpec, window: Window
+def render_cached_window(
+    landscape: Landscape, cache: CellCache, spec: SceneSpec, window: Window
 ) -> RenderedWindow:
     """Render one window of a scene (window in scene pixel coordinates)."""
     w, h = int(window.width), int(window.height)
@@ -182,6 +188,6 @@ def render_window(cfg: SynthConfig, scene: int, window: Window) -> RenderedWindo
 
     Used to check that labels match pixels and that rendering does not depend on the windowing.
     """
-    landscape = _landscape(cfg)
-    spec = _layout(cfg, landscape)[scene]
-    return _render(landscape, _CellCache(landscape), spec, window)
+    landscape = build_landscape(cfg)
+    spec = lay_out_scenes(cfg, landscape)[scene]
+    return render_cached_window(landscape, CellCache(landscape), spec, window)

@@ -18,8 +18,8 @@ from pyproj.exceptions import CRSError
 
 from rs_seg.config import SynthConfig
 from rs_seg.errors import RsSegError
-from rs_seg.synthetic.landscape import CELL, _Kind, _Landscape, _landscape
-from rs_seg.synthetic.noise import _hash, _seed_key, _unit
+from rs_seg.synthetic.landscape import CELL, CellKind, Landscape, build_landscape
+from rs_seg.synthetic.noise import hash_coords, seed_key, unit_floats
 
 SHIFT_CELLS = 4  # a scene may move this many cells east/south in the landscape into farmland
 
@@ -69,11 +69,11 @@ def _swath(seed: int, index: int, size: int) -> tuple[float, float]:
     if size < 32:
         return 0.0, 0.0
     low, high = max(1.0, SWATH_MIN * size), max(1.5, SWATH_MAX * size)
-    u = _unit(_hash(_seed_key(seed, "swath"), index, [0, 1]))
+    u = unit_floats(hash_coords(seed_key(seed, "swath"), index, [0, 1]))
     return float(low + (high - low) * u[0]), float(low + (high - low) * u[1])
 
 
-def _farmland_shift(landscape: _Landscape, col: int, row: int, size: int) -> tuple[int, int]:
+def _farmland_shift(landscape: Landscape, col: int, row: int, size: int) -> tuple[int, int]:
     """Whole cells to move a scene east/south so that its centre lies in plain farmland.
 
     Small scenes show little more than one cell; without this, some would be all forest.
@@ -82,7 +82,7 @@ def _farmland_shift(landscape: _Landscape, col: int, row: int, size: int) -> tup
     for dx, dy in steps:
         x, y = col + dx * CELL + size / 2, row + dy * CELL + size / 2
         i, j = landscape.cell_at(x, y)
-        if landscape.kind(i, j) == _Kind.FARM and landscape.woodiness(i, j) == 0:
+        if landscape.kind(i, j) == CellKind.FARM and landscape.woodiness(i, j) == 0:
             return int(dx * CELL), int(dy * CELL)
     return 0, 0
 
@@ -94,10 +94,11 @@ def scene_specs(cfg: SynthConfig) -> list[SceneSpec]:
     each can be moved east and south by up to ``SHIFT_CELLS`` cells into farmland without
     overlapping another.
     """
-    return _layout(cfg, _landscape(cfg))
+    return lay_out_scenes(cfg, build_landscape(cfg))
 
 
-def _layout(cfg: SynthConfig, landscape: _Landscape) -> list[SceneSpec]:
+def lay_out_scenes(cfg: SynthConfig, landscape: Landscape) -> list[SceneSpec]:
+    """:func:`scene_specs` on a landscape already built (the renderer and writer have one)."""
     _check_utm(cfg.epsg)
     size, px = cfg.size, cfg.pixel_size
     pitch = size + max(64, size // 8)

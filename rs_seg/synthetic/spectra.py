@@ -15,7 +15,9 @@ from rs_seg.errors import RsSegError
 
 # Reflectance x 10000 at anchor wavelengths; any band is interpolated linearly between them, so
 # the number of bands changes neither the landscape nor the spectra of the common bands.
-_ANCHORS_NM = np.array([443, 490, 560, 665, 705, 740, 783, 842, 945, 1240, 1610, 2190], float)
+ANCHOR_WAVELENGTHS_NM = np.array(
+    [443, 490, 560, 665, 705, 740, 783, 842, 945, 1240, 1610, 2190], float
+)
 _MATERIALS: dict[str, tuple[float, ...]] = {
     "soil": (600, 700, 950, 1300, 1450, 1550, 1650, 1750, 1850, 2300, 2600, 2300),
     "soil_dry": (950, 1100, 1450, 1850, 2000, 2100, 2200, 2300, 2400, 2900, 3300, 2900),
@@ -61,7 +63,7 @@ _EXTRA_BANDS = (
 )
 
 
-def _band_table(count: int) -> list[tuple[str, int]]:
+def band_table(count: int) -> list[tuple[str, int]]:
     """Band names and centre wavelengths; NIR appears exactly when there are 4 bands or more."""
     if count == 1:
         return [("red", 665)]
@@ -77,14 +79,17 @@ def _band_table(count: int) -> list[tuple[str, int]]:
 
 def band_names(count: int) -> list[str]:
     """The band descriptions a scene with ``count`` bands gets, in band order."""
-    return [name for name, _ in _band_table(count)]
+    return [name for name, _ in band_table(count)]
 
 
-def _interpolation_matrix(wavelengths: Sequence[float]) -> np.ndarray:
+def band_interpolation_matrix(wavelengths: Sequence[float]) -> np.ndarray:
     """Matrix (bands x anchors) that turns an anchor spectrum into band values in one product."""
-    eye = np.eye(len(_ANCHORS_NM))
-    return np.array([[np.interp(w, _ANCHORS_NM, row) for row in eye] for w in wavelengths])
+    eye = np.eye(len(ANCHOR_WAVELENGTHS_NM))
+    return np.array(
+        [[np.interp(w, ANCHOR_WAVELENGTHS_NM, row) for row in eye] for w in wavelengths]
+    )
 
 
-def _material(name: str) -> np.ndarray:
+def material_spectrum(name: str) -> np.ndarray:
+    """Reflectance x 10000 of a named material at :data:`ANCHOR_WAVELENGTHS_NM`."""
     return np.asarray(_MATERIALS[name], dtype=np.float64)

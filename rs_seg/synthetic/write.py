@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from rs_seg.config import SYNTH_LABELS_FILE, SynthConfig
 from rs_seg.staging import FolderKind, check_folder_output, staged_dir
-from rs_seg.synthetic.landscape import _Cell, _Landscape, _landscape, _polygons
+from rs_seg.synthetic.landscape import Cell, Landscape, build_landscape, polygon_parts
 from rs_seg.synthetic.objects import LandCover
-from rs_seg.synthetic.render import _CellCache, _render
-from rs_seg.synthetic.scenes import SceneSpec, _layout
+from rs_seg.synthetic.render import CellCache, render_cached_window
+from rs_seg.synthetic.scenes import SceneSpec, lay_out_scenes
 from rs_seg.synthetic.spectra import band_names
 
 TILE = 256  # GeoTIFF block size
@@ -61,14 +61,14 @@ class _LabelWriter:
         self.geoms: list[BaseGeometry] = []
         self.created = False
 
-    def add(self, spec: SceneSpec, cells: Sequence[_Cell]) -> None:
+    def add(self, spec: SceneSpec, cells: Sequence[Cell]) -> None:
         """Queue the crop parcels of finished cells, flushing when the batch is full."""
         scene_box = shapely.box(
             spec.col_off, spec.row_off, spec.col_off + spec.size, spec.row_off + spec.size
         )
         for cell in cells:
             for geom, crop in cell.crops:
-                for part in _polygons(geom.intersection(scene_box)):
+                for part in polygon_parts(geom.intersection(scene_box)):
                     if part.area >= MIN_LABEL_AREA:
                         self.geoms.append(self._to_wgs84(part, spec))
                         self.rows.append((spec.scene_id, crop))
@@ -150,14 +150,14 @@ def _windows(size: int, top: int, height: int) -> Iterator[Window]:
 
 
 def _write_scene(
-    landscape: _Landscape,
+    landscape: Landscape,
     spec: SceneSpec,
     path: Path,
     labels: _LabelWriter,
     on_strip: Callable[[], None],
 ) -> dict[str, Any]:
     """Render a scene strip by strip; returns its summary entry."""
-    cache = _CellCache(landscape)
+    cache = CellCache(landscape)
     counts = np.zeros(len(LandCover), dtype=np.int64)
     with rasterio.open(path, "w", **_profile(spec, len(landscape.bands))) as dst:
         for band, (name, wavelength) in enumerate(landscape.bands, start=1):
@@ -166,7 +166,7 @@ def _write_scene(
         for top in range(0, spec.size, STRIP_ROWS):
             height = min(STRIP_ROWS, spec.size - top)
             for window in _windows(spec.size, top, height):
-                rendered = _render(landscape, cache, spec, window)
+                rendered = render_cached_window(landscape, cache, spec, window)
                 dst.write(rendered.values, window=window)
                 counts += np.bincount(rendered.classes.ravel(), minlength=len(LandCover))
             labels.add(spec, cache.release_above(spec.row_off + top + height))
@@ -214,8 +214,8 @@ def generate_scenes(cfg: SynthConfig, progress: bool = False) -> SynthResult:
     """
     out = Path(cfg.out)
     check_folder_output(out, cfg.overwrite, SYNTH_FOLDER)  # before minutes of landscape work
-    landscape = _landscape(cfg)
-    specs = _layout(cfg, landscape)
+    landscape = build_landscape(cfg)
+    specs = lay_out_scenes(cfg, landscape)
     strips = len(specs) * math.ceil(cfg.size / STRIP_ROWS)
     entries: list[dict[str, Any]] = []
     with (
