@@ -30,9 +30,8 @@ from rs_seg.train.object_metrics import (
     raster_object_counts,
 )
 
-# ``_figure`` is report.py's private helper, reused so every report figure is drawn the same way.
-from rs_seg.train.report import CELL_INCHES, rgb_preview
-from rs_seg.train.report import _figure as report_figure
+# report.py's figure helpers, so every report figure is drawn and saved the same way
+from rs_seg.train.report import CELL_INCHES, rgb_preview, saved_figure
 
 PANEL_INCHES = 2 * CELL_INCHES  # scenes are larger than chips: bigger panels keep outlines visible
 THICK_OUTLINE_PIXELS = 600  # above this scene edge a 1 px outline is lost when downsampled
@@ -203,7 +202,7 @@ def plot_scene_fields(scenes: Sequence[SceneFields], title: str, path: Path) -> 
     if not scenes:
         raise ValueError("plot_scene_fields needs at least one scene")
     width, height = PANEL_INCHES * 3, (PANEL_INCHES + 0.35) * len(scenes) + 0.8
-    with report_figure(path, width, height) as figure:
+    with saved_figure(path, width, height) as figure:
         grid = figure.subplots(len(scenes), 3, squeeze=False)
         for scene, axes_row in zip(scenes, grid, strict=True):
             _draw_scene_row(scene, axes_row)

@@ -292,7 +292,7 @@ def _stretch_band(band: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _figure(path: Path, width: float, height: float) -> Iterator[Figure]:
+def saved_figure(path: Path, width: float, height: float) -> Iterator[Figure]:
     """Yield a detached Agg figure, save it to ``path`` and release its artists.
 
     Figures built this way are never registered with pyplot, so nothing accumulates across the
@@ -315,7 +315,7 @@ def plot_training_curves(
     Missing or NaN values leave gaps; markers keep single epochs visible.
     """
     epochs = _epochs(history)
-    with _figure(path, 11.0, 4.2) as figure:
+    with saved_figure(path, 11.0, 4.2) as figure:
         loss_axes, iou_axes = figure.subplots(1, 2)
         drawn = (
             _plot_series(
@@ -406,7 +406,7 @@ def plot_chip_iou(scores: pd.DataFrame, test_iou: float | None, path: Path) -> N
     ious = _chip_ious(scores)
     defined = ious[np.isfinite(ious)]
     undefined = int(ious.size - defined.size)
-    with _figure(path, 7.0, 4.2) as figure:
+    with saved_figure(path, 7.0, 4.2) as figure:
         axes = figure.subplots()
         if defined.size:
             _draw_sorted_ious(axes, np.sort(defined))
@@ -443,7 +443,7 @@ def plot_chip_grid(examples: Sequence[ChipExample], title: str, path: Path) -> N
     columns = ("image", "label", "prediction", "probability")
     rows = len(examples)
     width, height = CELL_INCHES * len(columns), CELL_INCHES * rows + 0.8
-    with _figure(path, width, height) as figure:
+    with saved_figure(path, width, height) as figure:
         grid = figure.subplots(rows, len(columns), squeeze=False)
         for example, axes_row in zip(examples, grid, strict=True):
             _draw_chip_row(example, axes_row, columns)
