@@ -39,7 +39,8 @@ from rs_seg.staging_names import public_text
 
 app = typer.Typer(
     name="rs-seg",
-    help="Cropland maps from satellite and aerial scenes: synthetic data, chips, splits.",
+    help="Field polygons from satellite and aerial scenes: prepare chips, train and register "
+    "models, map scenes into fields (infer, vectorize); new imagery is mapped by its Prefect flow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,15 +56,64 @@ OverwriteOption = Annotated[
     bool | None, typer.Option("--overwrite", help="Replace an existing output.", show_default=False)
 ]
 
+# The fields of each command's config (rs_seg/config.py) that have no flag, with the reason: they
+# are set in the command's section of the --config file (a section: its fields without a flag).
+# Every other field is a flag whose help states the field's range and default
+# (tests/test_cli_schema.py holds the commands to both).
+CONFIG_ONLY: dict[str, dict[str, str]] = {
+    "synth": {},
+    "prepare": {},
+    "train": {
+        "model.output_stride": "DeepLabV3/DeepLabV3Plus only, set beside model.arch",
+        "augment": "flip and rot90 probabilities, part of the training recipe",
+        "loss": "loss weights, part of the training recipe",
+        "optimizer": "weight decay and schedule, part of the training recipe; --lr is a flag",
+        "early_stopping_patience": "part of the training recipe",
+        "num_nodes": "multi-node runs are launched with a config file",
+        "channels_last": "a performance setting with a working default",
+        "num_workers": "a performance setting with a working default",
+        "cache_chips": "a performance setting with a working default",
+        "limit_train_batches": "quick looks at a run only",
+    },
+    "infer": {"scene_name": "new-imagery runs name each scene uniquely; here: the file stem"},
+}
+
+
+def _config_only(command: str) -> str | None:
+    """The config-only fields of a command, for its ``--help``."""
+    fields = CONFIG_ONLY[command]
+    if not fields:
+        return None
+    listed = "; ".join(f"{name} ({why})" for name, why in fields.items())
+    return f"Set only in the {command}: section of --config: {listed}."
+
 
 def _infer_help(name: str, text: str, default: str | None = None) -> str:
     return schema_help(InferOptions, name, text, default)
+
+
+def _synth_help(name: str, text: str) -> str:
+    return schema_help(SynthConfig, name, text)
+
+
+def _prepare_help(name: str, text: str, default: str | None = None) -> str:
+    return schema_help(PrepareConfig, name, text, default)
+
+
+def _train_help(name: str, text: str, default: str | None = None) -> str:
+    return schema_help(TrainConfig, name, text, default)
 
 
 SimplifyOption = Annotated[
     float | None,
     typer.Option(
         help=_infer_help("simplify", "Simplify tolerance in CRS units (0: off)", "1 pixel")
+    ),
+]
+FillHolesOption = Annotated[
+    float | None,
+    typer.Option(
+        help=_infer_help("fill_holes_below", "Fill holes smaller than this, m2", "min area")
     ),
 ]
 
@@ -190,12 +240,23 @@ def _main(
 @app.command()
 @reports_errors
 def synth(
-    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
-    size: Annotated[int | None, typer.Option(help="Scene width and height in pixels.")] = None,
-    bands: Annotated[int | None, typer.Option(help="Bands (NIR from 4 on).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same scenes.")] = None,
-    scenes: Annotated[int | None, typer.Option(help="Number of scenes.")] = None,
-    pixel_size: Annotated[float | None, typer.Option(help="Pixel size in metres.")] = None,
+    out: Annotated[Path | None, typer.Option(help=_synth_help("out", "Output folder"))] = None,
+    size: Annotated[
+        int | None, typer.Option(help=_synth_help("size", "Scene width and height in pixels"))
+    ] = None,
+    bands: Annotated[
+        int | None, typer.Option(help=_synth_help("bands", "Bands (NIR from 4 on)"))
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=_synth_help("seed", "Random seed; same seed, same scenes"))
+    ] = None,
+    scenes: Annotated[int | None, typer.Option(help=_synth_help("scenes", "Scenes"))] = None,
+    pixel_size: Annotated[
+        float | None, typer.Option(help=_synth_help("pixel_size", "Pixel size in metres"))
+    ] = None,
+    epsg: Annotated[
+        int | None, typer.Option(help=_synth_help("epsg", "UTM CRS of the scenes (EPSG code)"))
+    ] = None,
     overwrite: OverwriteOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -214,6 +275,7 @@ def synth(
             "seed": seed,
             "scenes": scenes,
             "pixel_size": pixel_size,
+            "epsg": epsg,
             "overwrite": overwrite,
         },
     )
@@ -241,50 +303,67 @@ def prepare(
         Path | None,
         typer.Option(help="Vector labels (any CRS) or label raster ({stem}: per scene)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder for chips and index.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help=_prepare_help("out", "Output folder for chips and index"))
+    ] = None,
     chip_size: Annotated[
-        int | None,
-        typer.Option(help=schema_help(PrepareConfig, "chip_size", "Chip size in pixels")),
+        int | None, typer.Option(help=_prepare_help("chip_size", "Chip size in pixels"))
     ] = None,
     stride: Annotated[
-        int | None,
-        typer.Option(help=schema_help(PrepareConfig, "stride", "Step between chips", "chip size")),
+        int | None, typer.Option(help=_prepare_help("stride", "Step between chips", "chip size"))
     ] = None,
-    split: Annotated[str | None, typer.Option(help="block (spatial, default) or random.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help=_prepare_help("split.method", "block (spatial) or random"))
+    ] = None,
     ratios: Annotated[
         tuple[float, float, float] | None,
-        typer.Option(help="Train, validation and test shares [0.8 0.1 0.1]."),
+        typer.Option(help=_prepare_help("split.ratios", "Train, validation and test shares")),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Split seed [0].")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=_prepare_help("split.seed", "Split seed"))
+    ] = None,
     block_chips: Annotated[
-        str | None, typer.Option(help="Block side in chips, or 'auto' [auto].")
+        str | None,
+        typer.Option(help=_prepare_help("split.block_chips", "Block side in chips, or 'auto'")),
     ] = None,
     aoi: Annotated[Path | None, typer.Option(help="Polygons where labels are complete.")] = None,
     label_map: Annotated[
-        str | None, typer.Option(help="Raster label values, e.g. '1=cropland,5=ignore'.")
+        str | None,
+        typer.Option(help="Raster label values, e.g. '1=cropland,5=ignore' (YAML: the same text)."),
     ] = None,
     label_layer: Annotated[str | None, typer.Option(help="Layer of the vector labels.")] = None,
     label_where: Annotated[str | None, typer.Option(help="SQL filter on vector labels.")] = None,
     boundary_width: Annotated[
         float | None,
-        typer.Option(help="Field outlines burned as boundary (2), metres [2 px]; 0: binary."),
+        typer.Option(
+            help=_prepare_help(
+                "boundary_width",
+                "Field outlines burned as boundary (2), metres (0: binary masks)",
+                "2 px",
+            )
+        ),
     ] = None,
     max_nodata: Annotated[
         float | None,
         typer.Option(
-            help=schema_help(
-                PrepareConfig,
-                "max_nodata_fraction",
-                "Skip chips with more nodata than this fraction",
+            help=_prepare_help(
+                "max_nodata_fraction", "Skip chips with more nodata than this fraction"
             )
         ),
     ] = None,
     compression: Annotated[
-        str | None, typer.Option(help="Chip compression: zstd, deflate, lzw or none [zstd].")
+        str | None,
+        typer.Option(
+            help=_prepare_help("compression", "Chip compression: zstd, deflate, lzw, none")
+        ),
     ] = None,
     chips_dir: Annotated[Path | None, typer.Option(help="Index an existing chip folder.")] = None,
-    image_glob: Annotated[str | None, typer.Option(help="Images below --chips-dir.")] = None,
-    mask_glob: Annotated[str | None, typer.Option(help="Masks below --chips-dir.")] = None,
+    image_glob: Annotated[
+        str | None, typer.Option(help=_prepare_help("image_glob", "Images below --chips-dir"))
+    ] = None,
+    mask_glob: Annotated[
+        str | None, typer.Option(help=_prepare_help("mask_glob", "Masks below --chips-dir"))
+    ] = None,
     overwrite: OverwriteOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -327,16 +406,22 @@ def prepare(
     typer.echo(summary.report())
 
 
-@app.command()
+@app.command(epilog=_config_only("train"))
 @reports_errors
 def train(
-    chips: Annotated[Path | None, typer.Option(help="Chip folder from 'rs-seg prepare'.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder [runs/cropland].")] = None,
+    chips: Annotated[
+        Path | None, typer.Option(help=_train_help("chips", "Chip folder from 'rs-seg prepare'"))
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help=_train_help("out", "Run folder"))] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
-    arch: Annotated[str | None, typer.Option(help="Unet, DeepLabV3Plus, FPN, ... [Unet].")] = None,
-    encoder: Annotated[str | None, typer.Option(help="smp encoder [resnet34].")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help=_train_help("model.arch", "Unet, DeepLabV3Plus, FPN, ..."))
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help=_train_help("model.encoder", "smp encoder"))
+    ] = None,
     encoder_weights: Annotated[
         str | None,
         typer.Option(help="imagenet (hub), imagenet-lite0/1/2 (offline), a weights file [none]."),
@@ -348,16 +433,31 @@ def train(
     bands: Annotated[
         str | None, typer.Option(help="1-based chip bands in model order, e.g. '3,2,1' [all].")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs [50].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Chips per batch and device.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate [1e-3].")] = None,
-    devices: Annotated[str | None, typer.Option(help="Devices per node, or 'auto'.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto, 32-true, bf16-mixed or 16-mixed.")
+    epochs: Annotated[
+        int | None, typer.Option(help=_train_help("epochs", "Maximum epochs"))
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_train_help("batch_size", "Chips per batch and device"))
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=_train_help("optimizer.lr", "Peak learning rate"))
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help=_train_help("devices", "Devices per node (a number or 'auto')")),
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help=_train_help("strategy", "Lightning strategy, e.g. ddp"))
+    ] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option(help=_train_help("accelerator", "auto, cpu, gpu, cuda or mps")),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help=_train_help("precision", "auto, 32-true, bf16-mixed or 16-mixed")),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_train_help("seed", "Random seed"))] = None,
     overwrite: OverwriteOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -405,7 +505,7 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
         raise RsSegError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
-@app.command()
+@app.command(epilog=_config_only("infer"))
 @reports_errors
 def infer(
     scene: Annotated[
@@ -417,12 +517,20 @@ def infer(
     ],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Fields: .gpkg, .fgb, .geojson or .parquet (fiboa)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help=schema_help(
+                InferConfig, "out", "Fields: .gpkg, .fgb, .geojson or .parquet (fiboa)"
+            ),
+        ),
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="Model bundle [latest in --models-dir].")
     ] = None,
-    models_dir: Annotated[Path | None, typer.Option(help="Model registry [models].")] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help=_infer_help("models_dir", "Model registry"))
+    ] = None,
     window: Annotated[
         int | None, typer.Option(help=_infer_help("window", "Window in pixels", "bundle chip size"))
     ] = None,
@@ -432,7 +540,9 @@ def infer(
     batch_size: Annotated[
         int | None, typer.Option(help=_infer_help("batch_size", "Windows per batch"))
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_infer_help("device", "auto, cpu or cuda"))
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -440,7 +550,10 @@ def infer(
         ),
     ] = None,
     precision: Annotated[
-        str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16 [auto].")
+        str | None,
+        typer.Option(
+            help=_infer_help("precision", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")
+        ),
     ] = None,
     tta: Annotated[bool | None, typer.Option("--tta", help="Average over flips (4x).")] = None,
     threshold: Annotated[
@@ -468,6 +581,7 @@ def infer(
         ),
     ] = None,
     simplify: SimplifyOption = None,
+    fill_holes_below: FillHolesOption = None,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -492,8 +606,8 @@ def infer(
             "window": window, "overlap": overlap, "batch_size": batch_size, "device": device,
             "workers": workers, "precision": precision, "tta": tta, "threshold": threshold,
             "boundary_threshold": boundary_threshold, "prob_out": prob_out, "mask_out": mask_out,
-            "min_area": min_area, "simplify": simplify, "timeout": timeout,
-            "overwrite": overwrite,
+            "min_area": min_area, "simplify": simplify, "fill_holes_below": fill_holes_below,
+            "timeout": timeout, "overwrite": overwrite,
         },
     )  # fmt: skip
     summary = run_infer(cfg, progress=sys.stderr.isatty())
@@ -519,12 +633,7 @@ def vectorize(
         typer.Option(help=_infer_help("min_area", "Smallest field in m2", "stored, else 500")),
     ] = None,
     simplify: SimplifyOption = None,
-    fill_holes_below: Annotated[
-        float | None,
-        typer.Option(
-            help=_infer_help("fill_holes_below", "Fill holes smaller than this, m2", "min area")
-        ),
-    ] = None,
+    fill_holes_below: FillHolesOption = None,
     boundary_threshold: Annotated[
         float | None,
         typer.Option(

@@ -101,8 +101,9 @@ _TARGET_NAMES = {"background": MASK_BACKGROUND, "cropland": MASK_CROPLAND, "igno
 class LabelMap(StrictModel):
     """How the values of a label raster become background (0), cropland (1) and ignore (255).
 
-    Values listed nowhere are background. Text form (CLI): ``"1=cropland,5=ignore"``,
-    ``"255=1"``, ``"10|11|12=cropland,0=ignore"`` or ranges ``"20-29=cropland"``.
+    Values listed nowhere are background. Text form (CLI, YAML, flow parameters):
+    ``"1=cropland,5=ignore"``, ``"255=1"``, ``"10|11|12=cropland,0=ignore"`` or ranges
+    ``"20-29=cropland"``.
     """
 
     cropland: list[int]
@@ -119,15 +120,35 @@ class LabelMap(StrictModel):
 
     @classmethod
     def parse(cls, text: str) -> LabelMap:
-        """Parse the CLI form; raises ValueError with the offending entry."""
-        targets: dict[int, list[int]] = {MASK_BACKGROUND: [], MASK_CROPLAND: [], MASK_IGNORE: []}
-        for entry in filter(None, (e.strip() for e in text.split(","))):
-            source, sep, target = entry.partition("=")
-            if not sep:
-                raise ValueError(f"label map entry {entry!r} is not of the form VALUES=TARGET")
-            code = _parse_target(target.strip(), entry)
-            targets[code].extend(_parse_values(source.strip(), entry))
-        return cls(cropland=targets[MASK_CROPLAND], ignore=targets[MASK_IGNORE])
+        """Parse the text form; raises ValueError with the offending entry."""
+        return cls.model_validate(label_map_fields(text))
+
+
+def label_map_fields(text: str) -> dict[str, list[int]]:
+    """The text form of a label map (``"1=cropland,5=ignore"``) as the fields of :class:`LabelMap`.
+
+    The one parser of that form, for ``--label-map`` and for ``label_map:`` in YAML files and flow
+    parameters; raises ValueError naming the offending entry.
+    """
+    targets: dict[int, list[int]] = {MASK_BACKGROUND: [], MASK_CROPLAND: [], MASK_IGNORE: []}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        source, sep, target = entry.partition("=")
+        if not sep:
+            raise ValueError(f"label map entry {entry!r} is not of the form VALUES=TARGET")
+        code = _parse_target(target.strip(), entry)
+        targets[code].extend(_parse_values(source.strip(), entry))
+    return {"cropland": targets[MASK_CROPLAND], "ignore": targets[MASK_IGNORE]}
+
+
+def _label_map_text(value: Any) -> Any:
+    """``label_map: "1=cropland,5=ignore"`` reads as ``label_map: {cropland: [1], ignore: [5]}``."""
+    return label_map_fields(value) if isinstance(value, str) else value
+
+
+# A label map as its fields or as its text form, in YAML, flow parameters and on the command line.
+LabelMapSetting = Annotated[
+    LabelMap, BeforeValidator(_label_map_text, json_schema_input_type=LabelMap | str)
+]
 
 
 def _parse_target(text: str, entry: str) -> int:
@@ -197,7 +218,11 @@ class PrepareConfig(StrictModel):
         description="vector labels (GPKG/SHP/GeoJSON/FGB, any CRS) or a label raster; a path "
         "containing {stem} names one label raster per scene",
     )
-    label_map: LabelMap | None = Field(None, description="raster labels: value mapping")
+    label_map: LabelMapSetting | None = Field(
+        None,
+        description="raster labels: value mapping, {cropland: [values], ignore: [values]} or "
+        "the text form '1=cropland,5=ignore' ('10|11=cropland', ranges '20-29=cropland')",
+    )
     label_layer: str | None = Field(None, description="vector labels: layer name (default: first)")
     label_where: str | None = Field(
         None, description="vector labels: SQL filter, e.g. class='crop'"

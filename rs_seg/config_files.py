@@ -107,16 +107,40 @@ def _range(spec: dict[str, Any]) -> str:
     return "" if high is None else (f"below {high:g}" if below else f"at most {high:g}")
 
 
+def _default_words(stated: Any) -> str | None:
+    """A JSON-schema default as a flag would take it: ``0.25``, ``zstd``, ``0.8 0.1 0.1``."""
+    if isinstance(stated, bool) or stated is None:
+        return None  # a switch, or a default the caller words
+    if isinstance(stated, int | float):
+        return f"{stated:g}"
+    if isinstance(stated, str):
+        return stated or None
+    if isinstance(stated, list) and stated and all(isinstance(v, int | float) for v in stated):
+        return " ".join(f"{v:g}" for v in stated)
+    return None
+
+
+def _field_model(model: type[BaseModel], name: str) -> tuple[type[BaseModel], str]:
+    """The model holding a dotted field (``split.seed``: :class:`SplitConfig`) and its own name."""
+    *sections, leaf = name.split(".")
+    for section in sections:
+        nested = model.model_fields[section].annotation
+        assert isinstance(nested, type) and issubclass(nested, BaseModel), name
+        model = nested
+    return model, leaf
+
+
 def schema_help(model: type[BaseModel], name: str, text: str, default: str | None = None) -> str:
     """``text``, the range the schema accepts and its default (``Window overlap, 0-0.9 [0.25].``).
 
     Help and validation then cannot disagree (``--overlap 0.99`` was once accepted under a help
-    text that said 0-0.9). ``default``: the words for a default the schema leaves as None.
+    text that said 0-0.9). ``name`` may be dotted (``split.seed``, a field of a section);
+    ``default``: the words for a default the schema leaves as None.
     """
-    spec = _properties(model)[name]
+    owner, leaf = _field_model(model, name)
+    spec = _properties(owner)[leaf]
     bounds = _range(spec)
-    stated = spec.get("default")
-    shown = f"{stated:g}" if isinstance(stated, int | float) else default
+    shown = _default_words(spec.get("default")) or default
     return text + (f", {bounds}" if bounds else "") + (f" [{shown}]" if shown else "") + "."
 
 
