@@ -41,9 +41,9 @@ repeat, ``--repeats`` default 2):
 * ``peer``: ``geoai.train.semantic_segmentation(input, mask, weights, architecture, encoder_name,
   num_channels=4, num_classes=2, window_size=256, overlap=64, batch_size=16, device=cpu,
   probability_path=..., quiet=True)`` in the peer's interpreter (torchvision's two op schemas are
-  declared first where its compiled ops do not load, as rs_seg's ``_compat`` does). Timed: that
-  call, which builds the network, loads the weights, runs every window, blends, takes the argmax
-  and writes the uint8 class raster and the 2-band float32 probability raster.
+  declared first where its compiled ops do not load, as ``rs_seg.torchvision_shim`` does). Timed:
+  that call, which builds the network, loads the weights, runs every window, blends, takes the
+  argmax and writes the uint8 class raster and the 2-band float32 probability raster.
 
 Throughput is scene megapixels / timed seconds, the median of the runs; ``wall_seconds`` is the
 whole child process (interpreter start and imports included); peak RSS is ``ru_maxrss`` from
@@ -301,8 +301,9 @@ def child_agree(prob: str, peer_prob: str, peer_mask: str) -> dict:
 def _declare_torchvision_ops() -> None:
     """Where torchvision's compiled ops cannot load against a CPU torch, declare nms/qnms.
 
-    The same fix as ``rs_seg._compat`` (see ``../shared/notes/environment.md``), inlined because
-    rs_seg is not installed in the peer's environment; a no-op where torchvision works.
+    The same fix as ``rs_seg.torchvision_shim`` (see ``../shared/notes/environment.md``),
+    inlined because rs_seg is not installed in the peer's environment; a no-op where torchvision
+    works.
     """
     import torch
 

@@ -1,7 +1,7 @@
 """rs_seg: cropland segmentation from satellite and aerial scenes to field polygons."""
 
-from rs_seg import _compat
+from rs_seg import torchvision_shim
 
-_compat.install()  # must run before anything imports torchvision; see rs_seg/_compat.py
+torchvision_shim.install()  # must run before anything imports torchvision (see its docstring)
 
 __version__ = "0.1.0"

@@ -29,8 +29,8 @@ def test_shim_does_nothing_when_torchvision_ops_exist() -> None:
         "import torch\n"
         "lib = torch.library.Library('torchvision', 'DEF')\n"
         "lib.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')\n"
-        "from rs_seg import _compat\n"
-        "print(_compat.patch_torchvision_ops(), _compat._shim_library is None)"
+        "from rs_seg import torchvision_shim as shim\n"
+        "print(shim.patch_torchvision_ops(), shim._shim_library is None)"
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "True"]
