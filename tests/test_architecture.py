@@ -2,6 +2,8 @@
 
 Imports inside functions count too: they hide a cycle from Python's import machinery, not from a
 reader, and two modules that import each other cannot be understood (or moved) one at a time.
+No module uses another's private (``_name``) names: what other modules need is part of a
+module's interface and is named as such, so a private name can change without a search.
 """
 
 from __future__ import annotations
@@ -135,3 +137,97 @@ def test_imports_inside_functions_say_why() -> None:
     """Only start-up time or a heavy optional dependency justify one, and the line says which."""
     bad = [line for p in sources().values() for line in unexplained_local_imports(p)]
     assert not bad, "imports inside functions without a reason:\n" + "\n".join(bad)
+
+
+def is_private(name: str) -> bool:
+    """``_name`` is private; dunders (``__version__``, ``__main__``) are not."""
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses(source: str, name: str, is_package: bool, known: set[str]) -> list[str]:
+    """Private names of other project modules that the module ``name`` imports or reads.
+
+    Catches ``from rs_seg.x import _y`` (also relative), private modules (``import rs_seg._x``,
+    ``from rs_seg import _x``, ``from rs_seg._x import y``) and ``x._y`` where ``x`` is a
+    project module imported under a name (``import rs_seg.x as x``, ``from rs_seg import x``).
+    """
+    package = name if is_package else name.rpartition(".")[0]
+    bound: dict[str, str] = {}  # local name -> the project module it stands for
+    bad: list[str] = []
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] not in PACKAGES:
+                    continue
+                if any(is_private(part) for part in alias.name.split(".")):
+                    bad.append(f"{node.lineno}: import {alias.name}")
+                local = alias.asname or alias.name.split(".")[0]
+                bound[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            if base.split(".")[0] not in PACKAGES:
+                continue
+            for alias in node.names:
+                if any(is_private(part) for part in base.split(".")) or is_private(alias.name):
+                    bad.append(f"{node.lineno}: from {base} import {alias.name}")
+                if f"{base}.{alias.name}" in known:
+                    bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and is_private(node.attr)):
+            continue
+        chain: list[str] = []
+        value: ast.expr = node.value
+        while isinstance(value, ast.Attribute):
+            chain.insert(0, value.attr)
+            value = value.value
+        if isinstance(value, ast.Name) and value.id in bound:
+            module = ".".join([bound[value.id], *chain])
+            if module in known and module != name:
+                bad.append(f"{node.lineno}: {module}.{node.attr}")
+    return bad
+
+
+def test_the_private_use_finder_finds_each_form() -> None:
+    known = {"rs_seg", "rs_seg.infer", "rs_seg.infer.polygonize", "rs_seg.infer.split"}
+    source = "\n".join(
+        [
+            "import rs_seg",
+            "import rs_seg.infer.polygonize as polygonize",
+            "from rs_seg.infer import polygonize as poly",
+            "from rs_seg.infer.polygonize import _Field, FieldRecord",
+            "from .polygonize import _find",
+            "from . import _compat",
+            "import rs_seg._compat",
+            "from numpy import _private_but_not_ours",
+            "from rs_seg import __version__",
+            "polygonize._PREFILTER, poly._CoordinateFunction, rs_seg.infer.polygonize._x",
+            "polygonize.field_records, _Field._own, self._own",
+        ]
+    )
+    found = private_uses(source, "rs_seg.infer.split", False, known)
+    assert [line.partition(": ")[2] for line in found] == [
+        "from rs_seg.infer.polygonize import _Field",
+        "from rs_seg.infer.polygonize import _find",
+        "from rs_seg.infer import _compat",
+        "import rs_seg._compat",
+        "rs_seg.infer.polygonize._PREFILTER",
+        "rs_seg.infer.polygonize._CoordinateFunction",
+        "rs_seg.infer.polygonize._x",
+    ]
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    """Names another module needs are public; no module flips another's private switches."""
+    modules = sources()
+    known = set(modules)
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for name, path in modules.items()
+        for line in private_uses(path.read_text(), name, path.name == "__init__.py", known)
+    ]
+    assert not bad, "private names used across modules:\n" + "\n".join(bad)
