@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -28,6 +28,9 @@ from rasterio.transform import from_origin
 
 # rs_seg's package import arms the torchvision shim before any test imports torch libraries.
 from rs_seg.config import IncomingConfig, MaskTarget, ModelConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from rs_seg.model.bundle import ModelBundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -185,6 +188,38 @@ def make_bundle(
         crs=UTM,
         state_dict=net.state_dict(),
     ).save(path)
+
+
+class FunctionPredictor:
+    """A fake model for ``predict_scene`` / ``run_infer`` (their ``predictor``): ``fn`` in place
+    of the network.
+
+    Band selection, normalization and batch layout are the bundle's, from a real
+    ``WindowPredictor`` on the CPU; ``fn(model, batch)`` takes this model (its ``bundle``) and a
+    batch of normalized windows (N, bands, H, W) and returns probabilities (N, outputs, H, W).
+    ``bundle``: a loaded bundle or the path of one.
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle | Path,
+        fn: Callable[[FunctionPredictor, np.ndarray], np.ndarray],
+    ) -> None:
+        import torch
+
+        from rs_seg.model.bundle import ModelBundle
+        from rs_seg.model.predictor import WindowPredictor
+
+        self.bundle = bundle if isinstance(bundle, ModelBundle) else ModelBundle.load(bundle)
+        real = WindowPredictor(self.bundle, torch.device("cpu"), tta=False)
+        self.band_index = real.band_index
+        self.autocast = real.autocast
+        self.normalize = real.normalize
+        self.in_model_layout = real.in_model_layout
+        self.fn = fn
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.fn(self, batch)
 
 
 def digest(path: Path) -> dict[str, str]:

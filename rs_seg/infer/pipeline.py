@@ -36,6 +36,8 @@ from rs_seg.windows import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from rs_seg.model.bundle import ModelBundle
 
 
@@ -56,10 +58,14 @@ def rows_queued(size: int, width: int) -> int:
 
 
 class BatchModel(Protocol):
-    """What the pipeline needs of a model (``rs_seg.model.predictor.WindowPredictor`` is one)."""
+    """What scene prediction needs of a model (``rs_seg.model.predictor.WindowPredictor`` is one).
+
+    Tests hand ``predict_scene`` a model of their own (``tests.helpers.FunctionPredictor``).
+    """
 
     bundle: ModelBundle
     band_index: np.ndarray
+    autocast: torch.dtype | None  # the forward pass's autocast, recorded in the raster's tags
 
     def normalize(
         self, image: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None

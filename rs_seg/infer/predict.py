@@ -49,7 +49,7 @@ import rs_seg
 from rs_seg.errors import RsSegError
 from rs_seg.infer.checks import Compatibility, check_bands, check_compatibility
 from rs_seg.infer.overviews import BLOCK, OverviewPyramid
-from rs_seg.infer.pipeline import ScenePredictor, resolve_workers
+from rs_seg.infer.pipeline import BatchModel, ScenePredictor, resolve_workers
 from rs_seg.levels import (
     BAND_DESCRIPTIONS,
     NODATA_LEVEL,
@@ -138,12 +138,15 @@ def predict_scene(
     precision: str = "auto",
     progress: bool = False,
     tags: dict[str, str] | None = None,
+    predictor: BatchModel | None = None,
 ) -> PredictSummary:
     """Predict a whole scene into a probability COG at ``prob_path`` (a path the caller owns).
 
     ``precision``: the forward pass's autocast (:func:`autocast_dtype`). ``workers``: threads
     that read the scene (each with a dataset of its own) and threads that normalize windows
-    into batches, as many of each (:func:`resolve_workers`).
+    into batches, as many of each (:func:`resolve_workers`). ``predictor``: the model of
+    ``bundle`` that predicts the windows; ``None`` builds a :class:`WindowPredictor` from
+    ``device``, ``tta`` and ``precision`` (tests give a fake model of their own).
 
     The caller handles atomic publication (``rs_seg.staging.staged_file``); here the raster is built
     as a tiled GeoTIFF beside it and copied to a COG with overviews.
@@ -151,7 +154,8 @@ def predict_scene(
     size = window or bundle.chip_size
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    predictor = WindowPredictor(bundle, resolve_device(device), tta, precision)
+    if predictor is None:
+        predictor = WindowPredictor(bundle, resolve_device(device), tta, precision)
     threads = resolve_workers(workers)
     with rasterio.Env(**GDAL_ENV), open_raster(scene, "scene") as src, ExitStack() as stack:
         if src.crs is None:

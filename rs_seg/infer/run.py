@@ -16,6 +16,7 @@ from pathlib import Path
 from rs_seg.config import InferConfig, InferOptions
 from rs_seg.infer.checks import check_scene
 from rs_seg.infer.field_layer import output_driver
+from rs_seg.infer.pipeline import BatchModel
 from rs_seg.infer.predict import (
     MASK_STYLE,
     PROBABILITY_STYLE,
@@ -143,13 +144,16 @@ def choose_fields(cfg: InferOptions, bundle: ModelBundle) -> FieldChoice:
     return FieldChoice(cfg.threshold or bundle.field_threshold, boundary, min_area)
 
 
-def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
+def run_infer(
+    cfg: InferConfig, progress: bool = False, *, predictor: BatchModel | None = None
+) -> InferSummary:
     """Predict a scene and vectorize it; the outputs appear together, complete, or not at all.
 
     Nothing is read or computed before the outputs are known to be free or rs_seg's own, and
     none of them is an input. The probability raster (and mask) and the fields are published as
     one set (:func:`rs_seg.staging.staged_files`, fields last), and all of them carry the same
-    ``run_id``, so a reader can tell files of one run from a mix.
+    ``run_id``, so a reader can tell files of one run from a mix. ``predictor``: the model that
+    predicts the windows (:func:`rs_seg.infer.predict.predict_scene`), the bundle's by default.
     """
     outputs, owned = _outputs(cfg)
     check_infer_outputs(cfg)
@@ -167,7 +171,7 @@ def run_infer(cfg: InferConfig, progress: bool = False) -> InferSummary:
         predicted = predict_scene(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, workers=cfg.workers,
-            precision=cfg.precision, progress=progress,
+            precision=cfg.precision, progress=progress, predictor=predictor,
             tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags(),
                   FIELDS_LAYER_TAG: relative_to(cfg.out, cfg.prob_path)},
         )  # fmt: skip

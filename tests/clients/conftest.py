@@ -22,7 +22,7 @@ from tests.clients.support import (
     validator,
     write_client_scene,
 )
-from tests.helpers import ORIGIN, make_bundle
+from tests.helpers import ORIGIN, FunctionPredictor, make_bundle
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +40,13 @@ def client_outputs(tmp_path_factory: pytest.TempPathFactory, tiny_chips: Path) -
         write_client_scene(root / "inbox" / "west.tif", seed=1),
         write_client_scene(root / "inbox" / "east.tif", (ORIGIN[0] + 2500, ORIGIN[1]), seed=2),
     ]
+    summary = run_infer(
+        InferConfig(scene=scene, out=root / "scene" / "fields.gpkg", model=bundle, device="cpu"),
+        predictor=FunctionPredictor(bundle, pointwise),
+    )
     with pytest.MonkeyPatch.context() as patch:
+        # map_scenes runs run_infer itself, one call per scene: no predictor reaches it
         patch.setattr(WindowPredictor, "__call__", pointwise)
-        summary = run_infer(
-            InferConfig(scene=scene, out=root / "scene" / "fields.gpkg", model=bundle,
-                        device="cpu")
-        )  # fmt: skip
         cfg = IncomingConfig(incoming=str(root / "inbox"), out_dir=root / "mapped",
                              settle_seconds=0, model=bundle, device="cpu")  # fmt: skip
         results = map_scenes(cfg, scan(cfg).jobs)

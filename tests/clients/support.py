@@ -135,7 +135,7 @@ def write_client_scene(path: Path, origin: tuple[float, float] = ORIGIN, seed: i
     return path
 
 
-def pointwise(self: Any, batch: np.ndarray) -> np.ndarray:
+def pointwise(model: Any, batch: np.ndarray) -> np.ndarray:
     """A network without spatial context (as tests/infer uses): cropland where band 1 is bright.
 
     The bundle is a real one with random weights (what loading, checks and provenance need); its

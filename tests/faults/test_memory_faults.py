@@ -24,8 +24,7 @@ from rasterio.windows import Window
 
 from rs_seg.infer.predict import predict_scene
 from rs_seg.model.bundle import ModelBundle
-from rs_seg.model.predictor import WindowPredictor
-from tests.helpers import ORIGIN, PIXEL, UTM, hidden_leftovers, make_bundle
+from tests.helpers import ORIGIN, PIXEL, UTM, FunctionPredictor, hidden_leftovers, make_bundle
 
 WIDTH = 100_000
 CHIP = 64  # the bundles' window: a stride of 48 px at the default overlap
@@ -53,10 +52,10 @@ def wide_scene(
     return path
 
 
-def constant(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
+def constant(model: FunctionPredictor, batch: np.ndarray) -> np.ndarray:
     """A model that costs nothing: the pipeline around it is what is measured."""
     n, _, height, width = batch.shape
-    return np.full((n, self.bundle.outputs, height, width), 0.5, dtype=np.float32)
+    return np.full((n, model.bundle.outputs, height, width), 0.5, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("data_every", [0, 1], ids=["all-nodata", "sparse-data"])
 def test_prediction_memory_does_not_grow_with_the_height_of_a_wide_scene(
-    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, data_every: int
+    tmp_path: Path, bundle: Path, data_every: int
 ) -> None:
     """Four times the rows, the same peak of the arrays the pipeline holds.
 
@@ -76,13 +75,14 @@ def test_prediction_memory_does_not_grow_with_the_height_of_a_wide_scene(
     allocations are traced: the process's own size (interpreter, torch, network: 800 MB) and
     the chunks' timing hide the growth from a child's peak RSS at heights a test can afford.
     """
-    monkeypatch.setattr(WindowPredictor, "__call__", constant)
     model = ModelBundle.load(bundle)
+    predictor = FunctionPredictor(model, constant)
     peaks = []
     for height in (384, 1536):
         scene = wide_scene(tmp_path / f"s{height}.tif", height, data_every=data_every)
         tracemalloc.start()
-        predict_scene(scene, model, tmp_path / f"p{height}.tif", device="cpu", workers=2)
+        predict_scene(scene, model, tmp_path / f"p{height}.tif", device="cpu", workers=2,
+                      predictor=predictor)  # fmt: skip
         peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
         tracemalloc.stop()
     assert peaks[1] < 1.25 * peaks[0], peaks
@@ -150,12 +150,11 @@ def test_a_huge_empty_scene_runs_in_flat_memory_and_stops_within_seconds(
 
 
 def test_finished_rows_without_data_are_nodata_when_rows_below_them_span_the_width(
-    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bundle: Path
 ) -> None:
     """A grid row's span comes from all the rows its windows cover; the rows it finishes may
     hold no valid pixel while the rows below them hold data from edge to edge. Those rows are
     nodata, not whatever the writer's level buffer held before."""
-    monkeypatch.setattr(WindowPredictor, "__call__", constant)
     data = np.full((3, 300, 300), 1000, dtype=np.uint16)
     data[:, :50] = 0  # the first grid row finishes rows 0-47, its windows reach row 63
     transform = from_origin(*ORIGIN, PIXEL, PIXEL)
@@ -164,7 +163,9 @@ def test_finished_rows_without_data_are_nodata_when_rows_below_them_span_the_wid
     with rasterio.open(tmp_path / "scene.tif", "w", **profile) as dst:
         dst.write(data)
     prob = tmp_path / "prob.tif"
-    predict_scene(tmp_path / "scene.tif", ModelBundle.load(bundle), prob, device="cpu", workers=1)
+    model = ModelBundle.load(bundle)
+    predict_scene(tmp_path / "scene.tif", model, prob, device="cpu", workers=1,
+                  predictor=FunctionPredictor(model, constant))  # fmt: skip
     with rasterio.open(prob) as src:
         levels = src.read(1)
     assert (levels[:50] == 255).all()

@@ -33,6 +33,7 @@ from tests.helpers import (
     PIXEL,
     ROOT,
     UTM,
+    FunctionPredictor,
     make_bundle,
     write_learnable_scene,
     write_scene,
@@ -44,13 +45,18 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "model-bundle.pt")
 
 
-def pointwise(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
+def pointwise(model: FunctionPredictor, batch: np.ndarray) -> np.ndarray:
     """A model without spatial context: stitching must reproduce it exactly everywhere.
 
     Output 1 is the sigmoid of band 1; a fields model's boundary output is its complement.
     """
     extent = 1 / (1 + np.exp(-batch[:, :1]))
-    return np.concatenate([extent, 1 - extent], axis=1)[:, : self.bundle.outputs]
+    return np.concatenate([extent, 1 - extent], axis=1)[:, : model.bundle.outputs]
+
+
+def interrupted(model: FunctionPredictor, batch: np.ndarray) -> np.ndarray:
+    """Ctrl-C in the model's thread."""
+    raise KeyboardInterrupt
 
 
 def read(path: Path) -> tuple[np.ndarray, np.ndarray, rasterio.profiles.Profile]:
@@ -66,18 +72,12 @@ def read(path: Path) -> tuple[np.ndarray, np.ndarray, rasterio.profiles.Profile]
     ],
 )  # fmt: skip
 def test_stitching_reproduces_a_pointwise_model_everywhere(
-    tmp_path: Path,
-    bundle_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    height,
-    width,
-    window,
-    overlap,
+    tmp_path: Path, bundle_path: Path, height, width, window, overlap
 ) -> None:
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
     scene = write_scene(tmp_path / "s.tif", height, width, nodata_cols=3)
     bundle = ModelBundle.load(bundle_path)
-    predict_scene(scene, bundle, tmp_path / "p.tif", window=window, overlap=overlap, device="cpu")
+    predict_scene(scene, bundle, tmp_path / "p.tif", window=window, overlap=overlap, device="cpu",
+                  predictor=FunctionPredictor(bundle, pointwise))  # fmt: skip
     levels, mask, _ = read(tmp_path / "p.tif")
     with rasterio.open(scene) as src:
         band = src.read(1).astype(np.float32)
@@ -130,14 +130,12 @@ def mostly_empty_scene(path: Path, height: int, width: int) -> Path:
     return path
 
 
-def test_a_mostly_empty_scene_is_stitched_exactly(
-    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_mostly_empty_scene_is_stitched_exactly(tmp_path: Path, bundle_path: Path) -> None:
     """Empty chunks keep only their mask, sparse rows' windows are copies: no pixel is off."""
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
     scene = mostly_empty_scene(tmp_path / "s.tif", 260, 700)
-    predict_scene(scene, ModelBundle.load(bundle_path), tmp_path / "p.tif", window=32,
-                  device="cpu", batch_size=4, workers=2)  # fmt: skip
+    bundle = ModelBundle.load(bundle_path)
+    predict_scene(scene, bundle, tmp_path / "p.tif", window=32, device="cpu", batch_size=4,
+                  workers=2, predictor=FunctionPredictor(bundle, pointwise))  # fmt: skip
     levels, mask, _ = read(tmp_path / "p.tif")
     with rasterio.open(scene) as src:
         band, valid = src.read(1).astype(np.float32), src.read_masks(1) > 0
@@ -192,21 +190,17 @@ def test_a_grid_row_keeps_the_span_of_its_mask_with_data_a_bit_a_pixel() -> None
 
 
 def test_an_interrupt_stops_every_pipeline_thread_before_the_scene_is_closed(
-    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bundle_path: Path
 ) -> None:
     """Ctrl-C in the model's thread: queued reads, batches and writes are dropped and the
     threads have ended while the interrupt is still on its way out (through ``predict_scene``,
     which closes the scene, and the staging's clean-up), not once its traceback is dropped: a
     read still running on a closed scene crashed the process."""
-
-    def interrupted(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(WindowPredictor, "__call__", interrupted)
     scene = write_scene(tmp_path / "s.tif", 1200, 300)
+    bundle = ModelBundle.load(bundle_path)
     with pytest.raises(KeyboardInterrupt) as stopped:
-        predict_scene(scene, ModelBundle.load(bundle_path), tmp_path / "p.tif", window=32,
-                      device="cpu", workers=3)  # fmt: skip
+        predict_scene(scene, bundle, tmp_path / "p.tif", window=32, device="cpu", workers=3,
+                      predictor=FunctionPredictor(bundle, interrupted))  # fmt: skip
     running = [t.name for t in threading.enumerate() if t.name.startswith("rs-seg-")]
     assert stopped.traceback and running == []
 
@@ -249,14 +243,13 @@ def test_a_failed_write_on_the_writer_thread_fails_the_run(
     assert not (tmp_path / "p.tif").exists()
 
 
-def test_a_fields_model_writes_extent_and_boundary_bands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+def test_a_fields_model_writes_extent_and_boundary_bands(tmp_path: Path) -> None:
     scene = write_scene(tmp_path / "s.tif", 130, 97, nodata_cols=3)
     bundle = ModelBundle.load(make_bundle(tmp_path / "fields.pt", task="fields"))
     assert (bundle.task, bundle.outputs) == ("fields", 2)
-    predict_scene(scene, bundle, tmp_path / "p.tif", window=32, overlap=0.5, device="cpu")
+    model = FunctionPredictor(bundle, pointwise)
+    predict_scene(scene, bundle, tmp_path / "p.tif", window=32, overlap=0.5, device="cpu",
+                  predictor=model)  # fmt: skip
     with rasterio.open(tmp_path / "p.tif") as src, rasterio.open(scene) as image:
         assert src.count == 2
         assert src.descriptions == ("cropland probability", "boundary probability")
@@ -269,7 +262,8 @@ def test_a_fields_model_writes_extent_and_boundary_bands(
     assert (boundary[~valid] == 255).all(), "nodata stays nodata in both bands"
     summary = run_infer(
         InferConfig(scene=scene, out=tmp_path / "f.gpkg", model=bundle.source, device="cpu",
-                    window=32, boundary_threshold=0.3)
+                    window=32, boundary_threshold=0.3),
+        predictor=model,
     )  # fmt: skip
     with rasterio.open(summary.prob) as src:
         assert src.count == 2 and src.tags()["boundary_threshold_used"] == "0.300000"
@@ -277,10 +271,9 @@ def test_a_fields_model_writes_extent_and_boundary_bands(
 
 
 def test_a_fields_bundle_maps_with_its_tuned_field_settings_and_stores_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Extent, boundary and minimum area tuned on validation reach polygons, tags and re-splits."""
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
     scene = write_scene(tmp_path / "s.tif", 130, 97, nodata_cols=3)
     bundle = ModelBundle.load(make_bundle(tmp_path / "plain.pt", task="fields"))
     assert bundle.fields is None and bundle.field_threshold == bundle.threshold
@@ -291,8 +284,10 @@ def test_a_fields_bundle_maps_with_its_tuned_field_settings_and_stores_them(
     bundle.boundary_threshold = 0.4
     tuned = bundle.save(tmp_path / "tuned.pt")
     assert ModelBundle.load(tuned).fields == bundle.fields  # survives a save
+    model = FunctionPredictor(tuned, pointwise)
     summary = run_infer(
-        InferConfig(scene=scene, out=tmp_path / "f.gpkg", model=tuned, device="cpu", window=32)
+        InferConfig(scene=scene, out=tmp_path / "f.gpkg", model=tuned, device="cpu", window=32),
+        predictor=model,
     )
     with rasterio.open(summary.prob) as src:
         tags = src.tags()
@@ -302,13 +297,15 @@ def test_a_fields_bundle_maps_with_its_tuned_field_settings_and_stores_them(
     assert (meta["threshold"], meta["min_area_m2"]) == ("0.6", "250.0")
     given = run_infer(
         InferConfig(scene=scene, out=tmp_path / "g.gpkg", model=tuned, device="cpu", window=32,
-                    min_area=1000, threshold=0.55)
+                    min_area=1000, threshold=0.55),
+        predictor=model,
     )  # fmt: skip
     meta = pyogrio.read_info(given.fields, layer="fields")["layer_metadata"]
     assert (meta["threshold"], meta["min_area_m2"]) == ("0.55", "1000.0")  # the user's win
     old = run_infer(
         InferConfig(scene=scene, out=tmp_path / "o.gpkg", model=tmp_path / "plain.pt",
-                    device="cpu", window=32)
+                    device="cpu", window=32),
+        predictor=FunctionPredictor(tmp_path / "plain.pt", pointwise),
     )  # fmt: skip
     meta = pyogrio.read_info(old.fields, layer="fields")["layer_metadata"]
     assert (meta["threshold"], meta["min_area_m2"]) == ("0.5", "500.0")  # nothing tuned: defaults
@@ -462,11 +459,9 @@ def test_georeferencing_and_cog_layout_are_kept(tmp_path: Path, bundle_path: Pat
         assert out.tags()["model_id"] == bundle.model_id
 
 
-def test_memory_does_not_grow_with_scene_height(
-    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+def test_memory_does_not_grow_with_scene_height(tmp_path: Path, bundle_path: Path) -> None:
     bundle = ModelBundle.load(bundle_path)
+    model = FunctionPredictor(bundle, pointwise)
     peaks = []
     # From 2048 rows on, the pipeline (batches being normalized, predicted and blended) is full;
     # a 256-row scene has one grid row and never fills it. Measured with two workers: 4.6 MB at
@@ -474,7 +469,7 @@ def test_memory_does_not_grow_with_scene_height(
     for height in (2048, 8192):
         scene = write_scene(tmp_path / f"s{height}.tif", height, 512, seed=height)
         tracemalloc.start()
-        predict_scene(scene, bundle, tmp_path / f"p{height}.tif", device="cpu")
+        predict_scene(scene, bundle, tmp_path / f"p{height}.tif", device="cpu", predictor=model)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.2 * peaks[0], peaks
@@ -484,8 +479,8 @@ def test_read_ahead_is_bounded_in_bytes_not_chunks(
     tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A wide scene reads fewer chunks ahead: read-ahead memory does not grow with the width."""
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
     bundle = ModelBundle.load(bundle_path)
+    model = FunctionPredictor(bundle, pointwise)
     scene = write_scene(tmp_path / "wide.tif", 1536, 4096, bands=bundle.in_channels)
     with rasterio.open(scene) as src:  # a striped scene: chunks of one window's rows
         rows = pipeline._chunk_rows(src, bundle.chip_size)
@@ -494,7 +489,8 @@ def test_read_ahead_is_bounded_in_bytes_not_chunks(
     for budget in (64 * chunk_bytes, chunk_bytes):  # four chunks ahead (one per worker), one
         monkeypatch.setattr(pipeline, "READ_AHEAD_BYTES", budget)
         tracemalloc.start()
-        predict_scene(scene, bundle, tmp_path / f"p{budget}.tif", device="cpu", workers=4)
+        predict_scene(scene, bundle, tmp_path / f"p{budget}.tif", device="cpu", workers=4,
+                      predictor=model)  # fmt: skip
         peaks[budget] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     saved = peaks[64 * chunk_bytes] - peaks[chunk_bytes]
@@ -531,16 +527,11 @@ def test_existing_output_needs_overwrite(tmp_path: Path, bundle_path: Path) -> N
     assert (tmp_path / "fields.gpkg").read_text() == "keep me"
 
 
-def test_an_interrupted_run_leaves_no_partial_output(
-    tmp_path: Path, bundle_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def interrupted(self, batch):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(WindowPredictor, "__call__", interrupted)
+def test_an_interrupted_run_leaves_no_partial_output(tmp_path: Path, bundle_path: Path) -> None:
     scene = write_scene(tmp_path / "s.tif", 200, 200)
     with pytest.raises(KeyboardInterrupt):
-        run_infer(_config(tmp_path, scene, bundle_path, mask_out=tmp_path / "mask.tif"))
+        run_infer(_config(tmp_path, scene, bundle_path, mask_out=tmp_path / "mask.tif"),
+                  predictor=FunctionPredictor(bundle_path, interrupted))  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 

@@ -27,16 +27,15 @@ from rs_seg.infer.predict import (
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
 from rs_seg.model.bundle import ModelBundle
-from rs_seg.model.predictor import WindowPredictor
-from tests.helpers import ORIGIN, PIXEL, UTM, make_bundle, write_scene
+from tests.helpers import ORIGIN, PIXEL, UTM, FunctionPredictor, make_bundle, write_scene
 
 NODATA_COLS = 3
 
 
-def pointwise(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
+def pointwise(model: FunctionPredictor, batch: np.ndarray) -> np.ndarray:
     """Sigmoid of the normalized band 1 (and its complement as the boundary): no context."""
     extent = 1 / (1 + np.exp(-batch[:, :1]))
-    return np.concatenate([extent, 1 - extent], axis=1)[:, : self.bundle.outputs]
+    return np.concatenate([extent, 1 - extent], axis=1)[:, : model.bundle.outputs]
 
 
 def expected_levels(scene: Path) -> np.ndarray:
@@ -47,15 +46,13 @@ def expected_levels(scene: Path) -> np.ndarray:
 
 
 @pytest.fixture(params=["cropland", "fields"])
-def predicted(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, Path, ModelBundle]:
+def predicted(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, ModelBundle]:
     """A probability COG of a scene whose first columns are nodata and whose p reaches ~1."""
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
     scene = write_scene(tmp_path / "s.tif", 130, 97, nodata_cols=NODATA_COLS)
     bundle = ModelBundle.load(make_bundle(tmp_path / "m.pt", task=request.param))
     prob = tmp_path / "p.tif"
-    predict_scene(scene, bundle, prob, window=32, overlap=0.5, device="cpu")
+    predict_scene(scene, bundle, prob, window=32, overlap=0.5, device="cpu",
+                  predictor=FunctionPredictor(bundle, pointwise))  # fmt: skip
     return scene, prob, bundle
 
 

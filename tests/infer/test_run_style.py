@@ -4,6 +4,7 @@ rest of the run, and ``--overwrite`` replaces only a style rs_seg wrote."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -14,9 +15,8 @@ import rasterio
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.infer.run import run_infer
-from rs_seg.model.predictor import WindowPredictor
 from rs_seg.staging import STYLE_MARKER, style_written_by_rs_seg
-from tests.helpers import digest, hidden_leftovers, make_bundle, write_scene
+from tests.helpers import FunctionPredictor, digest, hidden_leftovers, make_bundle, write_scene
 
 # What QGIS writes on "Save as Default" for a raster layer: its own QML, no rs_seg marker.
 QGIS_SAVED_STYLE = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
@@ -26,9 +26,9 @@ QGIS_SAVED_STYLE = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 """
 
 
-def pointwise(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
+def pointwise(model: FunctionPredictor, batch: np.ndarray) -> np.ndarray:
     extent = 1 / (1 + np.exp(-batch[:, :1]))
-    return np.concatenate([extent, 1 - extent], axis=1)[:, : self.bundle.outputs]
+    return np.concatenate([extent, 1 - extent], axis=1)[:, : model.bundle.outputs]
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,21 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(WindowPredictor, "__call__", pointwise)
+def scene(tmp_path: Path) -> Path:
     return write_scene(tmp_path / "s.tif", 96, 80, nodata_cols=4)
 
 
-def infer(tmp_path: Path, scene: Path, bundle: Path, **kwargs: object):
+def infer(
+    tmp_path: Path,
+    scene: Path,
+    bundle: Path,
+    model: Callable[[FunctionPredictor, np.ndarray], np.ndarray] = pointwise,
+    **kwargs: object,
+):
+    """``rs-seg infer`` of ``scene`` with ``model`` (a ``FunctionPredictor`` function)."""
     cfg = InferConfig(scene=scene, out=tmp_path / "fields.gpkg", model=bundle, device="cpu",
                       min_area=0, **kwargs)  # fmt: skip
-    return run_infer(cfg)
+    return run_infer(cfg, predictor=FunctionPredictor(bundle, model))
 
 
 def ramp(style: Path) -> list[tuple[float, int]]:
@@ -123,13 +129,12 @@ def test_a_lone_style_at_the_sidecar_path_needs_overwrite(tmp_path, scene, bundl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fields_prob.qml", "s.tif"]
 
 
-def test_a_failed_run_leaves_no_style(tmp_path, scene, bundle_path, monkeypatch) -> None:
-    def broken(self: WindowPredictor, batch: np.ndarray) -> np.ndarray:
+def test_a_failed_run_leaves_no_style(tmp_path, scene, bundle_path) -> None:
+    def broken(model: FunctionPredictor, batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("model failed")
 
-    monkeypatch.setattr(WindowPredictor, "__call__", broken)
     with pytest.raises(RuntimeError, match="model failed"):
-        infer(tmp_path, scene, bundle_path, mask_out=tmp_path / "mask.tif")
+        infer(tmp_path, scene, bundle_path, broken, mask_out=tmp_path / "mask.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
