@@ -190,13 +190,20 @@ def child_rs_seg(
     }
 
 
+def window_count(height: int, width: int, size: int, overlap: float) -> int:
+    """Number of windows rs_seg's grid (``rs_seg.windows``) puts over a scene."""
+    from rs_seg.windows import axis_offsets, window_stride
+
+    stride = window_stride(size, overlap)
+    return len(axis_offsets(height, size, stride)) * len(axis_offsets(width, size, stride))
+
+
 def child_bare(
     height: int, width: int, bundle_path: str, device: str, precision: str = "auto"
 ) -> dict:
     """Forward passes alone for the windows predict_scene runs, on batches already on the device."""
     import torch
 
-    from rs_seg.infer.predict import window_count
     from rs_seg.model.bundle import ModelBundle
     from rs_seg.model.predictor import WindowPredictor, resolve_device
 

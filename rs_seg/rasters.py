@@ -538,11 +538,6 @@ class RasterInfo:
             )
 
     @property
-    def is_georeferenced(self) -> bool:
-        """True when the raster has a CRS and a non-identity transform."""
-        return self.crs is not None and self.transform != Affine.identity()
-
-    @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in the raster's CRS."""
         west, south, east, north = rasterio.transform.array_bounds(

@@ -578,8 +578,3 @@ def write_json(path: Path, data: Any) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def check_output_free(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless the user asked for it (ownership aside)."""
-    _check_free(Path(path), overwrite)

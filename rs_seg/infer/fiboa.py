@@ -50,8 +50,6 @@ SCHEMA = pa.schema(
         pa.field("model_id", pa.string()),
     ]
 )
-FIBOA_COLUMNS = ("id", "geometry", "area", "perimeter", "determination_method",
-                 "determination_datetime")  # fmt: skip
 
 
 class ParquetFields:

@@ -62,7 +62,6 @@ from rs_seg.model.predictor import WindowPredictor, resolve_device
 from rs_seg.rasters import GDAL_ENV, open_raster
 from rs_seg.remote import display
 from rs_seg.staging import scratch_path
-from rs_seg.windows import axis_offsets, window_stride
 
 log = logging.getLogger(__name__)
 
@@ -328,12 +327,6 @@ def write_style(path: Path, style: str, run_id: str = "") -> None:
     doctype, _, rest = text.partition("\n")
     stamp = f"<!-- rs_seg run_id: {run_id} -->\n" if run_id else ""
     Path(path).write_text(f"{doctype}\n{stamp}{rest}", encoding="utf-8")
-
-
-def window_count(height: int, width: int, size: int, overlap: float) -> int:
-    """Number of windows the grid puts over a scene (for benchmarks and progress)."""
-    stride = window_stride(size, overlap)
-    return len(axis_offsets(height, size, stride)) * len(axis_offsets(width, size, stride))
 
 
 def megapixels_per_second(summary: PredictSummary) -> float:

@@ -293,8 +293,6 @@ class TrainOutcome:
     best_checkpoint: Path
     epochs_run: int
     best_epoch: int | None
-    stopped_early: bool
-    out: Path | None = None  # where the run goes once evaluated, when ``run`` is a replacement
 
 
 def work_folder(cfg: TrainConfig, resume: bool) -> Path:
@@ -572,7 +570,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     if not trainer.is_global_zero or is_ddp_child():
         return None
     remove_caches(work)
-    return _finish(running, trainer, Path(cfg.out))
+    return _finish(running, trainer)
 
 
 def _log_start(
@@ -621,7 +619,7 @@ def _record_failure(cfg: TrainConfig, exc: BaseException, out: Path) -> None:
     write_status(cfg.out, status, error=f"{type(exc).__name__}: {exc}"[:500], resumable=True)
 
 
-def _finish(cfg: TrainConfig, trainer: L.Trainer, out: Path) -> TrainOutcome:
+def _finish(cfg: TrainConfig, trainer: L.Trainer) -> TrainOutcome:
     checkpoint = trainer.checkpoint_callback  # the first ModelCheckpoint of build_trainer, or None
     best = (
         Path(checkpoint.best_model_path)
@@ -632,6 +630,5 @@ def _finish(cfg: TrainConfig, trainer: L.Trainer, out: Path) -> TrainOutcome:
         best = RunFolder(cfg.out).last_checkpoint
     history = json.loads(RunFolder(cfg.out).history.read_text())
     best_epoch = best_epoch_of(history)
-    stopped = trainer.current_epoch < cfg.epochs and bool(trainer.should_stop)
     write_status(cfg.out, "trained", epochs_run=len(history), best_epoch=best_epoch)
-    return TrainOutcome(cfg.out, best, len(history), best_epoch, stopped, out)
+    return TrainOutcome(cfg.out, best, len(history), best_epoch)

@@ -80,10 +80,6 @@ class ObjectCounts:
             *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        """The counts as a JSON-ready dict, fields in declaration order."""
-        return dataclasses.asdict(self)
-
 
 def _ratio(numerator: float, denominator: float) -> float:
     # Same rule as rs_seg.train.metrics.ratio (NaN where nothing was counted), kept here so that

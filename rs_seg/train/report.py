@@ -41,7 +41,6 @@ SCORES_CSV = "chip_scores.csv"
 
 DPI = 100
 CELL_INCHES = 2.2  # edge of one chip panel in the example grids
-IGNORE = 255
 STRETCH_PERCENTILES = (2.0, 98.0)
 WORST_IDS_LISTED = 3
 

@@ -169,7 +169,6 @@ def test_counts_add_up_and_sum() -> None:
     b = ObjectCounts(2, 0, 1, 1.5, 0, 2, 2, 3)
     assert a + b == ObjectCounts(3, 2, 4, 2.25, 1, 2, 5, 7)
     assert sum_counts([a, b]) == a + b and sum_counts([]) == ObjectCounts()
-    assert list(a.as_dict()) == [f.name for f in dataclasses.fields(ObjectCounts)]
 
 
 def test_polygons_overlapping_on_one_side_are_still_matched_one_to_one() -> None:
