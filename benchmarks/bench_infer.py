@@ -116,7 +116,7 @@ def child_bundle(
     model = ModelConfig(arch=arch, encoder=encoder, task=task)
     net = build_model(model, count, False)
     ModelBundle(
-        model=model.model_dump(mode="json"),
+        model=model,
         bands=list(range(1, count + 1)),
         band_names=band_names(count),
         normalization=Normalization(tuple(map(float, mean)), tuple(map(float, std))),
@@ -300,13 +300,14 @@ def child_naive(scene: str, bundle_path: str, out: str, device: str) -> dict:
 def child_vectorize(prob: str, out: str, scene: str) -> dict:
     try:
         from rs_seg.infer.vectorize import VectorizeSettings, vectorize
+        from rs_seg.model.fields import FieldSettings
     except ImportError as exc:
         return {"skipped": f"rs_seg.infer.vectorize not importable: {exc}"}
     import rasterio
 
     with rasterio.open(prob) as src:
         pixel = float(sum(abs(v) for v in src.res) / 2)
-    settings = VectorizeSettings(threshold=0.5, min_area=MIN_AREA, simplify=pixel)
+    settings = VectorizeSettings(FieldSettings(threshold=0.5, min_area=MIN_AREA), simplify=pixel)
     started, cpu = time.perf_counter(), time.process_time()
     summary = vectorize(Path(prob), Path(out), settings, scene=Path(scene).name, overwrite=True)
     return {

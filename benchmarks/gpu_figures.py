@@ -201,7 +201,7 @@ def child_train(config: str, chips: str, out: str, epochs: int, on_gpu: bool) ->
     import rs_seg.train.fit as fit  # first: rs_seg arms its torchvision shim before lightning
     from rs_seg.config import TrainConfig
     from rs_seg.config_files import build_config
-    from rs_seg.train.evaluation import evaluate_run
+    from rs_seg.evaluate.evaluation import evaluate_run
 
     accelerator = "gpu" if on_gpu else "cpu"
     overrides = {"chips": chips, "out": out, "epochs": epochs, "accelerator": accelerator,

@@ -37,14 +37,15 @@ from flows.runners import retry_io_errors
 from flows.server import run_command
 from rs_seg.config import PrepareConfig, SynthConfig, TrainConfig
 from rs_seg.config_files import load_training_configs
+from rs_seg.evaluate.evaluation import EvaluationOutcome
+from rs_seg.evaluate.run import train_and_evaluate
 from rs_seg.ops.registry import Registration, register
 from rs_seg.prepare.index import SUMMARY_FILE
 from rs_seg.prepare.run import chips_up_to_date
 from rs_seg.prepare.run import prepare as prepare_chips
 from rs_seg.records import SplitMetrics
 from rs_seg.synthetic import reuse_or_generate
-from rs_seg.train.evaluation import EvaluationOutcome, evaluate_run
-from rs_seg.train.fit import TrainOutcome, is_ddp_child
+from rs_seg.train.fit import is_ddp_child
 from rs_seg.train.fit import train as train_model
 
 ARTIFACT_KEY = "train-cropland-report"
@@ -93,31 +94,25 @@ def synth_task(config: SynthConfig) -> list[str]:
     return [str(scene) for scene in result.scenes]
 
 
-@task(name="train-model", cache_policy=NO_CACHE)
-def train_task(config: TrainConfig, resume: bool) -> TrainOutcome:
-    """Train into ``config.out``; the extra DDP processes rebuild this config from the env."""
+@task(name="train-and-evaluate", cache_policy=NO_CACHE)
+def train_task(config: TrainConfig, resume: bool) -> EvaluationOutcome:
+    """Train into ``config.out`` and evaluate: bundle, metrics, report, the run published.
+
+    The extra DDP processes rebuild this config from the env.
+    """
     os.environ[_DDP_CONFIG_ENV] = config.model_dump_json()
     try:
-        outcome = train_model(config, resume=resume)
+        trained = train_and_evaluate(config, resume=resume)
     finally:  # later processes this one starts are not DDP ranks of this run
         os.environ.pop(_DDP_CONFIG_ENV, None)
-    if outcome is None:  # only the extra DDP processes get None, and they never run the flow
+    if trained is None:  # only the extra DDP processes get None, and they never run the flow
         raise RuntimeError("training returned no outcome in the flow's own process")
-    get_run_logger().info(
-        "trained %d epochs (best: epoch %s) in %s",
-        outcome.epochs_run,
-        outcome.best_epoch,
-        outcome.run,
-    )
-    return outcome
-
-
-@task(name="evaluate-model", cache_policy=NO_CACHE)
-def evaluate_task(outcome: TrainOutcome) -> EvaluationOutcome:
-    """Tune the threshold, score the test split, write bundle, metrics and report."""
-    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
-    get_run_logger().info("%s", evaluation.summary())
-    return evaluation
+    outcome = trained.training
+    logger = get_run_logger()
+    logger.info("trained %d epochs (best: epoch %s) in %s", outcome.epochs_run,
+                outcome.best_epoch, outcome.run)  # fmt: skip
+    logger.info("%s", trained.summary())
+    return trained.evaluation
 
 
 @task(
@@ -224,7 +219,7 @@ def train_cropland(
     train = run_folder(train, resume)
     if train.out != requested:
         logger.info("run folder %s exists; this run goes to %s", requested, train.out)
-    evaluation = evaluate_task(train_task(train, resume))
+    evaluation = train_task(train, resume)
     registration = register_task(evaluation.run, Path(models_dir), promote)
     create_markdown_artifact(
         key=ARTIFACT_KEY,

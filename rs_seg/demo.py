@@ -16,11 +16,10 @@ import typer
 
 from rs_seg.config import InferConfig, PrepareConfig, SynthConfig, TrainConfig
 from rs_seg.config_files import build_config
+from rs_seg.evaluate.run import train_and_evaluate
 from rs_seg.infer.run import run_infer
 from rs_seg.prepare.run import prepare
 from rs_seg.synthetic import generate_scenes
-from rs_seg.train.evaluation import evaluate_run
-from rs_seg.train.fit import train
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,12 @@ def _train(config: Path | None, chips: Path, run: Path, progress: bool) -> Path 
         f"[3/4] training {cfg.model.arch}/{cfg.model.encoder} for {cfg.epochs} epochs "
         "(a few minutes on a laptop CPU)"
     )
-    outcome = train(cfg, progress=progress)
-    if outcome is None:
+    trained = train_and_evaluate(cfg, progress=progress)
+    if trained is None:
         return None
-    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
-    typer.echo(evaluation.summary())
-    typer.echo(f"inspect the model: rs-seg model info {evaluation.bundle}")
-    return evaluation.bundle
+    typer.echo(trained.summary())
+    typer.echo(f"inspect the model: rs-seg model info {trained.bundle}")
+    return trained.bundle
 
 
 def _map_unseen_scene(synth: SynthConfig, bundle: Path, out: Path, progress: bool) -> None:

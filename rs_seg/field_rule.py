@@ -115,16 +115,28 @@ def drop_small(ids: np.ndarray, min_pixels: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FieldRule:
-    """Extent and boundary levels, the smallest field (pixels) and the growth that split fields."""
+    """Extent and boundary levels, the smallest field (pixels) and the growth that split fields.
+
+    ``boundary_level`` None: fields are the connected cropland (a cropland model's fields).
+    """
 
     level: int
-    boundary_level: int
+    boundary_level: int | None
     min_pixels: float = 0.0
     grow: int = GROW
 
     def split(
-        self, extent: np.ndarray, boundary: np.ndarray, valid: np.ndarray | None = None
+        self, extent: np.ndarray, boundary: np.ndarray | None, valid: np.ndarray | None = None
     ) -> np.ndarray:
-        """Field ids (int32, 0 = none) of one chip or mosaic; small fields dropped."""
-        ids = split_labels(extent, boundary, self.level, self.boundary_level, self.grow, valid)
+        """Field ids (int32, 0 = none) of one chip or mosaic; small fields dropped.
+
+        Without a boundary level or band, the 4-connected cropland components are the fields.
+        """
+        if self.boundary_level is None or boundary is None:
+            cropland = extent >= self.level
+            if valid is not None:
+                cropland &= valid
+            ids, _ = label_components(cropland)
+        else:
+            ids = split_labels(extent, boundary, self.level, self.boundary_level, self.grow, valid)
         return drop_small(ids, self.min_pixels)

@@ -57,6 +57,7 @@ class BundleMetrics(TypedDict, total=False):
     validation: SplitMetrics
     test: SplitMetrics
     threshold_rule: str
+    fields_rule: str  # how a fields model's field settings were tuned
 
 
 class Provenance(TypedDict, total=False):
@@ -93,17 +94,6 @@ class DataSummary(TypedDict):
     test_chips: int
 
 
-class FieldSettings(TypedDict):
-    """How a fields model's output becomes fields, tuned on validation object F1."""
-
-    threshold: float  # extent probability from which a pixel is cropland, for fields
-    boundary_threshold: float  # boundary probability from which a cropland pixel parts fields
-    min_area: float  # smallest field kept, CRS units squared (m²)
-    grow: int  # pixels boundaries grow into fields
-    validation_object_f1: float
-    rule: str
-
-
 class RunMetrics(TypedDict):
     """``metrics.json`` of an evaluated run folder, keys in file order."""
 
@@ -120,6 +110,6 @@ class RunMetrics(TypedDict):
     data: DataSummary
     bundle: str  # the bundle file, relative to the run folder
     model_id: NotRequired[str]  # added once the bundle, which the weights name, exists
-    boundary_threshold: NotRequired[float]  # fields models: tuned on validation object F1
-    fields: NotRequired[FieldSettings]  # fields models: all field settings tuned on validation
+    # rs_seg.model.fields.FieldSettings as JSON: tuned on validation (fields models) or defaults
+    fields: NotRequired[dict[str, float | int | None]]
     test_scenes: NotRequired[dict[str, ObjectMetrics]]  # test chips mosaicked per scene

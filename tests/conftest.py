@@ -73,8 +73,10 @@ def tiny_chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_tiny_run(tiny_chips: Path, tmp_path_factory: pytest.TempPathFactory):
     """One real fit (Unet/resnet18, 6 epochs on the 32 px chips, ~15 s) plus its evaluation,
     shared by every test that needs a trained model: returns (TrainOutcome, EvaluationOutcome)."""
-    from rs_seg.train.evaluation import evaluate_run
-    from rs_seg.train.fit import train
+    from rs_seg.evaluate.run import train_and_evaluate
 
-    outcome = train(train_config(tiny_chips, tmp_path_factory.mktemp("trained") / "run"))
-    return outcome, evaluate_run(outcome.run, outcome.best_checkpoint)
+    trained = train_and_evaluate(
+        train_config(tiny_chips, tmp_path_factory.mktemp("trained") / "run")
+    )
+    assert trained is not None
+    return trained.training, trained.evaluation

@@ -30,6 +30,7 @@ from rasterio.transform import from_origin
 from rs_seg.config import IncomingConfig, MaskTarget, ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
+    from rs_seg.infer.vectorize import VectorizeSettings
     from rs_seg.model.bundle import ModelBundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def make_bundle(
     model = ModelConfig(arch="Unet", encoder="resnet18", task=task)
     net = build_model(model, bands)
     return ModelBundle(
-        model=model.model_dump(mode="json"),
+        model=model,
         bands=list(range(1, bands + 1)),
         band_names=[f"b{i}" for i in range(1, bands + 1)],
         normalization=Normalization((1000.0,) * bands, (300.0,) * bands),
@@ -361,3 +362,15 @@ def json_values(text_size: int = 8, max_leaves: int = 10) -> Any:
         ),
         max_leaves=max_leaves,
     )
+
+
+FIELD_SETTINGS = ("threshold", "boundary_threshold", "min_area", "grow")
+
+
+def vectorize_settings(**options: Any) -> VectorizeSettings:
+    """VectorizeSettings from flat keyword options, the field settings among them checked."""
+    from rs_seg.infer.vectorize import VectorizeSettings
+    from rs_seg.model.fields import FieldSettings
+
+    fields = {k: options.pop(k) for k in FIELD_SETTINGS if k in options}
+    return VectorizeSettings(FieldSettings.checked(**fields), **options)

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from rs_seg.cli import app
 from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
+from rs_seg.evaluate.evaluation import predict_levels
 from rs_seg.model.bundle import FORMAT_VERSION, ModelBundle
 from rs_seg.model.networks import build_model
 from rs_seg.model.normalization import Normalization
+from rs_seg.model.predictor import WindowPredictor
 from rs_seg.train.dataset import ChipDataset
-from rs_seg.train.evaluation import predict_levels
+from rs_seg.train.metrics import quantize
 from rs_seg.train.module import CroplandModule
 from tests.helpers import ROOT
 
@@ -26,7 +29,7 @@ def tiny_bundle() -> ModelBundle:
     model = ModelConfig(arch="Unet", encoder="resnet18")
     net = build_model(model, in_channels=3)
     return ModelBundle(
-        model=model.model_dump(mode="json"),
+        model=model,
         bands=[3, 2, 1],
         band_names=["red", "green", "blue"],
         normalization=Normalization((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)),
@@ -140,21 +143,24 @@ def test_model_info_prints_what_inference_needs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trained_bundle_reproduces_evaluation_predictions_exactly(tiny_chips, tmp_path) -> None:
+    from rs_seg.evaluate.run import train_and_evaluate
     from rs_seg.train.dataset import load_chip_splits
-    from rs_seg.train.evaluation import evaluate_run
-    from rs_seg.train.fit import train
     from tests.helpers import train_config
 
-    outcome = train(train_config(tiny_chips, tmp_path / "run", epochs=2))
-    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    trained = train_and_evaluate(train_config(tiny_chips, tmp_path / "run", epochs=2))
+    assert trained is not None
+    outcome, evaluation = trained.training, trained.evaluation
     bundle = ModelBundle.load(evaluation.bundle)
     module = CroplandModule.load_from_checkpoint(outcome.best_checkpoint, load_weights=False)
     splits = load_chip_splits(tiny_chips)
     images, masks = splits.paths("test")
     dataset = ChipDataset(images, masks, bundle.bands, bundle.normalization)
-    device = torch.device("cpu")
-    from_bundle = [b.levels for b in predict_levels(bundle.build(), dataset, device)]
-    from_checkpoint = [b.levels for b in predict_levels(module.net, dataset, device)]
+    predictor = WindowPredictor(bundle, torch.device("cpu"), tta=False, precision="fp32")
+    from_bundle = [b.levels for b in predict_levels(predictor, dataset)]
+    net = module.net.eval()
+    with torch.no_grad():
+        from_checkpoint = [quantize(torch.sigmoid(net(images).float())[:, 0])
+                           for images, _ in DataLoader(dataset, batch_size=16)]  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(from_bundle, from_checkpoint, strict=True))
     assert bundle.threshold == evaluation.metrics["threshold"]
     assert bundle.provenance["chip_index_fingerprint"] == splits.fingerprint
@@ -171,7 +177,7 @@ def _mismatched(tmp_path: Path, **meta) -> Path:
 
 
 def test_weights_of_another_encoder_are_refused_in_one_line(tmp_path: Path) -> None:
-    path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34").model_dump())
+    path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34"))
     with pytest.raises(RsSegError) as caught:
         ModelBundle.load(path)
     message = str(caught.value)
@@ -200,7 +206,7 @@ def test_model_info_reports_mismatched_weights_in_one_line(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34").model_dump())
+    path = _mismatched(tmp_path, model=ModelConfig(arch="Unet", encoder="resnet34"))
     result = subprocess.run(
         [sys.executable, "-m", "rs_seg", "model", "info", str(path)],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
@@ -256,7 +262,7 @@ NAN, INF = float("nan"), float("inf")
         ({"threshold": 5.0}, "threshold: Input should be less than or equal to 1"),
         ({"threshold": -0.1}, "threshold"),
         ({"threshold": "0.5"}, "threshold: Input should be a valid number"),
-        ({"boundary_threshold": INF}, "boundary_threshold"),
+        ({"fields.boundary_threshold": INF}, "fields.boundary_threshold"),
         ({"bands": [0, 1, 2]}, "bands.0: Input should be greater than or equal to 1"),
         ({"bands": [1, 1, 2]}, "bands [1, 1, 2] repeat a band"),
         ({"bands": [1, 2, 10**7]}, "bands.2: Input should be less than or equal to 65535"),
@@ -277,19 +283,18 @@ NAN, INF = float("nan"), float("inf")
         ({"metrics.test": [0.5]}, "metrics.test: Input should be a valid dictionary"),
         ({"model": "Unet"}, "model: Input should be a valid dictionary"),
         ({"model": {"encoder": "resnet18"}}, "model: missing arch"),
-        ({"model.arch": None}, "model: arch: Input should be a valid string"),
+        ({"model.arch": None}, "model.arch: Input should be a valid string"),
         ({"model.bands": [1, 1]}, "repeat a band"),
         (
-            {"fields": {"threshold": 2.0, "boundary_threshold": 0.5, "min_area": 0.0,
-                        "grow": 3, "validation_object_f1": 0.5, "rule": "r"}},
-            "fields.threshold: Input should be less than or equal to 1",
+            {"fields": {"threshold": 2.0, "boundary_threshold": 0.5, "min_area": 0.0, "grow": 3}},
+            "fields.threshold: Input should be less than 1",
         ),
         (
-            {"fields": {"threshold": 0.5, "boundary_threshold": 0.5, "min_area": NAN,
-                        "grow": -1, "validation_object_f1": 0.5, "rule": "r"}},
+            {"fields": {"threshold": 0.5, "boundary_threshold": 0.5, "min_area": NAN, "grow": -1}},
             "fields.min_area: Input should be a finite number; fields.grow",
         ),
-        ({"fields": {"threshold": 0.5}}, "fields.boundary_threshold: Field required"),
+        ({"fields": {"threshold": 0.5}}, "fields: missing boundary_threshold, min_area, grow"),
+        ({"fields.rule": "r"}, "fields.rule: Extra inputs are not permitted"),
     ],
 )  # fmt: skip
 def test_edited_metadata_is_refused_in_one_line_naming_the_bundle(
@@ -339,10 +344,9 @@ def test_metadata_at_the_edges_of_its_ranges_still_loads(tmp_path: Path, saved_p
     edit = {
         "threshold": 1, "chip_size": 8, "bands": [3, 2, 1], "band_count": 3,
         "nodata": NAN, "pixel_size": [10, 0.5], "newer_key": {"kept": True},
-        "fields": {"threshold": 0.0, "boundary_threshold": 1.0, "min_area": 0.0, "grow": 0,
-                   "validation_object_f1": -1.0, "rule": "r"},
+        "fields": {"threshold": 0.001, "boundary_threshold": 0.999, "min_area": 0.0, "grow": 0},
     }  # fmt: skip
     loaded = ModelBundle.load(_edited(saved_payload, tmp_path / "m.pt", edit))
     assert (loaded.threshold, loaded.chip_size, loaded.pixel_size) == (1.0, 8, [10.0, 0.5])
-    assert loaded.field_threshold == 0.0 and loaded.fields and loaded.fields["grow"] == 0
-    assert "fields        extent 0.000" in loaded.describe()
+    assert loaded.field_settings.threshold == 0.001 and loaded.field_settings.grow == 0
+    assert "fields        extent 0.001, boundary 1.00" in loaded.describe()

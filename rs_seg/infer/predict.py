@@ -225,7 +225,7 @@ def _tags(
     return {
         "rs_seg_version": rs_seg.__version__,
         "model_id": bundle.model_id,
-        "model": f"{bundle.model['arch']}/{bundle.model['encoder']}",
+        "model": f"{bundle.model.arch}/{bundle.model.encoder}",
         "threshold": f"{bundle.threshold:.6f}",
         "threshold_level": str(threshold_to_level(bundle.threshold)),
         "scene": display(scene),

@@ -28,16 +28,13 @@ from rs_seg.infer.predict import (
     write_style,
 )
 from rs_seg.infer.vectorize import (
-    BOUNDARY_TAG,
-    DEFAULT_MIN_AREA,
-    FIELD_THRESHOLD_TAG,
-    MIN_AREA_TAG,
     VectorizeSettings,
     vectorize,
 )
 from rs_seg.levels import threshold_to_level
 from rs_seg.model.bundle import ModelBundle
-from rs_seg.ops.registry import latest_bundle
+from rs_seg.model.fields import FieldSettings
+from rs_seg.model.latest import latest_bundle
 from rs_seg.output_sets import FIELDS_LAYER_TAG, set_member
 from rs_seg.rasters import scene_deadline
 from rs_seg.remote import display, is_remote, scene_stem
@@ -111,37 +108,15 @@ def _loaded(path: Path, version: tuple[int, ...]) -> ModelBundle:
     return ModelBundle.load(path)
 
 
-@dataclass(frozen=True)
-class FieldChoice:
-    """The settings that turn this run's probability raster into polygons, and why."""
-
-    threshold: float  # extent: the given threshold, else the bundle's tuned for fields
-    boundary: float | None  # None for a cropland model, which has no boundary output
-    min_area: float
-
-    def tags(self) -> dict[str, str]:
-        """Raster tags, so ``rs-seg vectorize`` re-splits with the same defaults."""
-        if self.boundary is None:
-            return {}
-        return {
-            BOUNDARY_TAG: f"{self.boundary:.6f}",
-            FIELD_THRESHOLD_TAG: f"{self.threshold:.6f}",
-            MIN_AREA_TAG: f"{self.min_area:g}",
-        }
-
-
-def choose_fields(cfg: InferOptions, bundle: ModelBundle) -> FieldChoice:
+def choose_fields(cfg: InferOptions, bundle: ModelBundle) -> FieldSettings:
     """What the user gave, else what the bundle tuned on validation, else the defaults.
 
     A cropland model's polygons are its thresholded cropland; a fields model's are split with
     the extent, boundary and minimum area tuned together on validation object F1.
     """
-    min_area = cfg.min_area if cfg.min_area is not None else bundle.field_min_area
-    min_area = DEFAULT_MIN_AREA if min_area is None else min_area
-    if bundle.task != "fields":
-        return FieldChoice(cfg.threshold or bundle.threshold, None, min_area)
-    boundary = cfg.boundary_threshold or bundle.boundary_threshold or 0.5
-    return FieldChoice(cfg.threshold or bundle.field_threshold, boundary, min_area)
+    return bundle.field_settings.overridden(
+        threshold=cfg.threshold, boundary_threshold=cfg.boundary_threshold, min_area=cfg.min_area
+    )
 
 
 def run_infer(
@@ -160,7 +135,7 @@ def run_infer(
     bundle = load_model(cfg.model, cfg.models_dir)
     check_scene(cfg.scene, bundle, geojson=output_driver(cfg.out) == "GeoJSON")
     threshold = cfg.threshold or bundle.threshold
-    fields_choice = choose_fields(cfg, bundle)
+    field_settings = choose_fields(cfg, bundle)
     run_id = uuid.uuid4().hex[:12]
     with (
         scene_deadline(cfg.scene, cfg.timeout),  # a URL scene's reads stop at its deadline
@@ -172,7 +147,8 @@ def run_infer(
             cfg.scene, bundle, prob, window=cfg.window, overlap=cfg.overlap,
             batch_size=cfg.batch_size, device=cfg.device, tta=cfg.tta, workers=cfg.workers,
             precision=cfg.precision, progress=progress, predictor=predictor,
-            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id, **fields_choice.tags(),
+            tags={"threshold_used": f"{threshold:.6f}", "run_id": run_id,
+                  **field_settings.to_tags(),
                   FIELDS_LAYER_TAG: relative_to(cfg.out, cfg.prob_path)},
         )  # fmt: skip
         if mask_files:
@@ -180,9 +156,8 @@ def run_infer(
             write_binary_mask(prob, mask, threshold_to_level(threshold), run_id)
             write_style(mask_style, MASK_STYLE, run_id)
         settings = VectorizeSettings.for_raster(
-            fields_choice.threshold, predicted.pixel_size, fields_choice.min_area, cfg.simplify,
-            cfg.fill_holes_below, boundary_threshold=fields_choice.boundary,
-        )  # fmt: skip
+            field_settings, predicted.pixel_size, cfg.simplify, cfg.fill_holes_below
+        )
         metadata = {
             "model_id": bundle.model_id,
             "cropland_threshold": f"{threshold:.6f}",  # the mask's; "threshold": the polygons'

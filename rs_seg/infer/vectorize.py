@@ -3,22 +3,21 @@
 :func:`vectorize` checks the raster (uint8, one band or two, a projected CRS), turns the m²
 settings into CRS units and writes the field records completed strip by strip: by
 :func:`rs_seg.infer.polygonize.field_records` (cropland regions) for one band, by
-:func:`rs_seg.infer.split.field_records` (cropland split into fields by the boundary band) for
-two. The records are simplified, made valid and numbered here, and written by the one field layer
-writer (:mod:`rs_seg.infer.field_layer`: schema, formats, provenance, QGIS style). Each output is
-staged and published only once it is complete.
+:func:`rs_seg.infer.boundary_split.field_records` (cropland split into fields by the boundary band)
+for two. The records are simplified, made valid and numbered here, and written by the one field
+layer writer (:mod:`rs_seg.infer.field_layer`: schema, formats, provenance, QGIS style). Each output
+is staged and published only once it is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -31,7 +30,6 @@ from shapely.geometry.base import BaseGeometry
 
 import rs_seg
 from rs_seg.errors import RsSegError
-from rs_seg.field_rule import GROW
 from rs_seg.infer.boundary_split import field_records as split_field_records
 from rs_seg.infer.checks import check_wgs84_extent, metres_per_unit
 from rs_seg.infer.field_layer import (
@@ -46,30 +44,27 @@ from rs_seg.infer.field_layer import (
 )
 from rs_seg.infer.polygonize import FieldRecord, field_records
 from rs_seg.levels import BAND_DESCRIPTIONS, threshold_to_level
+from rs_seg.model.fields import FieldSettings
 from rs_seg.rasters import GDAL_ENV, large_blocks_off_the_heap, open_raster
 from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_file
 
 log = logging.getLogger(__name__)
 
-BOUNDARY_TAG = "boundary_threshold_used"  # the boundary threshold a fields model's raster stores
-FIELD_THRESHOLD_TAG = "field_threshold_used"  # a fields model's extent threshold for fields
-MIN_AREA_TAG = "min_area_used"  # the smallest field (m²) rs-seg infer kept
-THRESHOLD_TAGS = ("threshold_used", "threshold")  # the cropland threshold, newest name first
-DEFAULT_MIN_AREA = 500.0  # m², where neither the user nor the model says
 _OLD_BAND_NAMES = ("cropland", "boundary")  # a two-band raster's names before scale/offset
-MAX_GROW = 256  # pixels: growth reads as many rows above and below each strip
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class VectorizeSettings:
-    """How a probability raster becomes field polygons.
+    """How a probability raster becomes field polygons: the field settings and the outlines.
 
     Attributes:
-        threshold: Probability in (0, 1); a pixel is cropland when its uint8 value is at least
-            ``threshold_to_level(threshold)``, the same rule evaluation and masks use.
-        min_area: Fields smaller than this (m², after hole filling) are dropped.
+        fields: Extent and boundary thresholds, minimum area (m², after hole filling) and growth
+            (:class:`rs_seg.model.fields.FieldSettings`, the settings evaluation tunes). A pixel
+            is cropland when its uint8 value is at least ``threshold_to_level(threshold)``, the
+            rule evaluation and masks use; without a boundary threshold a two-band raster is
+            vectorized from band 1 alone, like a single-band one.
         simplify: Douglas-Peucker tolerance in CRS units, topology-preserving; 0 keeps the exact
             pixel outlines. Each field is simplified on its own, so fields split from a two-band
             raster, which touch, may overlap or leave gaps along shared outlines by up to the
@@ -78,120 +73,39 @@ class VectorizeSettings:
             filled hole are then dropped, so fields never overlap.
         strip_rows: Rows read and polygonized at a time (fewer for scenes wider than 2048 px, see
             :func:`rs_seg.infer.polygonize.rows_per_strip`); bounds memory, not the result.
-        boundary_threshold: Probability in (0, 1); a cropland pixel of a two-band raster is a
-            field boundary when its band 2 value is at least ``threshold_to_level`` of it. The
-            fields' cores are the cropland without boundaries (see :mod:`rs_seg.infer.split`).
-            None: a two-band raster is vectorized from band 1 alone, like a single-band one.
-            Single-band rasters ignore it.
-        grow: How many pixels (4-connected steps through cropland) boundary pixels may lie from a
-            field's core and still join it; farther ones form fields of their own.
     """
 
-    threshold: float = 0.5
-    min_area: float = 0.0
+    fields: FieldSettings = field(default_factory=FieldSettings)
     simplify: float = 0.0
     fill_holes_below: float = 0.0
     strip_rows: int = 1024
-    boundary_threshold: float | None = 0.5
-    grow: int = GROW
 
     @classmethod
     def for_raster(
         cls,
-        threshold: float,
+        fields: FieldSettings,
         pixel_size: float,
-        min_area: float,
         simplify: float | None = None,
         fill_holes_below: float | None = None,
-        *,
-        boundary_threshold: float | None = None,
-        grow: int | None = None,
-        tags: Mapping[str, str] | None = None,
-        split: bool = True,
     ) -> VectorizeSettings:
         """The settings ``rs-seg infer`` and ``rs-seg vectorize`` both use.
 
         Unless given, outlines are simplified by one pixel and holes up to the minimum field area
-        are filled; the boundary threshold is the one stored in the raster's ``tags``
-        (:data:`BOUNDARY_TAG`, as ``rs-seg infer`` writes it for a fields model), else 0.5, and
-        boundaries grow by 3 pixels. ``split=False`` vectorizes a two-band raster's cropland
-        regions, as for a cropland model.
+        are filled.
         """
-        if not split:
-            boundary: float | None = None
-        elif boundary_threshold is not None:
-            boundary = boundary_threshold
-        else:
-            boundary = stored_boundary_threshold(tags or {}, default=cls.boundary_threshold)
         return cls(
-            threshold=threshold,
-            min_area=min_area,
+            fields=fields,
             simplify=pixel_size if simplify is None else simplify,
-            fill_holes_below=min_area if fill_holes_below is None else fill_holes_below,
-            boundary_threshold=boundary,
-            grow=cls.grow if grow is None else grow,
+            fill_holes_below=fields.min_area if fill_holes_below is None else fill_holes_below,
         )
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1:
-            raise RsSegError(f"threshold must lie between 0 and 1, got {self.threshold}")
-        boundary = self.boundary_threshold
-        if boundary is not None and not 0 < boundary < 1:
-            raise RsSegError(f"boundary threshold must lie between 0 and 1, got {boundary}")
-        if not 0 <= self.grow <= MAX_GROW:
-            raise RsSegError(f"grow must be 0 to {MAX_GROW} pixels, got {self.grow}")
-        for name in ("min_area", "simplify", "fill_holes_below"):
+        for name in ("simplify", "fill_holes_below"):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise RsSegError(f"{name} must be 0 or positive, got {value}")
         if self.strip_rows < 1:
             raise RsSegError(f"strip_rows must be at least 1, got {self.strip_rows}")
-
-
-def stored_settings(tags: Mapping[str, str], split: bool) -> tuple[float | None, float]:
-    """The extent threshold and minimum area ``rs-seg infer`` vectorized a raster with.
-
-    For a split (two-band raster, ``split``) the extent threshold tuned for fields, else the
-    cropland threshold; None when the raster stores neither. The minimum area is the stored one,
-    else :data:`DEFAULT_MIN_AREA`. A tag that is no number, or out of range, is refused with the
-    flag that overrides it.
-    """
-    names = (FIELD_THRESHOLD_TAG, *THRESHOLD_TAGS) if split else THRESHOLD_TAGS
-    name = next((n for n in names if tags.get(n)), None)
-    threshold = None if name is None else _stored_probability(tags, name, "--threshold")
-    min_area = tags.get(MIN_AREA_TAG)
-    if not min_area:
-        return threshold, DEFAULT_MIN_AREA
-    area = _stored_number(tags, MIN_AREA_TAG, "--min-area")
-    if not 0 <= area < math.inf:
-        raise RsSegError(
-            f"stored {MIN_AREA_TAG} tag {area:g} is not an area in m²; pass --min-area"
-        )
-    return threshold, area
-
-
-def stored_boundary_threshold(tags: Mapping[str, str], default: float | None) -> float | None:
-    """The boundary threshold stored in a probability raster's tags, else ``default``."""
-    if tags.get(BOUNDARY_TAG) is None:
-        return default
-    return _stored_probability(tags, BOUNDARY_TAG, "--boundary-threshold")
-
-
-def _stored_number(tags: Mapping[str, str], name: str, flag: str) -> float:
-    try:
-        return float(tags[name])
-    except ValueError:
-        raise RsSegError(
-            f"unreadable {name} tag in the raster: {tags[name]!r}; pass {flag}"
-        ) from None
-
-
-def _stored_probability(tags: Mapping[str, str], name: str, flag: str) -> float:
-    value = _stored_number(tags, name, flag)
-    if not 0 < value < 1:  # also refuses NaN
-        raise RsSegError(f"stored {name} tag {value:g} is not a probability between 0 and 1; "
-                         f"pass {flag}")  # fmt: skip
-    return value
 
 
 @dataclass(frozen=True)
@@ -228,9 +142,9 @@ def vectorize(
 
     A single-band raster's fields are its 4-connected cropland regions. A two-band raster (band 1
     cropland, band 2 field boundary) is split into individual fields by the boundary band
-    (:mod:`rs_seg.infer.split`) unless ``settings.boundary_threshold`` is None; touching fields
-    then stay apart. Either way the fields do not depend on ``strip_rows`` (split fields not even
-    their simplified vertices).
+    (:mod:`rs_seg.infer.boundary_split`) unless ``settings.fields`` has no boundary threshold;
+    touching fields then stay apart. Either way the fields do not depend on ``strip_rows`` (split
+    fields not even their simplified vertices).
 
     Fields are numbered in the order they complete (by their last row, then their first pixel),
     the same for any ``strip_rows`` unless ``fill_holes_below > min_area`` held some back.
@@ -293,9 +207,9 @@ def vectorize(
                                   settings, metres, progress)  # fmt: skip
         megapixels = src.width * src.height / 1e6
     if writer.count == 0:
-        level = threshold_to_level(settings.threshold)
+        level = threshold_to_level(settings.fields.threshold)
         message = "%s: no fields at threshold %s (level %d); wrote an empty layer"
-        log.warning(message, shown, settings.threshold, level)
+        log.warning(message, shown, settings.fields.threshold, level)
     return VectorizeSummary(
         out=out_path,
         polygons=writer.count,
@@ -405,24 +319,25 @@ def computed_ahead(items: Iterator[_T]) -> Iterator[_T]:
 
 def splits_fields(src: rasterio.io.DatasetReader, settings: VectorizeSettings) -> bool:
     """Whether the boundary band splits the cropland: two bands and a boundary threshold."""
-    return src.count == 2 and settings.boundary_threshold is not None
+    return src.count == 2 and settings.fields.splits
 
 
 def _field_records(
     src: rasterio.io.DatasetReader, settings: VectorizeSettings, metres: float, progress: bool
 ) -> Iterator[list[FieldRecord]]:
     """The completed fields strip by strip, with the settings in CRS units and uint8 levels."""
-    level = threshold_to_level(settings.threshold)
-    min_area = settings.min_area / metres**2
+    fields = settings.fields
+    level = threshold_to_level(fields.threshold)
+    min_area = fields.min_area / metres**2
     fill_holes_below = settings.fill_holes_below / metres**2
-    if settings.boundary_threshold is None or not splits_fields(src, settings):
+    if fields.boundary_threshold is None or not splits_fields(src, settings):
         return field_records(
             src, level=level, min_area=min_area, fill_holes_below=fill_holes_below,
             strip_rows=settings.strip_rows, progress=progress,
         )  # fmt: skip
     return split_field_records(
-        src, level=level, boundary_level=threshold_to_level(settings.boundary_threshold),
-        grow=settings.grow, min_area=min_area, fill_holes_below=fill_holes_below,
+        src, level=level, boundary_level=threshold_to_level(fields.boundary_threshold),
+        grow=fields.grow, min_area=min_area, fill_holes_below=fill_holes_below,
         strip_rows=settings.strip_rows, progress=progress,
     )  # fmt: skip
 
@@ -472,17 +387,18 @@ def _layer_metadata(
         "source": prob_path.name,
         "scene": scene,
         "model_id": model_id,
-        "threshold": str(settings.threshold),
-        "level": str(threshold_to_level(settings.threshold)),
-        "min_area_m2": str(settings.min_area),
+        "threshold": str(settings.fields.threshold),
+        "level": str(threshold_to_level(settings.fields.threshold)),
+        "min_area_m2": str(settings.fields.min_area),
         "simplify": str(settings.simplify),
         "fill_holes_below_m2": str(settings.fill_holes_below),
     }
-    if splits and settings.boundary_threshold is not None:
+    boundary = settings.fields.boundary_threshold
+    if splits and boundary is not None:
         meta |= {
-            "boundary_threshold": str(settings.boundary_threshold),
-            "boundary_level": str(threshold_to_level(settings.boundary_threshold)),
-            "grow_pixels": str(settings.grow),
+            "boundary_threshold": str(boundary),
+            "boundary_level": str(threshold_to_level(boundary)),
+            "grow_pixels": str(settings.fields.grow),
         }
     return meta | {str(k): str(v) for k, v in (extra or {}).items()}
 

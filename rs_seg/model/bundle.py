@@ -30,19 +30,19 @@ from torch import nn
 from rs_seg.config import ChipSize, MaskTarget, ModelConfig
 from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
+from rs_seg.model.fields import DEFAULT_MIN_AREA, FieldSettings
 from rs_seg.model.normalization import Normalization
-from rs_seg.records import BundleMetrics, FieldSettings, Provenance
+from rs_seg.model.upgrades import FORMAT_VERSION, upgrade
+from rs_seg.records import BundleMetrics, Provenance
 from rs_seg.staging import staged_file
 
 BUNDLE_FORMAT = "rs_seg.model-bundle"
-FORMAT_VERSION = 1
 BUNDLE_FILE = "model-bundle.pt"
 CLASSES = {0: "background", 1: "cropland"}
 # Model ids are weight hashes (:func:`weights_id`): the registry names folders after them, the
 # incoming flow output folders, so nothing else may pass for one.
 MODEL_ID = re.compile(r"[0-9a-f]{12}")
 MAX_BANDS = 65535  # a GeoTIFF holds at most this many bands
-MAX_GROW = 255  # pixels a fields model's boundaries grow into fields (GROW is 3)
 _VERSIONED_PACKAGES = (
     "rs-seg", "torch", "segmentation-models-pytorch", "timm", "lightning", "rasterio", "numpy",
 )  # fmt: skip
@@ -82,23 +82,13 @@ class NormalizationMeta(_Meta):
     std: list[Positive]
 
 
-class FieldSettingsMeta(_Meta):
-    """:class:`rs_seg.records.FieldSettings` as a bundle stores them."""
-
-    threshold: Probability
-    boundary_threshold: Probability
-    min_area: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    grow: Annotated[int, Field(ge=0, le=MAX_GROW)]
-    validation_object_f1: float
-    rule: str
-
-
 class MetricsMeta(_Meta):
     """:class:`rs_seg.records.BundleMetrics`: the scores are read by name, so only mappings."""
 
     validation: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     threshold_rule: str | None = None
+    fields_rule: str | None = None
 
 
 class ProvenanceMeta(_Meta):
@@ -121,15 +111,14 @@ class BundleMeta(_Meta):
     scene, normalization divides by ``std``; lengths of bands, names and statistics must agree.
     """
 
-    model: dict[str, Any]
+    model: ModelConfig
     bands: Annotated[list[Band], Field(min_length=1)]
     band_names: list[str]
     normalization: NormalizationMeta
     chip_size: ChipSize
     threshold: Probability
     pixel_size: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
-    boundary_threshold: Probability | None = None
-    fields: FieldSettingsMeta | None = None
+    fields: FieldSettings
     band_count: Annotated[int, Field(ge=1, le=MAX_BANDS)] | None = None
     crs: str | None = None
     dtype: str = "uint16"
@@ -140,17 +129,26 @@ class BundleMeta(_Meta):
     metrics: MetricsMeta = Field(default_factory=MetricsMeta)
     provenance: ProvenanceMeta = Field(default_factory=ProvenanceMeta)
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _buildable(cls, model: dict[str, Any]) -> dict[str, Any]:
-        missing = [key for key in ("arch", "encoder") if key not in model]
+    def _buildable(cls, model: object) -> object:
+        missing = (
+            [key for key in ("arch", "encoder") if key not in model]
+            if isinstance(model, dict)
+            else []
+        )
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        try:
-            ModelConfig.model_validate(model)
-        except ValidationError as exc:
-            raise ValueError(format_validation_error(exc)) from None
         return model
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _every_setting(cls, fields: object) -> object:
+        given = fields if isinstance(fields, dict) else dict.fromkeys(FieldSettings.model_fields)
+        missing = [key for key in FieldSettings.model_fields if key not in given]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return fields
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMeta:
@@ -188,16 +186,14 @@ def validate_meta(meta: object, path: Path) -> BundleMeta:
 class ModelBundle:
     """A trained model with what inference needs (``meta``) and its weights."""
 
-    model: dict[str, Any]
+    model: ModelConfig
     bands: list[int]
     band_names: list[str]
     normalization: Normalization
     chip_size: int
-    threshold: float
+    threshold: float  # the cropland (mask) threshold, tuned on validation mean IoU
     pixel_size: list[float] | None = None
-    # fields models: the boundary probability that parts fields, tuned on validation object F1
-    boundary_threshold: float | None = None
-    # fields models: extent, boundary and minimum area tuned together on validation object F1
+    # how fields are made: tuned on validation object F1, else :meth:`default_fields`
     fields: FieldSettings | None = None
     band_count: int | None = None  # bands of the training imagery (bands picks from these)
     crs: str | None = None
@@ -222,7 +218,7 @@ class ModelBundle:
     @property
     def task(self) -> MaskTarget:
         """``fields`` (extent and boundary outputs) or ``cropland`` (also bundles before tasks)."""
-        return "fields" if self.model.get("task") == "fields" else "cropland"
+        return "fields" if self.model.task == "fields" else "cropland"
 
     @property
     def outputs(self) -> int:
@@ -230,14 +226,18 @@ class ModelBundle:
         return 2 if self.task == "fields" else 1
 
     @property
-    def field_threshold(self) -> float:
-        """Extent threshold for vectorizing: the one tuned for fields, else the pixel one."""
-        return self.fields["threshold"] if self.fields else self.threshold
+    def field_settings(self) -> FieldSettings:
+        """The settings that make fields of this model's output: the tuned ones, else defaults.
 
-    @property
-    def field_min_area(self) -> float | None:
-        """The smallest field (m²) tuned on validation, None where nothing was tuned."""
-        return self.fields["min_area"] if self.fields else None
+        The defaults are the cropland threshold, 0.5 for a fields model's boundary (none for a
+        cropland model) and :data:`DEFAULT_MIN_AREA`.
+        """
+        if self.fields is not None:
+            return self.fields
+        boundary = 0.5 if self.task == "fields" else None
+        return FieldSettings.checked(
+            threshold=self.threshold, boundary_threshold=boundary, min_area=DEFAULT_MIN_AREA
+        )
 
     @property
     def model_id(self) -> str:
@@ -247,6 +247,8 @@ class ModelBundle:
     def meta(self) -> dict[str, Any]:
         """Everything except the weights, JSON-ready."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_META}
+        data["model"] = self.model.model_dump(mode="json")
+        data["fields"] = self.field_settings.model_dump()
         data["normalization"] = self.normalization.to_dict()
         data["classes"] = {str(k): v for k, v in self.classes.items()}
         data["in_channels"] = self.in_channels
@@ -274,8 +276,8 @@ class ModelBundle:
         if misfits:
             model = self.model
             raise RsSegError(
-                f"the weights do not fit the model its metadata describes ({model.get('arch')}/"
-                f"{model.get('encoder')}, {self.in_channels} input bands): {misfits}; the bundle "
+                f"the weights do not fit the model its metadata describes ({model.arch}/"
+                f"{model.encoder}, {self.in_channels} input bands): {misfits}; the bundle "
                 "was edited or assembled wrongly, export it again from its run",
                 self.source or "model bundle",
             )
@@ -285,8 +287,8 @@ class ModelBundle:
         from rs_seg.model.networks import build_model
 
         try:
-            return build_model(ModelConfig.model_validate(self.model), self.in_channels, False)
-        except (RsSegError, ValidationError) as exc:
+            return build_model(self.model, self.in_channels, False)
+        except RsSegError as exc:
             detail = " ".join(str(exc).split())[:300]
             raise RsSegError(
                 f"the model its metadata describes cannot be built ({detail})",
@@ -316,9 +318,8 @@ class ModelBundle:
         payload = _read_payload(path)
         meta = upgrade(_raw_meta(payload, path), _version(payload, path), path)
         checked = validate_meta(meta, path)
-        fields_ = checked.fields.model_dump() if checked.fields is not None else None
         bundle = cls(
-            model=meta["model"],
+            model=checked.model,
             bands=checked.bands,
             band_names=checked.band_names,
             normalization=Normalization(
@@ -327,8 +328,7 @@ class ModelBundle:
             chip_size=checked.chip_size,
             threshold=checked.threshold,
             pixel_size=checked.pixel_size,
-            boundary_threshold=checked.boundary_threshold,
-            fields=cast(FieldSettings | None, fields_),
+            fields=checked.fields,
             band_count=checked.band_count,
             crs=checked.crs,
             dtype=checked.dtype,
@@ -427,30 +427,6 @@ def _state_dict(payload: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-# Functions that turn meta of version N into version N + 1, applied in order on load.
-_UPGRADES: dict[int, Any] = {}
-
-
-def upgrade(meta: dict[str, Any], version: int, path: Path) -> dict[str, Any]:
-    """Bring an older bundle's metadata up to :data:`FORMAT_VERSION`; refuse newer ones."""
-    if version > FORMAT_VERSION:
-        raise RsSegError(
-            f"bundle format version {version} is newer than this rs_seg reads "
-            f"(up to {FORMAT_VERSION}); upgrade rs_seg",
-            path,
-        )
-    while version < FORMAT_VERSION:
-        if version not in _UPGRADES:
-            raise RsSegError(
-                f"bundle format version {version} is no longer supported (this rs_seg reads "
-                f"version {FORMAT_VERSION}); retrain or convert it with an older rs_seg",
-                path,
-            )
-        meta = _UPGRADES[version](meta)
-        version += 1
-    return meta
-
-
 def _format_metrics(metrics: BundleMetrics) -> list[str]:
     lines = []
     for split, scores in (("validation", metrics.get("validation")), ("test", metrics.get("test"))):
@@ -485,7 +461,7 @@ def describe(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
         + " / std "
         + ", ".join(f"{v:.1f}" for v in meta["normalization"]["std"]),
         f"threshold     {meta['threshold']:.4f}   classes {meta.get('classes')}",
-        *_field_lines(meta.get("fields")),
+        *_field_lines(meta["fields"], meta.get("metrics", {})),
         "metrics",
         *_format_metrics(meta.get("metrics", {})),
         f"chip index    {prov.get('chip_index_fingerprint')}  ({prov.get('chips_dir')})",
@@ -496,14 +472,15 @@ def describe(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
     return "\n".join(lines)
 
 
-def _field_lines(settings: FieldSettings | None) -> list[str]:
-    """The tuned field settings of a fields model, one line (none for a cropland model)."""
-    if not settings:
-        return []
+def _field_lines(settings: dict[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+    """The field settings, one line, with the validation object F1 where it was tuned."""
+    boundary = settings.get("boundary_threshold")
+    tuned = (metrics.get("validation") or {}).get("objects", {}).get("object_f1")
     return [
-        f"fields        extent {settings['threshold']:.3f}, boundary "
-        f"{settings['boundary_threshold']:.2f}, min area {settings['min_area']:g}, grow "
-        f"{settings['grow']} px (validation object F1 {settings['validation_object_f1']:.3f})"
+        f"fields        extent {settings['threshold']:.3f}, "
+        + (f"boundary {boundary:.2f}, " if boundary is not None else "no boundary split, ")
+        + f"min area {settings['min_area']:g}, grow {settings['grow']} px"
+        + (f" (validation object F1 {tuned:.3f})" if isinstance(tuned, float) else "")
     ]
 
 

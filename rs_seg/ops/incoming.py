@@ -49,9 +49,9 @@ from rs_seg.errors import RsSegError, check_utf8_name, printable
 from rs_seg.infer.field_layer import FieldLayerWriter, LayerInfo, merge_scenes, output_driver
 from rs_seg.infer.run import run_infer
 from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.latest import latest_bundle
 from rs_seg.ops.ledger import ANY_MODEL, Ledger
 from rs_seg.ops.names import inbox_key, inbox_name, inbox_root, item_name
-from rs_seg.ops.registry import latest_bundle
 from rs_seg.ops.stac import select_scenes
 from rs_seg.rasters import GDAL_ENV, gdal_message
 from rs_seg.remote import display, file_name, redact_text

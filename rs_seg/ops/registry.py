@@ -34,14 +34,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic validates only this TypedDict before 3.12
 
-from rs_seg.config_files import format_validation_error
 from rs_seg.errors import RsSegError
-from rs_seg.model.bundle import BUNDLE_FILE, MODEL_ID, ModelBundle, now_iso, weights_id
+from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle, now_iso, weights_id
+from rs_seg.model.latest import (
+    LATEST_FILE,
+    LatestEntry,
+    check_plain_file,
+    latest_path,
+    model_folder,
+    read_json,
+    read_latest,
+    short_repr,
+)
 from rs_seg.records import BundleMetrics, SplitMetrics
 from rs_seg.run_folder import RunFolder
 from rs_seg.staging import FolderKind, staged_dir, write_json
@@ -54,10 +62,8 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-LATEST_FILE = "latest.json"
 LOG_FILE = "registry.jsonl"
 _LOCK_FILE = ".registry.lock"
-NO_MODEL_HINT = "no registered model; train one with rs-seg train / the train-cropland flow"
 _METRICS_FILE = RunFolder(Path()).metrics.name
 
 MODEL_FOLDER = FolderKind(
@@ -81,21 +87,6 @@ class StoredMetrics(BundleMetrics, total=False):
     model_id: str
     chip_index_fingerprint: str | None
     threshold: float
-
-
-@with_config(ConfigDict(strict=True))  # read back with strict JSON types, all keys (_LATEST)
-class LatestEntry(TypedDict):
-    """``latest.json``: the model inference uses, and the test score that earned it the place."""
-
-    model_id: str
-    bundle: str  # relative to the models directory
-    metric: str
-    score: float | None  # null when undefined (NaN)
-    chip_index_fingerprint: str | None
-    promoted_at: str
-
-
-_LATEST = TypeAdapter(LatestEntry)
 
 
 class LogEntry(TypedDict):
@@ -151,40 +142,9 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _short(value: object) -> str:
-    """A value from a file, quoted for a message and cut to a readable length."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def model_folder(models_dir: Path, model_id: object, where: Path) -> Path:
-    """``<models_dir>/<model_id>``; an id that is not a weight hash is refused, naming ``where``.
-
-    Ids come from files (bundles, ``latest.json``); only 12 hex digits can never be an absolute
-    path, ``..`` or ``.``.
-    """
-    if not isinstance(model_id, str) or not MODEL_ID.fullmatch(model_id):
-        raise RsSegError(
-            f"model id {_short(model_id)} is not a weight hash (12 hex digits); the file was "
-            "edited or damaged",
-            where,
-        )
-    return Path(models_dir) / model_id
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON document of the registry (or a run), with one-line errors naming the file."""
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as exc:
-        raise RsSegError(f"cannot be read ({exc.strerror})", path) from None
-    except ValueError:  # JSON syntax and undecodable bytes
-        raise RsSegError("not valid JSON; fix or remove it", path) from None
-
-
 def _read_metrics(path: Path) -> StoredMetrics:
     """A ``metrics.json``; it must be a JSON object (keys are read with ``.get``)."""
-    metrics = _read_json(path)
+    metrics = read_json(path)
     if not isinstance(metrics, dict):
         raise RsSegError("is not a metrics file (not a JSON object); fix or remove it", path)
     return cast(StoredMetrics, metrics)
@@ -283,7 +243,7 @@ def _check_id(bundle: ModelBundle, where: Path) -> None:
     found = weights_id(bundle.state_dict)
     if bundle.model_id != found:
         raise RsSegError(
-            f"claims model id {_short(bundle.model_id)}, but its weights hash to {found}; the "
+            f"claims model id {short_repr(bundle.model_id)}, but its weights hash to {found}; the "
             "bundle was edited or assembled wrongly, export it again from its run",
             where,
         )
@@ -300,7 +260,7 @@ def _check_replaceable(target: Path) -> None:
     names = sorted(entry.name for entry in target.iterdir()) if target.is_dir() else []
     foreign = [name for name in names if not MODEL_FOLDER.owns(name)]
     if names and (foreign or MODEL_FOLDER.marker not in names):
-        what = f"holds {_short(foreign[0])}" if foreign else f"has no {MODEL_FOLDER.marker}"
+        what = f"holds {short_repr(foreign[0])}" if foreign else f"has no {MODEL_FOLDER.marker}"
         raise RsSegError(
             f"{what}, so it is not a model folder the registry wrote; move it out of the models "
             "folder and register again",
@@ -334,60 +294,6 @@ def _links(folder: str, names: list[str]) -> list[str]:
     return [name for name in names if Path(folder, name).is_symlink()]
 
 
-def _read_latest(models_dir: Path) -> LatestEntry | None:
-    """``latest.json`` checked: its keys and types, an id that is a weight hash, a bundle inside.
-
-    None when there is none yet; anything else that is not such a pointer is one line naming it.
-    """
-    path = models_dir / LATEST_FILE
-    if not os.path.lexists(path):
-        return None
-    _check_plain_file(path)
-    try:
-        document = _read_json(path)
-        _LATEST.validate_python(document)
-    except ValidationError as exc:
-        detail = format_validation_error(exc)[:300]
-        raise RsSegError(
-            f"is not a latest-model pointer ({detail}); fix or remove it", path
-        ) from None
-    latest = cast(LatestEntry, document)
-    model_folder(models_dir, latest["model_id"], path)
-    _inside(models_dir, latest["bundle"], path)
-    return latest
-
-
-def _check_plain_file(path: Path) -> None:
-    """The registry's own files are plain files: a link or folder in their place is refused."""
-    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
-        raise RsSegError(
-            "is not a plain file; the registry writes it itself, so move it out of the models "
-            "folder",
-            path,
-        )
-
-
-def _inside(models_dir: Path, relative: str, where: Path) -> Path:
-    """``models_dir / relative`` when it resolves to a file path inside the models folder."""
-    candidate = models_dir / relative
-    try:
-        root, resolved = models_dir.resolve(), candidate.resolve()
-    except (OSError, ValueError):  # a link loop, a NUL byte
-        resolved = root = Path("/")
-    if Path(relative).is_absolute() or resolved == root or not resolved.is_relative_to(root):
-        raise RsSegError(
-            f"names the bundle {_short(relative)}, which is not inside the models folder; fix or "
-            "remove it",
-            where,
-        )
-    return candidate
-
-
-def _latest_path(models_dir: Path, latest: LatestEntry) -> Path:
-    """The bundle file ``latest.json`` names (checked by :func:`_read_latest`)."""
-    return _inside(models_dir, latest["bundle"], models_dir / LATEST_FILE)
-
-
 def _incumbent_stored_score(models_dir: Path, latest: LatestEntry, metric: str) -> float:
     """The incumbent's own test score: from latest.json, or its metrics.json for other metrics."""
     if latest.get("metric") == metric and isinstance(score := latest.get("score"), int | float):
@@ -395,7 +301,7 @@ def _incumbent_stored_score(models_dir: Path, latest: LatestEntry, metric: str) 
     path = RunFolder(model_folder(models_dir, latest["model_id"], models_dir / LATEST_FILE)).metrics
     if path.is_file():
         return _test_score(_read_metrics(path), metric, path)
-    bundle = _latest_path(models_dir, latest)
+    bundle = latest_path(models_dir, latest)
     return _test_score(ModelBundle.load(bundle).metrics, metric, bundle)
 
 
@@ -404,8 +310,8 @@ def _rescore_incumbent(
 ) -> float:
     """Score the incumbent on the new model's test split (its chips must be unchanged)."""
     # re-scoring needs the training stack (Lightning); lookups and registering do not
+    from rs_seg.evaluate.evaluation import score_bundle
     from rs_seg.train.dataset import load_chip_splits
-    from rs_seg.train.evaluation import score_bundle
 
     chips_dir = new.provenance.get("chips_dir")
     if not chips_dir or not Path(chips_dir).is_dir():
@@ -418,7 +324,7 @@ def _rescore_incumbent(
             f"{expected})",
             chips_dir,
         )
-    incumbent = ModelBundle.load(_latest_path(models_dir, latest))
+    incumbent = ModelBundle.load(latest_path(models_dir, latest))
     return _score(score_bundle(incumbent, Path(chips_dir), "test").metrics, metric, Path(chips_dir))
 
 
@@ -525,8 +431,8 @@ def register(
     new_score = _test_score(bundle.metrics, metric, bundle_path)
     models_dir = _models_folder(Path(models_dir))
     with _locked(models_dir):
-        latest = _read_latest(models_dir)  # before anything is stored: a bad pointer stops here
-        _check_plain_file(models_dir / LOG_FILE)
+        latest = read_latest(models_dir)  # before anything is stored: a bad pointer stops here
+        check_plain_file(models_dir / LOG_FILE)
         stored = _store(bundle_path, run, bundle, models_dir)
         decision = _decide(models_dir, latest, bundle, new_score, promote, metric)
         if decision.promoted:
@@ -572,18 +478,6 @@ def _log_entry(
     }
 
 
-def latest_bundle(models_dir: Path) -> Path:
-    """The bundle ``latest.json`` points to; what inference uses when no model is named."""
-    models_dir = Path(models_dir)
-    latest = _read_latest(models_dir)
-    if latest is None:
-        raise RsSegError(NO_MODEL_HINT, models_dir)
-    bundle = _latest_path(models_dir, latest)
-    if not bundle.is_file():
-        raise RsSegError(f"latest.json points to a missing bundle ({latest['bundle']})", models_dir)
-    return bundle
-
-
 def _registered_dates(models_dir: Path) -> dict[str, str]:
     """When each model id was first registered, from the decision log."""
     path = models_dir / LOG_FILE
@@ -604,7 +498,7 @@ def list_models(models_dir: Path) -> list[ModelRow]:
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         return []
-    pointer = _read_latest(models_dir)
+    pointer = read_latest(models_dir)
     latest = pointer.get("model_id") if pointer is not None else None
     dates = _registered_dates(models_dir)
     rows: list[ModelRow] = []

@@ -3,9 +3,10 @@
 A run folder (:class:`rs_seg.run_folder.RunFolder`) holds ``train.yaml`` (the config),
 ``normalization.json`` (train-split statistics), ``checkpoints/{best,last}.ckpt``,
 ``history.json`` (one row per epoch) and ``run.json`` (status).
-:func:`rs_seg.train.evaluation.evaluate_run` then adds the model bundle, metrics and report. A run
-that fails before its first checkpoint is removed; a later failure leaves a consistent folder that
-``--resume`` continues from ``last.ckpt`` at the right epoch with optimizer and schedule state.
+Evaluation (:func:`rs_seg.evaluate.run.train_and_evaluate`) then adds the model bundle, metrics and
+report. A run that fails before its first checkpoint is removed; a later failure leaves a consistent
+folder that ``--resume`` continues from ``last.ckpt`` at the right epoch with optimizer and schedule
+state.
 """
 
 from __future__ import annotations
@@ -507,8 +508,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = False) -> Tra
     """Train a model on a prepared chip folder; ``None`` in DDP worker processes.
 
     Inputs and the output folder are checked before anything is written. A run that replaces an
-    earlier one trains beside it (:func:`work_folder`); :func:`rs_seg.train.evaluation.evaluate_run`
-    puts it in place once it is evaluated. GPU out-of-memory ends in a one-line hint.
+    earlier one trains beside it (:func:`work_folder`);
+    :func:`rs_seg.evaluate.run.train_and_evaluate` puts it in place once it is evaluated. GPU
+    out-of-memory ends in a one-line hint.
     """
     check_names(cfg.model)
     cfg = with_task(cfg)

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from rs_seg.errors import RsSegError
 from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle
-from rs_seg.ops.registry import LATEST_FILE, latest_bundle, list_models, register
+from rs_seg.model.latest import LATEST_FILE, latest_bundle
+from rs_seg.ops.registry import list_models, register
 from tests.helpers import assert_one_line_error, digest, make_bundle, rs_seg, write_scene
 
 
@@ -134,9 +135,7 @@ def small_payload(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = make_bundle(tmp_path_factory.mktemp("small") / BUNDLE_FILE, task="fields")
     payload = torch.load(path, weights_only=True)
     payload["meta"].update(
-        fields={"threshold": 0.5, "boundary_threshold": 0.5, "min_area": 500.0, "grow": 3,
-                "validation_object_f1": 0.7, "rule": "r"},
-        boundary_threshold=0.5,
+        fields={"threshold": 0.5, "boundary_threshold": 0.5, "min_area": 500.0, "grow": 3},
         metrics={"test": {"mean_iou": 0.5}, "validation": {"mean_iou": 0.5}},
     )  # fmt: skip
     payload["meta"]["provenance"]["chip_index_fingerprint"] = "fp"
@@ -179,7 +178,7 @@ KEYS = [
     "model", "model.arch", "model.encoder", "model.bands", "model.task", "bands", "bands.0",
     "band_names", "band_names.1", "normalization", "normalization.mean", "normalization.std",
     "normalization.std.2", "chip_size", "threshold", "pixel_size", "pixel_size.0",
-    "boundary_threshold", "fields", "fields.threshold", "fields.grow", "fields.min_area",
+    "fields", "fields.threshold", "fields.boundary_threshold", "fields.grow", "fields.min_area",
     "band_count", "classes", "metrics", "metrics.test", "provenance", "provenance.versions",
     *["crs", "dtype", "nodata", "metrics.test.mean_iou", "metrics.validation",
       "provenance.model_id", "provenance.chip_index_fingerprint", "provenance.chips_dir",
@@ -220,7 +219,7 @@ def _use(bundle_path: Path, models: Path) -> None:
         bundle = ModelBundle.load(bundle_path)
         bundle.describe()
         json.dumps(bundle.meta())
-        _ = (bundle.band_index, bundle.in_channels, bundle.field_threshold, bundle.model_id)
+        _ = (bundle.band_index, bundle.in_channels, bundle.field_settings, bundle.model_id)
         loaded = True
     if loaded:
         with refused_or_done():

@@ -18,10 +18,12 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 import rs_seg.infer.run as infer_run
-from rs_seg.cli import app, reports_errors
+from rs_seg.cli import app
+from rs_seg.cli_runtime import reports_errors
 from rs_seg.config import InferConfig
 from rs_seg.errors import RsSegError
 from rs_seg.infer.run import run_infer
+from rs_seg.model.fields import FieldSettings
 from tests.helpers import (
     assert_one_line_error,
     hidden_leftovers,
@@ -65,7 +67,8 @@ def write_prob(
     profile.update(crs=crs, transform=from_origin(*origin, pixel, pixel), nodata=255)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(levels)
-        dst.update_tags(threshold_used="0.500000", min_area_used="0")
+        fields = FieldSettings(threshold=0.5, boundary_threshold=None, min_area=0.0)
+        dst.update_tags(threshold_used="0.500000", **fields.to_tags())
     return path
 
 
@@ -149,11 +152,14 @@ def test_fields_of_a_raster_in_us_feet_have_the_areas_of_the_same_raster_in_metr
 @pytest.mark.parametrize(
     ("tags", "fragments"),
     [
-        ({"threshold_used": "5"}, ("threshold_used tag 5 is not a probability", "--threshold")),
-        ({"threshold_used": "nan"}, ("threshold_used tag nan", "--threshold")),
-        ({"threshold_used": "abc"}, ("unreadable threshold_used tag", "--threshold")),
-        ({"min_area_used": "-5"}, ("min_area_used tag -5 is not an area", "--min-area")),
-        ({"min_area_used": "inf"}, ("min_area_used tag inf", "--min-area")),
+        (
+            {"field_threshold_used": "5"},
+            ("field_threshold_used tag '5' is out of range", "--threshold"),
+        ),
+        ({"field_threshold_used": "nan"}, ("field_threshold_used tag 'nan'", "--threshold")),
+        ({"field_threshold_used": "abc"}, ("unreadable field_threshold_used tag", "--threshold")),
+        ({"min_area_used": "-5"}, ("min_area_used tag '-5' is out of range", "--min-area")),
+        ({"min_area_used": "inf"}, ("min_area_used tag 'inf'", "--min-area")),
         ({"boundary_threshold_used": "nan"}, ("boundary_threshold_used", "--boundary-threshold")),
     ],
 )

@@ -21,9 +21,10 @@ import rs_seg.infer.boundary_split as boundary_split_module
 from rs_seg.cli import app
 from rs_seg.errors import RsSegError
 from rs_seg.field_rule import grow_seeds, split_labels
-from rs_seg.infer.vectorize import BOUNDARY_TAG, LAYER, VectorizeSettings, vectorize
+from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
-from tests.helpers import PIXEL, UTM, pixel_box
+from rs_seg.model.fields import FieldSettings
+from tests.helpers import PIXEL, UTM, pixel_box, vectorize_settings
 from tests.infer.test_vectorize import (
     PIXEL_AREA,
     TRANSFORM,
@@ -141,7 +142,7 @@ def random_fields(rng: np.random.Generator, size: int = 40) -> tuple[np.ndarray,
 
 def split_fields(tmp_path: Path, extent, boundary, name: str = "f", **kwargs):
     prob = write_fields_prob(tmp_path / f"{name}.tif", extent, boundary)
-    summary = vectorize(prob, tmp_path / f"{name}.gpkg", VectorizeSettings(**kwargs))
+    summary = vectorize(prob, tmp_path / f"{name}.gpkg", vectorize_settings(**kwargs))
     fields = read_fields(tmp_path / f"{name}.gpkg")
     assert summary.polygons == len(fields)
     return fields
@@ -246,7 +247,9 @@ def test_unreached_boundary_pixels_are_fields_of_their_own(tmp_path: Path) -> No
 @pytest.mark.parametrize("fill_holes_below", [0.0, 150.0, 300.0])
 def test_no_boundaries_give_the_cropland_regions(tmp_path: Path, fill_holes_below: float) -> None:
     extent, _ = random_fields(np.random.default_rng(5))
-    config = VectorizeSettings(strip_rows=7, fill_holes_below=fill_holes_below, min_area=150)
+    config = VectorizeSettings(
+        FieldSettings(min_area=150), strip_rows=7, fill_holes_below=fill_holes_below
+    )
     vectorize(write_prob(tmp_path / "one.tif", extent), tmp_path / "one.gpkg", config)
     prob = write_fields_prob(tmp_path / "two.tif", extent, np.zeros_like(extent))
     vectorize(prob, tmp_path / "two.gpkg", config)
@@ -257,7 +260,7 @@ def test_no_boundaries_give_the_cropland_regions(tmp_path: Path, fill_holes_belo
 
 def test_two_bands_without_a_boundary_threshold_are_band_one_as_today(tmp_path: Path) -> None:
     extent, boundary = random_fields(np.random.default_rng(11))
-    config = VectorizeSettings(strip_rows=5, min_area=150, boundary_threshold=None)
+    config = VectorizeSettings(FieldSettings(min_area=150, boundary_threshold=None), strip_rows=5)
     vectorize(write_prob(tmp_path / "one.tif", extent), tmp_path / "one.gpkg", config, scene="s")
     prob = write_fields_prob(tmp_path / "two.tif", extent, boundary)
     vectorize(prob, tmp_path / "two.gpkg", config, scene="s")
@@ -283,7 +286,7 @@ def test_split_equals_the_whole_raster_reference(
     extent, boundary = random_fields(rng)
     valid = rng.random(extent.shape) > 0.05 if with_mask else np.ones(extent.shape, dtype=bool)
     config = VectorizeSettings(
-        strip_rows=strip_rows, grow=grow, boundary_threshold=boundary_threshold
+        FieldSettings(grow=grow, boundary_threshold=boundary_threshold), strip_rows=strip_rows
     )
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -329,14 +332,14 @@ def test_strips_give_the_same_fields_as_the_whole_raster(
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         prob = write_fields_prob(root / "p.tif", extent, boundary, valid=valid)
-        vectorize(prob, root / "strips.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
-        vectorize(prob, root / "whole.gpkg", VectorizeSettings(strip_rows=1000, **common))
+        vectorize(prob, root / "strips.gpkg", vectorize_settings(strip_rows=strip_rows, **common))
+        vectorize(prob, root / "whole.gpkg", vectorize_settings(strip_rows=1000, **common))
         without_prefilter(
-            prob, root / "all.gpkg", VectorizeSettings(strip_rows=strip_rows, **common)
+            prob, root / "all.gpkg", vectorize_settings(strip_rows=strip_rows, **common)
         )
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(boundary_split_module, "SPECKS_PER_MPX", 0)  # pre-filter every strip
-            vectorize(prob, root / "pre.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
+            vectorize(prob, root / "pre.gpkg", vectorize_settings(strip_rows=strip_rows, **common))
         stripped, whole = read_fields(root / "strips.gpkg"), read_fields(root / "whole.gpkg")
         everything = read_fields(root / "all.gpkg")
         assert_identical_layers(read_fields(root / "pre.gpkg"), everything)
@@ -397,19 +400,7 @@ def test_grow_seeds_matches_the_reference_in_any_window() -> None:
 )
 def test_bad_split_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(RsSegError):
-        VectorizeSettings(**kwargs)
-
-
-def test_for_raster_reads_the_stored_boundary_threshold() -> None:
-    tags = {BOUNDARY_TAG: "0.300000"}
-    assert VectorizeSettings.for_raster(0.5, 1, 0, tags=tags).boundary_threshold == 0.3
-    given_ = VectorizeSettings.for_raster(0.5, 1, 0, boundary_threshold=0.6, tags=tags)
-    assert given_.boundary_threshold == 0.6
-    assert VectorizeSettings.for_raster(0.5, 1, 0).boundary_threshold == 0.5
-    assert VectorizeSettings.for_raster(0.5, 1, 0, split=False).boundary_threshold is None
-    assert VectorizeSettings.for_raster(0.5, 1, 0, grow=5).grow == 5
-    with pytest.raises(RsSegError, match=BOUNDARY_TAG):
-        VectorizeSettings.for_raster(0.5, 1, 0, tags={BOUNDARY_TAG: "high"})
+        FieldSettings.checked(**kwargs)
 
 
 def test_swapped_bands_are_refused(tmp_path: Path) -> None:
@@ -425,7 +416,9 @@ def test_swapped_bands_are_refused(tmp_path: Path) -> None:
 def test_layer_metadata_records_the_split(tmp_path: Path) -> None:
     extent = np.full((8, 8), 200, dtype=np.uint8)
     prob = write_fields_prob(tmp_path / "p.tif", extent, extent * 0)
-    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(boundary_threshold=0.4, grow=2))
+    vectorize(
+        prob, tmp_path / "f.gpkg", VectorizeSettings(FieldSettings(boundary_threshold=0.4, grow=2))
+    )
     meta = pyogrio.read_info(tmp_path / "f.gpkg", layer=LAYER)["layer_metadata"]
     assert (meta["boundary_threshold"], meta["boundary_level"], meta["grow_pixels"]) == (
         "0.4",
@@ -442,7 +435,7 @@ def test_cli_resplits_with_new_thresholds_without_the_model(tmp_path: Path) -> N
     boundary = np.zeros_like(extent)
     extent[2:18, 2:28] = 230
     boundary[2:18, 14:16] = 150  # a faint boundary line: a boundary at 0.4, not at 0.7
-    tags = {"threshold_used": "0.500000", BOUNDARY_TAG: "0.700000"}
+    tags = FieldSettings(threshold=0.5, boundary_threshold=0.7).to_tags()
     prob = write_fields_prob(tmp_path / "prob.tif", extent, boundary, tags=tags)
     runner = CliRunner()
 

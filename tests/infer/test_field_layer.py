@@ -15,6 +15,7 @@ import shapely
 from rs_seg.errors import RsSegError
 from rs_seg.infer.field_layer import LAYER, field_style, field_style_sld
 from rs_seg.infer.vectorize import VectorizeSettings, vectorize
+from rs_seg.model.fields import FieldSettings
 from rs_seg.ops.incoming import write_merged
 from tests.helpers import UTM
 from tests.infer.test_vectorize import write_prob
@@ -204,7 +205,7 @@ def test_geoparquet_replaces_only_its_own_kind(tmp_path: Path) -> None:
     prob = scene_prob(tmp_path / "north_prob.tif")
     out = tmp_path / "fields.parquet"
     vectorize(prob, out, VectorizeSettings())
-    vectorize(prob, out, VectorizeSettings(threshold=0.95), overwrite=True)
+    vectorize(prob, out, VectorizeSettings(FieldSettings(threshold=0.95)), overwrite=True)
     assert pq.read_table(out).num_rows == 1, "0.95 keeps the 255 field only"
     users = tmp_path / "users.parquet"
     pq.write_table(pa.table({"a": [1]}), users)

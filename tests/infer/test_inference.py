@@ -25,6 +25,7 @@ from rs_seg.infer import pipeline
 from rs_seg.infer.predict import predict_scene
 from rs_seg.infer.run import load_model, run_infer
 from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.fields import DEFAULT_MIN_AREA, FieldSettings
 from rs_seg.model.predictor import WindowPredictor
 from rs_seg.windows import axis_offsets, hann_weight, window_stride
 from tests.helpers import (
@@ -276,12 +277,10 @@ def test_a_fields_bundle_maps_with_its_tuned_field_settings_and_stores_them(
     """Extent, boundary and minimum area tuned on validation reach polygons, tags and re-splits."""
     scene = write_scene(tmp_path / "s.tif", 130, 97, nodata_cols=3)
     bundle = ModelBundle.load(make_bundle(tmp_path / "plain.pt", task="fields"))
-    assert bundle.fields is None and bundle.field_threshold == bundle.threshold
-    bundle.fields = {
-        "threshold": 0.6, "boundary_threshold": 0.4, "min_area": 250.0, "grow": 3,
-        "validation_object_f1": 0.8, "rule": "test",
-    }  # fmt: skip
-    bundle.boundary_threshold = 0.4
+    assert bundle.field_settings == FieldSettings(
+        threshold=bundle.threshold, boundary_threshold=0.5, min_area=DEFAULT_MIN_AREA
+    )  # untuned: the defaults, stored with the bundle
+    bundle.fields = FieldSettings(threshold=0.6, boundary_threshold=0.4, min_area=250.0, grow=3)
     tuned = bundle.save(tmp_path / "tuned.pt")
     assert ModelBundle.load(tuned).fields == bundle.fields  # survives a save
     model = FunctionPredictor(tuned, pointwise)

@@ -16,6 +16,7 @@ import rs_seg.infer.boundary_split as boundary_split_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.outlines import Outliner, outlines, receive_array, send_array
 from rs_seg.infer.vectorize import VectorizeSettings, vectorize
+from rs_seg.model.fields import FieldSettings
 from tests.infer.test_boundary_split import random_fields, write_fields_prob
 from tests.infer.test_vectorize import assert_identical_layers, read_fields
 
@@ -115,7 +116,7 @@ def test_split_vectorize_in_the_child_gives_the_same_fields(
 ) -> None:
     extent, boundary = random_fields(np.random.default_rng(3), size=60)
     prob = write_fields_prob(tmp_path / "p.tif", extent, boundary)
-    here = VectorizeSettings(strip_rows=7, min_area=150, fill_holes_below=250)
+    here = VectorizeSettings(FieldSettings(min_area=150), strip_rows=7, fill_holes_below=250)
     vectorize(prob, tmp_path / "here.gpkg", here)
     monkeypatch.setattr(boundary_split_module, "OUTLINE_CHILD_PIXELS", 0)
     vectorize(prob, tmp_path / "child.gpkg", here)

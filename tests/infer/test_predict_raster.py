@@ -27,6 +27,7 @@ from rs_seg.infer.predict import (
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, vectorize
 from rs_seg.levels import threshold_to_level
 from rs_seg.model.bundle import ModelBundle
+from rs_seg.model.fields import FieldSettings
 from tests.helpers import ORIGIN, PIXEL, UTM, FunctionPredictor, make_bundle, write_scene
 
 NODATA_COLS = 3
@@ -212,7 +213,7 @@ def field_landscape(bands: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
 
 def fields_of(path: Path, threshold: float, boundary: float | None) -> list[shapely.Geometry]:
     out = path.with_suffix(".gpkg")
-    settings = VectorizeSettings(threshold=threshold, boundary_threshold=boundary)
+    settings = VectorizeSettings(FieldSettings(threshold=threshold, boundary_threshold=boundary))
     vectorize(path, out, settings, overwrite=True)
     return list(pyogrio.read_dataframe(out, layer=LAYER).geometry)
 
@@ -243,7 +244,17 @@ def test_rs_seg_vectorize_re_splits_an_old_raster(tmp_path: Path) -> None:
     levels, valid = field_landscape(2)
     old = write_old_format(tmp_path / "old_prob.tif", levels, valid)
     result = CliRunner().invoke(
-        app, ["vectorize", str(old), "-o", str(tmp_path / "f.gpkg"), "--min-area", "0"]
+        app,
+        [
+            "vectorize",
+            str(old),
+            "-o",
+            str(tmp_path / "f.gpkg"),
+            "--min-area",
+            "0",
+            "--threshold",
+            "0.5",
+        ],
     )
     assert result.exit_code == 0, result.output
     fields = pyogrio.read_dataframe(tmp_path / "f.gpkg", layer=LAYER)

@@ -28,7 +28,8 @@ import rs_seg.infer.vectorize as vectorize_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, computed_ahead, vectorize
 from rs_seg.levels import threshold_to_level
-from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box
+from rs_seg.model.fields import FieldSettings
+from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box, vectorize_settings
 
 TRANSFORM = from_origin(*ORIGIN, PIXEL, PIXEL)
 PIXEL_AREA = PIXEL * PIXEL
@@ -142,8 +143,8 @@ def test_strips_give_the_same_fields_as_the_whole_raster(
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         prob = write_prob(root / "prob.tif", values, valid=valid)
-        vectorize(prob, root / "strips.gpkg", VectorizeSettings(strip_rows=strip_rows, **common))
-        vectorize(prob, root / "whole.gpkg", VectorizeSettings(strip_rows=1000, **common))
+        vectorize(prob, root / "strips.gpkg", vectorize_settings(strip_rows=strip_rows, **common))
+        vectorize(prob, root / "whole.gpkg", vectorize_settings(strip_rows=1000, **common))
         stripped, whole = read_fields(root / "strips.gpkg"), read_fields(root / "whole.gpkg")
     # numbering is strip-independent unless small fields were held back as possible islands
     assert_same_fields(stripped, whole, same_order=fill_holes_below <= min_area)
@@ -224,7 +225,7 @@ def test_min_area_drops_small_fields(tmp_path: Path) -> None:
     values[1:3, 1:3] = 255  # 400 m²
     values[5:11, 5:11] = 255  # 3600 m²
     prob = write_prob(tmp_path / "prob.tif", values)
-    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(min_area=500))
+    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(FieldSettings(min_area=500)))
     fields = read_fields(tmp_path / "f.gpkg")
     assert list(fields.area_ha) == [pytest.approx(0.36)]
 
@@ -319,7 +320,7 @@ def test_prefilter_changes_nothing(
         values = np.where(crop, levels, 0)
     valid = rng.random(values.shape) > 0.05 if with_mask else None
     config = VectorizeSettings(
-        min_area=min_area, fill_holes_below=fill_holes_below, strip_rows=strip_rows
+        FieldSettings(min_area=min_area), fill_holes_below=fill_holes_below, strip_rows=strip_rows
     )
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -335,7 +336,7 @@ def test_checkerboard_polygonizes_only_strip_boundaries(
 ) -> None:
     values = checkerboard(64, 64)  # 2048 one-pixel regions of 100 m², none can reach 500 m²
     prob = write_prob(tmp_path / "prob.tif", values)
-    config = VectorizeSettings(min_area=500, fill_holes_below=500, strip_rows=16)
+    config = VectorizeSettings(FieldSettings(min_area=500), fill_holes_below=500, strip_rows=16)
     counts = count_polygonized(monkeypatch)
     assert vectorize(prob, tmp_path / "f.gpkg", config).polygons == 0
     assert len(read_fields(tmp_path / "f.gpkg")) == 0
@@ -353,7 +354,7 @@ def test_regions_continuing_across_strips_are_kept(tmp_path: Path) -> None:
     values[10:12, 7] = 255  # 200 m² inside one strip: dropped early
     values[3:5, 1] = 255  # 200 m² across the first strip boundary: kept until complete, dropped
     prob = write_prob(tmp_path / "prob.tif", values)
-    config = VectorizeSettings(min_area=500, strip_rows=4)
+    config = VectorizeSettings(FieldSettings(min_area=500), strip_rows=4)
     vectorize(prob, tmp_path / "f.gpkg", config)
     fields = read_fields(tmp_path / "f.gpkg")
     assert list(fields.area_ha) == [pytest.approx(0.4)]
@@ -375,7 +376,9 @@ def test_dropping_an_island_keeps_the_field_around_it(tmp_path: Path, strip_rows
         6000.0: ([4.84], 0),  # the large hole is filled and the 400 m² island in it dropped
     }
     for fill, (areas, holes) in expected.items():
-        config = VectorizeSettings(min_area=150, fill_holes_below=fill, strip_rows=strip_rows)
+        config = VectorizeSettings(
+            FieldSettings(min_area=150), fill_holes_below=fill, strip_rows=strip_rows
+        )
         vectorize(prob, tmp_path / f"f{fill}.gpkg", config)
         without_prefilter(prob, tmp_path / f"all{fill}.gpkg", config)
         fields = read_fields(tmp_path / f"f{fill}.gpkg")
@@ -416,7 +419,7 @@ def test_cli_vectorizes_a_2048_checkerboard_quickly_in_little_memory(tmp_path: P
     }  # fmt: skip
     with rasterio.open(prob, "w", **profile) as dst:
         dst.write(checkerboard(size, size), 1)
-        dst.update_tags(threshold_used="0.500000")  # as rs-seg infer writes it
+        dst.update_tags(**FieldSettings(threshold=0.5).to_tags())  # as rs-seg infer writes it
     out = tmp_path / "out.gpkg"
     started = time.perf_counter()
     done = subprocess.run(
@@ -460,7 +463,9 @@ def test_threshold_uses_the_shared_level(tmp_path: Path) -> None:
     values[1, 1:3] = level
     values[1, 4:6] = level - 1
     prob = write_prob(tmp_path / "prob.tif", values)
-    summary = vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(threshold=0.576))
+    summary = vectorize(
+        prob, tmp_path / "f.gpkg", VectorizeSettings(FieldSettings(threshold=0.576))
+    )
     assert summary.polygons == 1
     assert summary.area_ha == pytest.approx(2 * PIXEL_AREA / 10_000)
 
@@ -527,13 +532,18 @@ def test_feet_crs_gives_metric_attributes(tmp_path: Path) -> None:
     values = np.zeros((6, 6), dtype=np.uint8)
     values[1:3, 1:4] = 255  # 6 pixels of 10 x 10 US survey feet
     prob = write_prob(tmp_path / "prob.tif", values, crs="EPSG:2263")
-    vectorize(prob, tmp_path / "f.gpkg", VectorizeSettings(min_area=50))  # 55.7 m² survive
+    vectorize(
+        prob, tmp_path / "f.gpkg", VectorizeSettings(FieldSettings(min_area=50))
+    )  # 55.7 m² survive
     fields = read_fields(tmp_path / "f.gpkg")
     foot = 1200 / 3937
     assert fields.area_ha[0] == pytest.approx(600 * foot**2 / 10_000)
     assert fields.perimeter_m[0] == pytest.approx(100 * foot)
     assert fields.geometry[0].area == pytest.approx(600)  # geometry stays in the raster CRS
-    assert vectorize(prob, tmp_path / "g.gpkg", VectorizeSettings(min_area=60)).polygons == 0
+    assert (
+        vectorize(prob, tmp_path / "g.gpkg", VectorizeSettings(FieldSettings(min_area=60))).polygons
+        == 0
+    )
 
 
 def test_flatgeobuf_keeps_the_crs(tmp_path: Path) -> None:
@@ -602,7 +612,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     assert out.read_bytes() == b"old"
     assert not list(tmp_path.glob(".*partial*"))
     out.unlink()
-    vectorize(prob, out, VectorizeSettings(threshold=0.9))
+    vectorize(prob, out, VectorizeSettings(FieldSettings(threshold=0.9)))
     vectorize(prob, out, VectorizeSettings(), overwrite=True)  # its own output: replaced
     assert len(read_fields(out)) == 2
     assert not list(tmp_path.glob(".*partial*"))
@@ -650,7 +660,7 @@ def test_not_a_raster_is_refused(tmp_path: Path) -> None:
 )
 def test_bad_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(RsSegError):
-        VectorizeSettings(**kwargs)
+        vectorize_settings(**kwargs)
 
 
 def test_wide_rasters_get_shorter_strips_so_memory_does_not_grow_with_width() -> None:

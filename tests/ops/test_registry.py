@@ -16,9 +16,10 @@ import torch
 from rs_seg.config import ModelConfig, PrepareConfig, SplitConfig
 from rs_seg.errors import RsSegError
 from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle, weights_id
+from rs_seg.model.latest import LATEST_FILE, latest_bundle
 from rs_seg.model.networks import build_model
 from rs_seg.model.normalization import Normalization
-from rs_seg.ops.registry import LATEST_FILE, LOG_FILE, latest_bundle, list_models, register
+from rs_seg.ops.registry import LOG_FILE, list_models, register
 from rs_seg.prepare.run import prepare
 from rs_seg.train.dataset import load_chip_splits
 from tests.helpers import digest, pixel_box, write_labels, write_scene
@@ -57,7 +58,7 @@ def make_bundle(
     test = {"mean_iou": score, "cropland_iou": score, "chips": 2}
     state = variant(weights if bands == 3 else build_model(MODEL, bands, False).state_dict(), name)
     bundle = ModelBundle(
-        model=MODEL.model_dump(mode="json"),
+        model=MODEL,
         bands=list(range(1, bands + 1)),
         band_names=[f"band_{b}" for b in range(1, bands + 1)],
         normalization=Normalization((2000.0,) * bands, (1000.0,) * bands),

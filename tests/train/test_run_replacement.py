@@ -10,8 +10,9 @@ import pytest
 
 from rs_seg.config import TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.evaluate.evaluation import evaluate_run
+from rs_seg.evaluate.run import published
 from rs_seg.run_folder import replacement_folder
-from rs_seg.train.evaluation import evaluate_run
 from rs_seg.train.fit import EpochHistory, train
 from tests.helpers import digest, train_config
 
@@ -68,6 +69,8 @@ def test_an_interrupted_replacement_resumes_and_then_takes_the_place(
     assert outcome is not None and outcome.run == staging and outcome.epochs_run == 2
     assert digest(good_run) == before, "a trained but unevaluated run replaces nothing"
     evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
+    assert digest(good_run) == before, "an evaluated run replaces nothing before it is published"
+    evaluation = published(evaluation)
     assert evaluation.run == good_run and evaluation.bundle == good_run / "model-bundle.pt"
     metrics = json.loads((good_run / "metrics.json").read_text())
     assert metrics["model_id"] != old_id

@@ -21,9 +21,9 @@ import yaml
 
 from rs_seg.config import LossConfig, TrainConfig
 from rs_seg.errors import RsSegError
+from rs_seg.evaluate.evaluation import BOUNDARY_CANDIDATES, MIN_AREA_CANDIDATES
 from rs_seg.model.bundle import ModelBundle
 from rs_seg.run_folder import read_status, write_status
-from rs_seg.train.evaluation import BOUNDARY_CANDIDATES, MIN_AREA_CANDIDATES
 from rs_seg.train.fit import check_resumable, train, with_task
 from rs_seg.train.module import CroplandModule, lr_factor, task_loss
 from tests.helpers import ROOT, train_config
@@ -206,12 +206,11 @@ _DDP_SCRIPT = """
 import json, sys
 import rs_seg
 from rs_seg.config import TrainConfig
-from rs_seg.train.evaluation import evaluate_run
-from rs_seg.train.fit import train
-outcome = train(TrainConfig.model_validate_json(sys.argv[1]))
-if outcome is not None:
-    evaluation = evaluate_run(outcome.run, outcome.best_checkpoint)
-    print(json.dumps({"epochs": outcome.epochs_run, "chips": evaluation.metrics["test"]["chips"]}))
+from rs_seg.evaluate.run import train_and_evaluate
+trained = train_and_evaluate(TrainConfig.model_validate_json(sys.argv[1]))
+if trained is not None:
+    print(json.dumps({"epochs": trained.training.epochs_run,
+                      "chips": trained.evaluation.metrics["test"]["chips"]}))
 """
 
 

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rs_seg.evaluate.evaluation import Batch, chip_fields, score_split, tune_fields
 from rs_seg.field_rule import FieldRule
 from rs_seg.levels import level_to_threshold, threshold_to_level
-from rs_seg.train.evaluation import Batch, chip_fields, field_rule, score_split, tune_fields
+from rs_seg.model.fields import FieldSettings
 from rs_seg.train.metrics import ThresholdSweep, metrics_from_counts, quantize
 
 
@@ -46,7 +47,8 @@ def test_sweep_counts_equal_brute_force_at_every_level(seed: int, level: int, ig
         int((~pred & ~truth).sum()), int((~pred & truth).sum()),
     )  # fmt: skip
     assert sweep.counts(level) == expected
-    scores = score_split(iter([Batch(levels, target, 0)]), level, ["a", "b", "c"])
+    connected = FieldRule(level, None)
+    scores = score_split(iter([Batch(levels, target, 0)]), level, ["a", "b", "c"], connected)
     totals = tuple(int(scores.chips[k].sum()) for k in ("tp", "fp", "tn", "fn"))
     assert totals == expected, "torchmetrics per-chip counts agree with the sweep"
 
@@ -87,13 +89,14 @@ def _two_touching_fields(boundary_probability: float) -> Batch:
 def test_tuning_finds_the_boundary_and_minimum_area_that_give_the_labelled_fields() -> None:
     batch = _two_touching_fields(0.35)
     tuned = tune_fields([batch], threshold_to_level(0.5), pixel_area=1.0)
-    assert tuned is not None and tuned["validation_object_f1"] == 1.0
-    assert tuned["boundary_threshold"] <= 0.3  # a weaker boundary would merge the two
-    assert tuned["min_area"] > 15  # and the speck is dropped
-    rule = field_rule(tuned, 1.0)
-    assert chip_fields(batch, threshold_to_level(0.5), rule).tp == 2
+    assert tuned is not None and tuned.validation_object_f1 == 1.0
+    settings = tuned.settings
+    assert settings.boundary_threshold is not None
+    assert settings.boundary_threshold <= 0.3  # a weaker boundary would merge the two
+    assert settings.min_area > 15  # and the speck is dropped
+    assert chip_fields(batch, settings.rule(1.0)).tp == 2
     untuned = FieldRule(threshold_to_level(0.5), threshold_to_level(0.5))
-    counts = chip_fields(batch, threshold_to_level(0.5), untuned)
+    counts = chip_fields(batch, untuned)
     assert (counts.tp, counts.predicted) == (0, 2)  # merged field and the speck
 
 
@@ -101,4 +104,6 @@ def test_a_cropland_model_has_no_field_settings() -> None:
     batch = _two_touching_fields(0.35)
     cropland = Batch(batch.levels, batch.target, 0)
     assert tune_fields([cropland], 128, 1.0) is None
-    assert field_rule(None, 1.0) is None
+    connected = FieldSettings(threshold=0.5, boundary_threshold=None).rule(1.0)
+    counts = chip_fields(cropland, connected)  # a cropland model's fields: connected cropland
+    assert (counts.tp, counts.predicted) == (0, 2)

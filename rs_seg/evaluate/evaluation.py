@@ -1,9 +1,12 @@
-"""Evaluation: pixel metrics, the decision threshold, per-chip scores on the test split.
+"""Evaluation: pixel metrics, the decision threshold, field settings, scores on the test split.
 
-Probabilities are quantized to 0-255 before thresholding, exactly as the probability rasters of
-scene inference store them, so the threshold tuned here means the same thing on a saved raster.
-The threshold is the one with the best mean IoU (cropland and background) on the validation split:
-tuning cropland IoU alone rewards painting everything cropland in cropland-rich regions.
+The model is applied through :class:`rs_seg.model.predictor.WindowPredictor`, the predictor of scene
+inference, and the tuned settings are the :class:`rs_seg.model.fields.FieldSettings` ``rs-seg
+infer`` applies. Probabilities are quantized to 0-255 before thresholding, exactly as the
+probability rasters of scene inference store them, so the threshold tuned here means the same thing
+on a saved raster. The threshold is the one with the best mean IoU (cropland and background) on the
+validation split: tuning cropland IoU alone rewards painting everything cropland in cropland-rich
+regions.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import itertools
 import json
 import logging
 import math
+import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +31,15 @@ from torchmetrics.classification import BinaryStatScores
 
 from rs_seg.config import MASK_CROPLAND, MASK_IGNORE, TrainConfig
 from rs_seg.errors import RsSegError
-from rs_seg.field_rule import GROW, FieldRule, drop_small
+from rs_seg.evaluate.scene_fields import SceneMapping, SceneScores, score_test_scenes
+from rs_seg.field_rule import FieldRule, drop_small
 from rs_seg.levels import level_to_threshold, threshold_to_level
 from rs_seg.model.bundle import BUNDLE_FILE, ModelBundle, now_iso, package_versions, weights_id
+from rs_seg.model.fields import FieldSettings
 from rs_seg.model.normalization import Normalization
-from rs_seg.records import BundleMetrics, DataSummary, FieldSettings, RunMetrics, SplitMetrics
-from rs_seg.run_folder import RunFolder, best_epoch_of, publish_replacement, write_status
+from rs_seg.model.predictor import WindowPredictor
+from rs_seg.records import BundleMetrics, DataSummary, RunMetrics, SplitMetrics
+from rs_seg.run_folder import RunFolder, best_epoch_of, write_status
 from rs_seg.staging import staged_dir, write_json
 from rs_seg.train.dataset import (
     ChipDataModule,
@@ -59,7 +66,6 @@ from rs_seg.train.object_metrics import (
     sum_counts,
 )
 from rs_seg.train.report import ChipExample, FieldsSection, write_report
-from rs_seg.train.scene_fields import SceneScores, score_test_scenes
 
 log = logging.getLogger(__name__)
 # Field settings tried on validation for a fields model (the best object F1 is kept): extent
@@ -80,25 +86,20 @@ class Batch:
     boundary: torch.Tensor | None = None  # (N, H, W) uint8 levels of a fields model
 
 
-@torch.no_grad()
 def predict_levels(
-    model: nn.Module,
-    dataset: ChipDataset,
-    device: torch.device,
-    batch_size: int = 16,
-    autocast_dtype: torch.dtype | None = None,
+    predictor: WindowPredictor, dataset: ChipDataset, batch_size: int = 16
 ) -> Iterator[Batch]:
-    """Quantized cropland probabilities for every chip of ``dataset``, batch by batch."""
-    model.eval()
+    """Quantized probabilities for every chip of ``dataset``, batch by batch.
+
+    The chips come normalized by the dataset (:meth:`Normalization.apply`, as scene inference
+    normalizes windows) and go through the predictor scene inference uses.
+    """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     start = 0
     for images, target in loader:
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
-        prob = torch.sigmoid(logits.float())
-        boundary = quantize(prob[:, 1]).cpu() if prob.shape[1] > 1 else None
-        yield Batch(quantize(prob[:, 0]).cpu(), target, start, boundary)
+        prob = torch.from_numpy(predictor(images.numpy()))
+        boundary = quantize(prob[:, 1]) if prob.shape[1] > 1 else None
+        yield Batch(quantize(prob[:, 0]), target, start, boundary)
         start += len(images)
 
 
@@ -118,18 +119,16 @@ class SplitScores:
     chips: pd.DataFrame
 
 
-def chip_fields(batch: Batch, level: int, fields: FieldRule | None = None) -> ObjectCounts:
+def chip_fields(batch: Batch, rule: FieldRule) -> ObjectCounts:
     """Field-level counts of a batch: predicted and labelled fields matched chip by chip.
 
     Labelled fields are the connected interiors (mask 1) the burned boundaries keep apart; on
     chips without boundaries touching fields are one object, as the masks cannot tell them apart.
-    Predicted fields are the connected extent of a cropland model, or of a fields model the
-    fields ``fields`` splits its extent into (:func:`rs_seg.field_rule.split_labels`, the rule
-    vectorizing applies to a scene). Objects cut by a chip's edge are objects of that chip.
+    Predicted fields are those ``rule`` (:meth:`FieldSettings.rule`, the rule vectorizing
+    applies to a scene) makes of the batch. Objects cut by a chip's edge are objects of that
+    chip.
     """
-    if batch.boundary is None or fields is None:
-        return _counts(label_components((batch.levels >= level).numpy()), _labelled(batch))
-    return _counts(_split(batch, fields), _labelled(batch))
+    return _counts(_split(batch, rule), _labelled(batch))
 
 
 def _labelled(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -144,13 +143,21 @@ def _counts(predicted: np.ndarray, labelled: tuple[np.ndarray, np.ndarray]) -> O
 
 
 def _split(batch: Batch, rule: FieldRule) -> np.ndarray:
-    """Field ids of every chip of a fields model's batch, ``(N, H, W)``."""
-    assert batch.boundary is not None
-    pairs = zip(batch.levels.numpy(), batch.boundary.numpy(), strict=True)
-    return np.stack([rule.split(extent, boundary) for extent, boundary in pairs])
+    """Field ids of every chip of a batch, ``(N, H, W)``."""
+    extents = batch.levels.numpy()
+    boundaries = batch.boundary.numpy() if batch.boundary is not None else [None] * len(extents)
+    return np.stack([rule.split(e, b) for e, b in zip(extents, boundaries, strict=True)])
 
 
-def tune_fields(batches: list[Batch], level: int, pixel_area: float | None) -> FieldSettings | None:
+@dataclass(frozen=True)
+class TunedFields:
+    """The field settings with the best validation object F1, and that F1."""
+
+    settings: FieldSettings
+    validation_object_f1: float
+
+
+def tune_fields(batches: list[Batch], level: int, pixel_area: float | None) -> TunedFields | None:
     """Extent threshold, boundary threshold and minimum area with the best validation object F1.
 
     The fields are the ones vectorizing gives (:func:`rs_seg.field_rule.split_labels`, growth
@@ -166,9 +173,9 @@ def tune_fields(batches: list[Batch], level: int, pixel_area: float | None) -> F
     pixel_threshold = level_to_threshold(level)
     extents = sorted({pixel_threshold, *EXTENT_CANDIDATES})
     truths = [_labelled(b) for b in batches]  # the same for every candidate
-    best: tuple[tuple[float, ...], FieldSettings] | None = None
+    best: tuple[tuple[float, ...], TunedFields] | None = None
     for extent, boundary in itertools.product(extents, BOUNDARY_CANDIDATES):
-        rule = FieldRule(threshold_to_level(extent), threshold_to_level(boundary), 0.0)
+        rule = FieldSettings.checked(threshold=extent, boundary_threshold=boundary).rule(area)
         split = [_split(b, rule) for b in batches]  # split once, filter by each area
         for min_area in MIN_AREA_CANDIDATES:
             counts = sum_counts(
@@ -183,39 +190,26 @@ def tune_fields(batches: list[Batch], level: int, pixel_area: float | None) -> F
                 -abs(min_area - 500.0),
             )
             if best is None or key > best[0]:
-                settings: FieldSettings = {
-                    "threshold": extent, "boundary_threshold": boundary, "min_area": min_area,
-                    "grow": GROW, "validation_object_f1": key[0], "rule": FIELD_RULE,
-                }  # fmt: skip
-                best = (key, settings)
+                settings = FieldSettings.checked(
+                    threshold=extent, boundary_threshold=boundary, min_area=min_area
+                )
+                best = (key, TunedFields(settings, key[0]))
     assert best is not None
     return best[1]
 
 
-def field_rule(settings: FieldSettings | None, pixel_area: float | None) -> FieldRule | None:
-    """The rule of tuned field settings, for :func:`chip_fields`."""
-    if settings is None:
-        return None
-    return FieldRule(
-        threshold_to_level(settings["threshold"]),
-        threshold_to_level(settings["boundary_threshold"]),
-        settings["min_area"] / (pixel_area or 1.0),
-        settings["grow"],
-    )
-
-
 def score_split(
-    batches: Iterable[Batch], level: int, chip_ids: list[str], fields: FieldRule | None = None
+    batches: Iterable[Batch], level: int, chip_ids: list[str], fields: FieldRule
 ) -> SplitScores:
     """Metrics over all pixels and per chip, with torchmetrics' stat scores at ``level``.
 
-    Field-level counts split a fields model's output by the tuned ``fields`` rule.
+    Field-level counts are those of the ``fields`` rule (:meth:`FieldSettings.rule`).
     """
     stats = BinaryStatScores(ignore_index=MASK_IGNORE, multidim_average="samplewise")
     rows = []
     objects = ObjectCounts()
     for batch in batches:
-        objects += chip_fields(batch, level, fields)
+        objects += chip_fields(batch, fields)
         predicted = (batch.levels >= level).long()
         # (N, 5): tp fp tn fn support; torchmetrics drops the batch axis when N == 1
         counts = stats(predicted, extent_target(batch.target).long()).reshape(-1, 5)
@@ -251,6 +245,7 @@ def score_split(
 WORST_BEST = 6
 FIELDS_PNG = "fields_scenes.png"  # the report's figure of fields on whole test scenes
 FIELDS_TITLE = "Fields on the worst and best test scenes (by object F1)"
+TEST_SCENES = "test_scenes"  # the report's folder of test scene field layers
 
 
 @dataclass(frozen=True)
@@ -298,12 +293,11 @@ def rgb_band_indices(band_names: list[str]) -> tuple[int, int, int]:
 
 
 def _examples(
-    net: nn.Module,
+    predictor: WindowPredictor,
     dataset: ChipDataset,
     scores: pd.DataFrame,
     level: int,
     rgb: tuple[int, int, int],
-    device: torch.device,
 ) -> tuple[list[ChipExample], list[ChipExample]]:
     """Re-predict the worst and best test chips (by cropland IoU) for the report grids."""
     ranked = scores.reset_index(drop=True).dropna(subset=["iou"]).sort_values("iou", kind="stable")
@@ -313,9 +307,8 @@ def _examples(
     def example(position: int) -> ChipExample:
         image, label = dataset[position]
         raw, _ = read_chip(dataset.images[position], dataset.bands)
-        with torch.no_grad():
-            logits = net(image[None].to(device).contiguous(memory_format=torch.channels_last))
-        levels = quantize(torch.sigmoid(logits.float()[0, 0])).cpu().numpy()
+        prob = torch.from_numpy(predictor(image[None].numpy()))
+        levels = quantize(prob[0, 0]).numpy()
         return ChipExample(
             chip_id=str(scores.iloc[position]["chip_id"]),
             image=raw,
@@ -340,10 +333,13 @@ def _load_run(run: Path) -> tuple[TrainConfig, ChipSplits, Normalization]:
 
 
 def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome:
-    """Tune the threshold on validation, score the test split, write bundle, metrics and report.
+    """Tune the thresholds on validation, score the test split, write bundle, metrics and report.
 
     Runs in one process on one device in fp32, so results do not depend on how training was
-    distributed, and a bundle reproduces exactly the predictions scored here.
+    distributed. The model is applied by the predictor scene inference uses, and the test
+    scenes are mapped by ``rs-seg infer``'s own function with the bundle written here, so the
+    scores are those of what users get. A replacement run is published by the caller
+    (:func:`rs_seg.evaluate.run.train_and_evaluate`) once this has finished.
     """
     run = Path(run)
     cfg, splits, normalization = _load_run(run)
@@ -354,45 +350,57 @@ def evaluate_run(run: Path, checkpoint: Path | None = None) -> EvaluationOutcome
         "cuda" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "cpu"
     )
     module = CroplandModule.load_from_checkpoint(checkpoint, map_location="cpu", load_weights=False)
-    net = module.net.to(device).eval()
-    data = ChipDataModule(splits, normalization, cfg.augment, cfg.batch_size, 0, cfg.seed)
-    val, test = data.dataset("val"), data.dataset("test")
-    log.info("tuning the threshold on %d validation chips ...", len(val))
-    val_batches = list(predict_levels(net, val, device, cfg.batch_size))
-    level = sweep(iter(val_batches)).best_level()
     meta = chip_metadata(Path(splits.paths("train")[0][0]), splits.bands)
-    pixel_area = _pixel_area(meta["pixel_size"])
-    tuned = tune_fields(val_batches, level, pixel_area)
-    rule = field_rule(tuned, pixel_area)
-    val_scores = score_split(val_batches, level, _ids(splits, "val"), rule)
-    del val_batches
-    log.info("scoring %d test chips ...", len(test))
-    test_ids = _ids(splits, "test")
-    test_scores = score_split(
-        predict_levels(net, test, device, cfg.batch_size), level, test_ids, rule
-    )
     history = (
         json.loads(RunFolder(run).history.read_text()) if RunFolder(run).history.exists() else []
     )
+    bundle = _bundle(cfg, splits, normalization, module.net, meta, history)
+    predictor = WindowPredictor(bundle, device, tta=False, precision="fp32")
+    data = ChipDataModule(splits, normalization, cfg.augment, cfg.batch_size, 0, cfg.seed)
+    val, test = data.dataset("val"), data.dataset("test")
+    log.info("tuning the thresholds on %d validation chips ...", len(val))
+    val_batches = list(predict_levels(predictor, val, cfg.batch_size))
+    level = sweep(iter(val_batches)).best_level()
+    pixel_area = _pixel_area(meta["pixel_size"])
+    tuned = tune_fields(val_batches, level, pixel_area)
+    bundle = replace(bundle, threshold=level_to_threshold(level),
+                     fields=tuned.settings if tuned else None)  # fmt: skip
+    rule = bundle.field_settings.rule(pixel_area)
+    val_scores = score_split(val_batches, level, _ids(splits, "val"), rule)
+    del val_batches
+    log.info("scoring %d test chips ...", len(test))
+    test_scores = score_split(
+        predict_levels(predictor, test, cfg.batch_size), level, _ids(splits, "test"), rule
+    )
     metrics = _metrics_document(cfg, splits, level, val_scores, test_scores, history, checkpoint)
-    if tuned is not None:
-        metrics["boundary_threshold"] = tuned["boundary_threshold"]
-        metrics["fields"] = tuned
-    bundle = _bundle(cfg, splits, normalization, net, meta, metrics, history)
-    metrics["model_id"] = bundle.model_id
+    metrics["fields"] = bundle.field_settings.model_dump()
+    bundle.metrics = BundleMetrics(
+        validation=metrics["validation"], test=metrics["test"],
+        threshold_rule=metrics["threshold_rule"], **({"fields_rule": FIELD_RULE} if tuned else {}),
+    )  # fmt: skip
     bundle_path = bundle.save(run / BUNDLE_FILE, overwrite=True)
+    metrics["model_id"] = bundle.model_id
     rgb = rgb_band_indices(meta["band_names"])
-    worst, best = _examples(net, test, test_scores.chips, level, rgb, device)
-    log.info("mapping fields on %d whole test scenes ...", splits.rows("test")["scene"].nunique())
-    scenes = score_test_scenes(net, test, splits.rows("test"), level, rule, rgb, device)
-    metrics["test_scenes"] = scenes.metrics
-    _write_metrics(run, metrics)
-    report = _write_report(run, history, metrics, test_scores.chips, splits, (worst, best), scenes)
+    examples = _examples(predictor, test, test_scores.chips, level, rgb)
+    with tempfile.TemporaryDirectory(prefix=".test-scenes-", dir=run) as scratch:
+        scenes = _map_test_scenes(
+            splits, SceneMapping(bundle_path, Path(scratch), device.type, rgb)
+        )
+        metrics["test_scenes"] = scenes.metrics
+        _write_metrics(run, metrics)
+        report = _write_report(run, history, metrics, test_scores.chips, splits, examples, scenes)
     write_status(run, "evaluated", model_id=bundle.model_id, bundle=BUNDLE_FILE)
-    final = publish_replacement(run)  # a run replacing an earlier one takes its place only now
-    if final != run:
-        bundle_path, report = final / BUNDLE_FILE, RunFolder(final).report
-    return EvaluationOutcome(final, bundle_path, metrics, report)
+    return EvaluationOutcome(run, bundle_path, metrics, report)
+
+
+def _map_test_scenes(splits: ChipSplits, mapping: SceneMapping) -> SceneScores:
+    """The test scenes mapped as ``rs-seg infer`` maps a scene, in the caller's scratch folder."""
+    rows = splits.rows("test")
+    log.info("mapping fields on %d whole test scenes ...", rows["scene"].nunique())
+    images, masks = splits.paths("test")
+    return score_test_scenes(
+        [Path(p) for p in images], [Path(p) for p in masks], rows, splits.band_count, mapping
+    )
 
 
 def _pixel_area(pixel_size: list[float] | None) -> float | None:
@@ -447,29 +455,22 @@ def _bundle(
     normalization: Normalization,
     net: nn.Module,
     meta: dict[str, Any],
-    metrics: RunMetrics,
     history: list[dict[str, float]],
 ) -> ModelBundle:
+    """The run's bundle before tuning: evaluation then sets its thresholds and metrics."""
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     return ModelBundle(
-        model=cfg.model.model_dump(mode="json"),
+        model=cfg.model,
         bands=list(splits.bands),
         band_names=meta["band_names"],
         normalization=normalization,
         chip_size=splits.chip_size,
-        threshold=metrics["threshold"],
+        threshold=0.5,
         pixel_size=meta["pixel_size"],
-        boundary_threshold=metrics.get("boundary_threshold"),
-        fields=metrics.get("fields"),
         band_count=splits.band_count,
         crs=meta["crs"],
         dtype=meta["dtype"],
         nodata=meta["nodata"],
-        metrics=BundleMetrics(
-            validation=metrics["validation"],
-            test=metrics["test"],
-            threshold_rule=metrics["threshold_rule"],
-        ),
         provenance={
             "model_id": weights_id(state),
             "chip_index_fingerprint": splits.fingerprint,
@@ -478,7 +479,7 @@ def _bundle(
             "versions": package_versions(),
             "created": now_iso(),
             "epochs_run": len(history),
-            "best_epoch": metrics["best_epoch"],
+            "best_epoch": best_epoch_of(history),
         },
         state_dict=state,
     )
@@ -503,6 +504,7 @@ def _write_report(
     worst, best = examples
     with staged_dir(RunFolder(run).report, overwrite=True) as folder:
         figure = folder / FIELDS_PNG if test_scenes.shown() else None
+        _move_layers(test_scenes, folder / TEST_SCENES)
         if figure is not None:
             plot_scene_fields(test_scenes.shown(), FIELDS_TITLE, figure)
         write_report(
@@ -517,6 +519,15 @@ def _write_report(
     return RunFolder(run).report
 
 
+def _move_layers(scenes: SceneScores, folder: Path) -> None:
+    """Each test scene's field layer into the report, numbered (scene names are the index's)."""
+    if not scenes.layers:
+        return
+    folder.mkdir()
+    for name, file in scenes.layer_names().items():
+        scenes.layers[name].rename(folder / file)
+
+
 def score_bundle(bundle: ModelBundle, chips_dir: Path, split: str = "test") -> SplitScores:
     """Score a saved model on one split of a chip folder at the bundle's own threshold.
 
@@ -524,8 +535,10 @@ def score_bundle(bundle: ModelBundle, chips_dir: Path, split: str = "test") -> S
     """
     splits = load_chip_splits(chips_dir, bundle.bands)  # refuses bands the chips lack
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = bundle.build(device)
+    predictor = WindowPredictor(bundle, device, tta=False, precision="fp32")
     images, masks = splits.paths(split)
     dataset = ChipDataset(images, masks, bundle.bands, bundle.normalization)
     level = threshold_to_level(bundle.threshold)
-    return score_split(predict_levels(net, dataset, device), level, _ids(splits, split))
+    pixel_area = _pixel_area(bundle.pixel_size)
+    rule = bundle.field_settings.rule(pixel_area)
+    return score_split(predict_levels(predictor, dataset), level, _ids(splits, split), rule)
