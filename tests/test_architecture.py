@@ -16,9 +16,13 @@ import pytest
 from tests.helpers import ROOT
 
 PACKAGES = ("rs_seg", "flows")
-# The pipeline's order; ``ops`` (registry, ledger, incoming imagery) runs the stages and is
-# looked up by them (the registry's latest model), so it is outside this order.
-STAGES = ("prepare", "train", "infer")
+# The pipeline's order; ``model`` (the model contract) lies below all of them, and ``ops``
+# (registry, ledger, incoming imagery) runs the stages, so it is outside this order.
+STAGES = ("prepare", "train", "infer", "evaluate")
+# Below every stage: the model contract may use top-level modules only.
+BELOW_STAGES = ("model",)
+# What inference must not load: the training stack (and pandas, which only it and ops need).
+TRAINING_STACK = ("lightning", "albumentations", "pandas", "torchmetrics")
 # Modules above ~700 lines, each with the reason it is still one file.
 # None at present; an entry maps a path to its reason.
 LONG_MODULES: dict[str, str] = {}
@@ -90,6 +94,82 @@ def test_the_import_graph_has_no_cycle() -> None:
     graph = import_graph()
     assert "rs_seg.train.fit" in graph and "rs_seg.run_folder" in graph["rs_seg.train.fit"]
     assert find_cycle(graph) is None
+
+
+def package_of(module: str) -> str:
+    """``rs_seg.infer.run`` -> ``rs_seg.infer``; a top-level module is its own package.
+
+    A ``__main__`` module is an entry point (``python -m rs_seg.infer`` runs the CLI): nothing
+    imports it, so it is a node of its own, not part of its package.
+    """
+    parts = module.split(".")
+    if parts[-1] == "__main__":
+        return module
+    return ".".join(parts[:2]) if parts[0] == "rs_seg" else parts[0]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph with each package's modules merged into one node."""
+    packages: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        node = packages.setdefault(package_of(module), set())
+        node.update(package_of(d) for d in deps if package_of(d) != package_of(module))
+    return packages
+
+
+def test_packages_import_each_other_one_way_only() -> None:
+    """A cycle between packages (such as infer <-> ops) ties them together as one."""
+    packages = package_graph(import_graph())
+    assert "rs_seg.model" in packages and "rs_seg.evaluate" in packages
+    assert find_cycle(packages) is None
+
+
+@pytest.mark.parametrize("package", BELOW_STAGES)
+def test_the_model_contract_imports_no_stage(package: str) -> None:
+    for name, deps in import_graph().items():
+        if name.startswith(f"rs_seg.{package}."):
+            stages = sorted(d for d in deps if package_of(d).split(".")[-1] in (*STAGES, "ops"))
+            assert not stages, f"{name} imports {stages}"
+
+
+LOADED = """
+import runpy, sys
+heavy = {heavy!r}
+sys.argv = {argv!r}
+try:
+    {run}
+except SystemExit:
+    pass
+print("LOADED:" + ",".join(m for m in heavy if m in sys.modules))
+"""
+
+
+def loaded_heavy_modules(run: str, argv: list[str]) -> list[str]:
+    """The training-stack modules in ``sys.modules`` after ``run`` in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = LOADED.format(heavy=TRAINING_STACK, argv=argv, run=run)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED:"))
+    return [m for m in line.removeprefix("LOADED:").split(",") if m]
+
+
+@pytest.mark.slow
+def test_inference_does_not_load_the_training_stack(tmp_path: Path) -> None:
+    from tests.helpers import make_bundle
+
+    bundle = str(make_bundle(tmp_path / "m.pt"))
+    cli = "runpy.run_module('rs_seg', run_name='__main__')"
+    assert loaded_heavy_modules("import rs_seg.infer.run", ["x"]) == []
+    assert loaded_heavy_modules(cli, ["rs-seg", "infer", "--help"]) == []
+    assert loaded_heavy_modules(cli, ["rs-seg", "model", "info", bundle]) == []
+    # the check itself sees the stack where it is loaded
+    assert "lightning" in loaded_heavy_modules("import rs_seg.train.fit", ["x"])
 
 
 @pytest.mark.parametrize("stage", STAGES)
