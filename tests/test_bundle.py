@@ -16,9 +16,11 @@ from rs_seg.config import ModelConfig
 from rs_seg.errors import RsSegError
 from rs_seg.evaluate.evaluation import predict_levels
 from rs_seg.model.bundle import FORMAT_VERSION, ModelBundle
+from rs_seg.model.fields import DEFAULT_MIN_AREA, FieldSettings
 from rs_seg.model.networks import build_model
 from rs_seg.model.normalization import Normalization
 from rs_seg.model.predictor import WindowPredictor
+from rs_seg.model.upgrades import upgrade
 from rs_seg.train.dataset import ChipDataset
 from rs_seg.train.metrics import quantize
 from rs_seg.train.module import CroplandModule
@@ -97,6 +99,36 @@ def test_a_written_bundle_keeps_its_metrics_and_provenance_byte_for_byte(tmp_pat
     again = torch.load(loaded.save(tmp_path / "again.pt"), weights_only=True)
     assert json.dumps(again["meta"]) == json.dumps(payload["meta"])
     assert "  test       cropland_iou 0.7776, background_iou 0.8850" in loaded.describe()
+
+
+def _as_format_1(payload: dict, **meta: object) -> dict:
+    """A format-2 payload written back the way format 1 stored field settings."""
+    old = json.loads(json.dumps(payload["meta"]))
+    old.pop("fields")
+    old.update(meta)
+    return {**payload, "format_version": 1, "meta": old}
+
+
+def test_format_1_bundles_load_with_their_field_settings_in_one_place(tmp_path: Path) -> None:
+    """Format 1 stored a fields model's boundary threshold twice and the tuning rule beside the
+    settings; a cropland model stored none. The upgrader gives both the one FieldSettings."""
+    payload = torch.load(tiny_bundle().save(tmp_path / "m.pt"), weights_only=True)
+    tuned = {"threshold": 0.4, "boundary_threshold": 0.3, "min_area": 250.0, "grow": 2,
+             "validation_object_f1": 0.8, "rule": "best validation object F1"}  # fmt: skip
+    fields_model = _as_format_1(payload, boundary_threshold=0.3, fields=tuned)
+    fields_model["meta"]["model"]["task"] = "fields"
+    torch.save(fields_model, tmp_path / "fields.pt")
+    with pytest.raises(RsSegError, match="weights do not fit"):  # tiny_bundle has one output
+        ModelBundle.load(tmp_path / "fields.pt")
+    meta = upgrade(fields_model["meta"], 1, tmp_path / "fields.pt")
+    assert meta["fields"] == {"threshold": 0.4, "boundary_threshold": 0.3, "min_area": 250.0,
+                              "grow": 2}  # fmt: skip
+    assert "boundary_threshold" not in meta and meta["metrics"]["fields_rule"] == tuned["rule"]
+    torch.save(_as_format_1(payload), tmp_path / "cropland.pt")
+    cropland = ModelBundle.load(tmp_path / "cropland.pt")
+    assert cropland.field_settings == FieldSettings(
+        threshold=cropland.threshold, boundary_threshold=None, min_area=DEFAULT_MIN_AREA
+    )
 
 
 def test_bundle_is_written_atomically_and_never_overwritten_silently(tmp_path: Path) -> None:
