@@ -245,8 +245,8 @@ class PrepareConfig(StrictModel):
     max_nodata_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     compression: Literal["zstd", "deflate", "lzw", "none"] = Field(
         "zstd",
-        description="chip GeoTIFF compression; zstd (level 1) writes ~2.4x and reads ~1.6x faster "
-        "than deflate at the same size; choose deflate for tools whose GDAL lacks zstd",
+        description="chip GeoTIFF compression; zstd (level 1) writes and reads faster than "
+        "deflate at the same size; choose deflate for tools whose GDAL lacks zstd",
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     overwrite: bool = False

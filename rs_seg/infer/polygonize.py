@@ -37,7 +37,7 @@ from rs_seg.infer.outlines import shape_rings
 from rs_seg.windows import unreadable_pixels_in_one_line, valid_pixels
 
 # pixels per strip at most: bounds memory for any scene width (the default 1024-row strips up to
-# 4096 px wide; split vectorize pays per strip seam, 2 Mpx strips cost it 20 % at 16384 px)
+# 4096 px wide), yet not so few that split vectorize, which pays per strip seam, slows down
 STRIP_PIXELS = 4096 * 1024
 _SUM_ROWS = 128  # rows per bincount chunk: float64 weights of a whole strip would cost 8 B/px
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -481,9 +481,9 @@ def _outer_area(geometry: BaseGeometry) -> float:
 def rows_per_strip(strip_rows: int, width: int) -> int:
     """``strip_rows``, fewer for wide rasters: a strip holds at most ``STRIP_PIXELS`` pixels.
 
-    Memory per strip is about 170 bytes per pixel on noise, so a fixed row count would let a
-    16384 px wide scene need 2.9 GB (the cap: 0.7 GB); the result does not depend on the strip
-    height.
+    Memory grows with a strip's pixels, so a fixed row count would let memory grow with the
+    scene's width (figures: BENCHMARKS.md, "Field polygons on adversarial rasters"); the result
+    does not depend on the strip height.
     """
     return max(1, min(strip_rows, STRIP_PIXELS // max(1, width)))
 

@@ -7,17 +7,17 @@ rolling buffer of one window height with a Hann weight, which falls smoothly tow
 edge, where a CNN's predictions are least reliable, so overlapping predictions fade into each other
 without seams. When the next grid row starts, the rows above it are final and are written at once,
 so memory is bounded by a few strips and batches and does not depend on the scene's height. The
-stages run on threads of their own (:mod:`rs_seg.infer.pipeline`), so the model, on a GPU a
-hundred times faster than the CPU work around it, is fed without waiting for reads or writes.
+stages run on threads of their own (:mod:`rs_seg.infer.pipeline`), so the model, on a GPU far
+faster than the CPU work around it, is fed without waiting for reads or writes.
 
 The probability raster explains itself to a GIS (:mod:`rs_seg.levels`): uint8 levels
 ``round(p * 255)``, exactly the levels the threshold was tuned on, clipped to 0-254 (``p = 1``
 stores 254 and reads 0.996), with 255 as the nodata value of every band, the band scale 1/255 and
 offset 0, so QGIS shows probabilities 0-1 and its band and zonal statistics skip nodata, and band
-descriptions. There is no internal mask band any more: QGIS showed it as an extra alpha band and
-counted masked pixels as probability 0; GDAL derives the same mask from the nodata value, so
-readers of ``read_masks`` / dataset masks (vectorize, split) see nodata as before. Rasters of
-earlier releases (internal mask, 255 a valid level, no nodata) still read the same way.
+descriptions. There is no internal mask band: QGIS shows one as an extra alpha band and counts
+masked pixels as probability 0, while GDAL derives the same mask from the nodata value, so
+readers of ``read_masks`` / dataset masks (vectorize, split) see nodata either way. A raster
+with an internal mask instead of a nodata value (255 then a valid level) reads the same way.
 
 It is written as a tiled GeoTIFF, then copied to a Cloud-Optimized GeoTIFF (GDAL's COG driver
 keeps nodata, scale/offset, descriptions and tags). Its overviews, averaged over valid pixels
@@ -80,10 +80,9 @@ MASK_STYLE = "mask.qml"
 
 COG_OPTIONS = {
     "driver": "COG",
-    "compress": "DEFLATE",  # readable everywhere; level 1: 4x faster than 6, files 10 % larger
+    "compress": "DEFLATE",  # readable everywhere; level 1: far faster than 6, files barely larger
     "level": 1,
-    # horizontal differencing: a third smaller (a 2-band 4096 px raster: 20 MB instead of 33), as
-    # fast to write; every GDAL reads it
+    # horizontal differencing: smaller files, as fast to write; every GDAL reads it
     "predictor": 2,
     "blocksize": BLOCK,  # the overview levels are built on the same block grid
     "overviews": "AUTO",
@@ -187,9 +186,9 @@ def _compatibility_beside(
 ) -> Future[Compatibility]:
     """The drift sample (:func:`check_compatibility`) on a thread of its own, beside the windows.
 
-    Its 16 sample windows took 0.07 s before the first window was read, a twentieth of a
-    4096 px scene with a model as fast as a GPU's; its warnings are logged as soon as it ends,
-    still at the start of the run. The band count was checked before anything started.
+    Beside them, its sample windows do not delay the first window, which would matter with a
+    model as fast as a GPU's; its warnings are logged as soon as it ends, still at the start of
+    the run. The band count was checked before anything started.
     """
     sample = stack.enter_context(open_raster(scene, "scene"))
     pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rs-seg-check"))
@@ -243,8 +242,8 @@ def write_binary_mask(
 ) -> None:
     """A 0/1 cropland COG from the probability raster, strip by strip, nodata 255 kept.
 
-    Validity comes from GDAL's mask of band 1, so a probability raster of either format (nodata
-    value, or an earlier release's internal mask) gives the same mask.
+    Validity comes from GDAL's mask of band 1, so a probability raster with a nodata value or
+    with an internal mask gives the same mask.
     """
     with (
         rasterio.Env(**GDAL_ENV),
@@ -296,8 +295,8 @@ def copy_to_cog(scratch: Path, path: Path, existing_overviews: bool = False) -> 
     On a full disk GDAL's COG copy can return without an error (libtiff only logs the failed
     writes) and leave a file cut short, which vectorize would then call corrupt. A COG stores the
     full-resolution blocks last, so reading the last one finds any cut; its read error reaches the
-    staging, which reports a full disk as such (measured on a tmpfs filled 2 KiB at a time: every
-    truncated copy failed this read, no complete one did).
+    staging, which reports a full disk as such: on a disk filled step by step, every cut copy
+    failed this read and no complete one did (BENCHMARKS.md, "Scene inference").
     """
     overviews = "FORCE_USE_EXISTING" if existing_overviews else COG_OPTIONS["overviews"]
     rasterio.shutil.copy(scratch, path, **{**COG_OPTIONS, "overviews": overviews})

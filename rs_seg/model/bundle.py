@@ -5,7 +5,8 @@ their names), the normalization, chip and pixel size, the tuned threshold and cl
 provenance: metrics, the chip-index fingerprint that names the test split, the training config,
 package versions and the date. It is a torch zip file read with ``weights_only=True``, so opening a
 bundle from someone else cannot run code. ``format_version`` changes only when the layout does;
-older versions are upgraded on load where possible, newer ones are refused with a clear message.
+older versions are upgraded on load where possible (``rs_seg/model/upgrades.py``), newer ones
+are refused with a clear message.
 The metadata is validated on load (:class:`BundleMeta`: types, ranges, lengths that agree), so an
 edited or damaged bundle is refused in one line before any value sizes an array or names a file.
 """
@@ -68,7 +69,7 @@ Band = Annotated[int, Field(ge=1, le=MAX_BANDS)]
 class _Meta(BaseModel):
     """Base of the metadata schema: strict JSON types (no "3" for 3), unknown keys kept.
 
-    Bundles written by newer releases or assembled by hand may carry keys rs_seg does not know;
+    Bundles written by a newer rs_seg or assembled by hand may carry keys rs_seg does not know;
     they are kept (and saved again), only the keys rs_seg reads are checked.
     """
 
@@ -267,7 +268,7 @@ class ModelBundle:
 
         Another encoder, another band count, missing or extra tensors: the message names the
         bundle and the first misfits. Without ``net`` the model is built on the meta device
-        (shapes only, no memory, ~0.1 s), which is what :meth:`load` does.
+        (shapes only, no memory), which is what :meth:`load` does: cheap enough for every load.
         """
         if net is None:
             with torch.device("meta"):
@@ -283,7 +284,7 @@ class ModelBundle:
             )
 
     def _network(self) -> nn.Module:
-        # smp loads in ~1.5 s; a bundle's metadata (model info, registry, inbox scans) needs none
+        # smp is slow to import; a bundle's metadata (model info, registry, inbox scans) needs none
         from rs_seg.model.networks import build_model
 
         try:

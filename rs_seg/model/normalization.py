@@ -35,7 +35,7 @@ class Normalization:
         if out is None:
             out = np.empty(image.shape, dtype=np.float32)
         # a plain cast copy, then in place: faster than subtract(dtype=), which casts in
-        # buffered pieces (a batch of 16 windows of 4 x 256 px: 2.4 ms instead of 3.0)
+        # buffered pieces
         out[...] = image
         out -= mean
         out *= scale

@@ -61,19 +61,20 @@ _NETWORKS: OrderedDict[tuple[int, str], tuple[weakref.ref[ModelBundle], torch.nn
     OrderedDict()
 )
 _NETWORKS_LOCK = threading.Lock()
-NETWORKS_KEPT = 2  # networks a process keeps built (about 20-100 MB each for smp models)
+# networks a process keeps built, the least recently used dropped: each holds its weights in memory
+NETWORKS_KEPT = 2
 
 
 def model_network(bundle: ModelBundle, device: torch.device) -> torch.nn.Module:
     """The bundle's network on ``device``, channels-last and in eval mode, built once per bundle.
 
-    Building takes 0.2-0.35 s (the smp network, the weights copied in, the layout change): a
-    tenth of a 1024 px scene on a 2-core CPU and more than the scene itself on a GPU. The
-    incoming flow maps scene after scene in one worker with the same bundle object
-    (:func:`rs_seg.infer.run.load_model` reads each file version once), so its network is built
-    once. The key is that object itself (held weakly), not an id stored in the file, so other
-    weights never get a network built for different ones. An eval-mode network under
-    ``no_grad`` is only read, so threads that map scenes at the same time can share it.
+    Building it (the smp network, the weights copied in, the layout change) can cost more than a
+    small scene itself on a GPU, so it is not repeated per scene. The incoming flow maps scene
+    after scene in one worker with the same bundle object (:func:`rs_seg.infer.run.load_model`
+    reads each file version once), so its network is built once. The key is that object itself
+    (held weakly), not an id stored in the file, so other weights never get a network built for
+    different ones. An eval-mode network under ``no_grad`` is only read, so threads that map
+    scenes at the same time can share it.
     """
     key = (id(bundle), str(device))
     with _NETWORKS_LOCK:
@@ -119,18 +120,16 @@ class WindowPredictor:
         """
         n, bands, height, width = batch.shape
         shape = (n, height, width, bands)
-        # On a CPU numpy allocates: it asks for transparent huge pages, so a 16 MB batch costs 8
-        # page faults instead of 4096 (torch's allocator: 0.1-0.2 s of kernel time per 4096 px
-        # scene, a null model's whole cost). numpy, not torch, copies: torch ops on this thread
-        # would wake OpenMP threads that then spin beside the model's (a fifth more CPU time).
+        # On a CPU numpy allocates: it asks for transparent huge pages, so a batch costs a few
+        # page faults where torch's allocator costs one per page. numpy, not torch, copies: torch
+        # ops on this thread would wake OpenMP threads that then spin beside the model's.
         channels_last: np.ndarray = (
             torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
             if self.device.type == "cuda"
             else np.empty(shape, dtype=np.float32)
         )
-        # band by band: each copy reads one contiguous plane; one transposing copy of the whole
-        # batch iterates over the bands innermost and took 12 ms a batch of 16 x 4 x 256 px
-        # against 3 ms this way (the normalization itself: 3 ms)
+        # band by band: each copy reads one contiguous plane, where one transposing copy of the
+        # whole batch iterates over the bands innermost and strides through memory
         for band in range(bands):
             channels_last[..., band] = batch[:, band]
         return channels_last.transpose(0, 3, 1, 2)
@@ -158,7 +157,6 @@ class WindowPredictor:
         ):
             logits = self.net(images).float()
         # band-major (NCHW): a channels_last network returns the outputs pixel-interleaved, and
-        # blending each band of a fields model's two through a stride of 2 cost the writer
-        # thread 0.55 s per 4096 px scene against 0.23 s band-major; one output is the same
-        # either way, so this copies nothing for a cropland model
+        # the writer thread would blend each band of a fields model's two through a stride of 2;
+        # one output is the same either way, so this copies nothing for a cropland model
         return torch.sigmoid(logits[:, : self.bundle.outputs]).contiguous()
