@@ -1,1 +1,1 @@
-"""Train stage: chip dataset, networks, the Lightning fit, evaluation and the training report."""
+"""Train stage: chip dataset, the Lightning module and fit, metrics, and the report's figures."""
