@@ -154,14 +154,7 @@ def _print_next_steps(incoming: IncomingConfig, mapped: dict[str, Any]) -> None:
 
 
 def _check_demo_folder(out: Path) -> None:
-    """The demo replaces parts of ``out``: only a folder it made (or an empty or new one).
-
-    A demo folder without ``demo.json`` is recognized by its synthetic scene summary, marked, and
-    otherwise held to the same names.
-    """
-    legacy = (out / "synthetic" / "summary.json").is_file() and not (out / MARKER).exists()
-    if legacy:
-        write_json(out / MARKER, {"created_by": "make demo", "note": "marked on a later run"})
+    """The demo replaces parts of ``out``: only a folder it made (or an empty or new one)."""
     check_folder_output(out, True, DEMO_FOLDER)
 
 
@@ -174,7 +167,7 @@ def _previous_results_aside(out: Path) -> Iterator[None]:
     """
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out / "previous")
-    aside = staging_path(out / "previous")  # hidden: .previous.partial-<host>-<pid>-<random>
+    aside = staging_path(out / "previous")  # hidden: .previous.partial-<owner>-...
     aside.mkdir()
     for name in REPLACED:
         if (out / name).exists():

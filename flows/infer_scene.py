@@ -20,11 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 import rs_seg  # noqa: F401 - arms the torchvision shim before torch libraries are imported
-from flows import infer_new_imagery
 from flows.runners import retry_io_errors
 from flows.server import run_command
 from rs_seg.config import InferConfig
-from rs_seg.config_files import build_config, read_yaml
+from rs_seg.config_files import build_config
 from rs_seg.infer.run import InferSummary, run_infer
 
 
@@ -66,18 +65,8 @@ def infer_scene(config: InferConfig) -> dict[str, Any]:
     }
 
 
-def _configures_new_imagery(config_file: Path) -> bool:
-    """An ``incoming:`` file without ``infer:``: a config of infer-new-imagery, not of this flow."""
-    sections = read_yaml(config_file).keys()
-    return "incoming" in sections and "infer" not in sections
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.infer_scene CONFIG``: one infer-scene run; its outputs as JSON.
-
-    An ``incoming:`` file is handed to :mod:`flows.infer_new_imagery`, with a note, so a cron
-    job that names this command with such a file keeps working.
-    """
+    """``python -m flows.infer_scene CONFIG``: one infer-scene run; its outputs as JSON."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m flows.infer_scene CONFIG  (a YAML file with an infer: section)")
@@ -85,13 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     config_file = Path(args[0])
 
     def run() -> int:
-        if _configures_new_imagery(config_file):
-            print(
-                f"note: {config_file} configures infer-new-imagery; run it with "
-                "python -m flows.infer_new_imagery",
-                file=sys.stderr,
-            )
-            return infer_new_imagery.main([str(config_file)])
         result = infer_scene(build_config(InferConfig, "infer", config_file, {}))
         print(json.dumps(result, indent=2))
         return 0

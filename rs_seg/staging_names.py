@@ -8,10 +8,6 @@ A staging name is ``.<stem>.<tag>-<owner>-<pid>-<start>-<random><tail>``:
 * ``pid`` and ``start``: the process and its start time (clock ticks after boot, ``/proc``;
   0 where unknown). A live process with that pid but another start time reused the pid, so the
   run that made the name has ended.
-
-Short names without a start time (``<host>-<pid>-<random>``, the host hashed without the
-namespace) are recognized as rs_seg's (:func:`is_rs_seg_name`, for folders rs_seg replaces whole)
-but never removed one by one: their maker in another namespace cannot be told from a dead one.
 """
 
 from __future__ import annotations
@@ -39,14 +35,10 @@ _STAGING = (
     r"-(?P<random>[0-9a-f]{6})(?P<tail>.*)"
 )
 _ANY_STAGING = re.compile(rf"^\.(?P<stem>.+?)\.{_STAGING}$", re.DOTALL)
-_EARLIER_STAGING = re.compile(
-    r"^\..+?\.(?:partial|replaced)-[0-9a-f]{8}-\d+-[0-9a-f]{6}", re.DOTALL
-)
 _JOURNAL = re.compile(
     r"^\.(?P<name>.+)\.publish-(?P<owner>[0-9a-f]{8})-(?P<pid>\d{1,10})-(?P<start>\d{1,20})\.json$",
     re.DOTALL,
 )
-_EARLIER_JOURNAL = re.compile(r"^\..+\.publish-[0-9a-f]{8}-\d+\.json$", re.DOTALL)
 # A staging name inside a message (a GDAL error names the file it failed on): shown as its final
 _IN_TEXT = re.compile(
     r"\.(?P<stem>[^/\s'\"]+?)\.(?:partial|replaced)-[0-9a-f]{8}-\d+-\d+-[0-9a-f]{6}"
@@ -131,7 +123,7 @@ def running(pid: int, start: int) -> bool:
 
 
 def parse_staging(name: str, stem: str | None = None) -> StagingName | None:
-    """The parts of a current staging name, or None; ``stem``: only a staging copy of that stem.
+    """The parts of a staging name, or None; ``stem``: only a staging copy of that stem.
 
     Given the stem the name is read from its known prefix, so a stem that itself contains
     ``.partial-`` cannot be cut in the wrong place.
@@ -168,7 +160,7 @@ class JournalName:
 
 
 def parse_journal(name: str) -> JournalName | None:
-    """The parts of a current journal name, or None."""
+    """The parts of a journal name, or None."""
     match = _JOURNAL.match(name)
     if match is None:
         return None
@@ -176,9 +168,8 @@ def parse_journal(name: str) -> JournalName | None:
 
 
 def is_rs_seg_name(name: str) -> bool:
-    """A staging, scratch or journal name of rs_seg (current or short form)."""
-    patterns = (_ANY_STAGING, _EARLIER_STAGING, _JOURNAL, _EARLIER_JOURNAL)
-    return any(pattern.match(name) for pattern in patterns)
+    """A staging, scratch or journal name of rs_seg."""
+    return any(pattern.match(name) for pattern in (_ANY_STAGING, _JOURNAL))
 
 
 def public_text(text: str) -> str:

@@ -19,15 +19,6 @@ def test_a_folder_the_demo_did_not_make_is_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in home.iterdir()) == ["models", "thesis.docx"]
 
 
-def test_a_legacy_demo_folder_is_recognized_by_its_synthetic_scenes(tmp_path: Path) -> None:
-    demo = tmp_path / "demo"
-    (demo / "synthetic").mkdir(parents=True)
-    (demo / "synthetic" / "summary.json").write_text("{}")
-    (demo / "models").mkdir()
-    _check_demo_folder(demo)
-    assert (demo / "demo.json").is_file()
-
-
 def test_earlier_results_come_back_when_the_new_run_fails(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     (demo / "models").mkdir(parents=True)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -171,7 +169,6 @@ def test_leftovers_of_dead_runs_go_and_live_ones_stay(tmp_path) -> None:
     final = tmp_path / "fields.gpkg"
     dead, live = f"{_dead_pid()}-0", f"{os.getppid()}-{process_start(os.getppid())}"
     reused = f"{os.getppid()}-{(process_start(os.getppid()) or 0) + 1}"  # same pid, another process
-    earlier = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # before namespaces
     names = {
         "dead": f".fields.partial-{io.OWNER_ID}-{dead}-abcdef.gpkg",
         "dead_tiles": f".fields.partial-{io.OWNER_ID}-{dead}-abcdef.tiles.gpkg",
@@ -179,7 +176,6 @@ def test_leftovers_of_dead_runs_go_and_live_ones_stay(tmp_path) -> None:
         "reused_pid": f".fields.partial-{io.OWNER_ID}-{reused}-abcdef.gpkg",
         "live": f".fields.partial-{io.OWNER_ID}-{live}-abcdef.gpkg",
         "other_host_or_namespace": f".fields.partial-00000000-{dead}-abcdef.gpkg",
-        "earlier_release": f".fields.partial-{earlier}-{dead.split('-')[0]}-abcdef.gpkg",
         "other_output": f".roads.partial-{io.OWNER_ID}-{dead}-abcdef.gpkg",
         "user": ".fields.gpkg.backup",
     }
@@ -187,7 +183,7 @@ def test_leftovers_of_dead_runs_go_and_live_ones_stay(tmp_path) -> None:
         (tmp_path / name).mkdir() if key == "dead_dir" else (tmp_path / name).write_text(key)
     assert remove_leftovers(final) == 4
     left = {p.name for p in tmp_path.iterdir()}
-    kept = ("live", "other_host_or_namespace", "earlier_release", "other_output", "user")
+    kept = ("live", "other_host_or_namespace", "other_output", "user")
     assert left == {names[k] for k in kept}
 
 

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,8 +50,6 @@ from tests.helpers import (
     write_scene,
     write_streamed_cog,
 )
-
-EARLIER_HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # old name format
 
 
 def dead_pid() -> int:
@@ -108,14 +105,12 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_a_planted_journal_cannot_replace_any_file(folders, caplog) -> None:
-    """The issue's attack: a journal of a "dead" run naming paths anywhere, in old and new form."""
+    """The issue's attack: a journal of a "dead" run naming paths anywhere."""
     outside, out = folders
     pid = dead_pid()
     attacker = out / staging("f.gpkg", pid)
     attacker.write_text("attacker's content")
-    victim, secret = outside / "sub" / "victim.gpkg", outside / "secret.txt"
-    old_form = {"pairs": [[str(attacker), str(victim)]], "journals": [str(out / "x.json")]}
-    (out / f".f.gpkg.publish-{EARLIER_HOST_ID}-{pid}.json").write_text(json.dumps(old_form))
+    secret = outside / "secret.txt"
     targets = {
         journal(pid): str(secret),
         journal(pid, 1): "../outside/secret.txt",
@@ -421,21 +416,15 @@ def _journals(draw: st.DrawFn) -> tuple[str, object]:
         return f".f.gpkg.publish-{OWNER_ID}-DEAD-0.json", {
             "rs_seg_publish": 1, "owner": OWNER_ID, "pid": "DEAD", "start": 0, "files": files,
         }  # fmt: skip
-    owner = draw(st.sampled_from([OWNER_ID, OWNER_ID, "00000000", EARLIER_HOST_ID]))
+    owner = draw(st.sampled_from([OWNER_ID, OWNER_ID, "00000000"]))
     pid = draw(st.sampled_from(["DEAD", "DEAD", "SELF", 1, 2**31]))
     start = draw(st.sampled_from([0, 0, 1, 123456]))
-    old_form = draw(st.integers(0, 3)) == 0
-    name = (f".f.gpkg.publish-{owner}-{pid}.json" if old_form
-            else f".f.gpkg.publish-{owner}-{pid}-{start}.json")  # fmt: skip
+    name = f".f.gpkg.publish-{owner}-{pid}-{start}.json"
     files = draw(st.lists(st.fixed_dictionaries({
         "staging": _STAGINGS, "final": _FINALS, "staged": _IDENTITIES, "old": _IDENTITIES,
     }), max_size=3))  # fmt: skip
-    kind = draw(st.sampled_from(["ours", "ours", "old", "json"]))
-    if kind == "json":
+    if draw(st.integers(0, 2)) == 0:
         return name, draw(_JSON)
-    if kind == "old":
-        pairs = [[f["staging"], f["final"]] for f in files]
-        return name, {"pairs": pairs, "journals": [name, "OUTSIDE"]}
     if not draw(st.booleans()):  # the content names another process than the name
         owner, pid, start = draw(st.sampled_from([OWNER_ID, "00000000"])), "DEAD", 1
     return name, {"rs_seg_publish": 1, "owner": owner, "pid": pid, "start": start,
