@@ -256,9 +256,8 @@ def _joined(parts: list[npt.NDArray[np.float64] | None]) -> npt.NDArray[np.float
 def merge_scenes(sources: list[Path], writer: FieldLayerWriter, crs: str) -> None:
     """Every source file's fields through ``writer``, one scene in memory at a time.
 
-    Sources in another CRS are reprojected to ``crs``. A ``field_id`` without its scene (a bare
-    integer) becomes ``<scene>/<n>`` here, so the merged layer's keys are unique whatever wrote
-    its sources; a key seen twice (one scene merged twice) is refused.
+    Sources in another CRS are reprojected to ``crs``. Their keys are ``<scene>/<n>``, unique
+    across scenes, so a key seen twice (one scene merged twice) is refused.
     """
     # GDAL's reader of the sources only where scenes are merged
     import pyogrio
@@ -279,26 +278,15 @@ def merge_scenes(sources: list[Path], writer: FieldLayerWriter, crs: str) -> Non
 
 
 def _source_batch(fields: Any) -> FieldBatch:
-    """A field file's features (a GeoDataFrame in the merged CRS) as a writer batch.
-
-    A file without ``date`` gets today's; a ``date`` held as a DateTime is read as well.
-    """
+    """A field file's features (a GeoDataFrame in the merged CRS) as a writer batch."""
     import pandas as pd  # with geopandas, loaded by the caller's read already
 
-    n = len(fields)
-    scene = fields["scene"].astype(str).to_numpy(dtype=object)
-    ids = fields["field_id"].astype(str).to_numpy(dtype=object)
-    old = np.char.find(ids.astype(str), "/") < 0
-    ids[old] = [f"{s}/{i}" for s, i in zip(scene[old], ids[old], strict=True)]
-    if "date" in fields:
-        dates = pd.to_datetime(fields["date"], utc=True).dt.tz_localize(None).to_numpy()
-    else:
-        dates = np.full(n, today())
+    dates = pd.to_datetime(fields["date"]).to_numpy()
     return FieldBatch(
         geometries=np.asarray(shapely.force_2d(fields.geometry.to_numpy()), dtype=object),
-        field_id=ids.tolist(),
+        field_id=fields["field_id"].astype(str).tolist(),
         mean_prob=fields["mean_prob"].to_numpy(dtype=np.float64),
-        scene=scene,
+        scene=fields["scene"].astype(str).to_numpy(dtype=object),
         model_id=fields["model_id"].astype(str).to_numpy(dtype=object),
         date=dates.astype("datetime64[D]"),
         area_ha=fields["area_ha"].to_numpy(dtype=np.float64),

@@ -15,8 +15,7 @@ sleeping in the scan (:meth:`Ledger.sight`). A ledger file deleted or replaced d
 that run's claims; recording an outcome then writes the row again instead of losing it silently.
 
 A scene from a STAC catalog is keyed by a fingerprint of its item instead of its bytes (a remote
-COG is never downloaded whole, :mod:`rs_seg.ops.stac`) and its row records the item id. A ledger
-file that lacks a column of the current ``scenes`` table (``item_id``) gets it on first use.
+COG is never downloaded whole, :mod:`rs_seg.ops.stac`) and its row records the item id.
 """
 
 from __future__ import annotations
@@ -55,10 +54,6 @@ CREATE TABLE IF NOT EXISTS scenes (
     PRIMARY KEY (fingerprint, model_id)
 )
 """
-# Columns a ledger file may lack, with their declarations: such a ledger gets them on first use
-# (ALTER TABLE ... ADD COLUMN keeps every row, as NULL).
-# item_id: the STAC item a scene came from (NULL for inbox scenes).
-_ADDED_COLUMNS = {"item_id": "TEXT"}
 # Fingerprints of files as last seen (path, size, mtime): a schedule that scans a large archive
 # every few minutes re-reads only the files that changed, not every byte of every scene.
 _FINGERPRINTS = """
@@ -130,23 +125,6 @@ def _read_only_mount(folder: Path) -> str | None:
     except (OSError, AttributeError):  # no statvfs on Windows
         return None
     return f"{folder} is on a read-only file system" if read_only else None
-
-
-def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Bring a ledger that lacks some of the current ``scenes`` columns up to them.
-
-    Two runs may both find a column missing; the second ALTER then fails with "duplicate
-    column", which means the column is there, as wanted.
-    """
-    present = {row[1] for row in db.execute("PRAGMA table_info(scenes)")}
-    for column, declaration in _ADDED_COLUMNS.items():
-        if column in present:
-            continue
-        try:
-            db.execute(f"ALTER TABLE scenes ADD COLUMN {column} {declaration}")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
 
 
 def run_owner() -> str:
@@ -228,7 +206,6 @@ class Ledger:
                 db.execute("PRAGMA busy_timeout=60000")
                 for schema in (_SCHEMA, _FINGERPRINTS, _SIGHTINGS):
                     db.execute(schema)
-                _add_missing_columns(db)
                 yield db
             finally:
                 db.close()

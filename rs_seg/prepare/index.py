@@ -186,12 +186,22 @@ def mask_target(cfg: PrepareConfig) -> MaskTarget:
 
 
 def read_target(chips: Path) -> MaskTarget:
-    """What the masks of a chip folder hold: ``cropland`` unless its summary says ``fields``."""
+    """What the masks of a prepared chip folder hold: the ``target`` its summary records.
+
+    A folder without a readable summary is no prepared folder: it reads as ``cropland`` here, and
+    reading its chip index then says what is missing.
+    """
     summary = Path(chips) / SUMMARY_FILE
     try:
-        target = json.loads(summary.read_text()).get("target", "cropland")
+        target = json.loads(summary.read_text()).get("target")
     except (OSError, ValueError):
         return "cropland"
+    if target not in ("cropland", "fields"):
+        raise RsSegError(
+            f"records no mask target (cropland or fields), got {target!r}; prepare the chips "
+            "again with rs-seg prepare",
+            summary,
+        )
     return "fields" if target == "fields" else "cropland"
 
 

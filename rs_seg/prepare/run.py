@@ -323,8 +323,8 @@ def chips_up_to_date(cfg: PrepareConfig) -> tuple[bool, str]:
         summary = json.loads((out / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return False, f"{out / SUMMARY_FILE} cannot be read"
-    made, wanted = summary.get("target", "cropland"), mask_target(cfg)
-    if made != wanted:  # a summary without a target (cropland), or another label kind
+    made, wanted = summary.get("target"), mask_target(cfg)
+    if made != wanted:  # another label kind
         return False, f"the chips hold {made} masks, this config makes {wanted} masks"
     old = {k: v for k, v in summary.get("config", {}).items() if k != "overwrite"}
     changed = differences(old, json.loads(cfg.model_dump_json(exclude={"overwrite"})))

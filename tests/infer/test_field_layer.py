@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
-import shapely
 
 from rs_seg.errors import RsSegError
 from rs_seg.infer.field_layer import LAYER, field_style, field_style_sld
 from rs_seg.infer.vectorize import VectorizeSettings, vectorize
 from rs_seg.model.fields import FieldSettings
 from rs_seg.ops.incoming import write_merged
-from tests.helpers import UTM
 from tests.infer.test_vectorize import write_prob
 
 SLD = "{http://www.opengis.net/sld}"
@@ -98,29 +96,6 @@ def test_merged_metadata_names_models_thresholds_and_sources_relative_to_itself(
     assert sources == ["../mapped/north/fields.gpkg", "../mapped/south/fields.gpkg"]
     resolved = [(merged.parent / source).resolve() for source in sources]
     assert resolved == [o.resolve() for o in outputs]
-
-
-def test_merging_files_of_the_earlier_format_gives_keys_and_dates(tmp_path: Path) -> None:
-    """Integer field ids (one per scene) and DateTime dates, as merged files had before."""
-    import geopandas as gpd
-
-    old = tmp_path / "old" / "fields.gpkg"
-    old.parent.mkdir()
-    table = gpd.GeoDataFrame(
-        {"field_id": [1, 2], "area_ha": 0.1, "perimeter_m": 10.0, "mean_prob": 0.7,
-         "scene": "west", "model_id": "m0",
-         "date": gpd.pd.to_datetime(["2026-11-20T10:00:00Z"] * 2)},
-        geometry=[shapely.MultiPolygon([shapely.box(0, 0, 30, 30)]),
-                  shapely.MultiPolygon([shapely.box(40, 0, 70, 30)])],
-        crs=UTM,
-    )  # fmt: skip
-    table.to_file(old, layer=LAYER)
-    merged = tmp_path / "merged.gpkg"
-    write_merged([old, mapped(tmp_path, "north")], merged)
-    result = pyogrio.read_dataframe(merged, layer=LAYER)
-    assert list(result.field_id[:2]) == ["west/1", "west/2"]
-    assert str(result.date[0])[:10] == "2026-11-20"
-    assert column_types(merged)["date"] == "DATE"
 
 
 def test_one_scene_merged_twice_is_refused_and_leaves_nothing(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -60,11 +59,8 @@ def test_a_new_scene_matching_the_glob_makes_chips_stale(prepared) -> None:
     assert chips_up_to_date(prepared)[0]
 
 
-def test_chips_from_before_field_boundaries_are_stale(prepared) -> None:
-    """A chip set prepared by an older rs_seg (binary masks, no ``target``) is made again."""
-    summary = prepared.out / "summary.json"
-    document = json.loads(summary.read_text())
-    assert document.pop("target") == "fields"
-    summary.write_text(json.dumps(document))
-    current, reason = chips_up_to_date(prepared)
-    assert not current and reason == "the chips hold cropland masks, this config makes fields masks"
+def test_chips_of_another_mask_kind_are_stale(prepared) -> None:
+    """Field chips (outlines burned in) are made again for a config that makes cropland masks."""
+    binary = prepared.model_copy(update={"boundary_width": 0})
+    current, reason = chips_up_to_date(binary)
+    assert not current and reason == "the chips hold fields masks, this config makes cropland masks"

@@ -138,13 +138,12 @@ def test_the_task_follows_the_chips_unless_given(tiny_chips: Path, tmp_path: Pat
     summary = json.loads((binary / "summary.json").read_text())
     (binary / "summary.json").write_text(json.dumps({**summary, "target": "cropland"}))
     assert with_task(train_config(binary, tmp_path / "c")).model.task == "cropland"
-    (binary / "summary.json").write_text(
-        json.dumps({k: v for k, v in summary.items() if k != "target"})
-    )
-    assert with_task(train_config(binary, tmp_path / "d")).model.task == "cropland", "older sets"
     wanted = train_config(binary, tmp_path / "e", model={"encoder": "resnet18", "task": "fields"})
     with pytest.raises(RsSegError, match="needs chips with field boundaries"):
         with_task(wanted)
+    (binary / "summary.json").write_text(json.dumps({**summary, "target": None}))
+    with pytest.raises(RsSegError, match="records no mask target"):
+        with_task(train_config(binary, tmp_path / "d"))
 
 
 @pytest.mark.slow
