@@ -3,8 +3,8 @@
 Evaluation writes them (a run's ``metrics.json``, a bundle's ``metrics`` and ``provenance``), the
 bundle stores them, the registry and the flows read them back: one definition here keeps the key
 names and value types the same at every stage. They are TypedDicts, not dataclasses, because the
-values *are* the JSON documents: files stay byte-for-byte what earlier versions wrote (key order is
-the order of construction) and old files read back without a conversion step. ``total=False``
+values *are* the JSON documents: files hold exactly what was built (key order is the order of
+construction) and read back without a conversion step. ``total=False``
 marks records that files may hold only in part. The module imports nothing beyond ``typing``, so
 any stage, and the torch-free report, can use it without an import-order constraint.
 """
@@ -31,7 +31,7 @@ class SplitMetrics(PixelMetrics):
 
     pixels: int  # labelled (not ignored) pixels
     chips: int
-    objects: NotRequired[ObjectMetrics]  # fields in the chips; runs before object metrics: none
+    objects: NotRequired[ObjectMetrics]  # fields in the chips; absent where none were counted
 
 
 class ObjectMetrics(TypedDict):

@@ -50,7 +50,8 @@ from rs_seg.staging import check_not_inputs, fields_written_by_rs_seg, staged_fi
 
 log = logging.getLogger(__name__)
 
-_OLD_BAND_NAMES = ("cropland", "boundary")  # a two-band raster's names before scale/offset
+# the short band names a two-band raster made outside rs_seg may carry (README names the bands so)
+_SHORT_BAND_NAMES = ("cropland", "boundary")
 _GeoArray = npt.NDArray[np.object_]  # an array of shapely geometries
 _T = TypeVar("_T")
 
@@ -346,8 +347,9 @@ def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
     """Refuse rasters the polygons would be wrong for; return metres per CRS unit.
 
     Areas and the m² settings need a projected CRS; a geographic one would give areas in degrees.
-    A two-band raster whose bands are named must name them ``cropland`` and ``boundary``, in
-    that order, so swapped bands are not split by the extent.
+    A two-band raster whose bands are named must name them ``cropland probability`` and
+    ``boundary probability`` (or ``cropland`` and ``boundary``), in that order, so swapped bands
+    are not split by the extent.
     """
     if src.count not in (1, 2):
         raise RsSegError(
@@ -359,7 +361,7 @@ def _check_raster(src: rasterio.io.DatasetReader, path: Path) -> float:
         if dtype != "uint8":
             raise RsSegError(f"probability raster must be uint8 (0-255), found {dtype}", path)
     names = tuple(src.descriptions)
-    if src.count == 2 and any(names) and names not in (BAND_DESCRIPTIONS, _OLD_BAND_NAMES):
+    if src.count == 2 and any(names) and names not in (BAND_DESCRIPTIONS, _SHORT_BAND_NAMES):
         raise RsSegError(
             f"two-band probability raster must have bands {BAND_DESCRIPTIONS}, found {names}",
             path,

@@ -218,7 +218,7 @@ class ModelBundle:
 
     @property
     def task(self) -> MaskTarget:
-        """``fields`` (extent and boundary outputs) or ``cropland`` (also bundles before tasks)."""
+        """``fields`` (extent and boundary outputs), else ``cropland`` (also without a task)."""
         return "fields" if self.model.task == "fields" else "cropland"
 
     @property

@@ -230,19 +230,11 @@ def _resume_key(cfg: TrainConfig, fingerprint: str) -> dict[str, Any]:
     return {**{k: dump[k] for k in RESUME_KEYS}, "chip_index": fingerprint}
 
 
-# Settings added since runs were first recorded, with the value every earlier run used.
-_ADDED_SETTINGS: dict[str, Any] = {
-    "model.task": "cropland",
-    "loss.boundary_weight": 1.0,
-    "loss.boundary_pos_weight": 4.0,
-}
-
-
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []
     for key in keys:
-        a, b = old.get(key, _ADDED_SETTINGS.get(prefix + key)), new.get(key)
+        a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
