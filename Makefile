@@ -108,3 +108,11 @@ qgis-render-demo:
 .PHONY: bench-sparse
 bench-sparse: $(STAMP)
 	$(PY) benchmarks/bench_sparse.py
+
+## bench-refactor: issue 28's before / after check against BASELINE (a worktree of the commit before:
+## git worktree add /tmp/before b559deb): import rs_seg.infer.run, rs-seg infer --help, model info
+## and infer on a 1024 px scene, alternating the trees, and the heavy modules each loads (about 6 minutes)
+BASELINE ?= /tmp/before
+.PHONY: bench-refactor
+bench-refactor: $(STAMP)
+	$(PY) benchmarks/bench_refactor.py --baseline $(BASELINE)
