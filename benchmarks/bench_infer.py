@@ -303,6 +303,7 @@ def child_vectorize(prob: str, out: str, scene: str) -> dict:
         from rs_seg.model.fields import FieldSettings
     except ImportError as exc:
         return {"skipped": f"rs_seg.infer.vectorize not importable: {exc}"}
+    import pyogrio  # noqa: F401 - imported when rs_seg writes a layer; timed apart, as before
     import rasterio
 
     with rasterio.open(prob) as src:
