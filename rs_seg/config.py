@@ -522,19 +522,6 @@ class RunnerConfig(StrictModel):
         return self
 
 
-def _flat_infer_keys_in_schema(schema: dict[str, Any]) -> None:
-    """List the flat keys older incoming configs use in the JSON schema, marked deprecated.
-
-    Prefect checks a deployment's parameters against the schema before the flow runs (and
-    before :meth:`IncomingConfig._flat_infer_settings` could move them under ``infer:``).
-    """
-    for key, prop in InferOptions.model_json_schema()["properties"].items():
-        kept = {k: v for k, v in prop.items() if k not in ("default", "title", "description")}
-        schema["properties"].setdefault(
-            key, {**kept, "deprecated": True, "description": f"older place of infer.{key}"}
-        )
-
-
 BBox = tuple[float, float, float, float]  # west, south, east, north
 
 
@@ -586,10 +573,6 @@ class StacSource(StrictModel):
 class IncomingConfig(StrictModel):
     """New-imagery mapping: where scenes come from (a folder or STAC), outputs, ledger, model."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, json_schema_extra=_flat_infer_keys_in_schema
-    )
-
     incoming: str | None = Field(
         None, description="folder of scenes, or a glob such as 'inbox/**/*.tif' (or give stac)"
     )
@@ -619,29 +602,6 @@ class IncomingConfig(StrictModel):
         description="how each scene is mapped: the settings of rs-seg infer (model [the "
         "registry's latest], window, overlap, batch_size, device, tta, threshold, min_area, ...)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_infer_settings(cls, data: Any) -> Any:
-        """Accept the settings of ``infer:`` at the top, where files before it was nested had them.
-
-        ``model: x`` and ``infer: {model: x}`` mean the same; naming one setting in both places
-        is an error rather than a silent choice.
-        """
-        if not isinstance(data, dict):
-            return data
-        flat = {key: data[key] for key in InferOptions.model_fields if key in data}
-        if not flat:
-            return data
-        nested = data.get("infer") or {}
-        if isinstance(nested, InferOptions):
-            nested = nested.model_dump(exclude_unset=True)
-        if not isinstance(nested, dict):
-            return data  # the field's own validation names the problem
-        if twice := sorted(flat.keys() & nested.keys()):
-            raise ValueError(f"{', '.join(twice)}: given both at the top and under infer:")
-        rest = {key: value for key, value in data.items() if key not in flat}
-        return {**rest, "infer": {**nested, **flat}}
 
     @model_validator(mode="after")
     def _one_source(self) -> IncomingConfig:

@@ -47,8 +47,10 @@ def client_outputs(tmp_path_factory: pytest.TempPathFactory, tiny_chips: Path) -
     with pytest.MonkeyPatch.context() as patch:
         # map_scenes runs run_infer itself, one call per scene: no predictor reaches it
         patch.setattr(WindowPredictor, "__call__", pointwise)
-        cfg = IncomingConfig(incoming=str(root / "inbox"), out_dir=root / "mapped",
-                             settle_seconds=0, model=bundle, device="cpu")  # fmt: skip
+        cfg = IncomingConfig(
+            incoming=str(root / "inbox"), out_dir=root / "mapped", settle_seconds=0,
+            infer={"model": bundle, "device": "cpu"},
+        )  # fmt: skip
         results = map_scenes(cfg, scan(cfg).jobs)
     assert sorted(r.status for r in results) == ["mapped", "mapped"], results
     outputs = mapped_outputs(cfg, plan(cfg))

@@ -96,7 +96,9 @@ def watch_opens() -> Iterator[list[str]]:
 
 def refused(source: StacSource, tmp_path: Path) -> str:
     """The one-line error of a scan of ``source``; checks nothing was opened or written."""
-    cfg = IncomingConfig(stac=source, out_dir=tmp_path / "out", model=tmp_path / "never.pt")
+    cfg = IncomingConfig(
+        stac=source, out_dir=tmp_path / "out", infer={"model": tmp_path / "never.pt"}
+    )
     with watch_opens() as opened, pytest.raises(RsSegError) as caught:
         scan(cfg)
     local = [p for p in opened if p.startswith((str(tmp_path / "private"), "/etc"))]

@@ -41,9 +41,11 @@ def inbox(tmp_path: Path) -> Path:
         "incoming:\n"
         f"  incoming: {tmp_path / 'inbox'}\n"
         f"  out_dir: {tmp_path / 'out'}\n"
-        f"  model: {tmp_path / 'model-bundle.pt'}\n"
         f"  merged: {tmp_path / 'out' / 'all.gpkg'}\n"
-        "  settle_seconds: 0\n  device: cpu\n  min_area: 0\n  batch_size: 4\n"
+        "  settle_seconds: 0\n"
+        "  infer:\n"
+        f"    model: {tmp_path / 'model-bundle.pt'}\n"
+        "    device: cpu\n    min_area: 0\n    batch_size: 4\n"
     )
     return tmp_path
 
@@ -124,7 +126,8 @@ def test_a_full_disk_fails_the_scene_in_one_line_and_writes_nothing(inbox: Path)
     with small_disk(inbox / "disk", "64k") as disk:
         cfg = IncomingConfig(
             incoming=str(inbox / "inbox"), out_dir=disk / "out", ledger=inbox / "ledger.sqlite",
-            model=inbox / "model-bundle.pt", settle_seconds=0, device="cpu", min_area=0,
+            settle_seconds=0,
+            infer={"model": inbox / "model-bundle.pt", "device": "cpu", "min_area": 0},
         )  # fmt: skip
         [result] = map_scenes(cfg, plan(cfg)[:1])
         assert result.status == "failed"
@@ -140,7 +143,9 @@ def test_a_ledger_cannot_merge_files_outside_the_scene_folders(tmp_path: Path, c
     from rs_seg.ops.incoming import SceneJob, mapped_outputs
 
     out_dir = tmp_path / "out"
-    cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=out_dir, model=tmp_path / "m.pt")
+    cfg = IncomingConfig(
+        incoming=str(tmp_path / "inbox"), out_dir=out_dir, infer={"model": tmp_path / "m.pt"}
+    )
     own = out_dir / "s0" / "m1" / "fields.gpkg"
     private = tmp_path / "private" / "fields.gpkg"
     for path in (own, private):
@@ -172,7 +177,7 @@ def test_a_scene_whose_name_is_not_utf8_waits_and_the_others_are_mapped(tmp_path
     write_scene(inbox / "bad.tif", 64, 64)
     (inbox / "bad.tif").rename(inbox / os.fsdecode(b"bad\xff.tif"))  # GDAL cannot write it
     cfg = IncomingConfig(incoming=str(inbox), out_dir=tmp_path / "out", settle_seconds=0,
-                         model=make_bundle(tmp_path / "m.pt"))  # fmt: skip
+                         infer={"model": make_bundle(tmp_path / "m.pt")})  # fmt: skip
     found = scan(cfg)
     assert [job.scene.name for job in found.jobs] == ["good.tif"]
     (waiting,) = found.waiting

@@ -96,7 +96,8 @@ def test_infer_new_imagery_flow_maps_each_scene_once(tmp_path) -> None:
     (tmp_path / "inbox" / "bad.tif").write_text("not a raster")
     cfg = IncomingConfig(
         incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", merged=tmp_path / "all.gpkg",
-        model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0, settle_seconds=0,
+        infer={"model": make_bundle(tmp_path / "m.pt"), "device": "cpu", "min_area": 0},
+        settle_seconds=0,
     )  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", NEW_IMAGERY_SCRIPT, str(tmp_path), cfg.model_dump_json()],
@@ -184,8 +185,8 @@ def test_a_local_dask_cluster_gives_the_outputs_of_a_sequential_run(tmp_path) ->
     for i in range(3):
         write_learnable_scene(tmp_path / "inbox" / f"s{i}.tif", 192, LEARNABLE_BOXES, seed=i)
     base = IncomingConfig(
-        incoming=str(tmp_path / "inbox"), model=make_bundle(tmp_path / "m.pt", seed=3),
-        device="cpu", min_area=0, settle_seconds=0,
+        incoming=str(tmp_path / "inbox"), settle_seconds=0,
+        infer={"model": make_bundle(tmp_path / "m.pt", seed=3), "device": "cpu", "min_area": 0},
     )  # fmt: skip
     sequential = base.model_copy(
         update={"out_dir": tmp_path / "seq", "merged": tmp_path / "seq.gpkg"}
@@ -222,7 +223,7 @@ def test_unreachable_dask_scheduler_and_flaky_reads(tmp_path) -> None:
 
     write_scene(tmp_path / "inbox" / "a.tif", 64, 64)
     cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                         model=make_bundle(tmp_path / "m.pt"), device="cpu",
+                         infer={"model": make_bundle(tmp_path / "m.pt"), "device": "cpu"},
                          settle_seconds=0)  # fmt: skip
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -326,7 +327,7 @@ def test_two_overlapping_flow_runs_map_every_scene_exactly_once(tmp_path) -> Non
     for i in range(4):
         write_scene(tmp_path / "inbox" / f"s{i}.tif", 128, 128, seed=i)
     cfg = IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                         model=make_bundle(tmp_path / "m.pt"), device="cpu",
+                         infer={"model": make_bundle(tmp_path / "m.pt"), "device": "cpu"},
                          settle_seconds=0)  # fmt: skip
     for k in range(2):
         (tmp_path / f"run{k}").mkdir()
@@ -386,8 +387,8 @@ def test_an_existing_dask_cluster_started_as_documented_maps_the_scenes(tmp_path
         for i in range(2):
             write_scene(tmp_path / "inbox" / f"s{i}.tif", 64, 64, seed=i)
         cfg = IncomingConfig(
-            incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", device="cpu",
-            model=make_bundle(tmp_path / "m.pt"), settle_seconds=0,
+            incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out", settle_seconds=0,
+            infer={"model": make_bundle(tmp_path / "m.pt"), "device": "cpu"},
             # Also waits for the scheduler, still starting (a refused connection is retried):
             # it answered after 4-6 s here, idle or with two busy loops beside it.
             runner=RunnerConfig(kind="dask", address=address, connect_timeout=120),

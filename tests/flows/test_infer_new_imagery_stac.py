@@ -42,7 +42,7 @@ def test_the_flow_maps_a_stac_catalog_once_by_item_id(tmp_path: Path) -> None:
         source = {"href": f"{server.url}/stac/{catalog.name}", "datetime": "2024-01-01/.."}
         cfg = IncomingConfig(
             stac=source, out_dir=tmp_path / "out", merged=tmp_path / "all.gpkg",
-            model=make_bundle(tmp_path / "m.pt"), device="cpu", min_area=0,
+            infer={"model": make_bundle(tmp_path / "m.pt"), "device": "cpu", "min_area": 0},
         )  # fmt: skip
         env = ephemeral_prefect_env(tmp_path) | {"GDAL_HTTP_RETRY_DELAY": "0.01"}
         done = subprocess.run(

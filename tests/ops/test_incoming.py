@@ -25,10 +25,15 @@ def run_once(cfg: IncomingConfig, now: float | None = None) -> dict[str, list[st
     return {k: sorted(v) for k, v in outcome.items() if v or k != "waiting"}
 
 
-def incoming(tmp_path: Path, **settings) -> IncomingConfig:
-    """Scenes the tests write are complete at once: no settle interval unless a test sets one."""
+def incoming(
+    tmp_path: Path, settle_seconds: float = 0, merged: Path | None = None, **infer
+) -> IncomingConfig:
+    """Scenes the tests write are complete at once: no settle interval unless a test sets one.
+
+    The other keywords are settings of rs-seg infer (``infer:``).
+    """
     return IncomingConfig(incoming=str(tmp_path / "inbox"), out_dir=tmp_path / "out",
-                          **{"settle_seconds": 0} | settings)  # fmt: skip
+                          settle_seconds=settle_seconds, merged=merged, infer=infer)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -100,13 +105,14 @@ def write_fields(path: Path, scene: str, epsg: int, count: int) -> Path:
     polygons = [MultiPolygon([box(x0 + i * step, x0, x0 + (i + 0.5) * step, x0 + step / 2)])
                 for i in range(count)]  # fmt: skip
     columns = {
-        "field_id": range(1, count + 1),
+        "field_id": [f"{scene}/{n}" for n in range(1, count + 1)],
         "area_ha": 0.5,
         "perimeter_m": 300.0,
         "mean_prob": 0.8,
         "scene": scene,
         "model_id": "m",
-    }  # what rs-seg infer writes
+        "date": gpd.pd.Timestamp("2026-12-01"),
+    }  # the columns rs-seg infer writes
     table = gpd.GeoDataFrame(columns, geometry=polygons, crs=epsg)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_file(path, layer="fields", driver="GPKG")

@@ -53,8 +53,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         yield World(server, f"{server.url}/stac/catalog.json", catalog)
 
 
-def incoming(tmp_path: Path, source: dict, **settings) -> IncomingConfig:
-    return IncomingConfig(stac=source, out_dir=tmp_path / "out", device="cpu", **settings)
+def incoming(tmp_path: Path, source: dict, **infer) -> IncomingConfig:
+    """A STAC source mapped on the CPU; the keywords are settings of rs-seg infer."""
+    return IncomingConfig(stac=source, out_dir=tmp_path / "out", infer={"device": "cpu", **infer})
 
 
 def run_once(cfg: IncomingConfig) -> dict[str, list[str]]:
