@@ -182,7 +182,7 @@ def read_status(run: Path) -> dict[str, Any]:
 def _run_process_gone(status: dict[str, Any]) -> bool:
     pid = status.get("pid")
     if status.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False  # another machine's run, or written by an older rs_seg: cannot tell
+        return False  # another machine's run, or a status without a pid: cannot tell
 
     if not process_alive(pid):  # no such process, or a zombie
         return True
