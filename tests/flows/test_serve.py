@@ -318,8 +318,8 @@ def test_served_deployments_train_a_model_and_map_new_imagery(served: Served, tm
     inbox = tmp_path / "inbox"
     for i, name in enumerate(["north", "south"]):
         write_learnable_scene(inbox / f"{name}.tif", 96, [(8, 8, 60, 70)], seed=i)
-    config = {"incoming": str(inbox), "out_dir": str(tmp_path / "mapped"),
-              "models_dir": str(models), "device": "cpu", "settle_seconds": 0}  # fmt: skip
+    config = {"incoming": str(inbox), "out_dir": str(tmp_path / "mapped"), "settle_seconds": 0,
+              "infer": {"models_dir": str(models), "device": "cpu"}}  # fmt: skip
     watch(served, "infer-new-imagery/infer-new-imagery", config=config)
     for name in ["north", "south"]:
         assert (tmp_path / "mapped" / name / model_id / "fields.gpkg").is_file()

@@ -28,7 +28,7 @@ import rs_seg.infer.vectorize as vectorize_module
 from rs_seg.errors import RsSegError
 from rs_seg.infer.vectorize import LAYER, VectorizeSettings, computed_ahead, vectorize
 from rs_seg.levels import threshold_to_level
-from rs_seg.model.fields import FieldSettings
+from rs_seg.model.fields import DEFAULT_MIN_AREA, FieldSettings
 from tests.helpers import ORIGIN, PIXEL, UTM, pixel_box, vectorize_settings
 
 TRANSFORM = from_origin(*ORIGIN, PIXEL, PIXEL)
@@ -419,7 +419,9 @@ def test_cli_vectorizes_a_2048_checkerboard_quickly_in_little_memory(tmp_path: P
     }  # fmt: skip
     with rasterio.open(prob, "w", **profile) as dst:
         dst.write(checkerboard(size, size), 1)
-        dst.update_tags(**FieldSettings(threshold=0.5).to_tags())  # as rs-seg infer writes it
+        # as rs-seg infer writes it for a cropland model: its threshold, the default minimum area
+        fields = FieldSettings(threshold=0.5, boundary_threshold=None, min_area=DEFAULT_MIN_AREA)
+        dst.update_tags(**fields.to_tags())
     out = tmp_path / "out.gpkg"
     started = time.perf_counter()
     done = subprocess.run(
