@@ -36,6 +36,9 @@ from rs_seg.train.object_metrics import label_components, object_metrics, raster
 
 log = logging.getLogger(__name__)
 MAX_MOSAIC_SIDE = 4096  # pixels: bounds a mosaic's memory (about 40 bytes a pixel)
+NOT_GEOREFERENCED = (
+    "Not mapped: the chips have no CRS, and `rs-seg infer` maps only georeferenced scenes."
+)
 LAYER_NAME = "scene-{index:02d}.gpkg"  # a test scene's field layer in the report (not its name)
 
 
@@ -235,10 +238,8 @@ def score_test_scenes(
         scene = scene_mosaic(str(name), [images[i] for i in picked], [masks[i] for i in picked],
                            chips, band_count)  # fmt: skip
         if scene.crs is None:
-            scores.skipped = "Not mapped: the chips have no CRS, and `rs-seg infer` maps only " \
-                "georeferenced scenes."  # fmt: skip
             log.warning("test scenes not mapped as scenes: the chips have no CRS")
-            return SceneScores(skipped=scores.skipped)
+            return SceneScores(skipped=NOT_GEOREFERENCED)
         layer = map_test_scene(scene, mapping, index)
         metrics, predicted = score_field_layer(layer, scene)
         shown = SceneFields(scene.name, scene.image, scene.labelled, predicted, scene.ignore,
